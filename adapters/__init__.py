@@ -1,0 +1,36 @@
+"""Source adapters: each turns a URL into a tree of images (interfaces 1 and 2 of ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any, Mapping
+
+from . import omezarr
+from .base import Axis, Channel, Group, Image, Level
+from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
+from .storage import Store, storage_options_for
+from .urls import normalize_url, redact
+
+__all__ = [
+    "Axis", "BadMetadata", "Channel", "ChunkReadError", "Group", "Image", "Level", "NgffMountError",
+    "NotAnImage", "SourceNotFound", "Unsupported", "open_source", "normalize_url", "redact",
+    "storage_options_for",
+]
+
+
+def open_source(url: str, storage_options: Mapping[str, Any] | None = None, concurrency: int = 32) -> Image | Group:
+    """Open a source by its metadata alone: an Image when the URL is an image, else a Group."""
+    store = Store(url, storage_options, concurrency)
+    try:
+        root = omezarr.read_root_metadata(store)
+    except ChunkReadError as exc:
+        raise SourceNotFound(str(exc).replace("cannot read", "cannot reach", 1)) from None
+    detected = omezarr.ome_attributes(root)
+    if detected is None:
+        if all(v is None for v in root.values()):
+            raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json and .zattrs)")
+        raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
+    ome, version = detected
+    meta_key = "zarr.json" if root.get("zarr.json") is not None else ".zattrs"
+    name = posixpath.basename(store.url.rstrip("/")) or "image"
+    return omezarr.open_image(store, ome, version, name, store.mtime(meta_key) or 0.0)

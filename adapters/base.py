@@ -1,0 +1,97 @@
+"""The adapter interfaces: Level, Image and Group (see ARCHITECTURE.md, interfaces 1 and 2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+AXIS_TYPES = ("time", "channel", "space")
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    type: str  # "time", "channel" or "space"
+    unit: str | None = None
+
+
+class Level:
+    """One array of a pyramid. Data comes in whole chunks, padded to `chunk_shape`.
+
+    Subclasses set the attributes in __init__ and implement the three chunk methods.
+    """
+
+    path: str  # relative path of the array in the source
+    shape: tuple[int, ...]
+    dtype: np.dtype  # as decoded (byte order as stored)
+    chunk_shape: tuple[int, ...]
+    axes: tuple[Axis, ...]
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+    fill_value: object
+    cache_token: str
+
+    def chunk_key(self, idx: tuple[int, ...]) -> str:
+        """A key naming the encoded bytes of chunk `idx`, unique within this level."""
+        raise NotImplementedError
+
+    def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        """Encoded bytes for each key, fetched concurrently; None where the chunk is missing.
+
+        Raises ChunkReadError when a fetch fails for another reason.
+        """
+        raise NotImplementedError
+
+    def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
+        """Decode one chunk's bytes into an array of exactly `chunk_shape`."""
+        raise NotImplementedError
+
+    # Shared helpers -----------------------------------------------------------------
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunk_shape))
+
+    def fill_chunk(self) -> np.ndarray:
+        return np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
+
+    @property
+    def chunk_nbytes(self) -> int:
+        return int(np.prod(self.chunk_shape)) * self.dtype.itemsize
+
+
+@dataclass
+class Channel:
+    label: str | None = None
+    color: str | None = None  # 6 hex digits
+    window: Mapping[str, float] | None = None
+
+
+@dataclass
+class Image:
+    """A named multiscale pyramid; levels[0] is full resolution."""
+
+    name: str
+    levels: list[Level]
+    channels: list[Channel] = field(default_factory=list)
+    source_url: str = ""  # without credentials
+    format: str = ""  # e.g. "OME-Zarr 0.4"
+    mtime: float = 0.0  # stable: from the source, never "now"
+
+
+@dataclass
+class Group:
+    """A group of the source tree: images and subgroups, at relative paths."""
+
+    name: str
+    images: dict[str, Image] = field(default_factory=dict)
+    groups: dict[str, "Group"] = field(default_factory=dict)
+
+
+def make_cache_token(normalized_url: str, array_metadata: Mapping) -> str:
+    """Hash of (source URL without credentials, array metadata): a changed array gets a new token."""
+    doc = json.dumps({"url": normalized_url, "meta": array_metadata}, sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()[:32]

@@ -1,0 +1,73 @@
+"""The persistent chunk cache on disk: encoded bytes, shared by every mount using the same folder.
+
+diskcache keeps it process-safe (SQLite) and size-bounded (least-recently-used eviction).
+Each entry carries a digest, so a damaged entry is a miss, never wrong pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import diskcache
+
+DIGEST_BYTES = 16
+DEFAULT_SIZE = 10 << 30
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ngffmount")
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+class DiskCache:
+    def __init__(self, directory: str, size_limit: int = DEFAULT_SIZE):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        self.directory = directory
+        self._cache = diskcache.Cache(
+            directory,
+            size_limit=int(size_limit),
+            eviction_policy="least-recently-used",
+            statistics=False,
+        )
+
+    def get(self, key: str) -> bytes | None:
+        """The stored bytes, or None on a miss or a damaged entry (which is then dropped)."""
+        try:
+            value = self._cache.get(key, default=None, read=False)
+        except Exception:
+            value = None
+            self.delete(key)
+        if value is None:
+            return None
+        if not isinstance(value, bytes) or len(value) < DIGEST_BYTES or _digest(value[DIGEST_BYTES:]) != value[:DIGEST_BYTES]:
+            self.delete(key)
+            raise CorruptEntry(key)
+        return value[DIGEST_BYTES:]
+
+    def put(self, key: str, data: bytes) -> None:
+        self._cache.set(key, _digest(data) + bytes(data))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._cache.delete(key)
+        except Exception:
+            pass
+
+    def volume(self) -> int:
+        return self._cache.volume()
+
+    def clear(self) -> int:
+        return self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class CorruptEntry(Exception):
+    """A cache entry failed its digest check; it has been removed."""

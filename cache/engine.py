@@ -1,0 +1,127 @@
+"""ChunkEngine: decoded chunks from memory, then disk, then one concurrent remote batch.
+
+Concurrent requests for the same chunk share one fetch (an in-flight future per chunk).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterable
+
+import numpy as np
+
+from .disk import CorruptEntry, DiskCache
+from .memory import MemoryLRU
+from .stats import Stats
+
+DEFAULT_MEMORY = 1 << 30
+
+
+class ChunkEngine:
+    def __init__(self, disk: DiskCache | None = None, memory_bytes: int = DEFAULT_MEMORY, decode_threads: int = 2):
+        self.disk = disk
+        self.memory = MemoryLRU(memory_bytes)
+        self.stats = Stats()
+        self._inflight: dict[tuple, Future] = {}
+        self._lock = threading.Lock()
+        self._decoders = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
+        self._fill: dict[str, np.ndarray] = {}
+
+    def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
+        """Decoded chunks (read-only, full chunk shape) for the given chunk indices of a level."""
+        result: dict[tuple[int, ...], np.ndarray] = {}
+        mine: list[tuple[tuple[int, ...], Future]] = []
+        waiting: list[tuple[tuple[int, ...], Future]] = []
+        with self._lock:
+            for idx in dict.fromkeys(indices):
+                key = (level.cache_token, idx)
+                arr = self.memory.get(key)
+                if arr is not None:
+                    result[idx] = arr
+                    continue
+                fut = self._inflight.get(key)
+                if fut is not None:
+                    waiting.append((idx, fut))
+                    continue
+                fut = Future()
+                self._inflight[key] = fut
+                mine.append((idx, fut))
+        self.stats.add("memory_hits", len(result))
+        self.stats.add("memory_misses", len(mine) + len(waiting))
+        if mine:
+            self._load(level, mine)
+        for idx, fut in mine + waiting:
+            result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
+        return result
+
+    def _load(self, level, owned: list[tuple[tuple[int, ...], Future]]) -> None:
+        try:
+            arrays = self._fetch_and_decode(level, [idx for idx, _ in owned])
+        except BaseException as exc:
+            self.stats.add("errors")
+            with self._lock:
+                for idx, fut in owned:
+                    self._inflight.pop((level.cache_token, idx), None)
+                    fut.set_exception(exc)
+            return
+        with self._lock:
+            for idx, fut in owned:
+                self.memory.put((level.cache_token, idx), arrays[idx])
+                self._inflight.pop((level.cache_token, idx), None)
+                fut.set_result(arrays[idx])
+
+    def _fetch_and_decode(self, level, indices: list[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
+        keys = {idx: level.chunk_key(idx) for idx in indices}
+        raw: dict[tuple[int, ...], bytes | None] = {}
+        remote = []
+        for idx in indices:
+            data = self._disk_get(level, keys[idx])
+            if data is None:
+                remote.append(idx)
+            else:
+                raw[idx] = data
+        if remote:
+            self.stats.add("chunks_fetched", len(remote))
+            fetched = level.fetch_many([keys[idx] for idx in remote])
+            for idx in remote:
+                data = fetched[keys[idx]]
+                raw[idx] = data
+                if data is not None and self.disk is not None:
+                    self.disk.put(self._disk_key(level, keys[idx]), data)
+        present = [idx for idx in indices if raw[idx] is not None]
+        self.stats.add("chunks_missing", len(indices) - len(present))
+        self.stats.add("decodes", len(present))
+        if len(present) > 1:
+            decoded = list(self._decoders.map(lambda i: level.decode(i, raw[i]), present))
+        else:
+            decoded = [level.decode(i, raw[i]) for i in present]
+        out = {idx: self._fill_chunk(level) for idx in indices}
+        for idx, arr in zip(present, decoded):
+            if arr.shape != tuple(level.chunk_shape):
+                raise ValueError(f"decoded chunk {idx} has shape {arr.shape}, expected {level.chunk_shape}")
+            arr.flags.writeable = False
+            out[idx] = arr
+        return out
+
+    def _disk_key(self, level, chunk_key: str) -> str:
+        return f"{level.cache_token}/{chunk_key}"
+
+    def _disk_get(self, level, chunk_key: str) -> bytes | None:
+        if self.disk is None:
+            return None
+        try:
+            data = self.disk.get(self._disk_key(level, chunk_key))
+        except CorruptEntry:
+            self.stats.add("disk_corrupt")
+            data = None
+        self.stats.add("disk_hits" if data is not None else "disk_misses")
+        return data
+
+    def _fill_chunk(self, level) -> np.ndarray:
+        arr = self._fill.get(level.cache_token)
+        if arr is None:
+            # Broadcast: a missing chunk costs one element of memory, however large.
+            arr = np.broadcast_to(np.array(level.fill_value, dtype=level.dtype), tuple(level.chunk_shape))
+            self._fill[level.cache_token] = arr
+        return arr

@@ -1,0 +1,34 @@
+"""Reading a box of a level: the chunks it touches, in one engine call, sliced together."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import numpy as np
+
+
+def chunks_touching(level, start: Sequence[int], stop: Sequence[int]) -> list[tuple[int, ...]]:
+    ranges = [range(a // c, (b - 1) // c + 1) for a, b, c in zip(start, stop, level.chunk_shape)]
+    return list(itertools.product(*ranges))
+
+
+def read_region(engine, level, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
+    """level[start:stop] as an array of the level's dtype (a view when one chunk holds it all)."""
+    start, stop = tuple(int(s) for s in start), tuple(int(s) for s in stop)
+    if any(a < 0 or b > n or a >= b for a, b, n in zip(start, stop, level.shape)):
+        raise IndexError(f"region {start}:{stop} is outside shape {level.shape}")
+    indices = chunks_touching(level, start, stop)
+    chunks = engine.get(level, indices)
+    cs = level.chunk_shape
+    if len(indices) == 1:
+        idx = indices[0]
+        return chunks[idx][tuple(slice(a - i * c, b - i * c) for a, b, i, c in zip(start, stop, idx, cs))]
+    out = np.empty([b - a for a, b in zip(start, stop)], dtype=level.dtype)
+    for idx, arr in chunks.items():
+        lo = [max(a, i * c) for a, i, c in zip(start, idx, cs)]
+        hi = [min(b, (i + 1) * c) for b, i, c in zip(stop, idx, cs)]
+        dst = tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start))
+        src = tuple(slice(l - i * c, h - i * c) for l, h, i, c in zip(lo, hi, idx, cs))
+        out[dst] = arr[src]
+    return out

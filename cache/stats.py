@@ -1,0 +1,38 @@
+"""Chunk engine counters behind MOUNT/.ngffmount/stats.json.
+
+Remote requests and bytes are counted where they happen, in adapters.storage.TRANSFERS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+COUNTERS = (
+    "chunks_fetched",  # chunks asked of the source
+    "chunks_missing",  # absent in the source: served as the fill value
+    "memory_hits",
+    "memory_misses",
+    "disk_hits",
+    "disk_misses",
+    "disk_corrupt",
+    "decodes",
+    "errors",
+)
+
+
+class Stats:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(COUNTERS, 0)
+        self.started = time.time()
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._values[name] += amount
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            out = dict(self._values)
+        out["uptime_s"] = round(time.time() - self.started, 3)
+        return out

@@ -1,0 +1,155 @@
+"""Run ImageJ 1.x macros (Debian package `imagej`) from tests and read what they print.
+
+ImageJ exits 0 whatever happens, and a macro error opens a modal dialog that waits
+forever on the virtual display, so a run is judged only by its printed lines: run_macro
+appends an end marker and fails when it is missing, when an error marker shows up, or
+when the run times out.
+
+    lines = run_macro(describe_image_macro(f"open({ij_str(path)});", [(1, 0, 0)]))
+    info = parse_kv(lines)   # {"width": 1024, "nSlices": 3, "unit": "micron", ...}
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "IJ_JAR",
+    "imagej_available",
+    "ij_str",
+    "run_macro",
+    "describe_image_macro",
+    "parse_kv",
+]
+
+IJ_JAR = "/usr/share/java/ij.jar"
+_DONE = "__ngffmount_macro_done__"
+# Lines ImageJ prints instead of opening a dialog when it runs without a GUI (-batch):
+# IJ.error() messages and Java exceptions. A macro error proper hangs instead.
+_ERROR_MARKERS = (
+    "Exception",
+    "Error:",
+    "File not found",
+    "not in a supported format",
+    "not supported",
+    "Macro or script not found",
+    "Unsupported",
+    "out of memory",
+)
+
+
+def imagej_available() -> bool:
+    """For pytest.mark.skipif: ImageJ, Java and xvfb-run are all installed."""
+    return os.path.exists(IJ_JAR) and bool(shutil.which("java")) and bool(shutil.which("xvfb-run"))
+
+
+def ij_str(s: str) -> str:
+    """A Python string as an ImageJ macro string literal (paths may hold quotes or backslashes)."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def run_macro(macro: str, arg: str = "", timeout: float = 120) -> list[str]:
+    """Run `macro` in a fresh ImageJ under Xvfb; return the lines it print()ed.
+
+    Do not end the macro with exit: the appended end marker must run. getArgument()
+    returns `arg`. Safe to call concurrently (each call has its own display and JVM).
+    """
+    with tempfile.TemporaryDirectory(prefix="ngffmount-ij-") as tmp:
+        # -batch resolves a relative macro path against the ImageJ folder, not the cwd.
+        path = os.path.join(tmp, "macro.ijm")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(macro + f'\nprint("{_DONE}");\n')
+        # -a picks a free display number; -Xmx caps each JVM (the default is 1/4 of RAM,
+        # too much with several runs side by side). UTF-8 so "µm" survives stdout.
+        cmd = ["timeout", "-k", "5", str(timeout), "xvfb-run", "-a",
+               "java", "-Xmx2g", "-Dsun.stdout.encoding=UTF-8", "-Dsun.stderr.encoding=UTF-8",
+               "-jar", IJ_JAR, "-batch", path]
+        if arg:
+            cmd.append(arg)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout + 15,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            out, err, rc = proc.stdout, proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as e:  # timeout(1) itself stuck: should not happen
+            out, err, rc = e.stdout or b"", e.stderr or b"", 124
+    out_s = out.decode("utf-8", "replace")
+    err_s = err.decode("utf-8", "replace")
+    lines = out_s.splitlines()
+    report = f"\n--- macro ---\n{macro}\n--- stdout ---\n{out_s}\n--- stderr ---\n{err_s}"
+    if rc in (124, 137):
+        raise AssertionError(
+            f"ImageJ timed out after {timeout} s (a macro error dialog, e.g. a syntax error, "
+            f"setSlice out of range or no image open, or an unreadable file){report}")
+    bad = [ln for ln in lines + err_s.splitlines() if any(m in ln for m in _ERROR_MARKERS)]
+    if bad or _DONE not in lines:
+        raise AssertionError(f"ImageJ reported an error or aborted the macro: {bad}{report}")
+    return [ln for ln in lines if ln != _DONE]
+
+
+def describe_image_macro(open_statement: str,
+                         positions: Iterable[Sequence[int]] = ()) -> str:
+    """A macro that runs `open_statement` and prints key=value facts about the image.
+
+    `open_statement` is macro code, e.g. f"open({ij_str(p)});",
+    f'run("TIFF Virtual Stack...", "open=[" + {ij_str(p)} + "]");' or
+    f'File.openSequence({ij_str(d)}, "virtual");'. For each (slice, x, y) in
+    `positions` it prints `pixel_<slice>_<x>_<y>` (raw getPixel) and `value_...`
+    (calibrated, e.g. for signed 16-bit); a slice past nSlices prints `out_of_range`
+    rather than raising a macro error, which would hang ImageJ.
+    """
+    lines = [
+        "setBatchMode(true);",
+        open_statement,
+        # An opener that fails without IJ.error leaves no image: stop before any image
+        # call raises a (hanging) macro error; the missing end marker fails run_macro.
+        'if (nImages == 0) { print("no image open"); exit; }',
+        "getDimensions(w, h, c, z, t);",
+        "getPixelSize(unit, pw, ph, pd);",
+        'print("title=" + getTitle());',
+        'print("width=" + getWidth());',
+        'print("height=" + getHeight());',
+        'print("nSlices=" + nSlices);',
+        'print("channels=" + c);',
+        'print("slices=" + z);',
+        'print("frames=" + t);',
+        'print("bitDepth=" + bitDepth());',
+        'print("virtual=" + is("Virtual Stack"));',
+        'print("hyperstack=" + is("hyperstack"));',
+        'print("unit=" + unit);',
+        # d2s keeps digits that "" + x would round to 4 decimals.
+        'print("pixelWidth=" + d2s(pw, 9));',
+        'print("pixelHeight=" + d2s(ph, 9));',
+        'print("pixelDepth=" + d2s(pd, 9));',
+    ]
+    for s, x, y in positions:
+        k = f"{s}_{x}_{y}"
+        lines.append(
+            f'if ({s} <= nSlices) {{ setSlice({s}); '
+            f'print("pixel_{k}=" + d2s(getPixel({x}, {y}), 9)); '
+            f'print("value_{k}=" + d2s(getValue({x}, {y}), 9)); }} '
+            f'else print("pixel_{k}=out_of_range");')
+    return "\n".join(lines) + "\n"
+
+
+def _num(v: str):
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_kv(lines: Iterable[str]) -> dict:
+    """key=value lines to a dict; numbers become int or float ("2.500000000" -> 2.5)."""
+    out = {}
+    for ln in lines:
+        key, sep, val = ln.partition("=")
+        if sep:
+            v = _num(val)
+            out[key] = int(v) if isinstance(v, float) and v.is_integer() and "e" not in val else v
+    return out

@@ -1,0 +1,166 @@
+"""The `ngffmount` command. Errors end as one clear line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from ..adapters import NgffMountError, normalize_url, redact
+from ..cache.disk import DEFAULT_SIZE, default_cache_dir
+from ..cache.engine import DEFAULT_MEMORY
+
+log = logging.getLogger("ngffmount")
+
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in UNITS else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G, 512M)") from None
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ngffmount", description="Mount remote OME-Zarr images as TIFF files (read-only FUSE).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount SOURCE (path, file://, http(s)://, s3://, ...) at MOUNTPOINT")
+    m.add_argument("source")
+    m.add_argument("mountpoint")
+    m.add_argument("-f", "--foreground", action="store_true", help="stay attached (for services)")
+    m.add_argument("--anon", action="store_true", help="S3: unsigned requests (public buckets)")
+    m.add_argument("--endpoint-url", help="S3: endpoint of an S3-compatible server")
+    m.add_argument("--storage-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                   help="extra fsspec option (repeatable; VALUE parsed as JSON when it can be)")
+    m.add_argument("--cache-dir", default=default_cache_dir(), help="persistent chunk cache (default: %(default)s)")
+    m.add_argument("--cache-size", type=parse_size, default=DEFAULT_SIZE, help="disk cache bound (default 10G)")
+    m.add_argument("--no-disk-cache", action="store_true", help="keep no chunks on disk")
+    m.add_argument("--memory-cache", type=parse_size, default=DEFAULT_MEMORY, help="decoded-chunk memory bound (default 1G)")
+    m.add_argument("--concurrency", type=int, default=32, help="parallel remote requests (default 32)")
+    m.add_argument("--timeout", type=float, default=60.0, help="seconds before a remote request fails (default 60)")
+    m.add_argument("--allow-other", action="store_true", help="let other users read the mount (FUSE allow_other)")
+    m.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/ngffmount)")
+    m.add_argument("--debug", action="store_true")
+
+    u = sub.add_parser("unmount", aliases=["umount"], help="unmount MOUNTPOINT (also clears a stale mount)")
+    u.add_argument("mountpoint")
+    u.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
+
+    s = sub.add_parser("_serve", help=argparse.SUPPRESS)
+    s.add_argument("--ready-fd", type=int, required=True)
+    return p
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # fsspec and botocore log URLs and headers at debug level: keep them out of our log.
+    for noisy in ("fsspec", "botocore", "aiobotocore", "s3fs", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def config_from_args(args):
+    from .mount import MountConfig
+
+    return MountConfig(
+        source=args.source,
+        mountpoint=args.mountpoint,
+        storage_options=dict(args.storage_option),
+        anon=args.anon,
+        endpoint_url=args.endpoint_url,
+        timeout=args.timeout,
+        cache_dir=args.cache_dir,
+        cache_size=args.cache_size,
+        disk_cache=not args.no_disk_cache,
+        memory_cache=args.memory_cache,
+        concurrency=args.concurrency,
+        allow_other=args.allow_other,
+        log_file=args.log_file,
+        debug=args.debug,
+    )
+
+
+def cmd_mount(args) -> int:
+    from . import mount
+
+    config = config_from_args(args)
+    if args.foreground:
+        setup_logging(args.debug)
+
+        def ready():
+            print(f"mounted {normalize_url(args.source)} at {os.path.abspath(args.mountpoint)}", flush=True)
+            mount.notify_systemd("READY=1")
+
+        mount.serve(config, ready)
+        return 0
+    log_file = mount.mount_background(config)
+    print(f"mounted {normalize_url(args.source)} at {os.path.abspath(args.mountpoint)} (log: {log_file})")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """The detached child of `ngffmount mount`: configuration on stdin, status on --ready-fd."""
+    from . import mount
+
+    config = mount.MountConfig(**json.loads(sys.stdin.read()))
+    setup_logging(config.debug)
+    status = os.fdopen(args.ready_fd, "w")
+
+    def report(line: str) -> None:
+        if not status.closed:
+            status.write(line + "\n")
+            status.close()
+
+    try:
+        mount.serve(config, lambda: report("READY"))
+    except NgffMountError as exc:
+        log.error("%s", redact(str(exc)))
+        report("ERROR " + redact(str(exc)))
+        return 1
+    except Exception as exc:
+        log.exception("mount failed")
+        report(f"ERROR mount failed: {redact(str(exc)) or type(exc).__name__}")
+        return 1
+    return 0
+
+
+def cmd_unmount(args) -> int:
+    from .mount import unmount
+
+    unmount(args.mountpoint, lazy=args.lazy)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"mount": cmd_mount, "unmount": cmd_unmount, "umount": cmd_unmount, "_serve": cmd_serve}[args.command]
+    try:
+        return handler(args)
+    except NgffMountError as exc:
+        print(f"ngffmount: error: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Mounting and unmounting: checks with clear messages, the serving process, readiness.
+
+`ngffmount mount` starts a detached child that serves the mount and reports back on a
+pipe, so the command returns only once the mountpoint answers (or fails with one line).
+The child gets its configuration on stdin: credentials never appear in a process title.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..adapters import NgffMountError, normalize_url, open_source, storage_options_for
+from ..adapters.storage import TRANSFERS
+from ..cache.disk import DEFAULT_SIZE, DiskCache, default_cache_dir
+from ..cache.engine import DEFAULT_MEMORY, ChunkEngine
+
+log = logging.getLogger("ngffmount")
+
+
+class MountError(NgffMountError):
+    """The mountpoint or FUSE itself is not usable."""
+
+
+@dataclass
+class MountConfig:
+    source: str
+    mountpoint: str
+    storage_options: dict = field(default_factory=dict)  # extra fsspec options from the user
+    anon: bool = False
+    endpoint_url: str | None = None
+    timeout: float = 60.0
+    cache_dir: str = field(default_factory=default_cache_dir)
+    cache_size: int = DEFAULT_SIZE
+    disk_cache: bool = True
+    memory_cache: int = DEFAULT_MEMORY
+    concurrency: int = 32
+    allow_other: bool = False
+    log_file: str | None = None
+    debug: bool = False
+
+
+# -- checks -----------------------------------------------------------------------------
+
+
+def is_stale(mountpoint: str) -> bool:
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    path = os.path.abspath(mountpoint)
+    if is_stale(path):
+        log.info("clearing stale mount at %s", path)
+        unmount(path, quiet=True)
+    if not os.path.exists(path):
+        raise MountError(f"mountpoint {path} does not exist")
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"mountpoint {path} is busy: something is already mounted there")
+    if os.listdir(path):
+        raise MountError(f"mountpoint {path} is not empty")
+    return path
+
+
+def check_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("FUSE is not available: /dev/fuse is missing (load the fuse module or install fuse3)")
+    if not (shutil.which("fusermount") or shutil.which("fusermount3")):
+        raise MountError("FUSE is not available: fusermount is not installed (install fuse3 and libfuse2)")
+    try:
+        import mfusepy  # noqa: F401  (loads libfuse)
+    except (OSError, EnvironmentError) as exc:
+        raise MountError(f"FUSE is not available: {exc}") from None
+
+
+# -- serving ----------------------------------------------------------------------------
+
+
+def build_engine(config: MountConfig) -> ChunkEngine:
+    disk = DiskCache(config.cache_dir, config.cache_size) if config.disk_cache else None
+    return ChunkEngine(disk=disk, memory_bytes=config.memory_cache)
+
+
+def stats_renderer(engine: ChunkEngine, source_url: str):
+    def render() -> bytes:
+        doc = {
+            "source": source_url,
+            "remote_requests": TRANSFERS.requests,
+            "bytes_fetched": TRANSFERS.bytes,
+            "in_flight": TRANSFERS.in_flight,
+            **engine.stats.snapshot(),
+            "memory_cache_bytes": engine.memory.nbytes,
+            "memory_cache_chunks": len(engine.memory),
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+    return render
+
+
+def serve(config: MountConfig, on_ready) -> None:
+    """Open the source, mount and serve until unmounted (blocking). Errors raise NgffMountError."""
+    from mfusepy import FUSE
+
+    from .fs import VirtualFS
+    from .fuse_ops import FuseOps
+    from .tree import build_tree
+
+    mountpoint = check_mountpoint(config.mountpoint)
+    check_fuse()
+    options = storage_options_for(
+        config.source,
+        anon=config.anon,
+        endpoint_url=config.endpoint_url,
+        extra=config.storage_options,
+        concurrency=config.concurrency,
+        timeout=config.timeout,
+    )
+    source = open_source(config.source, options, config.concurrency)
+    engine = build_engine(config)
+    url = normalize_url(config.source)
+    root = build_tree(source, engine, stats_renderer(engine, url))
+    ops = FuseOps(VirtualFS(root), on_ready=lambda: _when_mounted(mountpoint, on_ready))
+    options = dict(
+        foreground=True,
+        nothreads=False,
+        ro=True,
+        fsname=f"ngffmount:{url}"[:200].replace(",", "%2C"),
+        subtype="ngffmount",
+        attr_timeout=3600,
+        entry_timeout=3600,
+        negative_timeout=10,
+    )
+    if config.allow_other:
+        options["allow_other"] = True
+    log.info("serving %s at %s", url, mountpoint)
+    FUSE(ops, mountpoint, raw_fi=True, **options)
+    log.info("unmounted %s", mountpoint)
+
+
+def _when_mounted(mountpoint: str, on_ready) -> None:
+    # init runs before the kernel finishes the mount; wait until the mountpoint answers.
+    for _ in range(200):
+        if os.path.ismount(mountpoint):
+            break
+        time.sleep(0.05)
+    on_ready()
+
+
+def notify_systemd(message: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+# -- background mount -------------------------------------------------------------------
+
+
+def default_log_file(mountpoint: str) -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
+    return os.path.join(base, "ngffmount", f"{name}.log")
+
+
+def mount_background(config: MountConfig, wait_seconds: float = 300.0) -> str:
+    """Start the serving child and wait until the mount answers. Returns the log file path."""
+    config.mountpoint = check_mountpoint(config.mountpoint)
+    check_fuse()
+    config.log_file = config.log_file or default_log_file(config.mountpoint)
+    os.makedirs(os.path.dirname(config.log_file), exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    with open(config.log_file, "ab") as logf:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ngffmount.vfs.cli", "_serve", "--ready-fd", str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=logf,
+            stderr=logf,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            close_fds=True,
+        )
+    os.close(write_fd)
+    child.stdin.write(json.dumps(asdict(config)).encode())
+    child.stdin.close()
+    message = _read_status(read_fd, child, wait_seconds)
+    if message == "READY":
+        return config.log_file
+    if child.poll() is None:
+        child.terminate()
+    raise NgffMountError(message or f"the mount process exited ({child.poll()}); see {config.log_file}")
+
+
+def _read_status(fd: int, child: subprocess.Popen, wait_seconds: float) -> str:
+    buf = b""
+    deadline = time.monotonic() + wait_seconds
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                buf += chunk
+                if b"\n" in buf:
+                    break
+            elif child.poll() is not None:
+                break
+    finally:
+        os.close(fd)
+    line = buf.decode(errors="replace").strip()
+    if line.startswith("ERROR "):
+        return line[6:]
+    if line == "READY":
+        return line
+    if not line and time.monotonic() >= deadline:
+        return f"the mount did not answer within {wait_seconds:.0f} s"
+    return line
+
+
+# -- unmount ----------------------------------------------------------------------------
+
+
+def unmount(mountpoint: str, lazy: bool = False, quiet: bool = False) -> None:
+    path = os.path.abspath(mountpoint)
+    if not (os.path.ismount(path) or is_stale(path)):
+        raise MountError(f"{path} is not mounted")
+    commands = []
+    for tool in ("fusermount", "fusermount3"):
+        if shutil.which(tool):
+            commands.append([tool, "-uz" if lazy else "-u", path])
+    if shutil.which("umount"):
+        commands.append(["umount", "-l", path] if lazy else ["umount", path])
+    errors = []
+    for cmd in commands:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        errors.append(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"{cmd[0]} failed")
+    detail = errors[-1] if errors else "no unmount tool found"
+    if any("busy" in e.lower() for e in errors):
+        detail = "it is busy (files are open there); close them or use --lazy"
+    if not quiet:
+        raise MountError(f"cannot unmount {path}: {detail}")

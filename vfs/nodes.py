@@ -1,0 +1,96 @@
+"""The nodes of the mounted tree: directories and files, some built lazily."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+from .virtualfile import StaticSegment, VirtualFile
+
+
+class Node:
+    mtime: float = 0.0
+
+
+class FileNode(Node):
+    """A file whose size is known up front; its content comes from a VirtualFile."""
+
+    dynamic = False  # True: content changes, so the kernel must not cache it
+
+    def __init__(self, vfile: VirtualFile, mtime: float):
+        self.vfile, self.mtime = vfile, mtime
+
+    @property
+    def size(self) -> int:
+        return self.vfile.size
+
+    def open(self) -> VirtualFile:
+        return self.vfile
+
+
+def static_file(data: bytes, mtime: float) -> FileNode:
+    return FileNode(VirtualFile(len(data), [StaticSegment(0, data)]), mtime)
+
+
+class DynamicFile(FileNode):
+    """Content made at open time (stats.json). Its size is that of a fresh snapshot."""
+
+    dynamic = True
+
+    def __init__(self, render: Callable[[], bytes], mtime: float):
+        self.render, self.mtime = render, mtime
+
+    @property
+    def size(self) -> int:
+        return len(self.render())
+
+    def open(self) -> VirtualFile:
+        data = self.render()
+        return VirtualFile(len(data), [StaticSegment(0, data)])
+
+
+class DirNode(Node):
+    def __init__(self, mtime: float, entries: dict[str, Node] | None = None):
+        self.mtime = mtime
+        self.entries: dict[str, Node] = dict(entries or {})
+
+    def names(self) -> Iterable[str]:
+        return self.entries.keys()
+
+    def child(self, name: str) -> Node | None:
+        return self.entries.get(name)
+
+
+class PlaneDir(DirNode):
+    """One single-plane TIFF per (t, c, z), named and built on demand from the plane counts."""
+
+    def __init__(self, layout, mtime: float):
+        super().__init__(mtime)
+        self.layout = layout
+        src = layout.src
+        self.counts = (src.nt, src.nc, src.nz)
+        self.simple = not (src.has_axis("t") or src.has_axis("c"))
+        self.widths = (max(5, len(str(src.nt - 1))), max(3, len(str(src.nc - 1))), max(5, len(str(src.nz - 1))))
+        t, c, z = self.widths
+        self._pattern = re.compile(rf"z(\d{{{z}}})\.tif" if self.simple else rf"t(\d{{{t}}})_c(\d{{{c}}})_z(\d{{{z}}})\.tif")
+        self._header = layout.plane_header()
+        self.file_size = self._header[1] + src.plane_bytes
+
+    def plane_name(self, t: int, c: int, z: int) -> str:
+        wt, wc, wz = self.widths
+        if self.simple:
+            return f"z{z:0{wz}d}.tif"
+        return f"t{t:0{wt}d}_c{c:0{wc}d}_z{z:0{wz}d}.tif"
+
+    def names(self) -> Iterable[str]:
+        nt, nc, nz = self.counts
+        return (self.plane_name(t, c, z) for t in range(nt) for c in range(nc) for z in range(nz))
+
+    def child(self, name: str) -> Node | None:
+        m = self._pattern.fullmatch(name)
+        if m is None:
+            return None
+        tcz = (0, 0, int(m.group(1))) if self.simple else tuple(int(g) for g in m.groups())
+        if any(i >= n for i, n in zip(tcz, self.counts)):
+            return None
+        return FileNode(self.layout.plane_file(*tcz, header=self._header), self.mtime)

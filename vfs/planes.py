@@ -1,0 +1,135 @@
+"""A level seen as (t, c, z) planes of Y x X pixels, and its calibration.
+
+This is where the source's axis order is mapped to the t, c, z, y, x of the file views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cache.region import read_region
+
+# Length units of NGFF (UDUNITS-2 names) in meters, and how ImageJ writes them.
+LENGTH_IN_METERS = {
+    "angstrom": 1e-10, "attometer": 1e-18, "centimeter": 1e-2, "decimeter": 1e-1, "exameter": 1e18,
+    "femtometer": 1e-15, "foot": 0.3048, "gigameter": 1e9, "hectometer": 1e2, "inch": 0.0254,
+    "kilometer": 1e3, "megameter": 1e6, "meter": 1.0, "micrometer": 1e-6, "mile": 1609.344,
+    "millimeter": 1e-3, "nanometer": 1e-9, "parsec": 3.0857e16, "petameter": 1e15, "picometer": 1e-12,
+    "terameter": 1e12, "yard": 0.9144, "yoctometer": 1e-24, "yottameter": 1e24, "zeptometer": 1e-21,
+    "zettameter": 1e21,
+}
+IMAGEJ_LENGTH_UNIT = {
+    "micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
+    "kilometer": "km", "picometer": "pm", "angstrom": "angstrom", "inch": "inch",
+}
+IMAGEJ_TIME_UNIT = {
+    "second": "sec", "millisecond": "ms", "microsecond": "us", "nanosecond": "ns", "minute": "min", "hour": "hour",
+    "day": "day",
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    pixel_width: float
+    pixel_height: float
+    pixel_depth: float
+    unit: str | None  # ImageJ's spelling
+    origin: tuple[float, float, float]  # x, y, z in pixels, as ImageJ counts them
+    frame_interval: float | None
+    time_unit: str | None
+
+
+def tiff_dtype(dtype: np.dtype) -> np.dtype:
+    """Little-endian (files say II); bool as uint8 0/1."""
+    if dtype.kind == "b":
+        return np.dtype("uint8")
+    return dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
+
+
+class PlaneSource:
+    def __init__(self, level, engine):
+        self.level, self.engine = level, engine
+        kinds = [a.type for a in level.axes]
+        space = [i for i, k in enumerate(kinds) if k == "space"]
+        self.pos = {
+            "t": kinds.index("time") if "time" in kinds else None,
+            "c": kinds.index("channel") if "channel" in kinds else None,
+            "z": space[-3] if len(space) == 3 else None,
+            "y": space[-2],
+            "x": space[-1],
+        }
+        self.sizes = {k: (1 if p is None else level.shape[p]) for k, p in self.pos.items()}
+        self.nt, self.nc, self.nz = self.sizes["t"], self.sizes["c"], self.sizes["z"]
+        self.height, self.width = self.sizes["y"], self.sizes["x"]
+        self.dtype = tiff_dtype(level.dtype)
+        self.row_bytes = self.width * self.dtype.itemsize
+        self.plane_bytes = self.height * self.row_bytes
+        self.plane_count = self.nt * self.nc * self.nz
+
+    def has_axis(self, name: str) -> bool:
+        return self.pos[name] is not None
+
+    def czt(self, i: int) -> tuple[int, int, int]:
+        """Plane i of an ImageJ stack (channel fastest, then z, then t) as (t, c, z)."""
+        c = i % self.nc
+        z = (i // self.nc) % self.nz
+        return i // (self.nc * self.nz), c, z
+
+    def read(self, t: int, c: int, z: int, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of plane (t, c, z) in C order, little-endian."""
+        item = self.dtype.itemsize
+        e0, e1 = start // item, -(-stop // item)
+        r0, r1 = e0 // self.width, (e1 - 1) // self.width
+        if r0 == r1:
+            x0, x1 = e0 % self.width, (e1 - 1) % self.width + 1
+        else:
+            x0, x1 = 0, self.width
+        lo = [0] * len(self.level.shape)
+        hi = [1] * len(self.level.shape)
+        for name, value in (("t", t), ("c", c), ("z", z)):
+            if self.pos[name] is not None:
+                lo[self.pos[name]], hi[self.pos[name]] = value, value + 1
+        lo[self.pos["y"]], hi[self.pos["y"]] = r0, r1 + 1
+        lo[self.pos["x"]], hi[self.pos["x"]] = x0, x1
+        region = read_region(self.engine, self.level, lo, hi)
+        yx = region.reshape(
+            [n for i, n in enumerate(region.shape) if i in (self.pos["y"], self.pos["x"])]
+        )
+        if self.pos["y"] > self.pos["x"]:
+            yx = yx.T
+        data = np.ascontiguousarray(yx, dtype=self.dtype).tobytes()
+        skip = start - (r0 * self.width + x0) * item
+        return data[skip:skip + (stop - start)]
+
+    def calibration(self) -> Calibration:
+        level = self.level
+        unit_x = level.axes[self.pos["x"]].unit
+
+        def in_x_unit(name: str) -> float:
+            p = self.pos[name]
+            if p is None:
+                return 1.0
+            value, unit = level.scale[p], level.axes[p].unit
+            if unit and unit_x and unit != unit_x and unit in LENGTH_IN_METERS and unit_x in LENGTH_IN_METERS:
+                value *= LENGTH_IN_METERS[unit] / LENGTH_IN_METERS[unit_x]
+            return value
+
+        pw, ph, pd = in_x_unit("x"), in_x_unit("y"), in_x_unit("z")
+
+        def origin(name: str) -> float:
+            # ImageJ origins count pixels: physical = (index - origin) * pixel size.
+            p = self.pos[name]
+            return -level.translation[p] / level.scale[p] if p is not None and level.scale[p] else 0.0
+
+        t = self.pos["t"]
+        return Calibration(
+            pixel_width=pw,
+            pixel_height=ph,
+            pixel_depth=pd,
+            unit=IMAGEJ_LENGTH_UNIT.get(unit_x, unit_x) if unit_x else None,
+            origin=(origin("x"), origin("y"), origin("z")),
+            frame_interval=level.scale[t] if t is not None else None,
+            time_unit=IMAGEJ_TIME_UNIT.get(level.axes[t].unit, level.axes[t].unit) if t is not None and level.axes[t].unit else None,
+        )

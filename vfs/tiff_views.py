@@ -1,0 +1,134 @@
+"""TIFF views of a level: single-plane files and ImageJ hyperstacks, laid out as VirtualFiles.
+
+Pixel data is uncompressed and contiguous so that any byte range maps straight to a
+region of the level. FORMATS.md ("ImageJ 1.x reading TIFF") has the rules followed here.
+"""
+
+from __future__ import annotations
+
+from .planes import Calibration, PlaneSource
+from .tiff import CLASSIC_LIMIT, TiffFormat, image_tags, plan_strips
+from .virtualfile import PixelSegment, RecordSegment, StaticSegment, VirtualFile
+
+PIXEL_ALIGN = 16
+# What ImageJ 1.x opens: 8/16-bit, 16-bit signed (via calibration), 32-bit int and float.
+IMAGEJ_DTYPES = {"uint8", "uint16", "int16", "float32", "int32", "uint32"}
+TIFF_DTYPES = IMAGEJ_DTYPES | {"int8", "uint64", "int64", "float16", "float64"}
+
+
+def _align(n: int) -> int:
+    return -(-n // PIXEL_ALIGN) * PIXEL_ALIGN
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+def imagej_description(src: PlaneSource, cal: Calibration, stack: bool) -> bytes:
+    lines = ["ImageJ=1.11a"]
+    if stack and src.plane_count > 1:
+        lines.append(f"images={src.plane_count}")
+        dims = {"channels": src.nc, "slices": src.nz, "frames": src.nt}
+        lines += [f"{k}={v}" for k, v in dims.items() if v > 1]
+        if sum(v > 1 for v in dims.values()) > 1:
+            lines.append("hyperstack=true")
+        if src.nc > 1:
+            lines.append("mode=grayscale")
+    if cal.unit:
+        lines.append(f"unit={cal.unit}")
+    if src.has_axis("z"):
+        lines.append(f"spacing={_fmt(cal.pixel_depth)}")
+    if stack and src.nt > 1 and cal.frame_interval:
+        lines.append(f"finterval={_fmt(cal.frame_interval)}")
+        if cal.time_unit:
+            lines.append(f"tunit={cal.time_unit}")
+    for axis, value in zip("xyz", cal.origin):
+        if value:
+            lines.append(f"{axis}origin={_fmt(value)}")
+    if stack and src.plane_count > 1:
+        lines.append("loop=false")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def unsupported_reason(src: PlaneSource, imagej: bool) -> str | None:
+    """Why a TIFF view cannot be made for this level, or None."""
+    name = src.dtype.name
+    allowed = IMAGEJ_DTYPES if imagej else TIFF_DTYPES
+    if name not in allowed:
+        who = "ImageJ 1.x" if imagej else "TIFF"
+        return f"{who} cannot hold dtype {src.level.dtype}"
+    if imagej and src.plane_bytes >= CLASSIC_LIMIT - 4096:
+        return "a single plane is 4 GiB or more; ImageJ 1.x cannot read BigTIFF"
+    return None
+
+
+class TiffLayout:
+    """Shared geometry of the TIFF views of one level."""
+
+    def __init__(self, src: PlaneSource):
+        self.src = src
+        self.cal = src.calibration()
+        self.strips = plan_strips(src.height, src.row_bytes)
+        res = (1.0 / self.cal.pixel_width if self.cal.pixel_width else 1.0,
+               1.0 / self.cal.pixel_height if self.cal.pixel_height else 1.0)
+        self.resolution = res
+
+    def _tags(self, fmt: TiffFormat, pixel_offset: int, description: bytes | None):
+        s = self.src
+        return image_tags(fmt, s.width, s.height, s.dtype, self.strips, pixel_offset, description, self.resolution)
+
+    # -- one plane per file -------------------------------------------------------------
+    def plane_header(self) -> tuple[bytes, int]:
+        """Header bytes and pixel offset, identical for every plane file of the level."""
+        desc = imagej_description(self.src, self.cal, stack=False)
+        for fmt in (TiffFormat(False), TiffFormat(True)):
+            ifd_at = fmt.header_len
+            pixel_offset = _align(ifd_at + fmt.ifd_len(self._tags(fmt, 0, desc)))
+            if fmt.big or pixel_offset + self.src.plane_bytes < CLASSIC_LIMIT:
+                break
+        head = fmt.header(ifd_at) + fmt.ifd(self._tags(fmt, pixel_offset, desc), ifd_at, 0)
+        return head, pixel_offset
+
+    def plane_file(self, t: int, c: int, z: int, header: tuple[bytes, int] | None = None) -> VirtualFile:
+        head, pixel_offset = header or self.plane_header()
+        src = self.src
+        pixels = PixelSegment(pixel_offset, 1, src.plane_bytes, lambda _i, a, b: src.read(t, c, z, a, b))
+        return VirtualFile(pixel_offset + src.plane_bytes, [StaticSegment(0, head), pixels])
+
+    # -- ImageJ hyperstack ------------------------------------------------------------
+    def stack_file(self) -> VirtualFile:
+        """All planes in CZT order. Under 4 GiB every plane has an IFD (for libtiff, GDAL,
+        tifffile); above, one IFD with `images=` (ImageJ's own convention for big stacks)."""
+        src = self.src
+        fmt = TiffFormat(False)
+        desc = imagej_description(src, self.cal, stack=True)
+        ifd0_at = fmt.header_len
+        ifd0_len = fmt.ifd_len(self._tags(fmt, 0, desc))
+        records_at = ifd0_at + ifd0_len
+        record_len = fmt.ifd_len(self._tags(fmt, 0, None))
+        n = src.plane_count
+        pixel_offset = _align(records_at + (n - 1) * record_len)
+        per_plane_ifds = pixel_offset + n * src.plane_bytes < CLASSIC_LIMIT
+        if not per_plane_ifds:
+            pixel_offset = _align(records_at)
+        size = pixel_offset + n * src.plane_bytes
+
+        def record_at(i: int) -> int:  # IFD of plane i >= 1
+            return records_at + (i - 1) * record_len
+
+        first_next = record_at(1) if per_plane_ifds and n > 1 else 0
+        head = fmt.header(ifd0_at) + fmt.ifd(self._tags(fmt, pixel_offset, desc), ifd0_at, first_next)
+        segments = [StaticSegment(0, head)]
+        if per_plane_ifds and n > 1:
+
+            def make_record(k: int) -> bytes:
+                i = k + 1
+                nxt = record_at(i + 1) if i + 1 < n else 0
+                tags = self._tags(fmt, pixel_offset + i * src.plane_bytes, None)
+                return fmt.ifd(tags, record_at(i), nxt)
+
+            segments.append(RecordSegment(records_at, n - 1, record_len, make_record))
+        segments.append(
+            PixelSegment(pixel_offset, n, src.plane_bytes, lambda i, a, b: src.read(*src.czt(i), a, b))
+        )
+        return VirtualFile(size, segments)
