@@ -38,7 +38,7 @@ _ERROR_MARKERS = (
     "not supported",
     "Macro or script not found",
     "Unsupported",
-    "out of memory",
+    "Out of memory",  # open() of a stack larger than the heap loads only part of it
 )
 
 
@@ -52,7 +52,7 @@ def ij_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def run_macro(macro: str, arg: str = "", timeout: float = 120) -> list[str]:
+def run_macro(macro: str, arg: str = "", timeout: float = 120, heap: str = "2g") -> list[str]:
     """Run `macro` in a fresh ImageJ under Xvfb; return the lines it print()ed.
 
     Do not end the macro with exit: the appended end marker must run. getArgument()
@@ -63,10 +63,11 @@ def run_macro(macro: str, arg: str = "", timeout: float = 120) -> list[str]:
         path = os.path.join(tmp, "macro.ijm")
         with open(path, "w", encoding="utf-8") as f:
             f.write(macro + f'\nprint("{_DONE}");\n')
-        # -a picks a free display number; -Xmx caps each JVM (the default is 1/4 of RAM,
-        # too much with several runs side by side). UTF-8 so "µm" survives stdout.
+        # -a picks a free display number. -Xmx caps each JVM (the default is 1/4 of RAM);
+        # open() needs a heap larger than the whole stack, virtual stacks do not.
+        # UTF-8 so "µm" survives stdout whatever the locale.
         cmd = ["timeout", "-k", "5", str(timeout), "xvfb-run", "-a",
-               "java", "-Xmx2g", "-Dsun.stdout.encoding=UTF-8", "-Dsun.stderr.encoding=UTF-8",
+               "java", f"-Xmx{heap}", "-Dsun.stdout.encoding=UTF-8", "-Dsun.stderr.encoding=UTF-8",
                "-jar", IJ_JAR, "-batch", path]
         if arg:
             cmd.append(arg)

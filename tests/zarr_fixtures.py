@@ -26,6 +26,9 @@ def pattern(shape, dtype, seed: int = 0) -> np.ndarray:
         return (value * 0.25 - 1000).astype(dtype)
     if dtype.kind == "b":
         return (value % 3 == 0)
+    if dtype.itemsize == 8:  # exercise the high bytes too (and negatives for int64)
+        v = value.astype(np.uint64)
+        return ((v << np.uint64(40)) | v).astype(dtype)
     info = np.iinfo(dtype)
     return (value % (int(info.max) - int(info.min) + 1) + int(info.min)).astype(dtype)
 
@@ -77,11 +80,10 @@ def write_ome_zarr(
         kwargs = {}
         if zarr_format == 2:
             kwargs["chunk_key_encoding"] = {"name": "v2", "separator": separator}
-        if shards is not None:
-            kwargs["shards"] = tuple(min(s, n) for s, n in zip(shards, arr.shape))
         c = tuple(min(c, n) for c, n in zip(chunks or arr.shape, arr.shape))
         if shards is not None:
-            c = tuple(min(ci, si) for ci, si in zip(c, kwargs["shards"]))
+            # Shards must hold whole inner chunks, also where a level is smaller than a shard.
+            kwargs["shards"] = tuple(min(sh, -(-n // ci) * ci) for sh, n, ci in zip(shards, arr.shape, c))
         if zarr_format == 3:
             kwargs["dimension_names"] = list(axes)
         z = root.create_array(str(lvl), shape=arr.shape, dtype=arr.dtype, chunks=c, **kwargs)

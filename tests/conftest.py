@@ -1,0 +1,91 @@
+"""Shared fixtures. Unit tests build stores on local disk; integration tests add real mounts
+and loopback servers (tests/servers.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ngffmount.adapters import open_source  # noqa: E402
+from ngffmount.cache.engine import ChunkEngine  # noqa: E402
+from ngffmount.vfs.fs import VirtualFS  # noqa: E402
+from ngffmount.vfs.tree import build_tree  # noqa: E402
+
+
+def vfs_for(url: str, storage_options=None, engine=None) -> VirtualFS:
+    source = open_source(url, storage_options)
+    return VirtualFS(build_tree(source, engine or ChunkEngine(memory_bytes=64 << 20)))
+
+
+def read_all(fs: VirtualFS, path: str) -> bytes:
+    return fs.read(path, fs.getattr(path)["st_size"], 0)
+
+
+def tiff_array(data: bytes) -> np.ndarray:
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        return tif.asarray()
+
+
+def imagej_order(arr: np.ndarray, axes: str) -> np.ndarray:
+    """Reorder a source array to ImageJ's stack order (channel fastest, then z, then t)."""
+    present = [a for a in "tzcyx" if a in axes]
+    out = np.transpose(arr, [axes.index(a) for a in present])
+    return out.reshape((-1, out.shape[-2], out.shape[-1]))
+
+
+def ngffmount_cmd(*args, check=True, timeout=120, env=None) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "ngffmount.vfs.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"ngffmount {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+@contextlib.contextmanager
+def mounted(source: str, mountpoint: Path, *extra: str):
+    """A real FUSE mount through the CLI, always unmounted afterwards."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    ngffmount_cmd("mount", source, str(mountpoint), *extra)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["fusermount", "-u", str(mountpoint)], capture_output=True)
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount", "-uz", str(mountpoint)], capture_output=True)
+
+
+@pytest.fixture
+def cache_args(tmp_path) -> list[str]:
+    """A private disk cache per test, so tests never share cached chunks."""
+    return ["--cache-dir", str(tmp_path / f"cache-{uuid.uuid4().hex[:8]}")]
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory):
+    from servers import RangeHTTPServer
+
+    root = tmp_path_factory.mktemp("www")
+    with RangeHTTPServer(str(root), listing=False) as server:
+        server.www = root
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from servers import MotoS3Server
+
+    with MotoS3Server() as server:
+        yield server

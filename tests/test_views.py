@@ -1,0 +1,219 @@
+"""VirtualFS and the TIFF views, without FUSE: stores on local disk written by zarr-python."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import imagej_order, read_all, tiff_array, vfs_for
+from ngffmount.adapters.storage import TRANSFERS
+from ngffmount.cache.engine import ChunkEngine
+from ngffmount.vfs.tiff import CLASSIC_LIMIT
+from zarr_fixtures import pattern, write_ome_zarr
+
+UM = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
+
+
+@pytest.fixture(scope="module")
+def czyx_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("czyx") / "img.zarr"
+    data = pattern((2, 3, 45, 70), "uint16")
+    write_ome_zarr(path, data, "czyx", chunks=(1, 2, 16, 32), scale0=[1, 2.5, 0.1625, 0.1625], units=UM,
+                   translation=[0, 5.0, 1.625, 3.25])
+    return path, data
+
+
+def test_tree_names_and_sizes_come_from_metadata(czyx_store):
+    path, data = czyx_store
+    fs = vfs_for(str(path))
+    before = TRANSFERS.requests
+    assert fs.readdir("/") == ["info.json", "s0", "s0.tif", "s1", "s1.tif"]
+    names = fs.readdir("/s0")
+    assert names == sorted(names) and len(names) == 6
+    assert names[0] == "t00000_c000_z00000.tif" and names[-1] == "t00000_c001_z00002.tif"
+    sizes = {fs.getattr(f"/s0/{n}")["st_size"] for n in names}
+    assert len(sizes) == 1
+    fs.getattr("/s0.tif")
+    fs.getattr("/s1.tif")
+    assert TRANSFERS.requests == before, "listing and stat must not read chunks"
+
+
+def test_info_json(czyx_store):
+    path, _ = czyx_store
+    info = json.loads(read_all(vfs_for(str(path)), "/info.json"))
+    assert info["format"] == "OME-Zarr 0.4"
+    assert info["source"] == "file://" + str(path)
+    assert [a["name"] for a in info["axes"]] == list("czyx")
+    s0, s1 = info["levels"]
+    assert s0["path"] == "0" and s0["shape"] == [2, 3, 45, 70] and s0["chunk_shape"] == [1, 2, 16, 32]
+    assert s0["dtype"] == "uint16"
+    assert s0["voxel_size"] == {"x": 0.1625, "y": 0.1625, "z": 2.5, "unit": "micron"}
+    assert s1["voxel_size"]["x"] == 0.325
+    assert "s0.tif" in info["views"] and "s0/" in info["views"]
+    assert "s0.ome.tif" in info["missing_views"]
+
+
+def test_every_plane_matches_zarr(czyx_store):
+    path, data = czyx_store
+    fs = vfs_for(str(path))
+    ref = zarr.open_group(str(path), mode="r")
+    for lvl in ("0", "1"):
+        arr = ref[lvl][...]
+        for c in range(arr.shape[0]):
+            for z in range(arr.shape[1]):
+                got = tiff_array(read_all(fs, f"/s{lvl}/t00000_c{c:03d}_z{z:05d}.tif"))
+                np.testing.assert_array_equal(got, arr[c, z])
+
+
+def test_stack_is_imagej_hyperstack(czyx_store):
+    path, data = czyx_store
+    fs = vfs_for(str(path))
+    raw = read_all(fs, "/s0.tif")
+    with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+        meta = tif.imagej_metadata
+        assert tif.is_imagej and len(tif.pages) == 6
+        assert (meta["images"], meta["channels"], meta["slices"]) == (6, 2, 3)
+        assert meta["unit"] == "micron" and meta["spacing"] == 2.5
+        assert meta["xorigin"] == pytest.approx(-20.0) and meta["zorigin"] == pytest.approx(-2.0)
+        page = tif.pages[0]
+        assert page.tags["XResolution"].value[1] / page.tags["XResolution"].value[0] == pytest.approx(0.1625)
+        stack = tif.asarray()
+    np.testing.assert_array_equal(stack.reshape(-1, 45, 70), imagej_order(data, "czyx"))
+
+
+def test_missing_chunks_read_as_fill_value(tmp_path):
+    path = tmp_path / "sparse.zarr"
+    data = pattern((4, 32, 32), "uint16")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(1, 16, 16))
+    arr = zarr.open_array(str(path / "0"), mode="r+")
+    # Drop one chunk file: zarr-python reads it as the fill value, and so must we.
+    (path / "0" / "2" / "1" / "0").unlink()
+    expected = arr[...]
+    assert (expected[2, 16:, :16] == 0).all()
+    fs = vfs_for(str(path))
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s0/z00002.tif")), expected[2])
+    assert fs.readdir("/s0") == [f"z{z:05d}.tif" for z in range(4)]
+
+
+@pytest.mark.parametrize(
+    "dtype, imagej",
+    [
+        ("uint8", True), ("uint16", True), ("int16", True), ("float32", True), ("int32", True), ("uint32", True),
+        ("int8", False), ("float64", False), ("int64", False), ("uint64", False),
+    ],
+)
+def test_dtypes_keep_source_values(tmp_path, dtype, imagej):
+    path = tmp_path / f"{dtype}.zarr"
+    data = pattern((3, 20, 24), dtype)
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(2, 8, 16))
+    fs = vfs_for(str(path))
+    plane = tiff_array(read_all(fs, "/s0/z00001.tif"))
+    assert plane.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(plane, data[1])
+    info = json.loads(read_all(fs, "/info.json"))
+    if imagej:
+        np.testing.assert_array_equal(tiff_array(read_all(fs, "/s0.tif")), data)
+    else:
+        assert "s0.tif" not in fs.readdir("/")
+        assert "ImageJ" in info["missing_views"]["s0.tif"]
+
+
+@pytest.mark.parametrize("separator", [".", "/"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_zarr_v2_variants(tmp_path, separator, order):
+    path = tmp_path / "v2.zarr"
+    data = pattern((3, 33, 41), ">u2")
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=data.shape, dtype=">u2", chunks=(2, 16, 16), order=order,
+                      chunk_key_encoding={"name": "v2", "separator": separator})[...] = data
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space"} for a in "zyx"],
+                                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1]}]}]}]
+    fs = vfs_for(str(path))
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s0.tif")), data)
+
+
+def test_zarr_v3_sharded_with_missing_inner_chunks(tmp_path):
+    path = tmp_path / "v3.zarr"
+    data = pattern((1, 2, 6, 64, 80), "uint16")
+    data[0, 1, 3:] = 0  # whole inner chunks of fill value: zarr-python leaves them out of the shard
+    write_ome_zarr(path, data, "tczyx", version="0.5", levels=2, chunks=(1, 1, 3, 16, 16), shards=(1, 1, 6, 32, 48))
+    engine = ChunkEngine()
+    fs = vfs_for(str(path), engine=engine)
+    info = json.loads(read_all(fs, "/info.json"))
+    assert info["format"] == "OME-Zarr 0.5"
+    assert info["levels"][0]["chunk_shape"] == [1, 1, 3, 16, 16]
+    ref = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s0.tif")).reshape(12, 64, 80), imagej_order(ref["0"][...], "tczyx"))
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s1/t00000_c001_z00004.tif")), ref["1"][0, 1, 4])
+    assert engine.stats.snapshot()["chunks_missing"] > 0
+
+
+def test_y_before_x_and_2d(tmp_path):
+    path = tmp_path / "yx.zarr"
+    data = pattern((50, 30), "uint8")
+    write_ome_zarr(path, data, "yx", levels=3, chunks=(16, 16))
+    fs = vfs_for(str(path))
+    assert fs.readdir("/s2") == ["z00000.tif"]
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s2.tif")), data[::4, ::4])
+
+
+def test_stack_over_4gib_uses_single_ifd(tmp_path):
+    # 2100 planes of 1024 x 1024 uint16 = 4.1 GiB declared; only two chunks exist.
+    path = tmp_path / "big.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=(2100, 1024, 1024), dtype="uint16", chunks=(1, 1024, 1024),
+                            chunk_key_encoding={"name": "v2", "separator": "/"})
+    arr[0] = 7
+    arr[2099] = pattern((1024, 1024), "uint16")
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+                                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]
+    fs = vfs_for(str(path))
+    size = fs.getattr("/s0.tif")["st_size"]
+    plane = 1024 * 1024 * 2
+    assert size > CLASSIC_LIMIT
+    head = fs.read("/s0.tif", 4096, 0)
+    with tifffile.TiffFile(io.BytesIO(head + bytes(plane))) as tif:
+        assert tif.imagej_metadata["images"] == 2100
+        assert tif.pages[0].tags.get("NewSubfileType") is not None
+        offset = tif.pages[0].dataoffsets[0]
+        assert len(tif.pages) == 1, "above 4 GiB only the first IFD exists"
+    assert size == offset + 2100 * plane
+    last = np.frombuffer(fs.read("/s0.tif", plane, offset + 2099 * plane), "<u2").reshape(1024, 1024)
+    np.testing.assert_array_equal(last, arr[2099])
+    assert np.frombuffer(fs.read("/s0.tif", 64, offset), "<u2").tolist() == [7] * 32
+
+
+# -- byte-exact reads at any offset ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_files(czyx_store):
+    """Each file as independent parts: our header bytes, then zarr-python's pixels."""
+    path, data = czyx_store
+    fs = vfs_for(str(path))
+    refs = {}
+    for name, pixels in (("/s0.tif", imagej_order(data, "czyx")), ("/s0/t00000_c001_z00002.tif", data[1, 2])):
+        raw = read_all(fs, name)
+        with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+            offset = tif.pages[0].dataoffsets[0]
+        refs[name] = raw[:offset] + np.ascontiguousarray(pixels, "<u2").tobytes()
+        assert len(refs[name]) == len(raw)
+    return fs, refs
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_read_matches_reference(reference_files, data):
+    fs, refs = reference_files
+    name = data.draw(st.sampled_from(sorted(refs)))
+    ref = refs[name]
+    offset = data.draw(st.integers(0, len(ref) + 10))
+    size = data.draw(st.integers(0, 70000))
+    assert fs.read(name, size, offset) == ref[offset:offset + size]
