@@ -24,7 +24,10 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     try:
         root = omezarr.read_root_metadata(store)
     except ChunkReadError as exc:
-        raise SourceNotFound(str(exc).replace("cannot read", "cannot reach", 1)) from None
+        message = str(exc).replace("cannot read", "cannot reach", 1)
+        if "NoCredentialsError" in message:
+            message += " (for a public bucket, use anonymous access: --anon)"
+        raise SourceNotFound(message) from None
     detected = omezarr.ome_attributes(root)
     if detected is None:
         if all(v is None for v in root.values()):

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -113,6 +114,70 @@ def test_s3_ome_zarr_05_sharded_idr_metadata(tmp_path, s3_server, cache_args):
         assert json.loads((mnt / ".ngffmount" / "stats.json").read_text())["remote_requests"] == before
 
 
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+@pytest.mark.parametrize("transport", ["http", "s3"])
+def test_every_plane_matches_zarr_python_over_the_same_url(tmp_path, http_server, s3_server, cache_args, version, transport):
+    name = f"m-{version}-{transport}.zarr"
+    store = tmp_path / name
+    data = pattern((2, 2, 5, 70, 90), "uint16", seed=len(name))
+    write_ome_zarr(store, data, "tczyx", version=version, levels=3, chunks=(1, 1, 2, 32, 32),
+                   shards=(1, 1, 4, 64, 64) if version == "0.5" else None, units={"z": "micrometer", "x": "micrometer"})
+    if transport == "http":
+        shutil.copytree(store, http_server.www / name)
+        url, extra, options = f"{http_server.url}/{name}", [], None
+    else:
+        s3_server.upload_dir(store, "matrix", name, public=True)
+        url, extra = f"s3://matrix/{name}", ["--anon", "--endpoint-url", s3_server.endpoint_url]
+        options = {"anon": True, "client_kwargs": {"endpoint_url": s3_server.endpoint_url}}
+    ref = zarr.open_group(url, mode="r", storage_options=options)
+    with mounted(url, tmp_path / "mnt", *extra, *cache_args) as mnt:
+        for lvl in range(3):
+            arr = ref[str(lvl)][...]
+            for t, c, z in np.ndindex(arr.shape[:3]):
+                got = tifffile.imread(mnt / f"s{lvl}" / f"t{t:05d}_c{c:03d}_z{z:05d}.tif")
+                np.testing.assert_array_equal(got, arr[t, c, z])
+            stack = tifffile.imread(mnt / f"s{lvl}.tif")
+            np.testing.assert_array_equal(stack.reshape(-1, *arr.shape[3:]), imagej_order(arr, "tczyx"))
+
+
+def test_foreground_mode_serves_until_unmounted(tmp_path, cache_args):
+    store = tmp_path / "img.zarr"
+    data = pattern((2, 16, 16), "uint16")
+    write_ome_zarr(store, data, "zyx", levels=1)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.cli", "mount", "-f", f"file://{store}", str(mnt), *cache_args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("mounted file://")
+        assert os.path.ismount(mnt)
+        np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / "z00001.tif"), data[1])
+        ngffmount_cmd("unmount", str(mnt))
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["fusermount", "-uz", str(mnt)], capture_output=True)
+
+
+def test_a_read_fetches_only_the_chunks_it_touches(tmp_path, http_server, cache_args):
+    url, path = served(http_server, "counted.zarr")
+    data = pattern((8, 96, 128), "uint16")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(4, 32, 32))
+    with mounted(url, tmp_path / "mnt", *cache_args) as mnt:
+        http_server.reset_counters()
+        os.listdir(mnt / "s0")
+        [(mnt / "s0" / n).stat() for n in os.listdir(mnt / "s0")]
+        assert http_server.requests == 0, "stat and readdir fetch nothing"
+        np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / "z00005.tif"), data[5])
+        chunk_paths = {p for p in http_server.paths if p.startswith("/counted.zarr/0/")}
+        assert chunk_paths == {f"/counted.zarr/0/1/{y}/{x}" for y in range(3) for x in range(4)}
+        assert http_server.requests == len(chunk_paths), "one request per chunk"
+        # The next plane of the same chunks comes from the memory cache.
+        tifffile.imread(mnt / "s0" / "z00006.tif")
+        assert http_server.requests == len(chunk_paths)
+
+
 def test_local_path_and_read_only(tmp_path, cache_args):
     store = tmp_path / "img.zarr"
     data = pattern((3, 40, 40), "float32")
@@ -136,11 +201,15 @@ def test_broken_chunk_gives_eio_and_daemon_keeps_serving(tmp_path, http_server, 
     write_ome_zarr(path, data, "zyx", levels=1, chunks=(1, 32, 32))
     (path / "0" / "1" / "0" / "0").write_bytes(b"not blosc at all")
     http_server.fail_paths["/broken.zarr/0/2/0/0"] = 500
-    with mounted(url, tmp_path / "mnt", *cache_args) as mnt:
+    log_file = tmp_path / "daemon.log"
+    with mounted(url, tmp_path / "mnt", "--log-file", str(log_file), *cache_args) as mnt:
         for z in (1, 2):
             with pytest.raises(OSError) as exc:
                 (mnt / "s0" / f"z{z:05d}.tif").read_bytes()
             assert exc.value.errno == errno.EIO
+        log = log_file.read_text()
+        assert "read /s0/z00001.tif: cannot decode chunk 1/0/0" in log
+        assert "read /s0/z00002.tif: cannot read" in log and "500" in log
         np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / "z00000.tif"), data[0])
         stats = json.loads((mnt / ".ngffmount" / "stats.json").read_text())
         assert stats["errors"] >= 2
