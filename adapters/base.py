@@ -91,7 +91,7 @@ class Group:
     groups: dict[str, "Group"] = field(default_factory=dict)
 
 
-def make_cache_token(normalized_url: str, array_metadata: Mapping) -> str:
+def make_cache_token(source_identity: str, array_metadata: Mapping) -> str:
     """Hash of (source URL without credentials, array metadata): a changed array gets a new token."""
-    doc = json.dumps({"url": normalized_url, "meta": array_metadata}, sort_keys=True, default=str)
+    doc = json.dumps({"url": source_identity, "meta": array_metadata}, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:32]

@@ -89,6 +89,9 @@ class Store:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, concurrency: int = 32):
         self.url = normalize_url(url)
+        # The same bucket name on two S3 endpoints is two sources: the cache must tell them apart.
+        endpoint = _endpoint_of(storage_options or {})
+        self.identity = self.url + (f" @ {normalize_url(endpoint)}" if endpoint else "")
         self.concurrency = max(1, concurrency)
         try:
             self.fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
@@ -104,6 +107,7 @@ class Store:
         sub.__dict__.update(self.__dict__)
         sub.root = self._path(key)
         sub.url = self.url.rstrip("/") + "/" + safe_key(key)
+        sub.identity = sub.url + self.identity[len(self.url):]
         return sub
 
     def _path(self, key: str) -> str:
@@ -191,6 +195,11 @@ class Store:
             return self.fs.cat_file(self._path(req.key), start=start, end=end)
         except Exception as exc:
             return exc
+
+
+def _endpoint_of(options: Mapping[str, Any]) -> str | None:
+    client = options.get("client_kwargs") or {}
+    return options.get("endpoint_url") or client.get("endpoint_url")
 
 
 def _range_args(req: RangeRequest) -> tuple[int | None, int | None]:

@@ -50,7 +50,7 @@ class ZarrLevel(Level):
             )
         if any(c <= 0 for c in self.chunk_shape):
             raise BadMetadata(f"{where}: chunk shape {list(self.chunk_shape)} has a non-positive entry")
-        self.cache_token = make_cache_token(store.url, meta)
+        self.cache_token = make_cache_token(store.identity, meta)
 
     def _init_v2(self, meta: dict, where: str) -> None:
         self.shape = _positive_ints(meta.get("shape"), "shape", where)
