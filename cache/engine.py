@@ -16,12 +16,22 @@ from .memory import MemoryLRU
 from .stats import Stats
 
 DEFAULT_MEMORY = 1 << 30
+DEFAULT_READAHEAD = 256 << 20
 
 
 class ChunkEngine:
-    def __init__(self, disk: DiskCache | None = None, memory_bytes: int = DEFAULT_MEMORY, decode_threads: int = 2):
+    def __init__(
+        self,
+        disk: DiskCache | None = None,
+        memory_bytes: int = DEFAULT_MEMORY,
+        decode_threads: int = 2,
+        readahead_bytes: int | None = None,
+    ):
         self.disk = disk
         self.memory = MemoryLRU(memory_bytes)
+        # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
+        self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
+        self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="readahead")
         self.stats = Stats()
         self._inflight: dict[tuple, Future] = {}
         self._lock = threading.Lock()
@@ -54,6 +64,24 @@ class ChunkEngine:
         for idx, fut in mine + waiting:
             result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
         return result
+
+    def prefetch(self, level, indices: Iterable[tuple[int, ...]]) -> Future | None:
+        """Load chunks in the background (readahead); None when all are resident or coming."""
+        with self._lock:
+            todo = [
+                idx for idx in dict.fromkeys(indices)
+                if (level.cache_token, idx) not in self._inflight and self.memory.get((level.cache_token, idx)) is None
+            ]
+        if not todo:
+            return None
+        self.stats.add("prefetched", len(todo))
+        return self._prefetcher.submit(self._prefetch_quietly, level, todo)
+
+    def _prefetch_quietly(self, level, indices) -> None:
+        try:
+            self.get(level, indices)
+        except Exception:
+            pass  # a failed prefetch is retried, and reported, by the read that needs the chunk
 
     def _load(self, level, owned: list[tuple[tuple[int, ...], Future]]) -> None:
         try:

@@ -17,6 +17,7 @@ COUNTERS = (
     "disk_misses",
     "disk_corrupt",
     "decodes",
+    "prefetched",  # chunks queued by readahead
     "errors",
 )
 

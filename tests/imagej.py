@@ -1,20 +1,24 @@
 """Run ImageJ 1.x macros (Debian package `imagej`) from tests and read what they print.
 
-ImageJ exits 0 whatever happens, and a macro error opens a modal dialog that waits
-forever on the virtual display, so a run is judged only by its printed lines: run_macro
+ImageJ exits 0 whatever happens, so a run is judged only by its printed lines: run_macro
 appends an end marker and fails when it is missing, when an error marker shows up, or
-when the run times out.
+when the run times out. A macro error (and any IJ.error inside run(...)) opens a modal
+dialog on the virtual display that waits forever; when `xwininfo` (x11-utils) is
+installed, run_macro spots that window and fails at once instead of at the timeout.
 
     lines = run_macro(describe_image_macro(f"open({ij_str(path)});", [(1, 0, 0)]))
-    info = parse_kv(lines)   # {"width": 1024, "nSlices": 3, "unit": "micron", ...}
+    info = parse_kv(lines)   # {"width": 1024, "nSlices": 3, "unit": "microns", ...}
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -28,8 +32,8 @@ __all__ = [
 
 IJ_JAR = "/usr/share/java/ij.jar"
 _DONE = "__ngffmount_macro_done__"
-# Lines ImageJ prints instead of opening a dialog when it runs without a GUI (-batch):
-# IJ.error() messages and Java exceptions. A macro error proper hangs instead.
+# What ImageJ prints instead of a dialog in -batch mode: IJ.error() from open() and
+# friends, Java exceptions, and the out-of-memory notice.
 _ERROR_MARKERS = (
     "Exception",
     "Error:",
@@ -52,6 +56,22 @@ def ij_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def _dialog_title(display_file: str) -> str | None:
+    """Title of a window ImageJ opened on our display: in -batch mode that is always a
+    modal dialog (macro error, IJ.error inside run(...)) that nobody will close."""
+    try:
+        display, xauth = open(display_file).read().split()
+        tree = subprocess.run(["xwininfo", "-display", display, "-root", "-children"],
+                              capture_output=True, text=True, timeout=10,
+                              env={**os.environ, "XAUTHORITY": xauth}).stdout
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    for m in re.finditer(r'^\s*0x\w+ "([^"]*)": \("ij-ImageJ"', tree, re.M):
+        if m.group(1) != "ij-ImageJ":  # AWT's own 1x1 helper window
+            return m.group(1)
+    return None
+
+
 def run_macro(macro: str, arg: str = "", timeout: float = 120, heap: str = "2g") -> list[str]:
     """Run `macro` in a fresh ImageJ under Xvfb; return the lines it print()ed.
 
@@ -63,28 +83,46 @@ def run_macro(macro: str, arg: str = "", timeout: float = 120, heap: str = "2g")
         path = os.path.join(tmp, "macro.ijm")
         with open(path, "w", encoding="utf-8") as f:
             f.write(macro + f'\nprint("{_DONE}");\n')
-        # -a picks a free display number. -Xmx caps each JVM (the default is 1/4 of RAM);
-        # open() needs a heap larger than the whole stack, virtual stacks do not.
-        # UTF-8 so "µm" survives stdout whatever the locale.
+        display_file = os.path.join(tmp, "display")
+        # -a picks a free display number; the sh step records it for the dialog watchdog.
+        # -Xmx caps each JVM (default: 1/4 of RAM); open() needs a heap larger than the
+        # whole stack, virtual stacks do not. UTF-8 so "µm" survives any locale.
         cmd = ["timeout", "-k", "5", str(timeout), "xvfb-run", "-a",
+               "sh", "-c", 'echo "$DISPLAY $XAUTHORITY" > "$0" && exec "$@"', display_file,
                "java", f"-Xmx{heap}", "-Dsun.stdout.encoding=UTF-8", "-Dsun.stderr.encoding=UTF-8",
-               "-jar", IJ_JAR, "-batch", path]
-        if arg:
-            cmd.append(arg)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=timeout + 15,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
-            out, err, rc = proc.stdout, proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as e:  # timeout(1) itself stuck: should not happen
-            out, err, rc = e.stdout or b"", e.stderr or b"", 124
-    out_s = out.decode("utf-8", "replace")
-    err_s = err.decode("utf-8", "replace")
+               "-jar", IJ_JAR, "-batch", path] + ([arg] if arg else [])
+        # TMPDIR: xvfb-run leaves its mktemp dir behind when killed; keep it in ours.
+        env = {**os.environ, "TMPDIR": tmp}
+        watch = shutil.which("xwininfo") is not None
+        dialog = None
+        with open(os.path.join(tmp, "out"), "w+b") as out, \
+                open(os.path.join(tmp, "err"), "w+b") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    env=env, start_new_session=True)
+            deadline = time.monotonic() + timeout + 15
+            while proc.poll() is None:
+                if watch and (dialog := _dialog_title(display_file)):
+                    proc.terminate()  # timeout(1) passes it on to xvfb-run, Xvfb and java
+                if time.monotonic() > deadline or dialog:
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait()
+                    break
+                time.sleep(0.3)
+            rc = proc.returncode
+            out.seek(0)
+            err.seek(0)
+            out_s = out.read().decode("utf-8", "replace")
+            err_s = err.read().decode("utf-8", "replace")
     lines = out_s.splitlines()
     report = f"\n--- macro ---\n{macro}\n--- stdout ---\n{out_s}\n--- stderr ---\n{err_s}"
-    if rc in (124, 137):
-        raise AssertionError(
-            f"ImageJ timed out after {timeout} s (a macro error dialog, e.g. a syntax error, "
-            f"setSlice out of range or no image open, or an unreadable file){report}")
+    if dialog:
+        raise AssertionError(f"ImageJ opened a dialog {dialog!r} and would wait forever "
+                             f"(a macro error, or an error inside run(...)){report}")
+    if rc in (124, 137, -signal.SIGKILL):
+        raise AssertionError(f"ImageJ timed out after {timeout} s (a macro error dialog?){report}")
     bad = [ln for ln in lines + err_s.splitlines() if any(m in ln for m in _ERROR_MARKERS)]
     if bad or _DONE not in lines:
         raise AssertionError(f"ImageJ reported an error or aborted the macro: {bad}{report}")

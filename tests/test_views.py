@@ -105,7 +105,7 @@ def test_missing_chunks_read_as_fill_value(tmp_path):
 @pytest.mark.parametrize(
     "dtype, imagej",
     [
-        ("uint8", True), ("uint16", True), ("int16", True), ("float32", True), ("int32", True), ("uint32", True),
+        ("uint8", True), ("uint16", True), ("int16", True), ("float32", True), ("int32", True), ("uint32", False),
         ("int8", False), ("float64", False), ("int64", False), ("uint64", False),
     ],
 )

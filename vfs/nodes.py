@@ -74,6 +74,8 @@ class PlaneDir(DirNode):
         t, c, z = self.widths
         self._pattern = re.compile(rf"z(\d{{{z}}})\.tif" if self.simple else rf"t(\d{{{t}}})_c(\d{{{c}}})_z(\d{{{z}}})\.tif")
         self._header = layout.plane_header()
+        # Image Sequence readers open the files in name order: read ahead across files.
+        self._readahead = src.readahead(src.tcz)
         self.file_size = self._header[1] + src.plane_bytes
 
     def plane_name(self, t: int, c: int, z: int) -> str:
@@ -93,4 +95,7 @@ class PlaneDir(DirNode):
         tcz = (0, 0, int(m.group(1))) if self.simple else tuple(int(g) for g in m.groups())
         if any(i >= n for i, n in zip(tcz, self.counts)):
             return None
-        return FileNode(self.layout.plane_file(*tcz, header=self._header), self.mtime)
+        t, c, z = tcz
+        index = (t * self.counts[1] + c) * self.counts[2] + z
+        on_read = lambda: self._readahead.observe(index)  # noqa: E731
+        return FileNode(self.layout.plane_file(t, c, z, header=self._header, on_read=on_read), self.mtime)

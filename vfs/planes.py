@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cache.region import read_region
+from ..cache.readahead import Readahead
+from ..cache.region import chunks_touching, read_region
 
 # Length units of NGFF (UDUNITS-2 names) in meters, and how ImageJ writes them.
 LENGTH_IN_METERS = {
@@ -77,6 +78,27 @@ class PlaneSource:
         z = (i // self.nc) % self.nz
         return i // (self.nc * self.nz), c, z
 
+    def tcz(self, i: int) -> tuple[int, int, int]:
+        """Plane i in (t, c, z) order, the order of the plane files' names."""
+        return i // (self.nc * self.nz), (i // self.nz) % self.nc, i % self.nz
+
+    def _box(self, t: int, c: int, z: int, y: tuple[int, int], x: tuple[int, int]):
+        lo = [0] * len(self.level.shape)
+        hi = [1] * len(self.level.shape)
+        for name, value in (("t", t), ("c", c), ("z", z)):
+            if self.pos[name] is not None:
+                lo[self.pos[name]], hi[self.pos[name]] = value, value + 1
+        lo[self.pos["y"]], hi[self.pos["y"]] = y
+        lo[self.pos["x"]], hi[self.pos["x"]] = x
+        return lo, hi
+
+    def chunks_of(self, t: int, c: int, z: int) -> list[tuple[int, ...]]:
+        return chunks_touching(self.level, *self._box(t, c, z, (0, self.height), (0, self.width)))
+
+    def readahead(self, plane_order) -> Readahead:
+        """A readahead over the planes in `plane_order` (self.czt for stacks, self.tcz for folders)."""
+        return Readahead(self.engine, self.level, self.plane_count, lambda i: self.chunks_of(*plane_order(i)))
+
     def read(self, t: int, c: int, z: int, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of plane (t, c, z) in C order, little-endian."""
         item = self.dtype.itemsize
@@ -86,13 +108,7 @@ class PlaneSource:
             x0, x1 = e0 % self.width, (e1 - 1) % self.width + 1
         else:
             x0, x1 = 0, self.width
-        lo = [0] * len(self.level.shape)
-        hi = [1] * len(self.level.shape)
-        for name, value in (("t", t), ("c", c), ("z", z)):
-            if self.pos[name] is not None:
-                lo[self.pos[name]], hi[self.pos[name]] = value, value + 1
-        lo[self.pos["y"]], hi[self.pos["y"]] = r0, r1 + 1
-        lo[self.pos["x"]], hi[self.pos["x"]] = x0, x1
+        lo, hi = self._box(t, c, z, (r0, r1 + 1), (x0, x1))
         region = read_region(self.engine, self.level, lo, hi)
         yx = region.reshape(
             [n for i, n in enumerate(region.shape) if i in (self.pos["y"], self.pos["x"])]

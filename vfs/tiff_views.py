@@ -11,9 +11,10 @@ from .tiff import CLASSIC_LIMIT, TiffFormat, image_tags, plan_strips
 from .virtualfile import PixelSegment, RecordSegment, StaticSegment, VirtualFile
 
 PIXEL_ALIGN = 16
-# What ImageJ 1.x opens: 8/16-bit, 16-bit signed (via calibration), 32-bit int and float.
-IMAGEJ_DTYPES = {"uint8", "uint16", "int16", "float32", "int32", "uint32"}
-TIFF_DTYPES = IMAGEJ_DTYPES | {"int8", "uint64", "int64", "float16", "float64"}
+# What ImageJ 1.x reads exactly: 8/16-bit, 16-bit signed (via the description's calibration),
+# 32-bit int (as float) and float. It reads int8 as unsigned and uint32 as signed: left out.
+IMAGEJ_DTYPES = {"uint8", "uint16", "int16", "float32", "int32"}
+TIFF_DTYPES = IMAGEJ_DTYPES | {"int8", "uint32", "uint64", "int64", "float16", "float64"}
 
 
 def _align(n: int) -> int:
@@ -89,10 +90,17 @@ class TiffLayout:
         head = fmt.header(ifd_at) + fmt.ifd(self._tags(fmt, pixel_offset, desc), ifd_at, 0)
         return head, pixel_offset
 
-    def plane_file(self, t: int, c: int, z: int, header: tuple[bytes, int] | None = None) -> VirtualFile:
+    def plane_file(self, t: int, c: int, z: int, header: tuple[bytes, int] | None = None, on_read=None) -> VirtualFile:
+        """One plane; `on_read()` is told of each read (readahead across a folder of planes)."""
         head, pixel_offset = header or self.plane_header()
         src = self.src
-        pixels = PixelSegment(pixel_offset, 1, src.plane_bytes, lambda _i, a, b: src.read(t, c, z, a, b))
+
+        def read_plane(_i: int, a: int, b: int) -> bytes:
+            if on_read is not None:
+                on_read()
+            return src.read(t, c, z, a, b)
+
+        pixels = PixelSegment(pixel_offset, 1, src.plane_bytes, read_plane)
         return VirtualFile(pixel_offset + src.plane_bytes, [StaticSegment(0, head), pixels])
 
     # -- ImageJ hyperstack ------------------------------------------------------------
@@ -128,7 +136,11 @@ class TiffLayout:
                 return fmt.ifd(tags, record_at(i), nxt)
 
             segments.append(RecordSegment(records_at, n - 1, record_len, make_record))
-        segments.append(
-            PixelSegment(pixel_offset, n, src.plane_bytes, lambda i, a, b: src.read(*src.czt(i), a, b))
-        )
+        readahead = src.readahead(src.czt)
+
+        def read_plane(i: int, a: int, b: int) -> bytes:
+            readahead.observe(i)
+            return src.read(*src.czt(i), a, b)
+
+        segments.append(PixelSegment(pixel_offset, n, src.plane_bytes, read_plane))
         return VirtualFile(size, segments)

@@ -1,0 +1,158 @@
+"""The chunk engine without FUSE: decode once, fetch once, readahead, disk cache integrity and bounds."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import read_all, tiff_array, vfs_for
+from ngffmount.adapters import open_source
+from ngffmount.adapters.storage import TRANSFERS
+from ngffmount.cache.disk import DiskCache
+from ngffmount.cache.engine import ChunkEngine
+from ngffmount.cache.region import read_region
+from zarr_fixtures import pattern, write_ome_zarr
+
+
+@pytest.fixture(scope="module")
+def deep_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("deep") / "deep.zarr"
+    data = pattern((32, 64, 64), "uint16")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(16, 32, 32))
+    return path, data
+
+
+def pixel_offset(store) -> int:
+    """Where s0.tif's pixels start, found through a separate engine so the tests' counts stay clean."""
+    import io
+
+    import tifffile
+
+    head = vfs_for(str(store)).read("/s0.tif", 65536, 0)
+    with tifffile.TiffFile(io.BytesIO(head)) as tif:
+        offset = tif.pages[0].dataoffsets[0]
+    return offset
+
+
+def wait_idle(engine, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not engine._inflight and engine._prefetcher._work_queue.empty():
+            time.sleep(0.05)
+            if not engine._inflight:
+                return
+        time.sleep(0.01)
+
+
+def test_z_scroll_fetches_and_decodes_each_chunk_once(deep_store):
+    path, data = deep_store
+    engine = ChunkEngine()
+    offset = pixel_offset(path)
+    fs = vfs_for(str(path), engine=engine)
+    before = TRANSFERS.requests
+    plane = 64 * 64 * 2
+    for z in range(32):
+        # 128 KiB pieces, as the kernel asks
+        got = b"".join(fs.read("/s0.tif", 4096, offset + z * plane + k) for k in range(0, plane, 4096))
+        assert got == data[z].astype("<u2").tobytes()
+    wait_idle(engine)
+    chunks = 2 * 2 * 2
+    stats = engine.stats.snapshot()
+    assert stats["decodes"] == chunks
+    assert stats["chunks_fetched"] == chunks
+    assert TRANSFERS.requests - before == chunks
+
+
+def test_readahead_prefetches_next_planes_and_resets_on_jumps(tmp_path):
+    path = tmp_path / "thin.zarr"
+    data = pattern((40, 32, 32), "uint8")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(1, 32, 32))
+    engine = ChunkEngine(readahead_bytes=8 * 32 * 32)  # 8 planes ahead
+    fs = vfs_for(str(path), engine=engine)
+    offset = pixel_offset(path)
+    for z in (0, 1):
+        fs.read("/s0.tif", 1024, offset + z * 1024)
+    wait_idle(engine)
+    token = open_source(str(path)).levels[0].cache_token
+    resident = {idx[0] for (tok, idx) in engine.memory._items if tok == token}
+    assert resident == set(range(0, 10)), "planes 2..9 were read ahead within the budget"
+    fetched = engine.stats.snapshot()["chunks_fetched"]
+    fs.read("/s0.tif", 1024, offset + 2 * 1024)
+    assert engine.stats.snapshot()["chunks_fetched"] == fetched, "the next plane came from readahead"
+    # A jump is random access: nothing more is queued.
+    prefetched = engine.stats.snapshot()["prefetched"]
+    fs.read("/s0.tif", 1024, offset + 30 * 1024)
+    wait_idle(engine)
+    assert engine.stats.snapshot()["prefetched"] == prefetched
+
+
+def test_readahead_across_plane_files_in_name_order(tmp_path):
+    path = tmp_path / "seq.zarr"
+    data = pattern((12, 16, 16), "uint16")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(1, 16, 16))
+    engine = ChunkEngine(readahead_bytes=4 * 16 * 16 * 2)
+    fs = vfs_for(str(path), engine=engine)
+    for z in (0, 1):
+        np.testing.assert_array_equal(tiff_array(read_all(fs, f"/s0/z{z:05d}.tif")), data[z])
+    wait_idle(engine)
+    assert engine.stats.snapshot()["prefetched"] == 4
+
+
+def test_concurrent_readers_share_one_fetch(deep_store):
+    path, data = deep_store
+    engine = ChunkEngine()
+    level = open_source(str(path)).levels[0]
+    before = TRANSFERS.requests
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(read_region(engine, level, (0, 0, 0), (32, 64, 64))))
+               for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert all(np.array_equal(r, data) for r in results)
+    assert TRANSFERS.requests - before == 8  # 8 chunks, each fetched once for 8 readers
+
+
+def test_disk_cache_shared_by_two_engines(tmp_path, deep_store):
+    path, data = deep_store
+    level = open_source(str(path)).levels[0]
+    first = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")))
+    read_region(first, level, (0, 0, 0), (32, 64, 64))
+    second = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")))
+    before = TRANSFERS.requests
+    np.testing.assert_array_equal(read_region(second, level, (0, 0, 0), (32, 64, 64)), data)
+    assert TRANSFERS.requests == before
+    assert second.stats.snapshot()["disk_hits"] == 8
+    assert oct(os.stat(tmp_path / "cache").st_mode & 0o777) == "0o700"
+
+
+def test_corrupt_disk_entry_is_refetched(tmp_path, deep_store):
+    path, data = deep_store
+    level = open_source(str(path)).levels[0]
+    disk = DiskCache(str(tmp_path / "cache"))
+    read_region(ChunkEngine(disk=disk), level, (0, 0, 0), (32, 64, 64))
+    key = f"{level.cache_token}/{level.chunk_key((1, 1, 0))}"
+    stored = disk._cache.get(key, read=False)
+    disk._cache.set(key, stored[:-7] + b"garbage")  # flipped bytes on disk
+    engine = ChunkEngine(disk=disk)
+    np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (32, 64, 64)), data)
+    stats = engine.stats.snapshot()
+    assert stats["disk_corrupt"] == 1 and stats["chunks_fetched"] == 1 and stats["disk_hits"] == 7
+
+
+def test_disk_cache_size_bound(tmp_path):
+    path = tmp_path / "noise.zarr"
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 65535, (64, 64, 64), dtype=np.uint16)  # incompressible: 8 KiB per chunk
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(1, 64, 64))
+    level = open_source(str(path)).levels[0]
+    limit = 256 << 10
+    disk = DiskCache(str(tmp_path / "cache"), size_limit=limit)
+    engine = ChunkEngine(disk=disk, memory_bytes=0)
+    for z in range(64):
+        read_region(engine, level, (z, 0, 0), (z + 1, 64, 64))
+        assert disk.volume() <= limit + 64 * 64 * 2 + 4096 * 8, "at most about one chunk over the bound"
+    np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (64, 64, 64)), data)
