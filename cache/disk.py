@@ -25,16 +25,15 @@ def _digest(data: bytes) -> bytes:
 
 
 class DiskCache:
-    def __init__(self, directory: str, size_limit: int = DEFAULT_SIZE):
+    def __init__(self, directory: str, size_limit: int | None = DEFAULT_SIZE):
+        """`size_limit=None` keeps the bound stored in the folder (for `cache info`)."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         self.directory = directory
-        self._cache = diskcache.Cache(
-            directory,
-            size_limit=int(size_limit),
-            eviction_policy="least-recently-used",
-            statistics=False,
-        )
+        settings = {"eviction_policy": "least-recently-used", "statistics": False}
+        if size_limit is not None:
+            settings["size_limit"] = int(size_limit)
+        self._cache = diskcache.Cache(directory, **settings)
 
     def get(self, key: str) -> bytes | None:
         """The stored bytes, or None on a miss or a damaged entry (which is then dropped)."""
@@ -52,6 +51,16 @@ class DiskCache:
 
     def put(self, key: str, data: bytes) -> None:
         self._cache.set(key, _digest(data) + bytes(data))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    @property
+    def size_limit(self) -> int:
+        return int(self._cache.size_limit)
 
     def delete(self, key: str) -> None:
         try:

@@ -83,6 +83,23 @@ class ChunkEngine:
         except Exception:
             pass  # a failed prefetch is retried, and reported, by the read that needs the chunk
 
+    def fill_disk(self, level, indices: Iterable[tuple[int, ...]]) -> tuple[int, int]:
+        """Fetch chunks into the disk cache only (no decode): `cache prefetch`. Returns (chunks, bytes)."""
+        if self.disk is None:
+            raise ValueError("fill_disk needs a disk cache")
+        keys = {idx: level.chunk_key(idx) for idx in indices}
+        todo = [k for k in keys.values() if self._disk_key(level, k) not in self.disk]
+        if not todo:
+            return 0, 0
+        fetched = level.fetch_many(todo)
+        total = 0
+        for key, data in fetched.items():
+            if data is not None:
+                self.disk.put(self._disk_key(level, key), data)
+                total += len(data)
+        self.stats.add("chunks_fetched", len(todo))
+        return len(todo), total
+
     def _load(self, level, owned: list[tuple[tuple[int, ...], Future]]) -> None:
         try:
             arrays = self._fetch_and_decode(level, [idx for idx, _ in owned])

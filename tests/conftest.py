@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -52,6 +54,14 @@ def ngffmount_cmd(*args, check=True, timeout=120, env=None) -> subprocess.Comple
     if check and result.returncode != 0:
         raise AssertionError(f"ngffmount {' '.join(args)} failed: {result.stderr}")
     return result
+
+
+def kill_hard(pid: int, timeout: float = 10.0) -> None:
+    """kill -9, then wait until the process is gone (the kernel drops the FUSE connection then)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

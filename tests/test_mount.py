@@ -17,7 +17,7 @@ import pytest
 import tifffile
 import zarr
 
-from conftest import imagej_order, mounted, ngffmount_cmd
+from conftest import kill_hard, imagej_order, mounted, ngffmount_cmd
 from zarr_fixtures import SAMPLES, pattern, sample, write_metadata_doc, write_ome_zarr
 
 pytestmark = pytest.mark.integration
@@ -273,9 +273,8 @@ def test_unmount_clears_stale_mount_and_remount_works(tmp_path, cache_args):
     mnt.mkdir()
     ngffmount_cmd("mount", str(store), str(mnt), *cache_args)
     try:
-        pid = int(subprocess.run(["pgrep", "-f", "ngffmount.vfs.cli _serve"], capture_output=True, text=True).stdout.split()[-1])
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
+        pid = json.loads((mnt / ".ngffmount" / "stats.json").read_text())["pid"]
+        kill_hard(pid)
         with pytest.raises(OSError) as exc:
             os.listdir(mnt)
         assert exc.value.errno == errno.ENOTCONN

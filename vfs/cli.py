@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from ..adapters import NgffMountError, normalize_url, redact
+from ..adapters import NgffMountError, normalize_url, redact, storage_options_for
 from ..cache.disk import DEFAULT_SIZE, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY
 
@@ -40,23 +40,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ngffmount", description="Mount remote OME-Zarr images as TIFF files (read-only FUSE).")
     sub = p.add_subparsers(dest="command", required=True)
 
-    m = sub.add_parser("mount", help="mount SOURCE (path, file://, http(s)://, s3://, ...) at MOUNTPOINT")
+    source_opts = argparse.ArgumentParser(add_help=False)
+    source_opts.add_argument("--anon", action="store_true", help="S3: unsigned requests (public buckets)")
+    source_opts.add_argument("--endpoint-url", help="S3: endpoint of an S3-compatible server")
+    source_opts.add_argument("--storage-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                             help="extra fsspec option (repeatable; VALUE parsed as JSON when it can be)")
+    source_opts.add_argument("--concurrency", type=int, default=32, help="parallel remote requests (default 32)")
+    source_opts.add_argument("--timeout", type=float, default=60.0, help="seconds before a remote request fails (default 60)")
+    cache_opts = argparse.ArgumentParser(add_help=False)
+    cache_opts.add_argument("--cache-dir", default=default_cache_dir(), help="persistent chunk cache (default: %(default)s)")
+    cache_opts.add_argument("--cache-size", type=parse_size, default=DEFAULT_SIZE, help="disk cache bound (default 10G)")
+
+    m = sub.add_parser("mount", parents=[source_opts, cache_opts],
+                       help="mount SOURCE (path, file://, http(s)://, s3://, ...) at MOUNTPOINT")
     m.add_argument("source")
     m.add_argument("mountpoint")
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached (for services)")
-    m.add_argument("--anon", action="store_true", help="S3: unsigned requests (public buckets)")
-    m.add_argument("--endpoint-url", help="S3: endpoint of an S3-compatible server")
-    m.add_argument("--storage-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
-                   help="extra fsspec option (repeatable; VALUE parsed as JSON when it can be)")
-    m.add_argument("--cache-dir", default=default_cache_dir(), help="persistent chunk cache (default: %(default)s)")
-    m.add_argument("--cache-size", type=parse_size, default=DEFAULT_SIZE, help="disk cache bound (default 10G)")
     m.add_argument("--no-disk-cache", action="store_true", help="keep no chunks on disk")
     m.add_argument("--memory-cache", type=parse_size, default=DEFAULT_MEMORY, help="decoded-chunk memory bound (default 1G)")
-    m.add_argument("--concurrency", type=int, default=32, help="parallel remote requests (default 32)")
-    m.add_argument("--timeout", type=float, default=60.0, help="seconds before a remote request fails (default 60)")
     m.add_argument("--allow-other", action="store_true", help="let other users read the mount (FUSE allow_other)")
     m.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/ngffmount)")
     m.add_argument("--debug", action="store_true")
+
+    st = sub.add_parser("stats", help="print the live counters of a mount")
+    st.add_argument("mountpoint")
+
+    c = sub.add_parser("cache", help="look at or manage the persistent chunk cache")
+    csub = c.add_subparsers(dest="cache_command", required=True)
+    csub.add_parser("info", parents=[cache_opts], help="where the cache is and how full")
+    csub.add_parser("clear", parents=[cache_opts], help="remove every cached chunk")
+    pf = csub.add_parser("prefetch", parents=[source_opts, cache_opts], help="fetch chunks into the cache ahead of use")
+    pf.add_argument("source")
+    pf.add_argument("--level", help="only this level (s0, s1, ...); default: all")
+    pf.add_argument("--region", help="z0:z1,y0:y1,x0:x1 (or one start:stop per axis); default: everything")
 
     u = sub.add_parser("unmount", aliases=["umount"], help="unmount MOUNTPOINT (also clears a stale mount)")
     u.add_argument("mountpoint")
@@ -143,6 +159,31 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def source_options(args) -> dict:
+    return storage_options_for(args.source, anon=args.anon, endpoint_url=args.endpoint_url,
+                               extra=dict(args.storage_option), concurrency=args.concurrency, timeout=args.timeout)
+
+
+def cmd_stats(args) -> int:
+    from .cache_commands import stats_table
+
+    print(stats_table(args.mountpoint))
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from . import cache_commands
+
+    if args.cache_command == "info":
+        print(cache_commands.cache_info(args.cache_dir))
+    elif args.cache_command == "clear":
+        print(cache_commands.cache_clear(args.cache_dir))
+    else:
+        print(cache_commands.prefetch(args.source, source_options(args), args.concurrency, args.cache_dir,
+                                      args.cache_size, args.level, args.region))
+    return 0
+
+
 def cmd_unmount(args) -> int:
     from .mount import unmount
 
@@ -152,7 +193,8 @@ def cmd_unmount(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"mount": cmd_mount, "unmount": cmd_unmount, "umount": cmd_unmount, "_serve": cmd_serve}[args.command]
+    handler = {"mount": cmd_mount, "unmount": cmd_unmount, "umount": cmd_unmount, "stats": cmd_stats,
+               "cache": cmd_cache, "_serve": cmd_serve}[args.command]
     try:
         return handler(args)
     except NgffMountError as exc:

@@ -53,8 +53,9 @@ class MountConfig:
 
 
 def is_stale(mountpoint: str) -> bool:
+    # statfs always reaches the daemon; stat may be answered from the kernel's attribute cache.
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -99,6 +100,7 @@ def stats_renderer(engine: ChunkEngine, source_url: str):
     def render() -> bytes:
         doc = {
             "source": source_url,
+            "pid": os.getpid(),
             "remote_requests": TRANSFERS.requests,
             "bytes_fetched": TRANSFERS.bytes,
             "in_flight": TRANSFERS.in_flight,
