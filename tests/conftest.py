@@ -34,6 +34,34 @@ def read_all(fs: VirtualFS, path: str) -> bytes:
     return fs.read(path, fs.getattr(path)["st_size"], 0)
 
 
+class VirtualReader(io.RawIOBase):
+    """A read-only file object over a VirtualFS path: readers fetch only the bytes they seek to."""
+
+    def __init__(self, fs: VirtualFS, path: str):
+        self.fs, self.path, self.pos = fs, path, 0
+        self.size = fs.getattr(path)["st_size"]
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=0):
+        self.pos = {0: offset, 1: self.pos + offset, 2: self.size + offset}[whence]
+        return self.pos
+
+    def tell(self):
+        return self.pos
+
+    def readinto(self, buf):
+        view = memoryview(buf).cast("B")  # readers pass numpy arrays of any dtype
+        data = self.fs.read(self.path, len(view), self.pos)
+        view[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
 def tiff_array(data: bytes) -> np.ndarray:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         return tif.asarray()

@@ -12,7 +12,7 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import imagej_order, read_all, tiff_array, vfs_for
+from conftest import VirtualReader, imagej_order, read_all, tiff_array, vfs_for
 from ngffmount.adapters.storage import TRANSFERS
 from ngffmount.cache.engine import ChunkEngine
 from ngffmount.vfs.tiff import CLASSIC_LIMIT
@@ -34,7 +34,7 @@ def test_tree_names_and_sizes_come_from_metadata(czyx_store):
     path, data = czyx_store
     fs = vfs_for(str(path))
     before = TRANSFERS.requests
-    assert fs.readdir("/") == ["info.json", "s0", "s0.tif", "s1", "s1.tif"]
+    assert fs.readdir("/") == ["info.json", "s0", "s0.tif", "s0.ome.tif", "s1", "s1.tif", "s1.ome.tif"]
     names = fs.readdir("/s0")
     assert names == sorted(names) and len(names) == 6
     assert names[0] == "t00000_c000_z00000.tif" and names[-1] == "t00000_c001_z00002.tif"
@@ -57,7 +57,7 @@ def test_info_json(czyx_store):
     assert s0["voxel_size"] == {"x": 0.1625, "y": 0.1625, "z": 2.5, "unit": "micron"}
     assert s1["voxel_size"]["x"] == 0.325
     assert "s0.tif" in info["views"] and "s0/" in info["views"]
-    assert "s0.ome.tif" in info["missing_views"]
+    assert "s0.h5" in info["missing_views"] and "s0.ome.tif" in info["views"]
 
 
 def test_every_plane_matches_zarr(czyx_store):
@@ -217,3 +217,60 @@ def test_any_read_matches_reference(reference_files, data):
     offset = data.draw(st.integers(0, len(ref) + 10))
     size = data.draw(st.integers(0, 70000))
     assert fs.read(name, size, offset) == ref[offset:offset + size]
+
+
+# -- OME-TIFF -----------------------------------------------------------------------------
+
+
+def test_ome_tiff_metadata_and_pixels(tmp_path):
+    path = tmp_path / "ome.zarr"
+    data = pattern((2, 3, 4, 30, 40), "uint16", seed=4)
+    units = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    write_ome_zarr(path, data, "tczyx", levels=2, chunks=(1, 1, 2, 16, 16), scale0=[5, 1, 2.0, 0.5, 0.5], units=units)
+    attrs = json.loads((path / ".zattrs").read_text())
+    attrs["omero"] = {"channels": [{"label": "DAPI", "color": "0000FF"}, {"label": "GFP & co", "color": "00FF00"},
+                                   {"label": "RFP"}]}
+    (path / ".zattrs").write_text(json.dumps(attrs))
+    fs = vfs_for(str(path))
+    raw = read_all(fs, "/s0.ome.tif")
+    with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+        assert tif.is_ome and not tif.is_bigtiff
+        series = tif.series[0]
+        assert series.axes == "TZCYX"
+        np.testing.assert_array_equal(series.asarray(), data.transpose(0, 2, 1, 3, 4))
+        xml = tif.ome_metadata
+    assert 'DimensionOrder="XYCZT"' in xml and 'PhysicalSizeX="0.5"' in xml and 'PhysicalSizeZ="2.0"' in xml
+    assert 'PhysicalSizeXUnit="µm"' in xml and 'TimeIncrement="5.0"' in xml and 'TimeIncrementUnit="s"' in xml
+    assert 'Name="DAPI"' in xml and 'Name="GFP &amp; co"' in xml and 'Color="65535"' in xml
+
+
+def test_ome_tiff_tiles_wide_planes(tmp_path):
+    path = tmp_path / "wide.zarr"
+    data = pattern((2, 100, 9000), "uint16", seed=9)
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(1, 64, 1024))
+    fs = vfs_for(str(path))
+    raw = read_all(fs, "/s0.ome.tif")
+    with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+        page = tif.pages[0]
+        assert page.is_tiled and (page.tilelength, page.tilewidth) == (512, 512)
+        np.testing.assert_array_equal(tif.series[0].asarray(), data)
+
+
+def test_ome_tiff_is_bigtiff_over_4gib_and_leaves_out_int64(tmp_path):
+    path = tmp_path / "big.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=(1100, 1024, 2048), dtype="uint16", chunks=(1, 1024, 2048),
+                            chunk_key_encoding={"name": "v2", "separator": "/"})
+    arr[1099] = pattern((1024, 2048), "uint16")
+    root.create_array("1", shape=(2, 4, 4), dtype="int64", chunks=(1, 4, 4))
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space"} for a in "zyx"],
+                                  "datasets": [{"path": "0"}, {"path": "1"}]}]
+    fs = vfs_for(str(path))
+    size = fs.getattr("/s0.ome.tif")["st_size"]
+    assert size > CLASSIC_LIMIT and fs.read("/s0.ome.tif", 4, 0) == b"II+\0"
+    with tifffile.TiffFile(VirtualReader(fs, "/s0.ome.tif")) as tif:
+        assert tif.is_bigtiff and tif.is_ome and len(tif.pages) == 1100
+        np.testing.assert_array_equal(tif.pages[1099].asarray(), arr[1099])
+        assert not tif.pages[5].asarray().any()
+    info = json.loads(read_all(fs, "/info.json"))
+    assert "OME-TIFF cannot hold dtype int64" in info["missing_views"]["s1.ome.tif"]

@@ -108,16 +108,17 @@ class PlaneSource:
             x0, x1 = e0 % self.width, (e1 - 1) % self.width + 1
         else:
             x0, x1 = 0, self.width
-        lo, hi = self._box(t, c, z, (r0, r1 + 1), (x0, x1))
-        region = read_region(self.engine, self.level, lo, hi)
-        yx = region.reshape(
-            [n for i, n in enumerate(region.shape) if i in (self.pos["y"], self.pos["x"])]
-        )
-        if self.pos["y"] > self.pos["x"]:
-            yx = yx.T
-        data = np.ascontiguousarray(yx, dtype=self.dtype).tobytes()
+        data = np.ascontiguousarray(self.region(t, c, z, (r0, r1 + 1), (x0, x1))).tobytes()
         skip = start - (r0 * self.width + x0) * item
         return data[skip:skip + (stop - start)]
+
+    def region(self, t: int, c: int, z: int, y: tuple[int, int], x: tuple[int, int]) -> np.ndarray:
+        """Rows y[0]:y[1], columns x[0]:x[1] of plane (t, c, z), as (y, x) in the file dtype."""
+        region = read_region(self.engine, self.level, *self._box(t, c, z, y, x))
+        yx = region.reshape([n for i, n in enumerate(region.shape) if i in (self.pos["y"], self.pos["x"])])
+        if self.pos["y"] > self.pos["x"]:
+            yx = yx.T
+        return yx.astype(self.dtype, copy=False)
 
     def calibration(self) -> Calibration:
         level = self.level

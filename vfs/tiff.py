@@ -24,6 +24,7 @@ NEW_SUBFILE_TYPE = 254
 IMAGE_WIDTH, IMAGE_LENGTH, BITS_PER_SAMPLE, COMPRESSION, PHOTOMETRIC = 256, 257, 258, 259, 262
 IMAGE_DESCRIPTION, STRIP_OFFSETS, SAMPLES_PER_PIXEL, ROWS_PER_STRIP, STRIP_BYTE_COUNTS = 270, 273, 277, 278, 279
 X_RESOLUTION, Y_RESOLUTION, RESOLUTION_UNIT, SAMPLE_FORMAT = 282, 283, 296, 339
+TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS, TILE_BYTE_COUNTS = 322, 323, 324, 325
 
 SAMPLE_FORMAT_OF_KIND = {"u": 1, "b": 1, "i": 2, "f": 3}
 
@@ -102,7 +103,7 @@ def rational(value: float) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class StripPlan:
-    """How a plane is cut into strips: rows per strip and the strips' sizes."""
+    """A plane cut into strips of whole rows, stored in row order: the plane's C order."""
 
     height: int
     row_bytes: int
@@ -112,13 +113,50 @@ class StripPlan:
     def count(self) -> int:
         return -(-self.height // self.rows_per_strip)
 
-    def offsets(self, pixel_offset: int) -> list[int]:
-        return [pixel_offset + i * self.rows_per_strip * self.row_bytes for i in range(self.count)]
+    @property
+    def nbytes(self) -> int:
+        return self.height * self.row_bytes
 
-    def byte_counts(self) -> list[int]:
+    def tags(self, fmt: "TiffFormat", pixel_offset: int) -> list["Tag"]:
         full = self.rows_per_strip * self.row_bytes
-        last_rows = self.height - (self.count - 1) * self.rows_per_strip
-        return [full] * (self.count - 1) + [last_rows * self.row_bytes]
+        counts = [full] * (self.count - 1) + [self.nbytes - (self.count - 1) * full]
+        return [
+            Tag(STRIP_OFFSETS, fmt.offset_type, [pixel_offset + i * full for i in range(self.count)]),
+            Tag(ROWS_PER_STRIP, LONG, [self.rows_per_strip]),
+            Tag(STRIP_BYTE_COUNTS, fmt.offset_type if fmt.big else LONG, counts),
+        ]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """A plane cut into tiles (edge tiles padded to full size), stored tile row by tile row."""
+
+    height: int
+    width: int
+    itemsize: int
+    tile: int  # square tiles; a multiple of 16 (TIFF)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return -(-self.height // self.tile), -(-self.width // self.tile)
+
+    @property
+    def tile_bytes(self) -> int:
+        return self.tile * self.tile * self.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        rows, cols = self.grid
+        return rows * cols * self.tile_bytes
+
+    def tags(self, fmt: "TiffFormat", pixel_offset: int) -> list["Tag"]:
+        n = self.grid[0] * self.grid[1]
+        return [
+            Tag(TILE_WIDTH, LONG, [self.tile]),
+            Tag(TILE_LENGTH, LONG, [self.tile]),
+            Tag(TILE_OFFSETS, fmt.offset_type, [pixel_offset + i * self.tile_bytes for i in range(n)]),
+            Tag(TILE_BYTE_COUNTS, fmt.offset_type if fmt.big else LONG, [self.tile_bytes] * n),
+        ]
 
 
 STRIP_TARGET_BYTES = 256 << 10
@@ -135,13 +173,12 @@ def image_tags(
     width: int,
     height: int,
     dtype: np.dtype,
-    strips: StripPlan,
+    plan: StripPlan | TilePlan,
     pixel_offset: int,
     description: bytes | None = None,
     resolution: tuple[float, float] | None = None,
 ) -> list[Tag]:
     """The tags of one uncompressed grayscale image (FORMATS.md, TIFF)."""
-    count_type = fmt.offset_type if fmt.big else LONG
     tags = [
         Tag(NEW_SUBFILE_TYPE, LONG, [0]),
         Tag(IMAGE_WIDTH, LONG, [width]),
@@ -149,11 +186,9 @@ def image_tags(
         Tag(BITS_PER_SAMPLE, SHORT, [dtype.itemsize * 8]),
         Tag(COMPRESSION, SHORT, [1]),
         Tag(PHOTOMETRIC, SHORT, [1]),
-        Tag(STRIP_OFFSETS, fmt.offset_type, strips.offsets(pixel_offset)),
         Tag(SAMPLES_PER_PIXEL, SHORT, [1]),
-        Tag(ROWS_PER_STRIP, LONG, [strips.rows_per_strip]),
-        Tag(STRIP_BYTE_COUNTS, count_type, strips.byte_counts()),
         Tag(SAMPLE_FORMAT, SHORT, [SAMPLE_FORMAT_OF_KIND[dtype.kind]]),
+        *plan.tags(fmt, pixel_offset),
     ]
     if description is not None:
         tags.append(Tag(IMAGE_DESCRIPTION, ASCII, description + b"\0"))

@@ -6,11 +6,20 @@ region of the level. FORMATS.md ("ImageJ 1.x reading TIFF") has the rules follow
 
 from __future__ import annotations
 
+from functools import partial
+
+import numpy as np
+
+from .ome_xml import OME_PIXEL_TYPE
 from .planes import Calibration, PlaneSource
-from .tiff import CLASSIC_LIMIT, TiffFormat, image_tags, plan_strips
+from .tiff import CLASSIC_LIMIT, StripPlan, TiffFormat, TilePlan, image_tags, plan_strips
 from .virtualfile import PixelSegment, RecordSegment, StaticSegment, VirtualFile
 
 PIXEL_ALIGN = 16
+# OME-TIFF planes above this are tiled, so tile-wise readers (Bio-Formats, QuPath) fetch what they show.
+TILE_ABOVE_BYTES = 32 << 20
+TILE_ABOVE_WIDTH = 8192
+OME_TILE = 512
 # What ImageJ 1.x reads exactly: 8/16-bit, 16-bit signed (via the description's calibration),
 # 32-bit int (as float) and float. It reads int8 as unsigned and uint32 as signed: left out.
 IMAGEJ_DTYPES = {"uint8", "uint16", "int16", "float32", "int32"}
@@ -51,14 +60,14 @@ def imagej_description(src: PlaneSource, cal: Calibration, stack: bool) -> bytes
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def unsupported_reason(src: PlaneSource, imagej: bool) -> str | None:
-    """Why a TIFF view cannot be made for this level, or None."""
+def unsupported_reason(src: PlaneSource, kind: str) -> str | None:
+    """Why a TIFF view ("tiff" planes, "imagej" stack, "ome" OME-TIFF) cannot hold this level, or None."""
     name = src.dtype.name
-    allowed = IMAGEJ_DTYPES if imagej else TIFF_DTYPES
+    allowed = {"tiff": TIFF_DTYPES, "imagej": IMAGEJ_DTYPES, "ome": set(OME_PIXEL_TYPE)}[kind]
     if name not in allowed:
-        who = "ImageJ 1.x" if imagej else "TIFF"
+        who = {"tiff": "TIFF", "imagej": "ImageJ 1.x", "ome": "OME-TIFF"}[kind]
         return f"{who} cannot hold dtype {src.level.dtype}"
-    if imagej and src.plane_bytes >= CLASSIC_LIMIT - 4096:
+    if kind == "imagej" and src.plane_bytes >= CLASSIC_LIMIT - 4096:
         return "a single plane is 4 GiB or more; ImageJ 1.x cannot read BigTIFF"
     return None
 
@@ -74,9 +83,9 @@ class TiffLayout:
                1.0 / self.cal.pixel_height if self.cal.pixel_height else 1.0)
         self.resolution = res
 
-    def _tags(self, fmt: TiffFormat, pixel_offset: int, description: bytes | None):
+    def _tags(self, fmt: TiffFormat, plan, pixel_offset: int, description: bytes | None):
         s = self.src
-        return image_tags(fmt, s.width, s.height, s.dtype, self.strips, pixel_offset, description, self.resolution)
+        return image_tags(fmt, s.width, s.height, s.dtype, plan, pixel_offset, description, self.resolution)
 
     # -- one plane per file -------------------------------------------------------------
     def plane_header(self) -> tuple[bytes, int]:
@@ -84,10 +93,10 @@ class TiffLayout:
         desc = imagej_description(self.src, self.cal, stack=False)
         for fmt in (TiffFormat(False), TiffFormat(True)):
             ifd_at = fmt.header_len
-            pixel_offset = _align(ifd_at + fmt.ifd_len(self._tags(fmt, 0, desc)))
+            pixel_offset = _align(ifd_at + fmt.ifd_len(self._tags(fmt, self.strips, 0, desc)))
             if fmt.big or pixel_offset + self.src.plane_bytes < CLASSIC_LIMIT:
                 break
-        head = fmt.header(ifd_at) + fmt.ifd(self._tags(fmt, pixel_offset, desc), ifd_at, 0)
+        head = fmt.header(ifd_at) + fmt.ifd(self._tags(fmt, self.strips, pixel_offset, desc), ifd_at, 0)
         return head, pixel_offset
 
     def plane_file(self, t: int, c: int, z: int, header: tuple[bytes, int] | None = None, on_read=None) -> VirtualFile:
@@ -103,44 +112,75 @@ class TiffLayout:
         pixels = PixelSegment(pixel_offset, 1, src.plane_bytes, read_plane)
         return VirtualFile(pixel_offset + src.plane_bytes, [StaticSegment(0, head), pixels])
 
-    # -- ImageJ hyperstack ------------------------------------------------------------
+    # -- files of all planes ----------------------------------------------------------
     def stack_file(self) -> VirtualFile:
-        """All planes in CZT order. Under 4 GiB every plane has an IFD (for libtiff, GDAL,
-        tifffile); above, one IFD with `images=` (ImageJ's own convention for big stacks)."""
+        """ImageJ hyperstack, planes in CZT order. Under 4 GiB every plane has an IFD (for
+        libtiff, GDAL, tifffile); above, one IFD with `images=` (ImageJ's convention)."""
+        desc = imagej_description(self.src, self.cal, stack=True)
+        return self._multipage(desc, self.strips, big_allowed=False)
+
+    def ome_file(self, ome_xml: bytes) -> VirtualFile:
+        """OME-TIFF, planes in XYCZT order: BigTIFF above 4 GiB, tiled when planes are large."""
         src = self.src
-        fmt = TiffFormat(False)
-        desc = imagej_description(src, self.cal, stack=True)
-        ifd0_at = fmt.header_len
-        ifd0_len = fmt.ifd_len(self._tags(fmt, 0, desc))
-        records_at = ifd0_at + ifd0_len
-        record_len = fmt.ifd_len(self._tags(fmt, 0, None))
+        plan = self.strips
+        if src.plane_bytes > TILE_ABOVE_BYTES or src.width > TILE_ABOVE_WIDTH:
+            plan = TilePlan(src.height, src.width, src.dtype.itemsize, OME_TILE)
+        return self._multipage(ome_xml, plan, big_allowed=True)
+
+    def _multipage(self, description: bytes, plan, big_allowed: bool) -> VirtualFile:
+        src = self.src
         n = src.plane_count
-        pixel_offset = _align(records_at + (n - 1) * record_len)
-        per_plane_ifds = pixel_offset + n * src.plane_bytes < CLASSIC_LIMIT
-        if not per_plane_ifds:
-            pixel_offset = _align(records_at)
-        size = pixel_offset + n * src.plane_bytes
+        per_plane_ifds = True
+        for fmt in (TiffFormat(False), TiffFormat(True)):
+            ifd0_at = fmt.header_len
+            records_at = ifd0_at + fmt.ifd_len(self._tags(fmt, plan, 0, description))
+            record_len = fmt.ifd_len(self._tags(fmt, plan, 0, None))
+            pixel_offset = _align(records_at + (n - 1) * record_len)
+            if pixel_offset + n * plan.nbytes < CLASSIC_LIMIT:
+                break
+            if not big_allowed:
+                per_plane_ifds = False
+                pixel_offset = _align(records_at)
+                break
+        size = pixel_offset + n * plan.nbytes
 
         def record_at(i: int) -> int:  # IFD of plane i >= 1
             return records_at + (i - 1) * record_len
 
         first_next = record_at(1) if per_plane_ifds and n > 1 else 0
-        head = fmt.header(ifd0_at) + fmt.ifd(self._tags(fmt, pixel_offset, desc), ifd0_at, first_next)
+        head = fmt.header(ifd0_at) + fmt.ifd(self._tags(fmt, plan, pixel_offset, description), ifd0_at, first_next)
         segments = [StaticSegment(0, head)]
         if per_plane_ifds and n > 1:
 
             def make_record(k: int) -> bytes:
                 i = k + 1
                 nxt = record_at(i + 1) if i + 1 < n else 0
-                tags = self._tags(fmt, pixel_offset + i * src.plane_bytes, None)
-                return fmt.ifd(tags, record_at(i), nxt)
+                return fmt.ifd(self._tags(fmt, plan, pixel_offset + i * plan.nbytes, None), record_at(i), nxt)
 
             segments.append(RecordSegment(records_at, n - 1, record_len, make_record))
         readahead = src.readahead(src.czt)
+        read = src.read if isinstance(plan, StripPlan) else partial(read_tiles, src, plan)
 
         def read_plane(i: int, a: int, b: int) -> bytes:
             readahead.observe(i)
-            return src.read(*src.czt(i), a, b)
+            return read(*src.czt(i), a, b)
 
-        segments.append(PixelSegment(pixel_offset, n, src.plane_bytes, read_plane))
+        segments.append(PixelSegment(pixel_offset, n, plan.nbytes, read_plane))
         return VirtualFile(size, segments)
+
+
+def read_tiles(src: PlaneSource, plan: TilePlan, t: int, c: int, z: int, start: int, stop: int) -> bytes:
+    """Bytes [start, stop) of a tiled plane: each tile read from the level and zero-padded."""
+    out = []
+    cols = plan.grid[1]
+    first, last = start // plan.tile_bytes, (stop - 1) // plan.tile_bytes
+    for k in range(first, last + 1):
+        ty, tx = divmod(k, cols)
+        y0, x0 = ty * plan.tile, tx * plan.tile
+        block = src.region(t, c, z, (y0, min(src.height, y0 + plan.tile)), (x0, min(src.width, x0 + plan.tile)))
+        tile = np.zeros((plan.tile, plan.tile), src.dtype)
+        tile[: block.shape[0], : block.shape[1]] = block
+        out.append(tile.tobytes())
+    data = b"".join(out)
+    skip = start - first * plan.tile_bytes
+    return data[skip:skip + (stop - start)]

@@ -8,10 +8,10 @@ from dataclasses import asdict
 from ..adapters import Group, Image
 from .nodes import DirNode, DynamicFile, FileNode, PlaneDir, static_file
 from .planes import PlaneSource
+from .ome_xml import ome_xml
 from .tiff_views import TiffLayout, unsupported_reason
 
 NOT_YET = {
-    "{level}.ome.tif": "OME-TIFF views are not implemented yet",
     "{level}.h5": "HDF5 views are not implemented yet",
     "image.h5": "HDF5 views are not implemented yet",
     "bdv.xml": "BigDataViewer views are not implemented yet",
@@ -44,19 +44,25 @@ def image_dir(image: Image, engine) -> DirNode:
         name = f"s{i}"
         src = PlaneSource(level, engine)
         layout = TiffLayout(src)
-        reason = unsupported_reason(src, imagej=False)
+        reason = unsupported_reason(src, "tiff")
         if reason:
             missing[f"{name}/"] = reason
         else:
             planes = PlaneDir(layout, image.mtime)
             d.entries[name] = planes
             views[f"{name}/"] = {"files": src.plane_count, "file_size": planes.file_size}
-        reason = unsupported_reason(src, imagej=True)
+        reason = unsupported_reason(src, "imagej")
         if reason:
             missing[f"{name}.tif"] = reason
         else:
             node = d.entries[f"{name}.tif"] = FileNode(layout.stack_file(), image.mtime)
             views[f"{name}.tif"] = {"size": node.size, "planes": src.plane_count}
+        reason = unsupported_reason(src, "ome")
+        if reason:
+            missing[f"{name}.ome.tif"] = reason
+        else:
+            node = d.entries[f"{name}.ome.tif"] = FileNode(layout.ome_file(ome_xml(image, src, name)), image.mtime)
+            views[f"{name}.ome.tif"] = {"size": node.size, "planes": src.plane_count}
         for pattern, why in NOT_YET.items():
             missing.setdefault(pattern.format(level=name), why)
     info = info_document(image, views, missing)

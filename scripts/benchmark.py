@@ -1,0 +1,769 @@
+#!/usr/bin/env python3
+"""Benchmark: ngffmount against zarr-python and rclone, on one OME-Zarr behind S3 latency.
+
+    python scripts/benchmark.py --size small --out /tmp/bench/report.md   # smoke run (128 MiB level)
+    python scripts/benchmark.py                                         # full run (1 GiB level)
+
+Everything runs on loopback: moto_server (S3) <- latency_proxy.py (+30 ms per request,
+counts requests and bytes) <- every client. One generated OME-Zarr (NGFF 0.4, zarr v2, '/'
+keys, blosc lz4) is stored in two chunkings, and for each chunking these readers are timed
+on the same proxy and data: zarr-python direct from S3, zarr-python through `rclone mount
+--vfs-cache-mode full`, ngffmount cold / warm / hot, and zarr-python on a local-disk copy.
+
+Each timed read runs in a fresh worker process (`benchmark.py _worker SPEC`): "cold" never
+reuses a client's connections or caches, and a hung FUSE read ends in a timeout, not a
+hung harness. Generated data is cached under /tmp/bench/data; a re-run only uploads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(HERE), str(REPO / "tests")]
+
+BENCH = Path("/tmp/bench")
+BUCKET = "ngffbench"
+KEY, SECRET, REGION = "testing", "testing", "us-east-1"  # moto accepts any credentials
+SIZES = {"small": (64, 1024, 1024), "full": (128, 2048, 2048)}  # z, y, x uint16: 128 MiB, 1 GiB
+CHUNKINGS = {"64x256x256": (64, 256, 256), "1x512x512": (1, 512, 512)}
+
+
+class BenchError(Exception):
+    """A measurement that failed; the report shows the message instead of a number."""
+
+
+def sha1(buf) -> str:
+    return hashlib.sha1(buf).hexdigest()
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker(spec: dict) -> dict:
+    """One timed read in this fresh process; prints the result as JSON.
+
+    The proxy counters are read right before the clock starts, after zarr has read its
+    metadata, so the request counts cover the data read only.
+    """
+
+    def proxy_counters():
+        with urllib.request.urlopen(spec["control"], timeout=30) as r:
+            return json.load(r)
+
+    if spec["kind"] == "zarr":
+        import zarr
+
+        c = spec["concurrency"]
+        # async.concurrency bounds in-flight chunk reads; LocalStore (local disk, rclone
+        # mount) runs them on zarr's thread pool, which is sized by threading.max_workers.
+        zarr.config.set({"async.concurrency": c, "threading.max_workers": c})
+        so = None
+        if spec["url"].startswith("s3://"):
+            so = {"key": KEY, "secret": SECRET, "endpoint_url": spec["endpoint"],
+                  "client_kwargs": {"region_name": REGION},
+                  # botocore's pool stays at 10 connections whatever zarr asks for.
+                  "config_kwargs": {"max_pool_connections": max(c, 10)}}
+        arr = zarr.open_array(spec["url"], mode="r", zarr_format=2, storage_options=so)
+        before = proxy_counters()
+        t0 = time.perf_counter()
+        data = arr[spec["z"]] if spec["z"] is not None else arr[...]
+        seconds = time.perf_counter() - t0
+        planes = data[None] if spec["z"] is not None else data
+        return {"seconds": seconds, "before": before, "nbytes": data.nbytes,
+                "hashes": [sha1(p.tobytes()) for p in planes]}
+
+    # kind == "file": read a mounted file in order, in fixed-size reads, like ImageJ does.
+    before = proxy_counters()
+    t0 = time.perf_counter()
+    with open(spec["path"], "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(size)
+        view, pos, block = memoryview(buf), 0, spec["block"]
+        while pos < size:
+            n = f.readinto(view[pos:pos + block])
+            if not n:
+                raise BenchError(f"{spec['path']}: short read at {pos} of {size}")
+            pos += n
+    seconds = time.perf_counter() - t0
+    out = {"seconds": seconds, "before": before, "nbytes": size}
+    if spec.get("verify") == "plane":
+        import tifffile
+
+        out["hashes"] = [sha1(tifffile.imread(spec["path"]).tobytes())]
+    elif spec.get("verify") == "stack":
+        import tifffile
+
+        # The stack's planes are contiguous after the header: hash them straight from buf.
+        with tifffile.TiffFile(spec["path"]) as tif:
+            off = tif.pages[0].dataoffsets[0]
+        pb = spec["plane_bytes"]
+        out["hashes"] = [sha1(view[off + i * pb: off + (i + 1) * pb]) for i in range(spec["planes"])]
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+
+def synth_slab(z0: int, nz: int, ny: int, nx: int) -> "np.ndarray":
+    """Smooth structure plus 6 bits of noise: blosc compresses it ~2x, like real images,
+    so decoding costs what it costs on real data."""
+    import numpy as np
+
+    rng = np.random.default_rng(z0)
+    x = np.arange(nx, dtype=np.float32)[None, :]
+    y = np.arange(ny, dtype=np.float32)[:, None]
+    out = np.empty((nz, ny, nx), np.uint16)
+    for i in range(nz):
+        z = z0 + i
+        smooth = 20000 + 9000 * np.sin(x / 97 + z / 11) * np.cos(y / 61 - z / 17) + 5000 * np.sin((x + y) / 233 + z / 7)
+        out[i] = smooth + rng.integers(0, 64, (ny, nx), dtype=np.uint16)
+    return out
+
+
+def ensure_data(size: str, chunkings: list[str]) -> dict:
+    """Local copies of the image in each chunking (cached) and the plane hashes."""
+    import numcodecs
+    import zarr
+
+    shape = SIZES[size]
+    root = BENCH / "data" / size
+    meta_path = root / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if all(ch in meta["chunkings"] for ch in chunkings):
+            return meta
+    t0 = time.time()
+    print(f"generating {size} OME-Zarr {shape} uint16 in {', '.join(chunkings)} under {root} ...", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+    arrays = {}
+    for ch in chunkings:
+        g = zarr.open_group(str(root / f"{ch}.ome.zarr"), mode="w", zarr_format=2)
+        arrays[ch] = g.create_array(
+            "0", shape=shape, dtype="uint16", chunks=CHUNKINGS[ch], fill_value=0,
+            compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE),
+            chunk_key_encoding={"name": "v2", "separator": "/"})
+        axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+        g.attrs["multiscales"] = [{"version": "0.4", "name": "benchmark", "axes": axes, "datasets": [
+            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]
+    hashes = []
+    slab = min(64, shape[0])  # a multiple of every chunk depth: each chunk is written once
+    for z0 in range(0, shape[0], slab):
+        data = synth_slab(z0, min(slab, shape[0] - z0), shape[1], shape[2])
+        hashes += [sha1(p.tobytes()) for p in data]
+        for arr in arrays.values():
+            arr[z0:z0 + len(data)] = data
+    meta = {"shape": shape, "chunkings": chunkings, "planes": hashes}
+    meta_path.write_text(json.dumps(meta))
+    print(f"  generated in {time.time() - t0:.0f} s", flush=True)
+    return meta
+
+
+def chunk_bytes(local: Path) -> dict[int, list[int]]:
+    """Compressed size of every chunk of level 0, by chunk z index."""
+    out: dict[int, list[int]] = {}
+    for zdir in (local / "0").iterdir():
+        if zdir.is_dir():
+            out[int(zdir.name)] = [f.stat().st_size for f in zdir.rglob("*") if f.is_file()]
+    return out
+
+
+def upload(moto, local: Path, prefix: str) -> None:
+    """Straight to moto, not through the proxy: setup is not what we measure."""
+    client = moto.client(max_pool_connections=16)
+    files = [p for p in local.rglob("*") if p.is_file()]
+
+    def put(p: Path):
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{p.relative_to(local).as_posix()}", Body=p.read_bytes())
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, files))
+
+
+# --------------------------------------------------------------------------- harness
+
+
+class Harness:
+    def __init__(self, args, proxy, errors: list):
+        self.args, self.proxy, self.errors = args, proxy, errors
+        self.run_dir = BENCH / "run"
+        self.mounted: set[str] = set()
+        self.rclones: list[subprocess.Popen] = []
+        self.n = 0  # numbers cache dirs, logs and mount tags
+        self.drop_ok = True
+        self.timeout = 300 if args.size == "small" else 1200
+
+    # -- processes
+
+    def run_worker(self, spec: dict) -> dict:
+        spec = {**spec, "control": self.proxy.url + "/__proxy__/stats", "endpoint": self.proxy.url}
+        cmd = [sys.executable, __file__, "_worker", json.dumps(spec)]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"read timed out after {self.timeout} s: {spec.get('path') or spec.get('url')}") from None
+        if r.returncode != 0:
+            raise BenchError(f"worker failed ({spec.get('path') or spec.get('url')}):\n{r.stderr.strip()[-3000:]}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def settle(self, quiet: float = 1.0, limit: float = 60.0) -> None:
+        """Wait until the proxy saw no request for `quiet` s: readahead and rclone's
+        downloads may go on after the reader is done, and they count too."""
+        start = last_change = time.monotonic()
+        last = self.proxy.snapshot()["requests"]
+        while time.monotonic() - last_change < quiet and time.monotonic() - start < limit:
+            time.sleep(0.1)
+            cur = self.proxy.snapshot()["requests"]
+            if cur != last:
+                last, last_change = cur, time.monotonic()
+
+    def drop_caches(self) -> None:
+        os.sync()
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        except OSError:
+            self.drop_ok = False  # reported: warm and local numbers then include the page cache
+
+    def fresh(self, kind: str) -> Path:
+        self.n += 1
+        path = self.run_dir / "cache" / f"{kind}-{self.n}"
+        path.mkdir(parents=True)
+        return path
+
+    # -- ngffmount
+
+    def ngff_mount(self, url: str, cache_dir: Path) -> tuple[str, int | None, Path]:
+        mnt = self.run_dir / "mnt" / "ngff"
+        mnt.mkdir(parents=True, exist_ok=True)
+        self.n += 1
+        log = self.run_dir / "logs" / f"ngffmount-{self.n}.log"
+        tag = f"{os.getpid()}-{self.n}"
+        # Credentials go by environment, as for any AWS client; the tag finds the daemon.
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+               "AWS_DEFAULT_REGION": REGION, "NGFFBENCH_TAG": tag}
+        cmd = [sys.executable, "-m", "ngffmount.vfs.cli", "mount", url, str(mnt), "--endpoint-url", self.proxy.url,
+               "--cache-dir", str(cache_dir), "--log-file", str(log)]
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            self.mounted.add(str(mnt))
+            raise BenchError(f"`{shlex.join(cmd)}` did not return in 180 s\nlog {log}:\n{tail(log)}") from None
+        if r.returncode != 0:
+            raise BenchError(f"`{shlex.join(cmd)}` failed ({r.returncode}): {r.stderr.strip()}\nlog {log}:\n{tail(log)}")
+        self.mounted.add(str(mnt))
+        return str(mnt), find_pid(tag), log
+
+    def ngff_unmount(self, mnt: str, pid: int | None) -> None:
+        fusermount(mnt)
+        self.mounted.discard(mnt)
+        # The next mount reuses the cache dir: the old daemon must be gone first.
+        deadline = time.monotonic() + 30
+        while pid and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def ngff_stats(self, mnt: str) -> dict:
+        r = subprocess.run(["cat", f"{mnt}/.ngffmount/stats.json"], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise BenchError(f"reading {mnt}/.ngffmount/stats.json failed: {r.stderr.strip()}")
+        return json.loads(r.stdout)
+
+    # -- rclone
+
+    @contextlib.contextmanager
+    def rclone_mount(self):
+        mnt = self.run_dir / "mnt" / "rclone"
+        mnt.mkdir(parents=True, exist_ok=True)
+        cache = self.fresh("rclone")
+        log = self.run_dir / "logs" / f"rclone-{self.n}.log"
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone fails to start with it
+        env.update(RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Other",
+                   RCLONE_CONFIG_BENCH_ENDPOINT=self.proxy.url, RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",
+                   RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=KEY, RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=SECRET,
+                   RCLONE_CONFIG_BENCH_REGION=REGION)
+        cmd = ["rclone", "mount", f"bench:{BUCKET}", str(mnt), "--vfs-cache-mode", "full", "--read-only",
+               "--cache-dir", str(cache), "--log-file", str(log)]
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+        self.rclones.append(proc)
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.ismount(mnt):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"`{shlex.join(cmd)}` did not mount:\n{tail(log)}")
+                time.sleep(0.05)
+            yield mnt
+        finally:
+            stop_rclone(proc, str(mnt))
+            self.rclones.remove(proc)
+
+    # -- measurements
+
+    def measure(self, spec: dict, mnt: str | None = None) -> dict:
+        """One timed read with its proxy counters (after settling) and ngffmount stats."""
+        st0 = self.ngff_stats(mnt) if mnt else None
+        res = self.run_worker(spec)
+        self.settle()
+        after = self.proxy.snapshot()
+        run = {"seconds": res["seconds"], "nbytes": res["nbytes"], "hashes": res.get("hashes"),
+               "requests": after["requests"] - res["before"]["requests"],
+               "bytes": after["bytes"] - res["before"]["bytes"]}
+        if mnt:
+            st1 = self.ngff_stats(mnt)
+            run["stats"] = {k: v - st0.get(k, 0) for k, v in st1.items()
+                            if isinstance(v, (int, float)) and k != "uptime_s"}
+        return run
+
+
+def tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def fusermount(mnt: str) -> None:
+    for args in (["-u"], ["-uz"]):  # lazy only if a plain unmount fails (busy, stale)
+        for exe in ("fusermount", "fusermount3"):
+            if shutil.which(exe) and subprocess.run([exe, *args, mnt], capture_output=True).returncode == 0:
+                return
+
+
+def stop_rclone(proc: subprocess.Popen, mnt: str) -> None:
+    proc.terminate()  # rclone unmounts itself on SIGTERM
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if os.path.ismount(mnt):
+        fusermount(mnt)
+
+
+def find_pid(tag: str) -> int | None:
+    """The `_serve` daemon is a grandchild in its own session: find it by an env marker
+    (other ngffmount daemons may run on this machine)."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if f"NGFFBENCH_TAG={tag}".encode() in (d / "environ").read_bytes().split(b"\0") \
+                        and b"_serve" in (d / "cmdline").read_bytes():
+                    return int(d.name)
+            except OSError:
+                pass
+    return None
+
+
+def peak_rss_mib(pid: int | None) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, TypeError):
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- one chunking
+
+
+def summarize(label: str, runs: list[dict], chunks: int, needed: int, note: str = "") -> dict:
+    secs = [r["seconds"] for r in runs]
+    mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
+    row = {"label": label, "seconds": secs, "median": statistics.median(secs), "nbytes": runs[0]["nbytes"],
+           "requests": mean("requests"), "bytes": mean("bytes"), "chunks": chunks, "needed": needed, "note": note}
+    if "stats" in runs[0]:
+        row["stats"] = {k: statistics.mean(r["stats"].get(k, 0) for r in runs) for k in runs[0]["stats"]}
+    return row
+
+
+def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
+    args, size = h.args, h.args.size
+    nz, ny, nx = meta["shape"]
+    cz, cy, cx = CHUNKINGS[ch]
+    z = nz // 2
+    local = BENCH / "data" / size / f"{ch}.ome.zarr"
+    url = f"s3://{BUCKET}/{size}/{ch}.ome.zarr"
+    sizes = chunk_bytes(local)
+    plane_chunks, plane_needed = math.ceil(ny / cy) * math.ceil(nx / cx), sum(sizes[z // cz])
+    all_chunks, all_needed = sum(len(v) for v in sizes.values()), sum(map(sum, sizes.values()))
+    plane_hash, all_hashes = [meta["planes"][z]], meta["planes"]
+    reps, concs = args.repeats, args.concurrency
+    rows: dict[str, dict] = {}
+    rss: dict[str, float] = {}
+    ngff_logs: list[str] = []
+
+    def check(key: str, runs: list[dict], expected: list[str]) -> None:
+        for r in runs:
+            if r.get("hashes") is not None and r["hashes"] != expected:
+                bad = [i for i, (a, b) in enumerate(zip(r["hashes"], expected)) if a != b]
+                h.errors.append(f"[{ch}] {key}: WRONG BYTES in planes {bad[:10] or 'count'} "
+                                f"({len(r['hashes'])} planes read, {len(expected)} expected)")
+                rows[key]["note"] += " WRONG BYTES"
+                return
+
+    def attempt(key: str, fn) -> None:
+        """Run one group of measurements; a failure is reported, the benchmark goes on."""
+        print(f"  [{ch}] {key} ...", flush=True)
+        try:
+            fn()
+            if key in rows:
+                r = rows[key]
+                print(f"      median {r['median']:.3f} s of {[round(s, 3) for s in r['seconds']]}, "
+                      f"{r['requests']:.0f} requests {r['note']}", flush=True)
+        except BenchError as exc:
+            h.errors.append(f"[{ch}] {key}: {exc}")
+            print(f"      FAILED: {exc}", flush=True)
+            for mnt in list(h.mounted):
+                h.ngff_unmount(mnt, None)
+
+    def zarr_spec(path_or_url: str, c: int, zsel):
+        return {"kind": "zarr", "url": f"{path_or_url}/0", "concurrency": c, "z": zsel}
+
+    def best_of(key: str, label: str, make_runs, zsel, chunks, needed, expected):
+        """The fastest concurrency by median, with the others in the note."""
+        tried = {}
+        for c in concs:
+            runs = make_runs(c)
+            tried[c] = summarize(f"{label} (concurrency {c})", runs, chunks, needed)
+            tried[c]["runs"] = runs
+        best = min(tried.values(), key=lambda r: r["median"])
+        best["note"] = "; ".join(f"c={c}: {r['median']:.2f} s" for c, r in tried.items())
+        rows[key] = best
+        check(key, best.pop("runs"), expected)
+
+    # (a) zarr-python straight from S3 through the proxy
+    attempt("zarr_s3_plane", lambda: best_of(
+        "zarr_s3_plane", "zarr-python, S3 direct", lambda c: [h.measure(zarr_spec(url, c, z)) for _ in range(reps)],
+        z, plane_chunks, plane_needed, plane_hash))
+    attempt("zarr_s3_all", lambda: best_of(
+        "zarr_s3_all", "zarr-python, S3 direct, arr[...]", lambda c: [h.measure(zarr_spec(url, c, None))],
+        None, all_chunks, all_needed, all_hashes))
+
+    # (b) zarr-python on a fresh `rclone mount --vfs-cache-mode full` (empty cache) per run
+    if not args.skip_rclone:
+        def rclone_run(zsel, c):
+            with h.rclone_mount() as mnt:
+                return h.measure(zarr_spec(f"{mnt}/{size}/{ch}.ome.zarr", c, zsel))
+
+        attempt("rclone_plane", lambda: best_of(
+            "rclone_plane", "zarr-python on rclone mount", lambda c: [rclone_run(z, c) for _ in range(reps)],
+            z, plane_chunks, plane_needed, plane_hash))
+        attempt("rclone_all", lambda: best_of(
+            "rclone_all", "zarr-python on rclone mount, arr[...]", lambda c: [rclone_run(None, c)],
+            None, all_chunks, all_needed, all_hashes))
+
+    plane_spec = lambda mnt: {"kind": "file", "path": f"{mnt}/s0/z{z:05d}.tif", "block": 1 << 20,  # noqa: E731
+                              "verify": "plane"}
+    stack_spec = lambda mnt, verify=True: {  # noqa: E731
+        "kind": "file", "path": f"{mnt}/s0.tif", "block": ny * nx * 2,  # plane-sized reads, in order
+        "verify": "stack" if verify else None, "planes": nz, "plane_bytes": ny * nx * 2}
+
+    def ngff_session(cache_dir: Path, phase: str, body, drop: bool = False):
+        mnt, pid, log = h.ngff_mount(url, cache_dir)
+        ngff_logs.append(str(log))
+        try:
+            if drop:
+                h.drop_caches()  # after the mount: metadata reads must not refill it
+            return body(mnt)
+        finally:
+            hwm = peak_rss_mib(pid)
+            if hwm is not None:
+                rss[phase] = max(rss.get(phase, 0), hwm)
+            h.ngff_unmount(mnt, pid)
+
+    # (c) ngffmount cold: empty cache dir, new mount, one plane file
+    def ngff_cold_plane():
+        runs = [ngff_session(h.fresh("ngff"), "cold plane", lambda m: h.measure(plane_spec(m), m)) for _ in range(reps)]
+        rows["ngff_cold_plane"] = summarize("ngffmount cold (empty cache, new mount)", runs, plane_chunks, plane_needed)
+        check("ngff_cold_plane", runs, plane_hash)
+
+    attempt("ngff_cold_plane", ngff_cold_plane)
+
+    # (c) cold scroll through s0.tif, then (e) hot re-reads on the same mount (page cache)
+    scroll_cache = h.fresh("ngff")
+
+    def ngff_cold_scroll_and_hot():
+        def body(mnt):
+            cold = h.measure(stack_spec(mnt), mnt)
+            rows["ngff_cold_all"] = summarize("ngffmount cold, s0.tif plane by plane", [cold], all_chunks, all_needed)
+            check("ngff_cold_all", [cold], all_hashes)
+            hot = [h.measure(stack_spec(mnt, verify=False), mnt) for _ in range(reps)]
+            rows["ngff_hot_all"] = summarize("ngffmount hot, s0.tif re-read (page cache)", hot, all_chunks, all_needed)
+        ngff_session(scroll_cache, "cold scroll + hot", body)
+
+    attempt("ngff_cold_all", ngff_cold_scroll_and_hot)
+
+    # (d) ngffmount warm: same cache dir (filled by the scroll), new mount, page cache dropped
+    if "ngff_cold_all" in rows:
+        def ngff_warm_plane():
+            runs = [ngff_session(scroll_cache, "warm", lambda m: h.measure(plane_spec(m), m), drop=True)
+                    for _ in range(reps)]
+            rows["ngff_warm_plane"] = summarize("ngffmount warm (disk cache, new mount, page cache dropped)",
+                                                runs, plane_chunks, plane_needed)
+            check("ngff_warm_plane", runs, plane_hash)
+
+        def ngff_warm_scroll():
+            run = ngff_session(scroll_cache, "warm", lambda m: h.measure(stack_spec(m), m), drop=True)
+            rows["ngff_warm_all"] = summarize("ngffmount warm, s0.tif plane by plane", [run], all_chunks, all_needed)
+            check("ngff_warm_all", [run], all_hashes)
+
+        attempt("ngff_warm_plane", ngff_warm_plane)
+        attempt("ngff_warm_all", ngff_warm_scroll)
+
+    # (f) zarr-python on the local-disk copy, page cache dropped before each run
+    def local_run(zsel, c):
+        h.drop_caches()
+        return h.measure(zarr_spec(str(local), c, zsel))
+
+    attempt("local_plane", lambda: best_of(
+        "local_plane", "zarr-python, local disk", lambda c: [local_run(z, c) for _ in range(reps)],
+        z, plane_chunks, plane_needed, plane_hash))
+    attempt("local_all", lambda: best_of(
+        "local_all", "zarr-python, local disk, arr[...]", lambda c: [local_run(None, c)],
+        None, all_chunks, all_needed, all_hashes))
+
+    comp = {"chunk_shape": CHUNKINGS[ch], "z": z, "plane_chunks": plane_chunks, "plane_needed": plane_needed,
+            "all_chunks": all_chunks, "all_needed": all_needed, "raw_bytes": nz * ny * nx * 2}
+    return {"rows": rows, "rss": rss, "info": comp, "logs": ngff_logs}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(x, digits=3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+    return str(x)
+
+
+def ratio(rows, a, b, key="median"):
+    return rows[a][key] / rows[b][key] if a in rows and b in rows and rows[b][key] else None
+
+
+def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float, drop_ok: bool) -> str:
+    nz, ny, nx = meta["shape"]
+    L = ["# ngffmount benchmark", "",
+         f"Command: `{facts['command']}`  ", f"Date: {facts['date']}, total run time {elapsed / 60:.1f} min", "",
+         "## Machine", ""]
+    L += [f"- {k}: {v}" for k, v in facts["machine"].items()]
+    L += ["", "## Setup", "",
+          f"- Image: OME-Zarr 0.4, zarr v2, '/' chunk keys, blosc lz4 + shuffle, level 0 = {nz} x {ny} x {nx} uint16 "
+          f"({nz * ny * nx * 2 / 2**30:.2f} GiB), smooth pattern plus 6 bits of noise.",
+          f"- S3: moto_server behind latency_proxy.py, +{args.latency_ms:g} ms per request (threaded, keep-alive "
+          "to moto). Every reader below talks to the proxy; its counters give the requests and bytes.",
+          f"- Readers: zarr-python direct from S3 (s3fs) and on a local copy, at async.concurrency "
+          f"{', '.join(map(str, args.concurrency))} (best reported, others in the notes); zarr-python on "
+          "`rclone mount --vfs-cache-mode full` (new rclone, empty cache per run); ngffmount cold (empty "
+          "--cache-dir, new mount), warm (same --cache-dir, new mount, page cache dropped), hot (same mount "
+          "again, page cache).",
+          "- Plane: z = middle. ngffmount reads `s0/zNNNNN.tif` whole (1 MiB reads); zarr reads `arr[z]`. "
+          "Scroll: ngffmount reads `s0.tif` from start to end in plane-sized reads (what ImageJ's virtual stack "
+          "does); zarr reads `arr[...]`.",
+          f"- Medians of {args.repeats} runs for planes and hot re-reads, one run for the cold and warm scrolls. "
+          "Each run is a fresh process. Requests and bytes are counted from right before the read until the proxy "
+          "has been idle for 1 s (readahead included); zarr's metadata reads are not counted.",
+          "- requests/chunk = proxy requests / chunks under the read; fetched/needed = proxy bytes / compressed "
+          "bytes of those chunks. Every read is checked against SHA-1 hashes of the generated planes."]
+    if not drop_ok:
+        L.append("- **Could not drop the page cache** (/proc/sys/vm/drop_caches not writable): warm and local "
+                 "numbers include it.")
+    # Summary across chunkings
+    L += ["", "## Summary", "",
+          "| chunking | cold plane ngffmount / zarr S3 | scroll ngffmount cold / zarr S3 arr[...] | "
+          "warm plane ngffmount / zarr local | hot s0.tif GB/s | requests/chunk (cold scroll) | "
+          "fetched/needed (cold scroll) | decodes/chunk (cold scroll) | daemon peak RSS |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for ch, res in results.items():
+        rows = res["rows"]
+        hot = rows.get("ngff_hot_all")
+        cold = rows.get("ngff_cold_all")
+        L.append("| " + " | ".join([
+            ch, fmt(ratio(rows, "ngff_cold_plane", "zarr_s3_plane")), fmt(ratio(rows, "ngff_cold_all", "zarr_s3_all")),
+            fmt(ratio(rows, "ngff_warm_plane", "local_plane")),
+            fmt(hot["nbytes"] / hot["median"] / 1e9) if hot else "–",
+            fmt(cold["requests"] / cold["chunks"]) if cold else "–",
+            fmt(cold["bytes"] / cold["needed"]) if cold else "–",
+            fmt(cold["stats"].get("decodes", 0) / cold["chunks"]) if cold else "–",
+            f"{max(res['rss'].values()):.0f} MiB" if res["rss"] else "–"]) + " |")
+    L.append("\nRatios are times (below 1: ngffmount is faster).")
+    order = [("cold plane", ["zarr_s3_plane", "rclone_plane", "ngff_cold_plane"]),
+             ("warm plane", ["ngff_warm_plane", "local_plane"]),
+             ("scroll / whole level", ["zarr_s3_all", "rclone_all", "ngff_cold_all", "ngff_warm_all", "local_all"]),
+             ("hot re-read", ["ngff_hot_all"])]
+    for ch, res in results.items():
+        rows, info = res["rows"], res["info"]
+        raw_chunk = math.prod(info["chunk_shape"]) * 2
+        L += ["", f"## Chunking {ch}", "",
+              f"{info['all_chunks']} chunks of {raw_chunk / 2**20:g} MiB raw, {info['all_needed'] / 2**20:.0f} MiB "
+              f"compressed in all ({info['all_needed'] / info['raw_bytes']:.0%} of raw). Plane z={info['z']} lies in "
+              f"{info['plane_chunks']} chunks, {info['plane_needed'] / 2**20:.1f} MiB compressed, "
+              f"{ny * nx * 2 / 2**20:g} MiB of pixels.", "",
+              "| workload | reader | median s | MB/s | runs (s) | requests | requests/chunk | fetched/needed | "
+              "decodes/chunk | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for workload, keys in order:
+            for k in keys:
+                r = rows.get(k)
+                if not r:
+                    continue
+                dec = fmt(r["stats"].get("decodes", 0) / r["chunks"]) if "stats" in r else ""
+                note = r["note"]
+                if "stats" in r:
+                    s = r["stats"]
+                    note += (" " if note else "") + ", ".join(
+                        f"{n}={s[n]:g}" for n in ("chunks_fetched", "memory_hits", "disk_hits", "prefetched", "errors")
+                        if n in s)
+                L.append("| " + " | ".join([
+                    workload, r["label"], fmt(r["median"]), fmt(r["nbytes"] / r["median"] / 1e6),
+                    ", ".join(f"{s:.3g}" for s in r["seconds"]), fmt(r["requests"], 4),
+                    fmt(r["requests"] / r["chunks"]), fmt(r["bytes"] / r["needed"]), dec, note]) + " |")
+        if res["rss"]:
+            L += ["", "ngffmount daemon peak RSS (VmHWM), max per phase: " +
+                  ", ".join(f"{k} {v:.0f} MiB" for k, v in res["rss"].items())]
+    if errors:
+        L += ["", "## Failures", ""]
+        L += [f"```\n{e}\n```" for e in errors]
+    L += ["", "## Caveats", "",
+          f"- {facts['machine']['nproc']} cores run the readers, the proxy, moto, rclone and the ngffmount daemon "
+          "at once, so CPU-bound steps (decoding, moto serving) compete; load averages above show whether anything "
+          "else ran.",
+          "- moto serves from memory; the proxy's latency is per request, with no bandwidth limit.",
+          "- zarr-python on a local path (local disk, rclone) reads chunks on its thread pool, sized here to the "
+          "concurrency."]
+    return "\n".join(L) + "\n"
+
+
+def machine_facts(args) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    def cmd(*c):
+        try:
+            return subprocess.run(c, capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "not available"
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), "?")
+    mem = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")))
+    rev = cmd("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
+    return {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": {
+            "nproc": os.cpu_count(), "CPU": cpu, "RAM": f"{mem / 2**20:.1f} GiB",
+            "OS": f"{cmd('sh', '-c', '. /etc/os-release; echo $PRETTY_NAME')}, kernel {platform.release()}",
+            "Python": platform.python_version(),
+            "ngffmount": f"{ver('ngffmount')} (git {rev}{', uncommitted changes' if dirty.strip() else ''})",
+            "packages": ", ".join(f"{p} {ver(p)}" for p in
+                                  ("zarr", "numcodecs", "numpy", "s3fs", "fsspec", "aiobotocore", "tifffile",
+                                   "mfusepy", "moto")),
+            "rclone": cmd("rclone", "version"), "fuse": cmd("fusermount3", "-V"),
+            "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "_worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", choices=SIZES, default="full", help="small: 128 MiB level; full: 1 GiB (default)")
+    ap.add_argument("--chunkings", default=",".join(CHUNKINGS), help="comma-separated, from: " + ", ".join(CHUNKINGS))
+    ap.add_argument("--latency-ms", type=float, default=30.0, help="added to every S3 request (default 30)")
+    ap.add_argument("--concurrency", default="10,64", help="zarr-python async.concurrency values to try (best wins)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per plane and hot measurement (median)")
+    ap.add_argument("--skip-rclone", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report (default %(default)s)")
+    args = ap.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    chunkings = [c.strip() for c in args.chunkings.split(",") if c.strip()]
+    unknown = set(chunkings) - set(CHUNKINGS)
+    if unknown:
+        ap.error(f"unknown chunkings {sorted(unknown)}; choose from {list(CHUNKINGS)}")
+    if not args.skip_rclone and not shutil.which("rclone"):
+        ap.error("rclone not found: apt-get install -y rclone, or pass --skip-rclone")
+
+    # SIGTERM takes the same way out as Ctrl-C, through every cleanup below.
+    def on_sigterm(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    from latency_proxy import LatencyProxy
+    from servers import MotoS3Server
+
+    t_start = time.time()
+    facts = machine_facts(args)
+    run_dir = BENCH / "run"
+    for leftover in (run_dir / "mnt").glob("*"):  # a run killed with -9 may have left mounts
+        if os.path.ismount(leftover):
+            fusermount(str(leftover))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "logs").mkdir(parents=True)
+
+    errors: list[str] = []
+    results: dict[str, dict] = {}
+    with contextlib.ExitStack() as stack:
+        meta = ensure_data(args.size, chunkings)
+        moto = stack.enter_context(MotoS3Server())
+        proxy = stack.enter_context(LatencyProxy(moto.endpoint_url, args.latency_ms / 1000))
+        h = Harness(args, proxy, errors)
+
+        @stack.callback
+        def cleanup():
+            for proc in list(h.rclones):
+                stop_rclone(proc, str(run_dir / "mnt" / "rclone"))
+            for mnt in list(h.mounted):
+                fusermount(mnt)
+
+        t0 = time.time()
+        moto.create_bucket(BUCKET)
+        for ch in chunkings:
+            upload(moto, BENCH / "data" / args.size / f"{ch}.ome.zarr", f"{args.size}/{ch}.ome.zarr")
+        print(f"uploaded to moto in {time.time() - t0:.0f} s; proxy {proxy.url} +{args.latency_ms:g} ms", flush=True)
+        for ch in chunkings:
+            results[ch] = bench_chunking(h, meta, ch)
+        facts["machine"]["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        report = render(args, meta, results, errors, facts, time.time() - t_start, h.drop_ok)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print("\n" + report)
+    print(f"report written to {out}; ngffmount logs under {run_dir / 'logs'}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; mounts, rclone, moto and the proxy were stopped", file=sys.stderr)
+        sys.exit(130)
