@@ -32,3 +32,34 @@ def read_region(engine, level, start: Sequence[int], stop: Sequence[int]) -> np.
         src = tuple(slice(l - i * c, h - i * c) for l, h, i, c in zip(lo, hi, idx, cs))
         out[dst] = arr[src]
     return out
+
+
+def c_order_boxes(shape: Sequence[int], start: int, stop: int):
+    """Boxes (lo, hi) covering elements [start, stop) of an array in C order, in that order.
+
+    A linear range splits into at most two boxes per dimension, so a read of any byte range
+    of a C-order file costs a few region reads, never one per row.
+    """
+    if start >= stop:
+        return
+    if len(shape) == 1:
+        yield [start], [stop]
+        return
+    inner = 1
+    for n in shape[1:]:
+        inner *= n
+    i0, r0 = divmod(start, inner)
+    i1, r1 = divmod(stop, inner)
+    if i0 == i1:
+        for lo, hi in c_order_boxes(shape[1:], r0, r1):
+            yield [i0, *lo], [i0 + 1, *hi]
+        return
+    if r0:
+        for lo, hi in c_order_boxes(shape[1:], r0, inner):
+            yield [i0, *lo], [i0 + 1, *hi]
+        i0 += 1
+    if i1 > i0:
+        yield [i0] + [0] * (len(shape) - 1), [i1, *shape[1:]]
+    if r1:
+        for lo, hi in c_order_boxes(shape[1:], 0, r1):
+            yield [i1, *lo], [i1 + 1, *hi]

@@ -91,12 +91,13 @@ def worker(spec: dict) -> dict:
                 "hashes": [sha1(p.tobytes()) for p in planes]}
 
     # kind == "file": read a mounted file in order, in fixed-size reads, like ImageJ does.
+    size = os.stat(spec["path"]).st_size
+    buf = bytearray(size)
+    buf[::4096] = bytes(len(range(0, size, 4096)))  # fault the pages in now, not on the clock
+    view, pos, block = memoryview(buf), 0, spec["block"]
     before = proxy_counters()
     t0 = time.perf_counter()
     with open(spec["path"], "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(size)
-        view, pos, block = memoryview(buf), 0, spec["block"]
         while pos < size:
             n = f.readinto(view[pos:pos + block])
             if not n:
@@ -323,7 +324,9 @@ class Harness:
         after = self.proxy.snapshot()
         run = {"seconds": res["seconds"], "nbytes": res["nbytes"], "hashes": res.get("hashes"),
                "requests": after["requests"] - res["before"]["requests"],
-               "bytes": after["bytes"] - res["before"]["bytes"]}
+               "bytes": after["bytes"] - res["before"]["bytes"],
+               "methods": {m: n - res["before"]["by_method"].get(m, 0) for m, n in after["by_method"].items()
+                           if n > res["before"]["by_method"].get(m, 0)}}
         if mnt:
             st1 = self.ngff_stats(mnt)
             run["stats"] = {k: v - st0.get(k, 0) for k, v in st1.items()
@@ -388,6 +391,8 @@ def summarize(label: str, runs: list[dict], chunks: int, needed: int, note: str 
     mean = lambda k: statistics.mean(r[k] for r in runs)  # noqa: E731
     row = {"label": label, "seconds": secs, "median": statistics.median(secs), "nbytes": runs[0]["nbytes"],
            "requests": mean("requests"), "bytes": mean("bytes"), "chunks": chunks, "needed": needed, "note": note}
+    row["methods"] = {m: statistics.mean(r["methods"].get(m, 0) for r in runs)
+                      for m in sorted({m for r in runs for m in r["methods"]})}
     if "stats" in runs[0]:
         row["stats"] = {k: statistics.mean(r["stats"].get(k, 0) for r in runs) for k in runs[0]["stats"]}
     return row
@@ -555,6 +560,11 @@ def fmt(x, digits=3) -> str:
     return str(x)
 
 
+def requests_cell(r: dict) -> str:
+    methods = ", ".join(f"{m} {fmt(n, 4)}" for m, n in r["methods"].items())
+    return f"{fmt(r['requests'], 4)} ({methods})" if methods else fmt(r["requests"], 4)
+
+
 def ratio(rows, a, b, key="median"):
     return rows[a][key] / rows[b][key] if a in rows and b in rows and rows[b][key] else None
 
@@ -633,7 +643,8 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
                         if n in s)
                 L.append("| " + " | ".join([
                     workload, r["label"], fmt(r["median"]), fmt(r["nbytes"] / r["median"] / 1e6),
-                    ", ".join(f"{s:.3g}" for s in r["seconds"]), fmt(r["requests"], 4),
+                    ", ".join(f"{s:.3g}" for s in r["seconds"]),
+                    requests_cell(r),
                     fmt(r["requests"] / r["chunks"]), fmt(r["bytes"] / r["needed"]), dec, note]) + " |")
         if res["rss"]:
             L += ["", "ngffmount daemon peak RSS (VmHWM), max per phase: " +

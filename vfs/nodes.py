@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import Callable, Iterable
 
 from .virtualfile import StaticSegment, VirtualFile
@@ -26,6 +27,22 @@ class FileNode(Node):
 
     def open(self) -> VirtualFile:
         return self.vfile
+
+
+class LazyFile(FileNode):
+    """A file whose layout is built on first use (HDF5 headers of many datasets)."""
+
+    def __init__(self, build: Callable[[], VirtualFile], mtime: float):
+        self.build, self.mtime = build, mtime
+        self._vfile: VirtualFile | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def vfile(self) -> VirtualFile:
+        with self._lock:
+            if self._vfile is None:
+                self._vfile = self.build()
+            return self._vfile
 
 
 def static_file(data: bytes, mtime: float) -> FileNode:

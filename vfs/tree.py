@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from dataclasses import asdict
 
 from ..adapters import Group, Image
-from .nodes import DirNode, DynamicFile, FileNode, PlaneDir, static_file
+from . import hdf5_views
+from .nodes import DirNode, DynamicFile, FileNode, LazyFile, PlaneDir, static_file
 from .planes import PlaneSource
 from .ome_xml import ome_xml
 from .tiff_views import TiffLayout, unsupported_reason
 
 NOT_YET = {
-    "{level}.h5": "HDF5 views are not implemented yet",
-    "image.h5": "HDF5 views are not implemented yet",
     "bdv.xml": "BigDataViewer views are not implemented yet",
 }
 
@@ -63,8 +63,20 @@ def image_dir(image: Image, engine) -> DirNode:
         else:
             node = d.entries[f"{name}.ome.tif"] = FileNode(layout.ome_file(ome_xml(image, src, name)), image.mtime)
             views[f"{name}.ome.tif"] = {"size": node.size, "planes": src.plane_count}
+        reason = hdf5_views.unsupported_reason(level)
+        if reason:
+            missing[f"{name}.h5"] = reason
+        else:
+            node = d.entries[f"{name}.h5"] = LazyFile(partial(hdf5_views.level_h5, level, engine), image.mtime)
+            views[f"{name}.h5"] = {"dataset": "/data"}
         for pattern, why in NOT_YET.items():
             missing.setdefault(pattern.format(level=name), why)
+    reason = next(filter(None, (hdf5_views.unsupported_reason(lv) for lv in image.levels)), None)
+    if reason:
+        missing["image.h5"] = reason
+    else:
+        d.entries["image.h5"] = LazyFile(partial(hdf5_views.image_h5, image, engine), image.mtime)
+        views["image.h5"] = {"datasets": [f"/s{i}" for i in range(len(image.levels))]}
     info = info_document(image, views, missing)
     d.entries = {"info.json": static_file(info, image.mtime), **d.entries}
     return d
