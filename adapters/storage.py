@@ -2,18 +2,27 @@
 
 Navigation is by known keys only: many HTTP servers and S3 policies forbid listing.
 Keys are relative to the source root; nothing outside the root is ever read.
+
+Every remote read is one `RangeRequest` under a retry policy (`classify`, `backoff_delay`):
+5xx, 408, 429, throttling, timeouts, connection errors and truncated bodies are retried
+with jittered exponential backoff, at most `retries` attempts and never past `timeout`
+seconds per request. A request returns its complete bytes, None (missing), or fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import json
 import posixpath
+import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
@@ -22,6 +31,11 @@ from .errors import BadMetadata, ChunkReadError, SourceNotFound
 from .urls import has_scheme, normalize_url, redact
 
 MISSING_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+DEFAULT_TIMEOUT = 60.0  # seconds one request may take, every attempt and pause included
+DEFAULT_RETRIES = 5  # attempts per request, the first one included (as s3fs counts them)
+BACKOFF_BASE = 0.1  # first pause; doubles per attempt, with jitter
+BACKOFF_CAP = 2.0
 
 
 class TransferCounters:
@@ -32,6 +46,7 @@ class TransferCounters:
         self.requests = 0
         self.bytes = 0
         self.in_flight = 0
+        self.retries = 0  # attempts repeated after a transient failure
 
     def begin(self, n: int) -> None:
         with self._lock:
@@ -42,6 +57,10 @@ class TransferCounters:
         with self._lock:
             self.in_flight -= n
             self.bytes += nbytes
+
+    def retried(self, n: int = 1) -> None:
+        with self._lock:
+            self.retries += n
 
 
 TRANSFERS = TransferCounters()
@@ -54,6 +73,22 @@ class RangeRequest:
     end: int | None = None
 
 
+class StorageOptions(dict):
+    """fsspec options that also carry the retry budget (`timeout`, `retries`) to `Store`."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+
+
+NO_BOTOCORE_RETRIES = {"mode": "standard", "total_max_attempts": 1}
+
+
+def attempt_timeout_for(timeout: float) -> float:
+    """How long one attempt may wait for a connection or for the next bytes: a quarter of
+    the request's budget, so a stalled attempt still leaves time for retries."""
+    return max(0.05, timeout / 4)
+
+
 def storage_options_for(
     url: str,
     *,
@@ -61,45 +96,83 @@ def storage_options_for(
     endpoint_url: str | None = None,
     extra: Mapping[str, Any] | None = None,
     concurrency: int = 32,
-    timeout: float = 60.0,
-) -> dict:
-    """fsspec options for a URL from the CLI flags: the defaults users of each protocol expect."""
+    timeout: float = DEFAULT_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
+) -> StorageOptions:
+    """fsspec options for a URL from the CLI flags: the defaults users of each protocol expect.
+
+    `timeout` bounds one request with all its retries; each attempt gives up on a stall
+    after `attempt_timeout_for(timeout)`. The client libraries' own retries are off: the
+    Store's policy is the only one, so its budget and counters are the truth.
+    """
     protocol = url.split("://", 1)[0].lower() if has_scheme(url) else "file"
-    opts: dict = {}
+    stall = attempt_timeout_for(timeout)
+    opts = StorageOptions()
+    opts.timeout, opts.retries = float(timeout), int(retries)
     if protocol in ("s3", "s3a"):
         opts["anon"] = anon
         # botocore keeps 10 connections unless told otherwise, whatever concurrency we ask for.
         opts["config_kwargs"] = {
             "max_pool_connections": max(10, concurrency),
-            "connect_timeout": timeout,
-            "read_timeout": timeout,
+            "connect_timeout": stall,
+            "read_timeout": stall,
+            "retries": dict(NO_BOTOCORE_RETRIES),
         }
         if endpoint_url:
             opts["client_kwargs"] = {"endpoint_url": endpoint_url}
     elif protocol in ("http", "https"):
         import aiohttp
 
-        opts["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15))}
+        opts["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=stall, sock_read=stall)}
     opts.update(extra or {})
     return opts
 
 
 class Store:
-    """A source root plus the filesystem that reads it."""
+    """A source root plus the filesystem that reads it.
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, concurrency: int = 32):
+    `timeout` and `retries` default to what `storage_options_for` put in the options, else to
+    the aiohttp ClientTimeout `total` of HTTP options, else to DEFAULT_TIMEOUT/DEFAULT_RETRIES.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        concurrency: int = 32,
+        *,
+        retries: int | None = None,
+        timeout: float | None = None,
+    ):
         self.url = normalize_url(url)
         # The same bucket name on two S3 endpoints is two sources: the cache must tell them apart.
         endpoint = _endpoint_of(storage_options or {})
         self.identity = self.url + (f" @ {normalize_url(endpoint)}" if endpoint else "")
         self.concurrency = max(1, concurrency)
+        self.timeout = float(timeout if timeout is not None else _timeout_of(storage_options or {}))
+        if retries is None:
+            retries = getattr(storage_options, "retries", DEFAULT_RETRIES)
+        self.retries = max(1, int(retries))
+        self.attempt_timeout = attempt_timeout_for(self.timeout)
+        options = dict(storage_options or {})
+        s3 = has_scheme(url) and url.split("://", 1)[0].lower() in ("s3", "s3a")
+        if s3:
+            # botocore (up to 5 attempts, sleeps of seconds) and s3fs (5 more around each call)
+            # retry on their own; nested under ours that is 125 attempts. Ours alone decide.
+            config = dict(options.get("config_kwargs") or {})
+            config.setdefault("retries", dict(NO_BOTOCORE_RETRIES))
+            options["config_kwargs"] = config
+            options["skip_instance_cache"] = True  # we change this instance: keep it ours
         try:
-            self.fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+            self.fs, root = fsspec.core.url_to_fs(url, **options)
         except (ValueError, ImportError) as exc:
             raise SourceNotFound(f"cannot open {self.url}: {redact(str(exc))}") from None
+        if s3 and hasattr(self.fs, "retries"):
+            self.fs.retries = 1  # s3fs: a class attribute, no constructor option
         self.root = root.rstrip("/")
         self._is_async = isinstance(self.fs, AsyncFileSystem) and getattr(self.fs, "async_impl", False)
         self._pool = None if self._is_async else ThreadPoolExecutor(self.concurrency, thread_name_prefix="fetch")
+        self._http = _fs_kind(self.fs)
 
     def child(self, key: str) -> "Store":
         """A store rooted at a subpath (used for nested groups and images)."""
@@ -134,9 +207,13 @@ class Store:
 
     def mtime(self, key: str) -> float | None:
         """The modification time the source reports for `key`, if it reports one."""
-        try:
-            info = self.fs.info(self._path(key))
-        except Exception:
+        path = self._path(key)
+        if self._is_async:
+            info = sync(self.fs.loop, self._retrying_async,
+                        lambda left: self.fs._info(path, **self._attempt_kwargs(left)))
+        else:
+            info = self._retrying_sync(lambda left: self.fs.info(path, **self._attempt_kwargs(left)))
+        if not isinstance(info, dict):
             return None
         for name in ("LastModified", "last_modified", "mtime", "Last-Modified", "updated"):
             value = info.get(name)
@@ -163,38 +240,297 @@ class Store:
             if self._is_async:
                 raw = sync(self.fs.loop, self._gather, requests)
             else:
-                raw = list(self._pool.map(self._fetch_sync, requests))
+                abort = threading.Event()
+                raw = list(self._pool.map(partial(self._fetch_sync, abort=abort), requests))
         finally:
             TRANSFERS.end(len(requests), sum(len(v) for v in raw if isinstance(v, (bytes, bytearray))))
+        # Report the request that failed, not the ones abandoned because of it.
+        for req, value in zip(requests, raw):
+            if isinstance(value, BaseException) and not isinstance(value, MISSING_ERRORS + _ABANDONED):
+                text = str(value) if isinstance(value, GaveUp) else describe_error(value)
+                raise ChunkReadError(f"cannot read {self.url}/{req.key}: {text}")
         out = []
         for req, value in zip(requests, raw):
             if isinstance(value, MISSING_ERRORS):
                 out.append(None)
             elif isinstance(value, BaseException):
-                raise ChunkReadError(f"cannot read {self.url}/{req.key}: {describe_error(value)}")
+                raise ChunkReadError(f"cannot read {self.url}/{req.key}: abandoned")  # not reached
             else:
                 out.append(trim_range(value, req))
         return out
 
     async def _gather(self, requests):
         sem = asyncio.Semaphore(self.concurrency)
+        tasks: list[asyncio.Task] = []
 
         async def one(req: RangeRequest):
             async with sem:
-                try:
-                    start, end = _range_args(req)
-                    return await self.fs._cat_file(self._path(req.key), start=start, end=end)
-                except Exception as exc:  # reported per request by _run
-                    return exc
+                result = await self._retrying_async(partial(self._attempt_async, req))
+            if isinstance(result, BaseException) and not isinstance(result, MISSING_ERRORS):
+                # The whole batch fails with this request: stop spending time on the others.
+                for task in tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+            return result
 
-        return await asyncio.gather(*(one(r) for r in requests))
+        tasks.extend(asyncio.ensure_future(one(r)) for r in requests)
+        return await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _fetch_sync(self, req: RangeRequest):
+    def _fetch_sync(self, req: RangeRequest, abort: threading.Event | None = None):
+        return self._retrying_sync(partial(self._attempt_sync, req), abort)
+
+    # One attempt: the complete bytes of a request, or an exception.
+    async def _attempt_async(self, req: RangeRequest, left: float):
+        path, kw = self._path(req.key), self._attempt_kwargs(left)
+        start, end = _range_args(req)
+        data = await self.fs._cat_file(path, start=start, end=end, **kw)
+        if not _short(req, data):
+            return data
         try:
-            start, end = _range_args(req)
-            return self.fs.cat_file(self._path(req.key), start=start, end=end)
+            size = (await self.fs._info(path, **kw)).get("size")
         except Exception as exc:
-            return exc
+            raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)}; size unknown") from exc
+        return check_length(req, data, size)
+
+    def _attempt_sync(self, req: RangeRequest, left: float):
+        path, kw = self._path(req.key), self._attempt_kwargs(left)
+        start, end = _range_args(req)
+        data = self.fs.cat_file(path, start=start, end=end, **kw)
+        if not _short(req, data):
+            return data
+        try:
+            size = self.fs.info(path, **kw).get("size")
+        except Exception as exc:
+            raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)}; size unknown") from exc
+        return check_length(req, data, size)
+
+    def _attempt_kwargs(self, left: float) -> dict:
+        """Per-request client options: stall timeouts, and a total that ends with the budget."""
+        stall = min(self.attempt_timeout, max(left, 0.01))
+        if self._http == "aiohttp":
+            import aiohttp
+
+            return {"timeout": aiohttp.ClientTimeout(total=max(left, 0.01), sock_connect=stall, sock_read=stall)}
+        if self._http == "requests":
+            return {"timeout": (stall, stall)}
+        return {}
+
+    # The retry policy, once per request. Returns the value, or the exception that ended it.
+    async def _retrying_async(self, attempt: Callable[[float], Any]):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.timeout
+        for n in range(1, self.retries + 1):
+            left = deadline - loop.time()
+            try:
+                return await asyncio.wait_for(attempt(left), left)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                last = exc
+                retry = classify(exc) == RETRY
+            if not retry:
+                return last
+            now = loop.time()
+            pause = backoff_delay(n)
+            if now >= deadline - 1e-3:
+                return GaveUp(last, n, now - started, self.timeout)
+            if n == self.retries or now + pause >= deadline:
+                return GaveUp(last, n, now - started)
+            TRANSFERS.retried()
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _retrying_sync(self, attempt: Callable[[float], Any], abort: threading.Event | None = None):
+        """As _retrying_async. One blocking call cannot be interrupted: the budget is checked
+        between attempts, and each attempt is bounded by the client's own stall timeouts."""
+        started = time.monotonic()
+        deadline = started + self.timeout
+        for n in range(1, self.retries + 1):
+            if abort is not None and abort.is_set():
+                return Abandoned()
+            try:
+                return attempt(max(deadline - time.monotonic(), 0.01))
+            except Exception as exc:
+                last = exc
+                retry = classify(exc) == RETRY
+            if not retry:
+                if abort is not None and not isinstance(last, MISSING_ERRORS):
+                    abort.set()
+                return last
+            now = time.monotonic()
+            pause = backoff_delay(n)
+            if n == self.retries or now + pause >= deadline:
+                if abort is not None:
+                    abort.set()
+                return GaveUp(last, n, now - started, self.timeout if now >= deadline else None)
+            TRANSFERS.retried()
+            if abort is not None and abort.wait(pause):
+                return Abandoned()
+            if abort is None:
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+
+# -- the retry policy --------------------------------------------------------------------
+
+RETRY, MISSING, FATAL = "retry", "missing", "fatal"
+
+# Exception class names (anywhere in the MRO) that mean "the transfer broke, try again":
+# aiohttp, botocore/aiobotocore, urllib3, http.client, requests, fsspec.
+_TRANSIENT_TYPES = frozenset({
+    "ClientPayloadError", "ClientConnectionError", "ServerTimeoutError", "ContentLengthError",
+    "HTTPClientError", "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
+    "ConnectTimeoutError", "IncompleteReadError", "ResponseStreamingError", "ResponseParserError",
+    "IncompleteRead", "ProtocolError", "RemoteDisconnected", "ChunkedEncodingError",
+    "ContentDecodingError", "Timeout", "ConnectionError", "FSTimeoutError", "IncompleteBody",
+})
+# S3 error codes that mean "busy or broken for now" (some arrive with a 4xx status).
+_TRANSIENT_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException",
+    "ThrottledException", "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "RequestTimeout", "RequestTimeoutException",
+    "PriorRequestNotComplete", "ProvisionedThroughputExceededException",
+})
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ECONNRESET", "ECONNABORTED", "ECONNREFUSED", "ETIMEDOUT", "EPIPE",
+                                      "EREMOTEIO", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN", "ENETRESET")
+    if hasattr(errno, name)
+)
+
+
+def classify(exc: BaseException) -> str:
+    """RETRY, MISSING (the object does not exist) or FATAL (4xx, bad credentials, bugs).
+
+    The causes are looked at too: s3fs and fsspec re-raise botocore and aiohttp errors as
+    OSError or FileNotFoundError ("from exc"), and the HTTP status is only on the original.
+    """
+    for node in _chain(exc):
+        verdict = _transient(node)
+        if verdict is not None:
+            if verdict:
+                return RETRY
+            break
+    return MISSING if isinstance(exc, MISSING_ERRORS) else FATAL
+
+
+def _chain(exc: BaseException, limit: int = 8):
+    seen, todo = set(), [exc]
+    while todo and len(seen) < limit:
+        node = todo.pop(0)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        todo += [node.__cause__, node.__context__]
+
+
+def _transient(exc: BaseException) -> bool | None:
+    """True: retry. False: a definite answer not to retry (e.g. 404, 403). None: no opinion."""
+    status, code = _status_and_code(exc)
+    if code in _TRANSIENT_CODES:
+        return True
+    if status is not None:
+        return status >= 500 or status in (408, 429)
+    if isinstance(exc, (TimeoutError, ConnectionError, asyncio.TimeoutError)):
+        return True
+    if _TRANSIENT_TYPES.intersection(c.__name__ for c in type(exc).__mro__):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    return None
+
+
+def _status_and_code(exc: BaseException) -> tuple[int | None, str | None]:
+    """The HTTP status (and S3 error code) an exception carries, if any."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        code = (response.get("Error") or {}).get("Code")
+        return _int_or_none(status), (code if isinstance(code, str) else None)
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "ClientResponseError" in names:  # aiohttp
+        return _int_or_none(getattr(exc, "status", None)), None
+    if "HTTPError" in names:  # requests (.response.status_code), urllib (.code)
+        return _int_or_none(getattr(response, "status_code", None) or getattr(exc, "code", None)), None
+    return None, None
+
+
+def _int_or_none(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def backoff_delay(attempt: int) -> float:
+    """The pause after failed attempt number `attempt` (1-based): 0.1 s doubling, capped,
+    with "equal jitter" (half fixed, half random) so clients that failed together spread out."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+class IncompleteBody(Exception):
+    """A response shorter than the range asked for, though the object goes on (retryable)."""
+
+
+class GaveUp(Exception):
+    """A request that kept failing until its retry budget or its deadline was spent."""
+
+    def __init__(self, last: BaseException, attempts: int, elapsed: float, deadline: float | None = None):
+        why = f"no complete answer within {deadline:g} s" if deadline is not None else "gave up"
+        super().__init__(f"{why} ({attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.1f} s), "
+                         f"last error: {describe_error(last)}")
+        self.__cause__ = last
+        self.attempts = attempts
+
+
+class Abandoned(Exception):
+    """A request dropped because another request of its batch failed."""
+
+
+_ABANDONED = (Abandoned, asyncio.CancelledError)
+
+
+def _short(req: RangeRequest, data: bytes) -> bool:
+    """A bounded range (or suffix) answered with fewer bytes than asked."""
+    if req.start < 0:
+        return len(data) < -req.start
+    return req.end is not None and len(data) < req.end - req.start
+
+
+def check_length(req: RangeRequest, data: bytes, size: int | None) -> bytes:
+    """A short answer is fine only where the object ends; else it is a truncated body."""
+    if size is None:
+        raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)} of an object of unknown size")
+    if req.start < 0:
+        expected = min(-req.start, size)
+    else:
+        expected = max(0, min(req.end, size) - req.start)
+    if len(data) == expected:
+        return data
+    if len(data) == size and req.start > 0:
+        return data[req.start:req.end]  # a server that ignored Range sent the whole (small) object
+    raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)} of a {size}-byte object")
+
+
+def _describe_range(req: RangeRequest) -> str:
+    return f"the last {-req.start} bytes" if req.start < 0 else f"bytes {req.start}-{req.end}"
+
+
+def _timeout_of(options: Mapping[str, Any]) -> float:
+    timeout = getattr(options, "timeout", None)  # StorageOptions from storage_options_for
+    if timeout is None:
+        client_timeout = (options.get("client_kwargs") or {}).get("timeout")
+        timeout = getattr(client_timeout, "total", None)  # aiohttp.ClientTimeout
+    return float(timeout) if timeout else DEFAULT_TIMEOUT
+
+
+def _fs_kind(fs) -> str | None:
+    """Which HTTP client an fsspec filesystem uses, for per-request timeouts."""
+    module = type(fs).__module__
+    if module == "fsspec.implementations.http":
+        return "aiohttp"
+    if module == "fsspec.implementations.http_sync":
+        return "requests"
+    return None
 
 
 def _endpoint_of(options: Mapping[str, Any]) -> str | None:

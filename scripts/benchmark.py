@@ -202,8 +202,8 @@ def upload(moto, local: Path, prefix: str) -> None:
 
 
 class Harness:
-    def __init__(self, args, proxy, errors: list):
-        self.args, self.proxy, self.errors = args, proxy, errors
+    def __init__(self, args, moto, proxy, errors: list):
+        self.args, self.moto, self.proxy, self.errors = args, moto, proxy, errors
         self.run_dir = BENCH / "run"
         self.mounted: set[str] = set()
         self.rclones: list[subprocess.Popen] = []
@@ -214,6 +214,8 @@ class Harness:
     # -- processes
 
     def run_worker(self, spec: dict) -> dict:
+        if self.moto._proc is None or self.moto._proc.poll() is not None:
+            raise RuntimeError("moto_server is gone; stopping the benchmark")
         spec = {**spec, "control": self.proxy.url + "/__proxy__/stats", "endpoint": self.proxy.url}
         cmd = [sys.executable, __file__, "_worker", json.dumps(spec)]
         try:
@@ -305,7 +307,7 @@ class Harness:
         self.rclones.append(proc)
         try:
             deadline = time.monotonic() + 30
-            while not os.path.ismount(mnt):
+            while not is_mounted(mnt):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise BenchError(f"`{shlex.join(cmd)}` did not mount:\n{tail(log)}")
                 time.sleep(0.05)
@@ -341,6 +343,13 @@ def tail(path: Path, n: int = 25) -> str:
         return "(no log)"
 
 
+def is_mounted(path) -> bool:
+    """From the mount table: os.path.ismount() says False for a dead FUSE mount."""
+    path = os.path.abspath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
 def fusermount(mnt: str) -> None:
     for args in (["-u"], ["-uz"]):  # lazy only if a plain unmount fails (busy, stale)
         for exe in ("fusermount", "fusermount3"):
@@ -355,7 +364,7 @@ def stop_rclone(proc: subprocess.Popen, mnt: str) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    if os.path.ismount(mnt):
+    if is_mounted(mnt):  # rclone exits without unmounting when a reader holds files open
         fusermount(mnt)
 
 
@@ -728,6 +737,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     from latency_proxy import LatencyProxy
     from servers import MotoS3Server
 
@@ -735,7 +745,7 @@ def main() -> int:
     facts = machine_facts(args)
     run_dir = BENCH / "run"
     for leftover in (run_dir / "mnt").glob("*"):  # a run killed with -9 may have left mounts
-        if os.path.ismount(leftover):
+        if is_mounted(leftover):
             fusermount(str(leftover))
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "logs").mkdir(parents=True)
@@ -746,7 +756,7 @@ def main() -> int:
         meta = ensure_data(args.size, chunkings)
         moto = stack.enter_context(MotoS3Server())
         proxy = stack.enter_context(LatencyProxy(moto.endpoint_url, args.latency_ms / 1000))
-        h = Harness(args, proxy, errors)
+        h = Harness(args, moto, proxy, errors)
 
         @stack.callback
         def cleanup():

@@ -49,18 +49,23 @@ def tiff_dtype(dtype: np.dtype) -> np.dtype:
     return dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
 
 
+def axis_positions(level) -> dict[str, int | None]:
+    """Where t, c, z, y and x are among the level's axes (None: absent)."""
+    kinds = [a.type for a in level.axes]
+    space = [i for i, k in enumerate(kinds) if k == "space"]
+    return {
+        "t": kinds.index("time") if "time" in kinds else None,
+        "c": kinds.index("channel") if "channel" in kinds else None,
+        "z": space[-3] if len(space) == 3 else None,
+        "y": space[-2],
+        "x": space[-1],
+    }
+
+
 class PlaneSource:
     def __init__(self, level, engine):
         self.level, self.engine = level, engine
-        kinds = [a.type for a in level.axes]
-        space = [i for i, k in enumerate(kinds) if k == "space"]
-        self.pos = {
-            "t": kinds.index("time") if "time" in kinds else None,
-            "c": kinds.index("channel") if "channel" in kinds else None,
-            "z": space[-3] if len(space) == 3 else None,
-            "y": space[-2],
-            "x": space[-1],
-        }
+        self.pos = axis_positions(level)
         self.sizes = {k: (1 if p is None else level.shape[p]) for k, p in self.pos.items()}
         self.nt, self.nc, self.nz = self.sizes["t"], self.sizes["c"], self.sizes["z"]
         self.height, self.width = self.sizes["y"], self.sizes["x"]

@@ -7,15 +7,11 @@ from functools import partial
 from dataclasses import asdict
 
 from ..adapters import Group, Image
-from . import hdf5_views
+from . import bdv_views, hdf5_views
 from .nodes import DirNode, DynamicFile, FileNode, LazyFile, PlaneDir, static_file
 from .planes import PlaneSource
 from .ome_xml import ome_xml
 from .tiff_views import TiffLayout, unsupported_reason
-
-NOT_YET = {
-    "bdv.xml": "BigDataViewer views are not implemented yet",
-}
 
 
 def build_tree(source: Image | Group, engine, stats_render=None) -> DirNode:
@@ -69,14 +65,19 @@ def image_dir(image: Image, engine) -> DirNode:
         else:
             node = d.entries[f"{name}.h5"] = LazyFile(partial(hdf5_views.level_h5, level, engine), image.mtime)
             views[f"{name}.h5"] = {"dataset": "/data"}
-        for pattern, why in NOT_YET.items():
-            missing.setdefault(pattern.format(level=name), why)
     reason = next(filter(None, (hdf5_views.unsupported_reason(lv) for lv in image.levels)), None)
     if reason:
         missing["image.h5"] = reason
     else:
         d.entries["image.h5"] = LazyFile(partial(hdf5_views.image_h5, image, engine), image.mtime)
         views["image.h5"] = {"datasets": [f"/s{i}" for i in range(len(image.levels))]}
+    reason = bdv_views.unsupported_reason(image)
+    if reason:
+        missing["bdv.xml"] = missing["bdv.h5"] = reason
+    else:
+        d.entries["bdv.xml"] = static_file(bdv_views.bdv_xml(image), image.mtime)
+        d.entries["bdv.h5"] = LazyFile(partial(bdv_views.bdv_h5, image, engine), image.mtime)
+        views["bdv.xml"] = {"loader": "bdv.hdf5", "h5": "bdv.h5"}
     info = info_document(image, views, missing)
     d.entries = {"info.json": static_file(info, image.mtime), **d.entries}
     return d
