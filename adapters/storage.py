@@ -289,7 +289,7 @@ class Store:
         try:
             size = (await self.fs._info(path, **kw)).get("size")
         except Exception as exc:
-            raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)}; size unknown") from exc
+            raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)}, and no size: {describe_error(exc)}") from exc
         return check_length(req, data, size)
 
     def _attempt_sync(self, req: RangeRequest, left: float):
@@ -301,7 +301,7 @@ class Store:
         try:
             size = self.fs.info(path, **kw).get("size")
         except Exception as exc:
-            raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)}; size unknown") from exc
+            raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)}, and no size: {describe_error(exc)}") from exc
         return check_length(req, data, size)
 
     def _attempt_kwargs(self, left: float) -> dict:

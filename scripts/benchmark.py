@@ -666,6 +666,10 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
           "at once, so CPU-bound steps (decoding, moto serving) compete; load averages above show whether anything "
           "else ran.",
           "- moto serves from memory; the proxy's latency is per request, with no bandwidth limit.",
+          "- s3fs (under zarr-python and ngffmount) sends HEAD then GET for a whole-object read: 2 requests per "
+          "chunk is its floor. rclone adds directory listings (LIST shows as GET).",
+          "- ngffmount runs with its defaults (--concurrency 32, --memory-cache 1G, disk cache on); decodes come "
+          "from its stats.json.",
           "- zarr-python on a local path (local disk, rclone) reads chunks on its thread pool, sized here to the "
           "concurrency."]
     return "\n".join(L) + "\n"

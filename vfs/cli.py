@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint")
     u.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
 
+    sv = sub.add_parser("service", help="run mounts as systemd services, or from fstab")
+    svsub = sv.add_subparsers(dest="service_command", required=True)
+    si = svsub.add_parser("install", help="write the ngffmount@.service template and NAME's settings")
+    si.add_argument("name")
+    si.add_argument("source")
+    si.add_argument("mountpoint")
+    si.add_argument("--unit-dir", default="/etc/systemd/system")
+    si.add_argument("--conf-dir", default="/etc/ngffmount")
+    si.epilog = "Options for `ngffmount mount` go after --, e.g. -- --anon --endpoint-url URL"
+    su = svsub.add_parser("unit", help="print the template unit")
+    su.add_argument("--conf-dir", default="/etc/ngffmount")
+    sh = svsub.add_parser("install-helper", help="link mount.fuse.ngffmount into /sbin for fstab and mount -t")
+    sh.add_argument("--sbin", default="/sbin")
+
     s = sub.add_parser("_serve", help=argparse.SUPPRESS)
     s.add_argument("--ready-fd", type=int, required=True)
     return p
@@ -184,6 +198,21 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_service(args) -> int:
+    from . import service
+
+    if args.service_command == "unit":
+        print(service.unit_text(args.conf_dir), end="")
+    elif args.service_command == "install-helper":
+        print(service.install_helper(args.sbin))
+    else:
+        try:
+            print(service.install(args.name, args.source, args.mountpoint, args.options, args.unit_dir, args.conf_dir))
+        except ValueError as exc:
+            raise NgffMountError(str(exc)) from None
+    return 0
+
+
 def cmd_unmount(args) -> int:
     from .mount import unmount
 
@@ -192,9 +221,15 @@ def cmd_unmount(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = []
+    if "--" in argv:  # everything after -- is passed through (service install's mount options)
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    args.options = passthrough
     handler = {"mount": cmd_mount, "unmount": cmd_unmount, "umount": cmd_unmount, "stats": cmd_stats,
-               "cache": cmd_cache, "_serve": cmd_serve}[args.command]
+               "cache": cmd_cache, "service": cmd_service, "_serve": cmd_serve}[args.command]
     try:
         return handler(args)
     except NgffMountError as exc:

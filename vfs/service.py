@@ -1,0 +1,125 @@
+"""Running ngffmount as a system service: the systemd template unit and the fstab mount helper."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+UNIT_NAME = "ngffmount@.service"
+UNIT_TEMPLATE = """\
+# One instance per mount: /etc/ngffmount/NAME.conf holds SOURCE=, MOUNTPOINT= and OPTIONS=
+# (mode 0600: it may hold credentials). Start with: systemctl enable --now ngffmount@NAME
+[Unit]
+Description=ngffmount: %i as read-only TIFF/HDF5 files
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+# READY=1 is sent once the mountpoint answers.
+Type=notify
+NotifyAccess=main
+EnvironmentFile={conf_dir}/%i.conf
+# The chunk cache lives in the service's own cache directory.
+CacheDirectory=ngffmount
+CacheDirectoryMode=0700
+ExecStart={command} mount -f ${{SOURCE}} ${{MOUNTPOINT}} --cache-dir ${{CACHE_DIRECTORY}} $OPTIONS
+ExecStop=-{command} unmount --lazy ${{MOUNTPOINT}}
+Restart=on-failure
+RestartSec=5
+TimeoutStartSec=120
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+HELPER_NAME = "mount.fuse.ngffmount"
+# mount(8) options that concern mount itself or systemd, not ngffmount.
+MOUNT_ONLY = {"ro", "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec",
+              "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync", "atime", "noatime", "relatime"}
+FLAG_OPTIONS = {"anon": "--anon", "allow_other": "--allow-other", "no_disk_cache": "--no-disk-cache", "debug": "--debug"}
+VALUE_OPTIONS = {"endpoint_url", "cache_dir", "cache_size", "memory_cache", "concurrency", "timeout", "log_file"}
+
+
+def ngffmount_command() -> str:
+    """The absolute command a unit can run: the console script beside this interpreter."""
+    script = Path(sys.executable).parent / "ngffmount"
+    return str(script) if script.exists() else f"{sys.executable} -m ngffmount.vfs.cli"
+
+
+def unit_text(conf_dir: str = "/etc/ngffmount") -> str:
+    return UNIT_TEMPLATE.format(command=ngffmount_command(), conf_dir=conf_dir)
+
+
+def install(name: str, source: str, mountpoint: str, options: list[str],
+            unit_dir: str = "/etc/systemd/system", conf_dir: str = "/etc/ngffmount") -> str:
+    if not name or "/" in name or "@" in name:
+        raise ValueError(f"service name {name!r} must be a plain word")
+    os.makedirs(unit_dir, exist_ok=True)
+    os.makedirs(conf_dir, mode=0o755, exist_ok=True)
+    unit = Path(unit_dir) / UNIT_NAME
+    unit.write_text(unit_text(conf_dir))
+    conf = Path(conf_dir) / f"{name}.conf"
+    # Written 0600 from the start: OPTIONS may hold a secret.
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"SOURCE={_env_quote(source)}\nMOUNTPOINT={_env_quote(os.path.abspath(mountpoint))}\n"
+                f"OPTIONS={_env_quote(' '.join(shlex.quote(o) for o in options))}\n")
+    return (f"wrote {unit} and {conf}\n"
+            f"start it with: systemctl daemon-reload && systemctl enable --now ngffmount@{name}")
+
+
+def _env_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def install_helper(sbin: str = "/sbin") -> str:
+    """Put mount.fuse.ngffmount where mount(8) looks for helpers."""
+    target = Path(sys.executable).parent / HELPER_NAME
+    link = Path(sbin) / HELPER_NAME
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+    return f"{link} -> {target}\nfstab: SOURCE MOUNTPOINT fuse.ngffmount _netdev,nofail,ro[,anon,...] 0 0"
+
+
+def helper_arguments(argv: list[str]) -> list[str]:
+    """`mount.fuse.ngffmount SOURCE MOUNTPOINT [-o opts]` -> `ngffmount mount` arguments."""
+    positional, options = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg == "-o":
+            options += next(it, "").split(",")
+        elif arg.startswith("-o"):
+            options += arg[2:].split(",")
+        elif arg.startswith("-"):
+            continue  # -n, -s, -v, -f from mount(8): nothing for us
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise ValueError("usage: mount.fuse.ngffmount SOURCE MOUNTPOINT [-o options]")
+    out = ["mount", *positional]
+    for opt in filter(None, options):
+        key, sep, value = opt.partition("=")
+        if key in MOUNT_ONLY or key == "comment" or key.startswith("x-"):
+            continue
+        if key in FLAG_OPTIONS and not sep:
+            out.append(FLAG_OPTIONS[key])
+        elif key in VALUE_OPTIONS and sep:
+            out += ["--" + key.replace("_", "-"), value]
+        elif key.startswith("so.") and sep:  # so.KEY=VALUE: an fsspec storage option
+            out += ["--storage-option", f"{key[3:]}={value}"]
+        else:
+            raise ValueError(f"unknown mount option {opt!r} for ngffmount")
+    return out
+
+
+def helper_main() -> int:
+    try:
+        args = helper_arguments(sys.argv[1:])
+    except ValueError as exc:
+        print(f"{HELPER_NAME}: {exc}", file=sys.stderr)
+        return 1
+    return subprocess.call([sys.executable, "-m", "ngffmount.vfs.cli", *args])
