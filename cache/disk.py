@@ -1,17 +1,21 @@
 """The persistent chunk cache on disk: encoded bytes, shared by every mount using the same folder.
 
 diskcache keeps it process-safe (SQLite) and size-bounded (least-recently-used eviction).
-Each entry carries a digest, so a damaged entry is a miss, never wrong pixels.
+Each entry carries a checksum, so a damaged entry is a miss, never wrong pixels.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import struct
 
 import diskcache
+import google_crc32c
 
-DIGEST_BYTES = 16
+# An entry is a format byte, the CRC32C of the data, then the data. CRC32C runs at ~10 GB/s
+# (blake2b, tried first, cost 0.16 s per 84 MB warm plane); it catches damage, not attacks.
+ENTRY_FORMAT = b"\x01"
+HEADER_BYTES = 5
 DEFAULT_SIZE = 10 << 30
 
 
@@ -20,8 +24,8 @@ def default_cache_dir() -> str:
     return os.path.join(base, "ngffmount")
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+def _checksum(data) -> bytes:
+    return struct.pack("<I", google_crc32c.value(data))
 
 
 class DiskCache:
@@ -44,13 +48,14 @@ class DiskCache:
             self.delete(key)
         if value is None:
             return None
-        if not isinstance(value, bytes) or len(value) < DIGEST_BYTES or _digest(value[DIGEST_BYTES:]) != value[:DIGEST_BYTES]:
+        data = value[HEADER_BYTES:] if isinstance(value, bytes) else b""
+        if len(value) < HEADER_BYTES or value[:1] != ENTRY_FORMAT or _checksum(data) != value[1:HEADER_BYTES]:
             self.delete(key)
             raise CorruptEntry(key)
-        return value[DIGEST_BYTES:]
+        return data
 
     def put(self, key: str, data: bytes) -> None:
-        self._cache.set(key, _digest(data) + bytes(data))
+        self._cache.set(key, ENTRY_FORMAT + _checksum(data) + bytes(data))
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache

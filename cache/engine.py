@@ -17,6 +17,7 @@ from .stats import Stats
 
 DEFAULT_MEMORY = 1 << 30
 DEFAULT_READAHEAD = 256 << 20
+DISK_BACKLOG_BYTES = 256 << 20
 
 
 class ChunkEngine:
@@ -32,6 +33,9 @@ class ChunkEngine:
         # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
         self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="readahead")
+        # Disk writes happen after the read is answered; past a backlog bound, inline (backpressure).
+        self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="disk-write")
+        self._disk_backlog = 0
         self.stats = Stats()
         self._inflight: dict[tuple, Future] = {}
         self._lock = threading.Lock()
@@ -133,7 +137,7 @@ class ChunkEngine:
                 data = fetched[keys[idx]]
                 raw[idx] = data
                 if data is not None and self.disk is not None:
-                    self.disk.put(self._disk_key(level, keys[idx]), data)
+                    self._disk_put(self._disk_key(level, keys[idx]), data)
         present = [idx for idx in indices if raw[idx] is not None]
         self.stats.add("chunks_missing", len(indices) - len(present))
         self.stats.add("decodes", len(present))
@@ -148,6 +152,35 @@ class ChunkEngine:
             arr.flags.writeable = False
             out[idx] = arr
         return out
+
+    def _disk_put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            inline = self._disk_backlog + len(data) > DISK_BACKLOG_BYTES
+            if not inline:
+                self._disk_backlog += len(data)
+        if inline:
+            self.disk.put(key, data)
+            return
+
+        def write() -> None:
+            try:
+                self.disk.put(key, data)
+            except Exception:
+                self.stats.add("errors")  # a full or broken cache disk costs speed, never a read
+            finally:
+                with self._lock:
+                    self._disk_backlog -= len(data)
+
+        self._disk_writer.submit(write)
+
+    @property
+    def disk_backlog(self) -> int:
+        """Bytes fetched but not yet written to the disk cache."""
+        return self._disk_backlog
+
+    def flush_disk(self) -> None:
+        """Wait for queued disk writes (tests, prefetch)."""
+        self._disk_writer.submit(lambda: None).result()
 
     def _disk_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"

@@ -37,6 +37,10 @@ def stats(mnt) -> dict:
 def read_planes(mnt, data):
     for z in range(data.shape[0]):
         np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / f"z{z:05d}.tif"), data[z])
+    # Disk writes trail the reads; wait for them, as a test that kills the daemon must.
+    deadline = time.monotonic() + 10
+    while stats(mnt)["disk_write_backlog_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def test_cache_survives_killed_daemon_and_remount(tmp_path, http_server, served_store):

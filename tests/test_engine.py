@@ -121,6 +121,7 @@ def test_disk_cache_shared_by_two_engines(tmp_path, deep_store):
     level = open_source(str(path)).levels[0]
     first = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")))
     read_region(first, level, (0, 0, 0), (32, 64, 64))
+    first.flush_disk()
     second = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")))
     before = TRANSFERS.requests
     np.testing.assert_array_equal(read_region(second, level, (0, 0, 0), (32, 64, 64)), data)
@@ -133,7 +134,9 @@ def test_corrupt_disk_entry_is_refetched(tmp_path, deep_store):
     path, data = deep_store
     level = open_source(str(path)).levels[0]
     disk = DiskCache(str(tmp_path / "cache"))
-    read_region(ChunkEngine(disk=disk), level, (0, 0, 0), (32, 64, 64))
+    filler = ChunkEngine(disk=disk)
+    read_region(filler, level, (0, 0, 0), (32, 64, 64))
+    filler.flush_disk()
     key = f"{level.cache_token}/{level.chunk_key((1, 1, 0))}"
     stored = disk._cache.get(key, read=False)
     disk._cache.set(key, stored[:-7] + b"garbage")  # flipped bytes on disk
@@ -154,5 +157,6 @@ def test_disk_cache_size_bound(tmp_path):
     engine = ChunkEngine(disk=disk, memory_bytes=0)
     for z in range(64):
         read_region(engine, level, (z, 0, 0), (z + 1, 64, 64))
+        engine.flush_disk()
         assert disk.volume() <= limit + 64 * 64 * 2 + 4096 * 8, "at most about one chunk over the bound"
     np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (64, 64, 64)), data)

@@ -105,6 +105,7 @@ def stats_renderer(engine: ChunkEngine, source_url: str):
             "bytes_fetched": TRANSFERS.bytes,
             "in_flight": TRANSFERS.in_flight,
             **engine.stats.snapshot(),
+            "disk_write_backlog_bytes": engine.disk_backlog,
             "memory_cache_bytes": engine.memory.nbytes,
             "memory_cache_chunks": len(engine.memory),
         }
