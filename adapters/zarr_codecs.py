@@ -7,6 +7,8 @@ fetching and caching; the tests compare every pixel against zarr-python's own re
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -73,6 +75,25 @@ def _codec(config: dict, what: str):
         raise Unsupported(f"{what} codec {config.get('id')!r} is not supported") from None
 
 
+def bounded_decode(codec, buf, expected: int):
+    """Decode `buf` whose output must be `expected` bytes, refusing decompression bombs
+    where the codec allows it: blosc headers state their size, zlib and gzip stream."""
+    if isinstance(codec, numcodecs.Blosc):
+        head = numcodecs.compat.ensure_bytes(buf)[:16]
+        # The c-blosc header: version, versionlz, flags, typesize, then uint32 nbytes.
+        nbytes = struct.unpack_from("<I", head, 4)[0] if len(head) == 16 else -1
+        if nbytes != expected:
+            raise ChunkReadError(f"blosc chunk holds {nbytes} bytes, expected {expected}")
+        return codec.decode(buf)
+    if isinstance(codec, (numcodecs.Zlib, numcodecs.GZip)):
+        stream = zlib.decompressobj(47)  # 32 + 15: zlib or gzip header, detected
+        out = stream.decompress(numcodecs.compat.ensure_bytes(buf), expected + 1)
+        if len(out) > expected:
+            raise ChunkReadError(f"chunk decompresses to more than the {expected} bytes expected")
+        return out
+    return codec.decode(buf)
+
+
 def _to_array(buf, dtype: np.dtype, shape: Sequence[int], order: str = "C") -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     data = np.frombuffer(numcodecs.compat.ensure_contiguous_ndarray(buf), dtype=np.uint8)
@@ -93,11 +114,14 @@ class V2ChunkDecoder:
         comp = meta.get("compressor")
         self.compressor = _codec(comp, "Zarr compressor") if comp else None
         self.filters = [_codec(f, "Zarr filter") for f in (meta.get("filters") or [])]
+        self.nbytes = int(np.prod(self.shape)) * dtype.itemsize
 
     def decode(self, raw: bytes) -> np.ndarray:
         buf = raw
         if self.compressor is not None:
-            buf = self.compressor.decode(buf)
+            # With filters in between, the compressor's output size is not the chunk's.
+            expected = self.nbytes if not self.filters else None
+            buf = bounded_decode(self.compressor, buf, expected) if expected else self.compressor.decode(buf)
         for f in reversed(self.filters):
             buf = f.decode(buf)
         return _to_array(buf, self.dtype, self.shape, self.order)
@@ -193,6 +217,7 @@ class V3ChunkDecoder:
         if stage != "bytes":
             raise BadMetadata("Zarr v3 codecs have no array-to-bytes codec")
         self.dtype = v3_dtype(data_type, endian)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
 
     def _sharding(self, conf: dict, data_type) -> ShardingSpec:
         inner = tuple(conf.get("chunk_shape") or ())
@@ -220,8 +245,10 @@ class V3ChunkDecoder:
 
     def decode(self, raw: bytes) -> np.ndarray:
         buf = raw
-        for c in reversed(self.bytes_codecs):
-            buf = c.decode(buf)
+        last = len(self.bytes_codecs) - 1
+        for i, c in enumerate(reversed(self.bytes_codecs)):
+            # The last codec undone yields the array's bytes: its size is known.
+            buf = bounded_decode(c, buf, self.nbytes) if i == last else c.decode(buf)
         if self.transpose is None:
             return _to_array(buf, self.dtype, self.shape)
         stored_shape = tuple(self.shape[i] for i in self.transpose)

@@ -126,3 +126,19 @@ def test_unknown_codec_is_named(tmp_path):
     (store / "0" / ".zarray").write_text(json.dumps(meta))
     with pytest.raises(Unsupported, match="codec 'foo' is not supported"):
         open_source(str(store))
+
+
+@pytest.mark.parametrize("compressor", [{"id": "zlib", "level": 1}, {"id": "gzip", "level": 1}, {"id": "blosc"}])
+def test_decompression_bombs_are_refused(compressor):
+    import numcodecs
+
+    from ngffmount.adapters import ChunkReadError
+    from ngffmount.adapters.zarr_codecs import V2ChunkDecoder
+
+    codec = numcodecs.get_codec(dict(compressor))
+    decoder = V2ChunkDecoder({"compressor": compressor}, np.dtype("uint16"), (64, 64))
+    good = np.arange(64 * 64, dtype="uint16")
+    np.testing.assert_array_equal(decoder.decode(codec.encode(good.tobytes())).ravel(), good)
+    bomb = codec.encode(bytes(256 << 20))  # 256 MiB of zeros in a few hundred KB
+    with pytest.raises(ChunkReadError):
+        decoder.decode(bomb)
