@@ -36,4 +36,8 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     ome, version = detected
     meta_key = "zarr.json" if root.get("zarr.json") is not None else ".zattrs"
     name = posixpath.basename(store.url.rstrip("/")) or "image"
-    return omezarr.open_image(store, ome, version, name, store.mtime(meta_key) or 0.0)
+    try:
+        return omezarr.open_image(store, ome, version, name, store.mtime(meta_key) or 0.0)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        # Metadata of a shape no check foresaw: still one clear line, never a traceback.
+        raise BadMetadata(f"{store.url}: malformed metadata ({type(exc).__name__}: {exc})") from None

@@ -60,7 +60,10 @@ class Level:
 
     @property
     def chunk_nbytes(self) -> int:
-        return int(np.prod(self.chunk_shape)) * self.dtype.itemsize
+        n = 1
+        for c in self.chunk_shape:  # Python ints: a hostile chunk shape must not overflow
+            n *= c
+        return n * self.dtype.itemsize
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from threading import Lock
 from typing import Sequence
@@ -14,6 +15,8 @@ from .storage import RangeRequest, Store
 from .zarr_codecs import V2ChunkDecoder, V3ChunkDecoder, parse_fill_value, v2_dtype
 
 MISSING = np.uint64(2**64 - 1)
+MAX_ARRAY_BYTES = 2**60
+MAX_CHUNK_BYTES = 2**31
 SHARD_INDEX_CACHE_BYTES = 64 << 20
 
 
@@ -50,6 +53,13 @@ class ZarrLevel(Level):
             )
         if any(c <= 0 for c in self.chunk_shape):
             raise BadMetadata(f"{where}: chunk shape {list(self.chunk_shape)} has a non-positive entry")
+        if any(n == 0 for n in self.shape):
+            raise BadMetadata(f"{where}: shape {list(self.shape)} has an empty dimension")
+        # Bounds that keep every offset a 64-bit number and every chunk decodable in memory.
+        if math.prod(self.shape) * self.dtype.itemsize > MAX_ARRAY_BYTES:
+            raise Unsupported(f"{where}: shape {list(self.shape)} is larger than the 2**60 bytes ngffmount serves")
+        if self.chunk_nbytes > MAX_CHUNK_BYTES:
+            raise Unsupported(f"{where}: chunks of {self.chunk_nbytes} bytes are larger than the 2 GiB ngffmount decodes")
         self.cache_token = make_cache_token(store.identity, meta)
 
     def _init_v2(self, meta: dict, where: str) -> None:

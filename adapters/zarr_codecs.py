@@ -68,10 +68,12 @@ def parse_fill_value(value, dtype: np.dtype):
 # -- decoders ------------------------------------------------------------------------------
 
 
-def _codec(config: dict, what: str):
+def _codec(config, what: str):
+    if not isinstance(config, dict):
+        raise BadMetadata(f"{what} codec {config!r} is not an object")
     try:
         return numcodecs.get_codec(dict(config))
-    except (ValueError, KeyError, TypeError):
+    except Exception:  # unknown id, bad parameters: numcodecs raises many kinds
         raise Unsupported(f"{what} codec {config.get('id')!r} is not supported") from None
 
 
