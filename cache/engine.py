@@ -15,9 +15,10 @@ from .disk import CorruptEntry, DiskCache
 from .memory import MemoryLRU
 from .stats import Stats
 
-DEFAULT_MEMORY = 1 << 30
+# Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
+DEFAULT_MEMORY = 768 << 20
 DEFAULT_READAHEAD = 256 << 20
-DISK_BACKLOG_BYTES = 256 << 20
+DISK_BACKLOG_BYTES = 64 << 20
 
 
 class ChunkEngine:
@@ -33,6 +34,7 @@ class ChunkEngine:
         # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
         self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="readahead")
+        self._urgent = ThreadPoolExecutor(2, thread_name_prefix="plane-fetch")
         # Disk writes happen after the read is answered; past a backlog bound, inline (backpressure).
         self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="disk-write")
         self._disk_backlog = 0
@@ -69,8 +71,9 @@ class ChunkEngine:
             result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
         return result
 
-    def prefetch(self, level, indices: Iterable[tuple[int, ...]]) -> Future | None:
-        """Load chunks in the background (readahead); None when all are resident or coming."""
+    def prefetch(self, level, indices: Iterable[tuple[int, ...]], urgent: bool = False) -> Future | None:
+        """Load chunks in the background (readahead); None when all are resident or coming.
+        `urgent`: chunks a reader is about to need, on their own threads ahead of readahead."""
         with self._lock:
             todo = [
                 idx for idx in dict.fromkeys(indices)
@@ -79,7 +82,8 @@ class ChunkEngine:
         if not todo:
             return None
         self.stats.add("prefetched", len(todo))
-        return self._prefetcher.submit(self._prefetch_quietly, level, todo)
+        pool = self._urgent if urgent else self._prefetcher
+        return pool.submit(self._prefetch_quietly, level, todo)
 
     def _prefetch_quietly(self, level, indices) -> None:
         try:

@@ -41,11 +41,20 @@ class Readahead:
             last, self._last = self._last, plane
             if plane == last:
                 return
+            self._whole_plane(plane)
             if last is None or plane != last + 1:
                 self._reset(plane)
                 if last is None or plane != 0:
                     return  # random access: wait for a second step before guessing
             self._advance(plane)
+
+    def _whole_plane(self, plane: int) -> None:
+        """Readers walk a plane row by row; fetch all of its chunks in one wave instead of
+        one chunk row at a time (only when the plane fits the budget: big 2D planes are
+        often read a tile at a time)."""
+        chunks = self.chunks_of_plane(plane)
+        if len(chunks) > 1 and len(chunks) * self.level.chunk_nbytes <= self.budget:
+            self.engine.prefetch(self.level, chunks, urgent=True)
 
     def _reset(self, plane: int) -> None:
         for fut in self._pending:

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint")
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached (for services)")
     m.add_argument("--no-disk-cache", action="store_true", help="keep no chunks on disk")
-    m.add_argument("--memory-cache", type=parse_size, default=DEFAULT_MEMORY, help="decoded-chunk memory bound (default 1G)")
+    m.add_argument("--memory-cache", type=parse_size, default=DEFAULT_MEMORY, help="decoded-chunk memory bound (default 768M)")
     m.add_argument("--allow-other", action="store_true", help="let other users read the mount (FUSE allow_other)")
     m.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/ngffmount)")
     m.add_argument("--debug", action="store_true")
