@@ -209,6 +209,7 @@ class Harness:
         self.rclones: list[subprocess.Popen] = []
         self.n = 0  # numbers cache dirs, logs and mount tags
         self.drop_ok = True
+        self.pid: int | None = None  # the ngffmount daemon of the current mount
         self.timeout = 300 if args.size == "small" else 1200
 
     # -- processes
@@ -226,16 +227,18 @@ class Harness:
             raise BenchError(f"worker failed ({spec.get('path') or spec.get('url')}):\n{r.stderr.strip()[-3000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    def settle(self, quiet: float = 1.0, limit: float = 60.0) -> None:
-        """Wait until the proxy saw no request for `quiet` s: readahead and rclone's
-        downloads may go on after the reader is done, and they count too."""
+    def settle(self, pid: int | None = None, quiet: float = 1.0, limit: float = 60.0) -> None:
+        """Wait for `quiet` s without a proxy request and with the daemon (if any) idle:
+        readahead and rclone's downloads may go on after the reader is done and count too,
+        and background disk-cache writes must not slow the next measurement."""
         start = last_change = time.monotonic()
-        last = self.proxy.snapshot()["requests"]
+        last = (self.proxy.snapshot()["requests"], cpu_ticks(pid))
         while time.monotonic() - last_change < quiet and time.monotonic() - start < limit:
             time.sleep(0.1)
-            cur = self.proxy.snapshot()["requests"]
-            if cur != last:
-                last, last_change = cur, time.monotonic()
+            cur = (self.proxy.snapshot()["requests"], cpu_ticks(pid))
+            if cur[0] != last[0] or cur[1] - last[1] > 2:  # more than 2 clock ticks in 0.1 s: busy
+                last_change = time.monotonic()
+            last = cur
 
     def drop_caches(self) -> None:
         os.sync()
@@ -271,7 +274,8 @@ class Harness:
         if r.returncode != 0:
             raise BenchError(f"`{shlex.join(cmd)}` failed ({r.returncode}): {r.stderr.strip()}\nlog {log}:\n{tail(log)}")
         self.mounted.add(str(mnt))
-        return str(mnt), find_pid(tag), log
+        self.pid = find_pid(tag)
+        return str(mnt), self.pid, log
 
     def ngff_unmount(self, mnt: str, pid: int | None) -> None:
         fusermount(mnt)
@@ -322,7 +326,7 @@ class Harness:
         """One timed read with its proxy counters (after settling) and ngffmount stats."""
         st0 = self.ngff_stats(mnt) if mnt else None
         res = self.run_worker(spec)
-        self.settle()
+        self.settle(self.pid if mnt else None)
         after = self.proxy.snapshot()
         run = {"seconds": res["seconds"], "nbytes": res["nbytes"], "hashes": res.get("hashes"),
                "requests": after["requests"] - res["before"]["requests"],
@@ -382,6 +386,15 @@ def find_pid(tag: str) -> int | None:
     return None
 
 
+def cpu_ticks(pid: int | None) -> int:
+    """User + system CPU time of a process, in clock ticks (0 if there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def peak_rss_mib(pid: int | None) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -421,7 +434,6 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
     reps, concs = args.repeats, args.concurrency
     rows: dict[str, dict] = {}
     rss: dict[str, float] = {}
-    ngff_logs: list[str] = []
 
     def check(key: str, runs: list[dict], expected: list[str]) -> None:
         for r in runs:
@@ -491,11 +503,12 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
 
     def ngff_session(cache_dir: Path, phase: str, body, drop: bool = False):
         mnt, pid, log = h.ngff_mount(url, cache_dir)
-        ngff_logs.append(str(log))
         try:
             if drop:
                 h.drop_caches()  # after the mount: metadata reads must not refill it
             return body(mnt)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nngffmount daemon log {log}:\n{tail(log, 40)}") from None
         finally:
             hwm = peak_rss_mib(pid)
             if hwm is not None:
@@ -555,7 +568,22 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
 
     comp = {"chunk_shape": CHUNKINGS[ch], "z": z, "plane_chunks": plane_chunks, "plane_needed": plane_needed,
             "all_chunks": all_chunks, "all_needed": all_needed, "raw_bytes": nz * ny * nx * 2}
-    return {"rows": rows, "rss": rss, "info": comp, "logs": ngff_logs}
+    return {"rows": rows, "rss": rss, "info": comp}
+
+
+def page_cache_baseline(h: Harness, meta: dict) -> str:
+    """The ceiling for "hot": the same reads of a local file of s0.tif's size, from the page cache."""
+    nz, ny, nx = meta["shape"]
+    path = h.run_dir / "pagecache.bin"
+    with open(path, "wb") as f:  # written, not sparse, so every page is really cached
+        for _ in range(nz):
+            f.write(bytes(ny * nx * 2))
+    try:
+        runs = [h.run_worker({"kind": "file", "path": str(path), "block": ny * nx * 2}) for _ in range(h.args.repeats)]
+    finally:
+        path.unlink()
+    return f"{nz * ny * nx * 2 / statistics.median(r['seconds'] for r in runs) / 1e9:.2f} GB/s " \
+           f"(a local {nz * ny * nx * 2 / 2**20:.0f} MiB file read like s0.tif, page cache)"
 
 
 # --------------------------------------------------------------------------- report
@@ -599,7 +627,8 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
           "does); zarr reads `arr[...]`.",
           f"- Medians of {args.repeats} runs for planes and hot re-reads, one run for the cold and warm scrolls. "
           "Each run is a fresh process. Requests and bytes are counted from right before the read until the proxy "
-          "has been idle for 1 s (readahead included); zarr's metadata reads are not counted.",
+          "has seen no request for 1 s with the ngffmount daemon idle (readahead included); zarr's metadata reads "
+          "are not counted. Daemon and rclone logs: /tmp/bench/run/logs (kept until the next run).",
           "- requests/chunk = proxy requests / chunks under the read; fetched/needed = proxy bytes / compressed "
           "bytes of those chunks. Every read is checked against SHA-1 hashes of the generated planes."]
     if not drop_ok:
@@ -623,7 +652,8 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
             fmt(cold["bytes"] / cold["needed"]) if cold else "–",
             fmt(cold["stats"].get("decodes", 0) / cold["chunks"]) if cold else "–",
             f"{max(res['rss'].values()):.0f} MiB" if res["rss"] else "–"]) + " |")
-    L.append("\nRatios are times (below 1: ngffmount is faster).")
+    L.append("\nRatios are times (below 1: ngffmount is faster). Hot GB/s compares with the page-cache read "
+             f"baseline of this machine: {facts['machine'].get('page-cache read baseline', '–')}.")
     order = [("cold plane", ["zarr_s3_plane", "rclone_plane", "ngff_cold_plane"]),
              ("warm plane", ["ngff_warm_plane", "local_plane"]),
              ("scroll / whole level", ["zarr_s3_all", "rclone_all", "ngff_cold_all", "ngff_warm_all", "local_all"]),
@@ -768,15 +798,20 @@ def main() -> int:
                 stop_rclone(proc, str(run_dir / "mnt" / "rclone"))
             for mnt in list(h.mounted):
                 fusermount(mnt)
+            shutil.rmtree(run_dir / "cache", ignore_errors=True)  # GiBs of chunk caches; the logs stay
 
         t0 = time.time()
         moto.create_bucket(BUCKET)
         for ch in chunkings:
             upload(moto, BENCH / "data" / args.size / f"{ch}.ome.zarr", f"{args.size}/{ch}.ome.zarr")
         print(f"uploaded to moto in {time.time() - t0:.0f} s; proxy {proxy.url} +{args.latency_ms:g} ms", flush=True)
+        facts["machine"]["page-cache read baseline"] = page_cache_baseline(h, meta)
         for ch in chunkings:
             results[ch] = bench_chunking(h, meta, ch)
         facts["machine"]["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        end = machine_facts(args)["machine"]["ngffmount"]
+        if end != facts["machine"]["ngffmount"]:  # each mount runs the working tree of its moment
+            facts["machine"]["ngffmount at end"] = end
         report = render(args, meta, results, errors, facts, time.time() - t_start, h.drop_ok)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
