@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import errno
+import itertools
 import json
 import posixpath
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,14 +27,14 @@ import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
 
 from .errors import BadMetadata, ChunkReadError, SourceNotFound
+from .retry import (
+    _ABANDONED, MISSING_ERRORS, RETRY, Abandoned, GaveUp, IncompleteBody, backoff_delay, classify,
+    describe_error,
+)
 from .urls import has_scheme, normalize_url, redact
-
-MISSING_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 DEFAULT_TIMEOUT = 60.0  # seconds one request may take, every attempt and pause included
 DEFAULT_RETRIES = 5  # attempts per request, the first one included (as s3fs counts them)
-BACKOFF_BASE = 0.1  # first pause; doubles per attempt, with jitter
-BACKOFF_CAP = 2.0
 
 
 class TransferCounters:
@@ -111,6 +110,9 @@ def storage_options_for(
     opts.timeout, opts.retries = float(timeout), int(retries)
     if protocol in ("s3", "s3a"):
         opts["anon"] = anon
+        # With max_concurrency > 1, s3fs sends a HEAD before every whole-object GET to decide
+        # whether to split it; chunks are small, so one GET per chunk is enough.
+        opts["max_concurrency"] = 1
         # botocore keeps 10 connections unless told otherwise, whatever concurrency we ask for.
         opts["config_kwargs"] = {
             "max_pool_connections": max(10, concurrency),
@@ -244,20 +246,14 @@ class Store:
                 raw = list(self._pool.map(partial(self._fetch_sync, abort=abort), requests))
         finally:
             TRANSFERS.end(len(requests), sum(len(v) for v in raw if isinstance(v, (bytes, bytearray))))
-        # Report the request that failed, not the ones abandoned because of it.
-        for req, value in zip(requests, raw):
-            if isinstance(value, BaseException) and not isinstance(value, MISSING_ERRORS + _ABANDONED):
-                text = str(value) if isinstance(value, GaveUp) else describe_error(value)
-                raise ChunkReadError(f"cannot read {self.url}/{req.key}: {text}")
-        out = []
-        for req, value in zip(requests, raw):
-            if isinstance(value, MISSING_ERRORS):
-                out.append(None)
-            elif isinstance(value, BaseException):
-                raise ChunkReadError(f"cannot read {self.url}/{req.key}: abandoned")  # not reached
-            else:
-                out.append(trim_range(value, req))
-        return out
+        failed = [(req, value) for req, value in zip(requests, raw)
+                  if isinstance(value, BaseException) and not isinstance(value, MISSING_ERRORS)]
+        # Report the request that failed, not those abandoned because of it.
+        for req, value in sorted(failed, key=lambda f: isinstance(f[1], _ABANDONED))[:1]:
+            text = str(value) if isinstance(value, GaveUp) else describe_error(value)
+            raise ChunkReadError(f"cannot read {self.url}/{req.key}: {text}")
+        return [None if isinstance(value, MISSING_ERRORS) else trim_range(value, req)
+                for req, value in zip(requests, raw)]
 
     async def _gather(self, requests):
         sem = asyncio.Semaphore(self.concurrency)
@@ -319,174 +315,50 @@ class Store:
     async def _retrying_async(self, attempt: Callable[[float], Any]):
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + self.timeout
-        for n in range(1, self.retries + 1):
-            left = deadline - loop.time()
+        for n in itertools.count(1):
+            left = started + self.timeout - loop.time()
             try:
-                return await asyncio.wait_for(attempt(left), left)
-            except asyncio.CancelledError:
-                raise
+                return await asyncio.wait_for(attempt(left), left)  # a hard stop at the deadline
             except Exception as exc:
-                last = exc
-                retry = classify(exc) == RETRY
-            if not retry:
-                return last
-            now = loop.time()
-            pause = backoff_delay(n)
-            if now >= deadline - 1e-3:
-                return GaveUp(last, n, now - started, self.timeout)
-            if n == self.retries or now + pause >= deadline:
-                return GaveUp(last, n, now - started)
-            TRANSFERS.retried()
+                pause = self._after_failure(n, exc, started, loop.time())
+            if isinstance(pause, BaseException):
+                return pause
             await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
 
     def _retrying_sync(self, attempt: Callable[[float], Any], abort: threading.Event | None = None):
-        """As _retrying_async. One blocking call cannot be interrupted: the budget is checked
+        """As _retrying_async. A blocking call cannot be interrupted: the deadline is checked
         between attempts, and each attempt is bounded by the client's own stall timeouts."""
         started = time.monotonic()
-        deadline = started + self.timeout
-        for n in range(1, self.retries + 1):
+        for n in itertools.count(1):
             if abort is not None and abort.is_set():
                 return Abandoned()
             try:
-                return attempt(max(deadline - time.monotonic(), 0.01))
+                return attempt(max(started + self.timeout - time.monotonic(), 0.01))
             except Exception as exc:
-                last = exc
-                retry = classify(exc) == RETRY
-            if not retry:
-                if abort is not None and not isinstance(last, MISSING_ERRORS):
-                    abort.set()
-                return last
-            now = time.monotonic()
-            pause = backoff_delay(n)
-            if n == self.retries or now + pause >= deadline:
-                if abort is not None:
-                    abort.set()
-                return GaveUp(last, n, now - started, self.timeout if now >= deadline else None)
-            TRANSFERS.retried()
-            if abort is not None and abort.wait(pause):
-                return Abandoned()
+                pause = self._after_failure(n, exc, started, time.monotonic())
+            if isinstance(pause, BaseException):
+                if abort is not None and not isinstance(pause, MISSING_ERRORS):
+                    abort.set()  # the batch fails with this request: the others may stop
+                return pause
             if abort is None:
                 time.sleep(pause)
-        raise AssertionError("unreachable")
+            elif abort.wait(pause):
+                return Abandoned()
+
+    def _after_failure(self, n: int, exc: Exception, started: float, now: float) -> float | BaseException:
+        """The pause before attempt n + 1, or the exception that ends the request."""
+        if classify(exc) != RETRY:
+            return exc
+        deadline = started + self.timeout
+        if now >= deadline - 1e-3:
+            return GaveUp(exc, n, now - started, self.timeout)
+        pause = backoff_delay(n)
+        if n >= self.retries or now + pause >= deadline:
+            return GaveUp(exc, n, now - started)  # no pause past the deadline: fail now
+        TRANSFERS.retried()
+        return pause
 
 
-# -- the retry policy --------------------------------------------------------------------
-
-RETRY, MISSING, FATAL = "retry", "missing", "fatal"
-
-# Exception class names (anywhere in the MRO) that mean "the transfer broke, try again":
-# aiohttp, botocore/aiobotocore, urllib3, http.client, requests, fsspec.
-_TRANSIENT_TYPES = frozenset({
-    "ClientPayloadError", "ClientConnectionError", "ServerTimeoutError", "ContentLengthError",
-    "HTTPClientError", "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
-    "ConnectTimeoutError", "IncompleteReadError", "ResponseStreamingError", "ResponseParserError",
-    "IncompleteRead", "ProtocolError", "RemoteDisconnected", "ChunkedEncodingError",
-    "ContentDecodingError", "Timeout", "ConnectionError", "FSTimeoutError", "IncompleteBody",
-})
-# S3 error codes that mean "busy or broken for now" (some arrive with a 4xx status).
-_TRANSIENT_CODES = frozenset({
-    "InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException",
-    "ThrottledException", "RequestThrottled", "RequestThrottledException", "TooManyRequestsException",
-    "RequestLimitExceeded", "BandwidthLimitExceeded", "RequestTimeout", "RequestTimeoutException",
-    "PriorRequestNotComplete", "ProvisionedThroughputExceededException",
-})
-_TRANSIENT_ERRNOS = frozenset(
-    getattr(errno, name) for name in ("ECONNRESET", "ECONNABORTED", "ECONNREFUSED", "ETIMEDOUT", "EPIPE",
-                                      "EREMOTEIO", "EHOSTUNREACH", "ENETUNREACH", "ENETDOWN", "ENETRESET")
-    if hasattr(errno, name)
-)
-
-
-def classify(exc: BaseException) -> str:
-    """RETRY, MISSING (the object does not exist) or FATAL (4xx, bad credentials, bugs).
-
-    The causes are looked at too: s3fs and fsspec re-raise botocore and aiohttp errors as
-    OSError or FileNotFoundError ("from exc"), and the HTTP status is only on the original.
-    """
-    for node in _chain(exc):
-        verdict = _transient(node)
-        if verdict is not None:
-            if verdict:
-                return RETRY
-            break
-    return MISSING if isinstance(exc, MISSING_ERRORS) else FATAL
-
-
-def _chain(exc: BaseException, limit: int = 8):
-    seen, todo = set(), [exc]
-    while todo and len(seen) < limit:
-        node = todo.pop(0)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        yield node
-        todo += [node.__cause__, node.__context__]
-
-
-def _transient(exc: BaseException) -> bool | None:
-    """True: retry. False: a definite answer not to retry (e.g. 404, 403). None: no opinion."""
-    status, code = _status_and_code(exc)
-    if code in _TRANSIENT_CODES:
-        return True
-    if status is not None:
-        return status >= 500 or status in (408, 429)
-    if isinstance(exc, (TimeoutError, ConnectionError, asyncio.TimeoutError)):
-        return True
-    if _TRANSIENT_TYPES.intersection(c.__name__ for c in type(exc).__mro__):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-        return True
-    return None
-
-
-def _status_and_code(exc: BaseException) -> tuple[int | None, str | None]:
-    """The HTTP status (and S3 error code) an exception carries, if any."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):  # botocore ClientError
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        code = (response.get("Error") or {}).get("Code")
-        return _int_or_none(status), (code if isinstance(code, str) else None)
-    names = {c.__name__ for c in type(exc).__mro__}
-    if "ClientResponseError" in names:  # aiohttp
-        return _int_or_none(getattr(exc, "status", None)), None
-    if "HTTPError" in names:  # requests (.response.status_code), urllib (.code)
-        return _int_or_none(getattr(response, "status_code", None) or getattr(exc, "code", None)), None
-    return None, None
-
-
-def _int_or_none(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def backoff_delay(attempt: int) -> float:
-    """The pause after failed attempt number `attempt` (1-based): 0.1 s doubling, capped,
-    with "equal jitter" (half fixed, half random) so clients that failed together spread out."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1))
-    return ceiling / 2 + random.random() * ceiling / 2
-
-
-class IncompleteBody(Exception):
-    """A response shorter than the range asked for, though the object goes on (retryable)."""
-
-
-class GaveUp(Exception):
-    """A request that kept failing until its retry budget or its deadline was spent."""
-
-    def __init__(self, last: BaseException, attempts: int, elapsed: float, deadline: float | None = None):
-        why = f"no complete answer within {deadline:g} s" if deadline is not None else "gave up"
-        super().__init__(f"{why} ({attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.1f} s), "
-                         f"last error: {describe_error(last)}")
-        self.__cause__ = last
-        self.attempts = attempts
-
-
-class Abandoned(Exception):
-    """A request dropped because another request of its batch failed."""
-
-
-_ABANDONED = (Abandoned, asyncio.CancelledError)
 
 
 def _short(req: RangeRequest, data: bytes) -> bool:
@@ -576,8 +448,3 @@ def parse_json(raw: bytes, where: str) -> dict:
     if not isinstance(doc, dict):
         raise BadMetadata(f"{redact(where)} is not a JSON object")
     return doc
-
-
-def describe_error(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return redact(f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text)

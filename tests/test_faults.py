@@ -5,6 +5,7 @@ are spent. Nothing partial is ever returned or cached."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import re
@@ -87,14 +88,14 @@ def test_http_store_through_25_percent_faults(http_server, blobs):
         before = TRANSFERS.retries
         failed = read_everything(store, blobs)
         assert_clean_failures(failed, 4 * len(blobs))
-        assert proxy.faults >= 0.2 * proxy.requests
+        assert proxy.faults >= 0.15 * proxy.requests
         assert all(proxy.counts[k] > 0 for k in ("error", "reset", "truncate", "short", "delay")), proxy.counts
         # aiohttp silently resends once when a kept-alive connection drops: fewer retries than faults.
         assert 0.3 * proxy.faults <= TRANSFERS.retries - before <= proxy.faults
 
 
 def test_s3_store_through_25_percent_faults(tmp_path, s3_server, blobs):
-    keys = dict(list(blobs.items())[:25])
+    keys = dict(list(blobs.items())[:16])
     for key, data in keys.items():
         (tmp_path / "up" / key).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "up" / key).write_bytes(data)
@@ -106,36 +107,52 @@ def test_s3_store_through_25_percent_faults(tmp_path, s3_server, blobs):
         before = TRANSFERS.retries
         failed = read_everything(store, keys, workers=5)
         assert_clean_failures(failed, 4 * len(keys))
-        assert proxy.faults >= 0.2 * proxy.requests and TRANSFERS.retries > before
+        assert proxy.faults >= 0.15 * proxy.requests and TRANSFERS.retries > before
         # Not found is an answer, not a fault: one HEAD (+ a listing probe by s3fs), no retries.
         proxy.set_rates()
         proxy.reset_counters()
         assert store.get("nope") is None and proxy.counts["requests"] <= 2
+        # botocore's and s3fs's own retries are off: a 503 costs exactly our 5 attempts.
+        proxy.fail_permanently("/faulty/blobs/k1", 503)
+        with pytest.raises(ChunkReadError, match=r"gave up \(5 attempts"):
+            store.get_ranges([RangeRequest("k1", 0, 10)])
+        assert proxy.requests_for("/faulty/blobs/k1") == 5
 
 
-@pytest.mark.parametrize("kind", ["error", "reset", "truncate", "short", "delay"])
-def test_permanent_fault_fails_within_the_timeout(http_server, blobs, kind):
+def test_permanent_faults_fail_within_the_timeout(http_server, blobs):
+    """One path per fault kind fails for good: each read ends in ChunkReadError, after the
+    retry budget (5 attempts) or at the deadline (delays), never later than the timeout."""
     timeout = 2.0
+    kinds = {"error": "k40", "reset": "k41", "truncate": "k42", "short": "k43", "delay": "k44"}
     with FaultyProxy(http_server.url, seed=1, delay=timeout * 2) as proxy:
         url = proxy.url + "/blobs"
         store = Store(url, storage_options_for(url, timeout=timeout))
-        proxy.fail_permanently("/blobs/k40", kind)
+        for kind, key in kinds.items():
+            proxy.fail_permanently(f"/blobs/{key}", kind)
+
+        def read(kind):
+            key = kinds[kind]
+            started = time.monotonic()
+            with pytest.raises(ChunkReadError) as exc:
+                # "short" only bites on ranges; the batch's healthy request must not hide the failure
+                store.get_ranges([RangeRequest("k1", 0, 10), RangeRequest(key, 10, 1000)])
+            return kind, str(exc.value), time.monotonic() - started
+
         before = TRANSFERS.retries
-        started = time.monotonic()
-        with pytest.raises(ChunkReadError) as exc:
-            # short only bites on ranges; the batch's other request must not hide the failure
-            store.get_ranges([RangeRequest("k41", 0, 10), RangeRequest("k40", 10, 1000)])
-        elapsed = time.monotonic() - started
-        assert "k40" in str(exc.value)
-        assert elapsed < timeout + 0.5, f"{kind}: failed after {elapsed:.1f} s"
-        if kind == "delay":
-            assert "no complete answer within 2 s" in str(exc.value) or "gave up" in str(exc.value)
-        else:
-            assert "gave up (5 attempts" in str(exc.value)
-            assert TRANSFERS.retries - before == 4
-        # the path heals: the same store reads it exactly
+        with ThreadPoolExecutor(len(kinds)) as pool:
+            results = list(pool.map(read, kinds))
+        for kind, message, elapsed in results:
+            assert kinds[kind] in message, message
+            assert elapsed < timeout + 0.5, f"{kind}: failed after {elapsed:.1f} s"
+            if kind == "delay":
+                assert "no complete answer within 2 s" in message or "gave up" in message, message
+            else:
+                assert "gave up (5 attempts" in message, message
+        assert TRANSFERS.retries - before >= 4 * 4 + 1
+        # healed, the same store reads them exactly
         proxy.heal()
-        assert store.get_ranges([RangeRequest("k40", 10, 1000)]) == [blobs["k40"][10:1000]]
+        got = store.get_ranges([RangeRequest(key, 10, 1000) for key in kinds.values()])
+        assert got == [blobs[key][10:1000] for key in kinds.values()]
 
 
 @pytest.mark.parametrize("status", [400, 403, 404])
@@ -154,13 +171,14 @@ def test_client_errors_are_not_retried(http_server, blobs, status):
 
 
 def test_truncated_bodies_never_yield_short_data(http_server, blobs):
-    """Half of all answers cut short, both ways (broken connection, and a well-formed but short
-    206): every read is still exact, given attempts enough."""
-    with FaultyProxy(http_server.url, seed=3, truncate=0.25, short=0.25) as proxy:
+    """A third of all answers cut short, both ways (broken connection, and a well-formed but
+    short 206): every read is still exact, given attempts enough."""
+    with FaultyProxy(http_server.url, seed=5, truncate=0.17, short=0.17) as proxy:
         url = proxy.url + "/blobs"
         store = Store(url, storage_options_for(url, timeout=20.0), retries=20)
-        assert read_everything(store, blobs) == {}
-        assert proxy.counts["truncate"] > 20 and proxy.counts["short"] > 20
+        keys = dict(list(blobs.items())[:30])
+        assert read_everything(store, keys) == {}
+        assert proxy.counts["truncate"] > 10 and proxy.counts["short"] > 10
         with_short = Store(url, storage_options_for(url, timeout=2.0), retries=3)
         proxy.set_rates()
         proxy.fail_permanently("/blobs/k30", "short")
@@ -179,10 +197,10 @@ def test_blocking_filesystem_path_retries_too(http_server, blobs):
             url = "sync-" + proxy.url + "/blobs"
             store = Store(url, storage_options_for(url, timeout=4.0), concurrency=8)
             assert not store._is_async
-            keys = dict(list(blobs.items())[:30])
+            keys = dict(list(blobs.items())[:20])
             failed = read_everything(store, keys, workers=4)
             assert_clean_failures(failed, 4 * len(keys))
-            assert proxy.faults >= 0.2 * proxy.requests
+            assert proxy.faults >= 0.15 * proxy.requests
             proxy.set_rates()
             proxy.fail_permanently("/blobs/k2", "reset")
             started = time.monotonic()
@@ -238,8 +256,10 @@ def test_mount_through_faulty_proxy(tmp_path, http_server, cache_args, version):
             np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / "t00000_c001_z00004.tif"), data[1, 4])
             proxy.heal()
             assert read_planes(mnt, ref, 2) == 24
-        assert proxy.faults >= 0.10 * proxy.requests, proxy.counts
+            pid = json.loads((mnt / ".ngffmount" / "stats.json").read_text())["pid"]
+        wait_gone(pid)  # the daemon writes the disk cache in the background, finishing before exit
         assert proxy.counts["permanent"] >= 5
+        assert proxy.faults - proxy.counts["permanent"] >= 0.10 * proxy.requests, proxy.counts
 
         # Nothing partial was cached: every entry is a whole chunk of the origin ...
         assert_cache_holds_whole_chunks(cache_args[1], http_server.www / name, version)
@@ -252,12 +272,20 @@ def test_mount_through_faulty_proxy(tmp_path, http_server, cache_args, version):
         assert chunk_requests == []
 
 
+def wait_gone(pid: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), f"daemon {pid} still running after unmount"
+
+
 def assert_cache_holds_whole_chunks(cache_dir, origin, version):
-    keys = list(diskcache.Cache(cache_dir).iterkeys())
+    with diskcache.Cache(cache_dir) as raw:
+        keys = list(raw.iterkeys())
     assert len(keys) == 2 * 6 * 9 + 2 * 6 * 4  # every chunk of both levels, once
     cache = DiskCache(cache_dir, size_limit=None)
     for key in keys:
-        data = cache.get(key)  # verifies the digest
+        data = cache.get(key)  # checks the entry's checksum
         chunk_key = key.split("/", 1)[1]
         candidates = [whole_chunk(origin / level, chunk_key, version) for level in ("0", "1")]
         assert data in candidates, f"{key}: {len(data)} bytes match no chunk of the origin"

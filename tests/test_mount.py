@@ -7,7 +7,6 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -208,7 +207,7 @@ def test_broken_chunk_gives_eio_and_daemon_keeps_serving(tmp_path, http_server, 
                 (mnt / "s0" / f"z{z:05d}.tif").read_bytes()
             assert exc.value.errno == errno.EIO
         log = log_file.read_text()
-        assert "read /s0/z00001.tif: cannot decode chunk 1/0/0" in log
+        assert "read /s0/z00001.tif: blosc chunk holds" in log
         assert "read /s0/z00002.tif: cannot read" in log and "500" in log
         np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / "z00000.tif"), data[0])
         stats = json.loads((mnt / ".ngffmount" / "stats.json").read_text())

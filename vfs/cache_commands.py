@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from ..adapters import Group, Image, NgffMountError, open_source
+from ..adapters import Image, NgffMountError, open_source
 from ..cache.disk import DiskCache
 from ..cache.engine import ChunkEngine
 from ..cache.region import chunks_touching

@@ -83,7 +83,7 @@ def check_fuse() -> None:
     if not (shutil.which("fusermount") or shutil.which("fusermount3")):
         raise MountError("FUSE is not available: fusermount is not installed (install fuse3 and libfuse2)")
     try:
-        import mfusepy  # noqa: F401  (loads libfuse)
+        import mfusepy  # noqa: F401  (importing it loads libfuse)
     except (OSError, EnvironmentError) as exc:
         raise MountError(f"FUSE is not available: {exc}") from None
 
@@ -102,6 +102,7 @@ def stats_renderer(engine: ChunkEngine, source_url: str):
             "source": source_url,
             "pid": os.getpid(),
             "remote_requests": TRANSFERS.requests,
+            "retries": TRANSFERS.retries,
             "bytes_fetched": TRANSFERS.bytes,
             "in_flight": TRANSFERS.in_flight,
             **engine.stats.snapshot(),
