@@ -6,8 +6,11 @@ Each entry carries a checksum, so a damaged entry is a miss, never wrong pixels.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import struct
+import threading
 
 import diskcache
 import google_crc32c
@@ -38,6 +41,7 @@ class DiskCache:
         if size_limit is not None:
             settings["size_limit"] = int(size_limit)
         self._cache = diskcache.Cache(directory, **settings)
+        self.locks = FetchLocks(directory)
 
     def get(self, key: str) -> bytes | None:
         """The stored bytes, or None on a miss or a damaged entry (which is then dropped)."""
@@ -81,6 +85,51 @@ class DiskCache:
 
     def close(self) -> None:
         self._cache.close()
+
+
+class FetchLocks:
+    """One fetch per chunk among all threads and processes that share the cache folder: the
+    others wait, then read the chunk from disk.
+
+    Across processes: byte-range locks on one file, one slot per chunk key. POSIX locks
+    belong to the process (the kernel drops them when it dies, kill -9 included), so threads
+    of one process also claim their slots in a shared set. Slots are claimed all at once in
+    the process and locked in ascending order across processes: no waiting in a cycle."""
+
+    SLOTS = 1 << 24
+
+    def __init__(self, directory: str):
+        self._fd = os.open(os.path.join(directory, "fetch.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._claimed: set[int] = set()
+        self._cond = threading.Condition()
+
+    def slots(self, keys) -> list[int]:
+        return sorted({int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") % self.SLOTS
+                       for k in keys})
+
+    def acquire(self, slots: list[int]) -> None:
+        with self._cond:
+            while self._claimed.intersection(slots):
+                self._cond.wait()
+            self._claimed.update(slots)
+        taken = []
+        try:
+            for slot in slots:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, slot, os.SEEK_SET)
+                taken.append(slot)
+        except BaseException:
+            self._unlock(taken, slots)
+            raise
+
+    def release(self, slots: list[int]) -> None:
+        self._unlock(slots, slots)
+
+    def _unlock(self, locked: list[int], claimed: list[int]) -> None:
+        for slot in locked:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
+        with self._cond:
+            self._claimed.difference_update(claimed)
+            self._cond.notify_all()
 
 
 class CorruptEntry(Exception):

@@ -18,6 +18,7 @@ from .stats import Stats
 # Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
 DEFAULT_MEMORY = 768 << 20
 DEFAULT_READAHEAD = 256 << 20
+DEFAULT_DISK_READAHEAD = 512 << 20  # counted in decoded bytes; about half that is fetched
 DISK_BACKLOG_BYTES = 64 << 20
 
 
@@ -31,8 +32,11 @@ class ChunkEngine:
     ):
         self.disk = disk
         self.memory = MemoryLRU(memory_bytes)
-        # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
-        self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
+        if readahead_bytes is None:
+            # Decoded readahead must stay resident until read: a quarter of the memory cache at
+            # most. Readahead to disk holds nothing in memory and may go further.
+            readahead_bytes = DEFAULT_DISK_READAHEAD if disk is not None else min(DEFAULT_READAHEAD, memory_bytes // 4)
+        self.readahead_bytes = readahead_bytes
         self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="readahead")
         self._urgent = ThreadPoolExecutor(2, thread_name_prefix="plane-fetch")
         # Disk writes happen after the read is answered; past a backlog bound, inline (backpressure).
@@ -71,9 +75,16 @@ class ChunkEngine:
             result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
         return result
 
+    @property
+    def readahead_to_disk(self) -> bool:
+        """With a disk cache, readahead fetches encoded bytes to disk (no decode, no memory),
+        so it can run further ahead: a whole slab of deep chunks, for instance."""
+        return self.disk is not None
+
     def prefetch(self, level, indices: Iterable[tuple[int, ...]], urgent: bool = False) -> Future | None:
         """Load chunks in the background (readahead); None when all are resident or coming.
-        `urgent`: chunks a reader is about to need, on their own threads ahead of readahead."""
+        `urgent`: chunks a reader is about to need, decoded, on their own threads ahead of
+        readahead. Otherwise, with a disk cache, only fetched to disk."""
         with self._lock:
             todo = [
                 idx for idx in dict.fromkeys(indices)
@@ -82,12 +93,14 @@ class ChunkEngine:
         if not todo:
             return None
         self.stats.add("prefetched", len(todo))
-        pool = self._urgent if urgent else self._prefetcher
-        return pool.submit(self._prefetch_quietly, level, todo)
+        if urgent or not self.readahead_to_disk:
+            return (self._urgent if urgent else self._prefetcher).submit(self._quietly, self.get, level, todo)
+        return self._prefetcher.submit(self._quietly, self.fill_disk, level, todo)
 
-    def _prefetch_quietly(self, level, indices) -> None:
+    @staticmethod
+    def _quietly(load, level, indices) -> None:
         try:
-            self.get(level, indices)
+            load(level, indices)
         except Exception:
             pass  # a failed prefetch is retried, and reported, by the read that needs the chunk
 
@@ -96,17 +109,11 @@ class ChunkEngine:
         if self.disk is None:
             raise ValueError("fill_disk needs a disk cache")
         keys = {idx: level.chunk_key(idx) for idx in indices}
-        todo = [k for k in keys.values() if self._disk_key(level, k) not in self.disk]
+        todo = {idx: k for idx, k in keys.items() if self._disk_key(level, k) not in self.disk}
         if not todo:
             return 0, 0
-        fetched = level.fetch_many(todo)
-        total = 0
-        for key, data in fetched.items():
-            if data is not None:
-                self.disk.put(self._disk_key(level, key), data)
-                total += len(data)
-        self.stats.add("chunks_fetched", len(todo))
-        return len(todo), total
+        raw = self._fetch_locked(level, todo)
+        return len(raw), sum(len(d) for d in raw.values() if d is not None)
 
     def _load(self, level, owned: list[tuple[tuple[int, ...], Future]]) -> None:
         try:
@@ -134,14 +141,12 @@ class ChunkEngine:
                 remote.append(idx)
             else:
                 raw[idx] = data
-        if remote:
+        if remote and self.disk is None:
             self.stats.add("chunks_fetched", len(remote))
             fetched = level.fetch_many([keys[idx] for idx in remote])
-            for idx in remote:
-                data = fetched[keys[idx]]
-                raw[idx] = data
-                if data is not None and self.disk is not None:
-                    self._disk_put(self._disk_key(level, keys[idx]), data)
+            raw.update((idx, fetched[keys[idx]]) for idx in remote)
+        elif remote:
+            raw.update(self._fetch_locked(level, {idx: keys[idx] for idx in remote}))
         present = [idx for idx in indices if raw[idx] is not None]
         self.stats.add("chunks_missing", len(indices) - len(present))
         self.stats.add("decodes", len(present))
@@ -157,25 +162,56 @@ class ChunkEngine:
             out[idx] = arr
         return out
 
-    def _disk_put(self, key: str, data: bytes) -> None:
+    def _fetch_locked(self, level, keys: dict) -> dict:
+        """Fetch chunks missing on disk while holding their cross-process slots, so another
+        daemon on this cache folder waits and then finds them on disk instead of refetching."""
+        slots = self.disk.locks.slots(self._disk_key(level, k) for k in keys.values())
+        self.disk.locks.acquire(slots)
+        try:
+            raw = {}
+            for idx, key in list(keys.items()):
+                data = self._disk_get(level, key, count=False)  # written while we waited?
+                if data is not None:
+                    raw[idx] = data
+                    del keys[idx]
+            self.stats.add("disk_hits", len(raw))
+            self.stats.add("chunks_fetched", len(keys))
+            fetched = level.fetch_many(list(keys.values())) if keys else {}
+            entries = []
+            for idx, key in keys.items():
+                raw[idx] = fetched[key]
+                if fetched[key] is not None:
+                    entries.append((self._disk_key(level, key), fetched[key]))
+        except BaseException:
+            self.disk.locks.release(slots)
+            raise
+        # The slots are released once the entries are on disk, by the writer.
+        self._disk_put(entries, on_done=lambda: self.disk.locks.release(slots))
+        return raw
+
+    def _disk_put(self, entries: list[tuple[str, bytes]], on_done) -> None:
+        nbytes = sum(len(d) for _, d in entries)
         with self._lock:
-            inline = self._disk_backlog + len(data) > DISK_BACKLOG_BYTES
+            inline = self._disk_backlog + nbytes > DISK_BACKLOG_BYTES
             if not inline:
-                self._disk_backlog += len(data)
-        if inline:
-            self.disk.put(key, data)
-            return
+                self._disk_backlog += nbytes
 
         def write() -> None:
             try:
-                self.disk.put(key, data)
+                for key, data in entries:
+                    self.disk.put(key, data)
             except Exception:
                 self.stats.add("errors")  # a full or broken cache disk costs speed, never a read
             finally:
-                with self._lock:
-                    self._disk_backlog -= len(data)
+                on_done()
+                if not inline:
+                    with self._lock:
+                        self._disk_backlog -= nbytes
 
-        self._disk_writer.submit(write)
+        if inline:
+            write()
+        else:
+            self._disk_writer.submit(write)
 
     @property
     def disk_backlog(self) -> int:
@@ -189,7 +225,7 @@ class ChunkEngine:
     def _disk_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"
 
-    def _disk_get(self, level, chunk_key: str) -> bytes | None:
+    def _disk_get(self, level, chunk_key: str, count: bool = True) -> bytes | None:
         if self.disk is None:
             return None
         try:
@@ -197,7 +233,8 @@ class ChunkEngine:
         except CorruptEntry:
             self.stats.add("disk_corrupt")
             data = None
-        self.stats.add("disk_hits" if data is not None else "disk_misses")
+        if count:
+            self.stats.add("disk_hits" if data is not None else "disk_misses")
         return data
 
     def _fill_chunk(self, level) -> np.ndarray:

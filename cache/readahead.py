@@ -53,7 +53,7 @@ class Readahead:
         one chunk row at a time (only when the plane fits the budget: big 2D planes are
         often read a tile at a time)."""
         chunks = self.chunks_of_plane(plane)
-        if len(chunks) > 1 and len(chunks) * self.level.chunk_nbytes <= self.budget:
+        if len(chunks) > 1 and len(chunks) * self.level.chunk_nbytes <= min(self.budget, DEFAULT_BUDGET):
             self.engine.prefetch(self.level, chunks, urgent=True)
 
     def _reset(self, plane: int) -> None:

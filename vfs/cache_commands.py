@@ -125,6 +125,7 @@ def prefetch(source: str, storage_options: dict, concurrency: int, cache_dir: st
             n, b = engine.fill_disk(level, batch)
             done, fetched, nbytes = done + len(batch), fetched + n, nbytes + b
             _draw(progress, name, done, total, nbytes, time.monotonic() - started)
+    engine.flush_disk()
     if progress is not None:
         progress.write("\n")
     return f"{total} chunks in the cache at {cache_dir}: {fetched} fetched ({human(nbytes)}), {total - fetched} already there"
