@@ -18,7 +18,6 @@ from .stats import Stats
 # Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
 DEFAULT_MEMORY = 768 << 20
 DEFAULT_READAHEAD = 256 << 20
-DEFAULT_DISK_READAHEAD = 512 << 20  # counted in decoded bytes; about half that is fetched
 DISK_BACKLOG_BYTES = 64 << 20
 
 
@@ -32,11 +31,10 @@ class ChunkEngine:
     ):
         self.disk = disk
         self.memory = MemoryLRU(memory_bytes)
-        if readahead_bytes is None:
-            # Decoded readahead must stay resident until read: a quarter of the memory cache at
-            # most. Readahead to disk holds nothing in memory and may go further.
-            readahead_bytes = DEFAULT_DISK_READAHEAD if disk is not None else min(DEFAULT_READAHEAD, memory_bytes // 4)
-        self.readahead_bytes = readahead_bytes
+        # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
+        # (Readahead of encoded bytes to disk, tried to run further ahead, held more memory in
+        # fetched bytes and was slower: docs/benchmarks.md.)
+        self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
         self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="readahead")
         self._urgent = ThreadPoolExecutor(2, thread_name_prefix="plane-fetch")
         # Disk writes happen after the read is answered; past a backlog bound, inline (backpressure).
@@ -75,16 +73,9 @@ class ChunkEngine:
             result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
         return result
 
-    @property
-    def readahead_to_disk(self) -> bool:
-        """With a disk cache, readahead fetches encoded bytes to disk (no decode, no memory),
-        so it can run further ahead: a whole slab of deep chunks, for instance."""
-        return self.disk is not None
-
     def prefetch(self, level, indices: Iterable[tuple[int, ...]], urgent: bool = False) -> Future | None:
         """Load chunks in the background (readahead); None when all are resident or coming.
-        `urgent`: chunks a reader is about to need, decoded, on their own threads ahead of
-        readahead. Otherwise, with a disk cache, only fetched to disk."""
+        `urgent`: chunks a reader is about to need, on their own threads ahead of readahead."""
         with self._lock:
             todo = [
                 idx for idx in dict.fromkeys(indices)
@@ -93,9 +84,7 @@ class ChunkEngine:
         if not todo:
             return None
         self.stats.add("prefetched", len(todo))
-        if urgent or not self.readahead_to_disk:
-            return (self._urgent if urgent else self._prefetcher).submit(self._quietly, self.get, level, todo)
-        return self._prefetcher.submit(self._quietly, self.fill_disk, level, todo)
+        return (self._urgent if urgent else self._prefetcher).submit(self._quietly, self.get, level, todo)
 
     @staticmethod
     def _quietly(load, level, indices) -> None:

@@ -22,7 +22,11 @@ import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from servers import LoopbackHTTPServer  # noqa: E402  (the loopback server base the tests use)
 
 CONTROL = "/__proxy__/stats"
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded.
@@ -88,24 +92,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_PUT = do_POST = do_DELETE = _proxy
 
 
-class LatencyProxy(ThreadingHTTPServer):
-    # http.server's default backlog of 5 stalls ~1 s per dropped connection under load.
-    request_queue_size = 1024
-    daemon_threads = True
-
+class LatencyProxy(LoopbackHTTPServer):
     def __init__(self, upstream: str, latency_s: float = 0.03, port: int = 0):
         u = urllib.parse.urlsplit(upstream)
         self.upstream_host, self.upstream_port = u.hostname, u.port or 80
         self.latency_s = latency_s
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._thread: threading.Thread | None = None
         self.reset()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        super().__init__(_Handler, port)
 
     # -- upstream: one persistent connection per handler thread (= per client connection)
 
@@ -148,33 +143,6 @@ class LatencyProxy(ThreadingHTTPServer):
     def _count_bytes(self, n: int) -> None:
         with self._lock:
             self._bytes += n
-
-    # -- lifecycle
-
-    def start(self) -> "LatencyProxy":
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="LatencyProxy", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join()
-            self._thread = None
-        self.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def handle_error(self, request, client_address):
-        # Clients drop keep-alive connections whenever they like; that is not a proxy bug.
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
 
 
 def main() -> None:

@@ -33,7 +33,9 @@ import struct
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from servers import LoopbackHTTPServer
 
 __all__ = ["FaultyProxy", "KINDS"]
 
@@ -132,7 +134,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             pass
 
 
-class FaultyProxy(ThreadingHTTPServer):
+class FaultyProxy(LoopbackHTTPServer):
     """The proxy server. Rates are probabilities per request (their sum at most 1).
 
     seed:       makes every decision reproducible
@@ -141,8 +143,6 @@ class FaultyProxy(ThreadingHTTPServer):
     methods:    which methods faults apply to (all by default)
     """
 
-    request_queue_size = 1024  # http.server's backlog of 5 stalls concurrent clients
-    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, origin: str, *, seed: int = 0, error: float = 0.0, reset: float = 0.0,
@@ -161,36 +161,11 @@ class FaultyProxy(ThreadingHTTPServer):
         self._local = threading.local()
         self._seen: collections.Counter = collections.Counter()
         self._permanent: dict[str, str | int] = {}
-        self._thread: threading.Thread | None = None
         self.set_rates(error=error, reset=reset, truncate=truncate, short=short, delay=delay_rate)
         self.reset_counters()
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        super().__init__(_ProxyHandler)
 
     # -- lifecycle
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def start(self) -> "FaultyProxy":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self.serve_forever, name="FaultyProxy",
-                                            kwargs={"poll_interval": 0.05}, daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join()
-            self._thread = None
-        self.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def handle_error(self, request, client_address):
         pass  # clients hang up on delayed and broken answers: that is the point

@@ -156,35 +156,25 @@ def _parse_range(value: str | None, size: int):
     return start, size if last_byte is None else min(last_byte + 1, size)
 
 
-class RangeHTTPServer(ThreadingHTTPServer):
-    """Static files from root_dir with single byte-range support and request counters.
-
-    listing=False (default): directory URLs return 404 and there is never an HTML
-    index, so fsspec cannot scrape listings (as with most real object-store servers).
-    listing=True: directories return a minimal HTML index, like http.server.
-    fail_paths: {"/url/path": status} makes those paths answer with that status.
-    Paths resolving outside root_dir (.. or symlinks) get 403.
-    """
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server on an ephemeral 127.0.0.1 port, served from a background thread;
+    the base of the test servers and proxies."""
 
     # http.server's backlog of 5 stalls ~1 s per dropped connection under concurrency.
     request_queue_size = 1024
     daemon_threads = True
-    log_size = 10_000  # how many recent requests .log keeps
 
-    def __init__(self, root_dir, listing: bool = False):
-        self.root = os.path.realpath(os.fspath(root_dir))
-        self.listing = listing
-        self.fail_paths: dict[str, int] = {}
-        self._lock = threading.Lock()
+    def __init__(self, handler, port: int = 0):
         self._thread: threading.Thread | None = None
-        self.reset_counters()
-        super().__init__(("127.0.0.1", 0), _RangeHandler)
+        super().__init__(("127.0.0.1", port), handler)
 
-    # -- lifecycle
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def start(self) -> "RangeHTTPServer":
+    def start(self):
         if self._thread is None:
-            self._thread = threading.Thread(target=self.serve_forever, name="RangeHTTPServer",
+            self._thread = threading.Thread(target=self.serve_forever, name=type(self).__name__,
                                             kwargs={"poll_interval": 0.05}, daemon=True)
             self._thread.start()
         return self
@@ -203,16 +193,33 @@ class RangeHTTPServer(ThreadingHTTPServer):
         self.stop()
 
     def handle_error(self, request, client_address):
-        # Clients (fsspec, zarr) drop connections mid-body; that is not a server bug.
+        # Clients drop connections mid-body; that is not a server bug.
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)
 
-    # -- counters
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+class RangeHTTPServer(LoopbackHTTPServer):
+    """Static files from root_dir with single byte-range support and request counters.
+
+    listing=False (default): directory URLs return 404 and there is never an HTML
+    index, so fsspec cannot scrape listings (as with most real object-store servers).
+    listing=True: directories return a minimal HTML index, like http.server.
+    fail_paths: {"/url/path": status} makes those paths answer with that status.
+    Paths resolving outside root_dir (.. or symlinks) get 403.
+    """
+
+    log_size = 10_000  # how many recent requests .log keeps
+
+    def __init__(self, root_dir, listing: bool = False):
+        self.root = os.path.realpath(os.fspath(root_dir))
+        self.listing = listing
+        self.fail_paths: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.reset_counters()
+        super().__init__(_RangeHandler)
+
+    # -- counters
 
     @property
     def requests(self) -> int:

@@ -183,6 +183,9 @@ def test_local_path_and_read_only(tmp_path, cache_args):
     write_ome_zarr(store, data, "zyx", levels=1, chunks=(1, 20, 20))
     with mounted(str(store), tmp_path / "mnt", *cache_args) as mnt:
         np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / "z00002.tif"), data[2])
+        entry = next(line.split() for line in open("/proc/mounts") if line.split()[1] == str(mnt))
+        assert entry[2] == "fuse.ngffmount" and "ro" in entry[3].split(",")
+        assert "allow_other" not in entry[3], "allow_other only when asked for"
         for attempt in (lambda: open(mnt / "s0.tif", "r+b"), lambda: open(mnt / "new.tif", "wb"),
                         lambda: os.mkdir(mnt / "d"), lambda: os.unlink(mnt / "s0.tif")):
             with pytest.raises(OSError) as exc:

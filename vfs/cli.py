@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     source_opts.add_argument("--storage-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                              help="extra fsspec option (repeatable; VALUE parsed as JSON when it can be)")
     source_opts.add_argument("--concurrency", type=int, default=32, help="parallel remote requests (default 32)")
-    source_opts.add_argument("--timeout", type=float, default=60.0, help="seconds before a remote request fails (default 60)")
+    source_opts.add_argument("--timeout", type=float, default=60.0,
+                             help="seconds a remote request may take, retries included (default 60)")
+    source_opts.add_argument("--retries", type=int, default=5,
+                             help="attempts per remote request on 5xx, timeouts, resets (default 5)")
     cache_opts = argparse.ArgumentParser(add_help=False)
     cache_opts.add_argument("--cache-dir", default=default_cache_dir(), help="persistent chunk cache (default: %(default)s)")
     cache_opts.add_argument("--cache-size", type=parse_size, default=DEFAULT_SIZE, help="disk cache bound (default 10G)")
@@ -118,6 +121,7 @@ def config_from_args(args):
         anon=args.anon,
         endpoint_url=args.endpoint_url,
         timeout=args.timeout,
+        retries=args.retries,
         cache_dir=args.cache_dir,
         cache_size=args.cache_size,
         disk_cache=not args.no_disk_cache,
@@ -175,7 +179,8 @@ def cmd_serve(args) -> int:
 
 def source_options(args) -> dict:
     return storage_options_for(args.source, anon=args.anon, endpoint_url=args.endpoint_url,
-                               extra=dict(args.storage_option), concurrency=args.concurrency, timeout=args.timeout)
+                               extra=dict(args.storage_option), concurrency=args.concurrency, timeout=args.timeout,
+                               retries=args.retries)
 
 
 def cmd_stats(args) -> int:

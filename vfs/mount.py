@@ -39,6 +39,7 @@ class MountConfig:
     anon: bool = False
     endpoint_url: str | None = None
     timeout: float = 60.0
+    retries: int = 5
     cache_dir: str = field(default_factory=default_cache_dir)
     cache_size: int = DEFAULT_SIZE
     disk_cache: bool = True
@@ -132,6 +133,7 @@ def serve(config: MountConfig, on_ready) -> None:
         extra=config.storage_options,
         concurrency=config.concurrency,
         timeout=config.timeout,
+        retries=config.retries,
     )
     source = open_source(config.source, options, config.concurrency)
     engine = build_engine(config)

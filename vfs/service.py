@@ -40,7 +40,8 @@ HELPER_NAME = "mount.fuse.ngffmount"
 MOUNT_ONLY = {"ro", "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec",
               "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync", "atime", "noatime", "relatime"}
 FLAG_OPTIONS = {"anon": "--anon", "allow_other": "--allow-other", "no_disk_cache": "--no-disk-cache", "debug": "--debug"}
-VALUE_OPTIONS = {"endpoint_url", "cache_dir", "cache_size", "memory_cache", "concurrency", "timeout", "log_file"}
+VALUE_OPTIONS = {"endpoint_url", "cache_dir", "cache_size", "memory_cache", "concurrency", "timeout", "retries",
+                 "log_file"}
 
 
 def ngffmount_command() -> str:
