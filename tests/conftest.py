@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ngffmount.adapters import open_source  # noqa: E402
 from ngffmount.cache.engine import ChunkEngine  # noqa: E402
+from ngffmount.vfs.fileobj import SeekableRaw  # noqa: E402
 from ngffmount.vfs.fs import VirtualFS  # noqa: E402
 from ngffmount.vfs.tree import build_tree  # noqa: E402
 
@@ -34,25 +35,12 @@ def read_all(fs: VirtualFS, path: str) -> bytes:
     return fs.read(path, fs.getattr(path)["st_size"], 0)
 
 
-class VirtualReader(io.RawIOBase):
+class VirtualReader(SeekableRaw):
     """A read-only file object over a VirtualFS path: readers fetch only the bytes they seek to."""
 
     def __init__(self, fs: VirtualFS, path: str):
-        self.fs, self.path, self.pos = fs, path, 0
+        self.fs, self.path = fs, path
         self.size = fs.getattr(path)["st_size"]
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def seek(self, offset, whence=0):
-        self.pos = {0: offset, 1: self.pos + offset, 2: self.size + offset}[whence]
-        return self.pos
-
-    def tell(self):
-        return self.pos
 
     def readinto(self, buf):
         view = memoryview(buf).cast("B")  # readers pass numpy arrays of any dtype

@@ -23,7 +23,6 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "IJ_JAR",
-    "imagej_available",
     "ij_str",
     "run_macro",
     "describe_image_macro",
@@ -44,11 +43,6 @@ _ERROR_MARKERS = (
     "Unsupported",
     "Out of memory",  # open() of a stack larger than the heap loads only part of it
 )
-
-
-def imagej_available() -> bool:
-    """For pytest.mark.skipif: ImageJ, Java and xvfb-run are all installed."""
-    return os.path.exists(IJ_JAR) and bool(shutil.which("java")) and bool(shutil.which("xvfb-run"))
 
 
 def ij_str(s: str) -> str:

@@ -8,41 +8,26 @@ chose. Building the header of a 1 TiB dataset takes milliseconds and a few KB.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .arrays import ArrayView
+from .fileobj import SeekableRaw
 from .virtualfile import PixelSegment, StaticSegment, VirtualFile
 
 PAGE = 4096
 
 
-class PageRecorder(io.RawIOBase):
+class PageRecorder(SeekableRaw):
     """A sparse in-memory file: written pages are kept, everything else reads as zeros."""
 
     def __init__(self):
         self.pages: dict[int, bytearray] = {}
-        self.pos = 0
-        self.size = 0
-
-    def readable(self):
-        return True
 
     def writable(self):
         return True
-
-    def seekable(self):
-        return True
-
-    def seek(self, offset, whence=0):
-        self.pos = {0: offset, 1: self.pos + offset, 2: self.size + offset}[whence]
-        return self.pos
-
-    def tell(self):
-        return self.pos
 
     def truncate(self, size=None):
         self.size = self.pos if size is None else size
