@@ -50,14 +50,6 @@ class Level:
         """Decode one chunk's bytes into an array of exactly `chunk_shape`."""
         raise NotImplementedError
 
-    # Shared helpers -----------------------------------------------------------------
-    @property
-    def grid_shape(self) -> tuple[int, ...]:
-        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunk_shape))
-
-    def fill_chunk(self) -> np.ndarray:
-        return np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
-
     @property
     def chunk_nbytes(self) -> int:
         n = 1

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Sequence
-
 from .base import AXIS_TYPES, Axis, Channel, Image
 from .errors import BadMetadata, Unsupported
 from .storage import Store, parse_json, safe_key
@@ -144,7 +142,3 @@ def parse_channels(omero) -> list[Channel]:
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def level_axes_names(axes: Sequence[Axis]) -> str:
-    return "".join(a.name for a in axes)

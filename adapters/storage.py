@@ -201,12 +201,6 @@ class Store:
     def get_ranges(self, requests: Sequence[RangeRequest]) -> list[bytes | None]:
         return self._run(list(requests))
 
-    def get_json(self, key: str) -> dict | None:
-        raw = self.get(key)
-        if raw is None:
-            return None
-        return parse_json(raw, f"{self.url}/{key}")
-
     def mtime(self, key: str) -> float | None:
         """The modification time the source reports for `key`, if it reports one."""
         path = self._path(key)
