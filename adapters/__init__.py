@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Mapping
 
-from . import omezarr
+from . import n5, omezarr
 from .base import Axis, Channel, Group, Image, Level
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
 from .storage import Store, storage_options_for
@@ -22,22 +22,24 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     """Open a source by its metadata alone: an Image when the URL is an image, else a Group."""
     store = Store(url, storage_options, concurrency)
     try:
-        root = omezarr.read_root_metadata(store)
+        root = omezarr.read_root_metadata(store, (*omezarr.ROOT_KEYS, n5.ATTRS))
     except ChunkReadError as exc:
         message = str(exc).replace("cannot read", "cannot reach", 1)
         if "NoCredentialsError" in message:
             message += " (for a public bucket, use anonymous access: --anon)"
         raise SourceNotFound(message) from None
-    detected = omezarr.ome_attributes(root)
-    if detected is None:
-        if all(v is None for v in root.values()):
-            raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json and .zattrs)")
-        raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
-    ome, version = detected
-    meta_key = "zarr.json" if root.get("zarr.json") is not None else ".zattrs"
     name = posixpath.basename(store.url.rstrip("/")) or "image"
+    detected = omezarr.ome_attributes(root)
     try:
-        return omezarr.open_image(store, ome, version, name, store.mtime(meta_key) or 0.0)
+        if detected is not None:
+            ome, version = detected
+            meta_key = "zarr.json" if root.get("zarr.json") is not None else ".zattrs"
+            return omezarr.open_image(store, ome, version, name, store.mtime(meta_key) or 0.0)
+        if root.get(n5.ATTRS) is not None and root.get("zarr.json") is None and root.get(".zattrs") is None:
+            return n5.open_n5(store, root[n5.ATTRS], name, store.mtime(n5.ATTRS) or 0.0)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
         # Metadata of a shape no check foresaw: still one clear line, never a traceback.
         raise BadMetadata(f"{store.url}: malformed metadata ({type(exc).__name__}: {exc})") from None
+    if all(v is None for v in root.values()):
+        raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs and attributes.json)")
+    raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
