@@ -6,10 +6,11 @@ import posixpath
 from typing import Any, Mapping
 
 from . import n5, omezarr
-from .base import Axis, Channel, Group, Image, Level
+from .base import Axis, Channel, Group, Image, Level, inferred_axes
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
 from .storage import Store, storage_options_for
 from .urls import normalize_url, redact
+from .zarr_array import ZarrLevel
 
 __all__ = [
     "Axis", "BadMetadata", "Channel", "ChunkReadError", "Group", "Image", "Level", "NgffMountError",
@@ -18,11 +19,28 @@ __all__ = [
 ]
 
 
+def _plain_zarr_array(store: Store, meta: dict, name: str, mtime: float | None) -> Image:
+    """A Zarr array without multiscale metadata: one level, axes named by dimension_names or
+    inferred from the rank (info.json states them)."""
+    shape = meta.get("shape")
+    ndim = len(shape) if isinstance(shape, list) else 0
+    axes = inferred_axes(ndim)
+    names = meta.get("dimension_names")
+    if isinstance(names, list) and len(names) == ndim and all(isinstance(n, str) and n for n in names):
+        try:
+            axes = list(omezarr.parse_axes(names, ndim, "0.5", store.url))
+        except NgffMountError:
+            pass  # names that do not say t, c, z, y, x: keep the inferred axes
+    level = ZarrLevel(store, "", meta, axes, [1.0] * ndim, [0.0] * ndim)
+    fmt = "Zarr v3 array" if meta.get("zarr_format") == 3 else "Zarr v2 array"
+    return Image(name, [level], source_url=store.url, format=fmt, mtime=mtime or 0.0)
+
+
 def open_source(url: str, storage_options: Mapping[str, Any] | None = None, concurrency: int = 32) -> Image | Group:
     """Open a source by its metadata alone: an Image when the URL is an image, else a Group."""
     store = Store(url, storage_options, concurrency)
     try:
-        root = omezarr.read_root_metadata(store, (*omezarr.ROOT_KEYS, n5.ATTRS))
+        root = omezarr.read_root_metadata(store, (*omezarr.ROOT_KEYS, ".zarray", n5.ATTRS))
     except ChunkReadError as exc:
         message = str(exc).replace("cannot read", "cannot reach", 1)
         if "NoCredentialsError" in message:
@@ -35,6 +53,10 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
             ome, version = detected
             meta_key = "zarr.json" if root.get("zarr.json") is not None else ".zattrs"
             return omezarr.open_image(store, ome, version, name, store.mtime(meta_key) or 0.0)
+        array_meta = root.get(".zarray") or root.get("zarr.json")
+        if array_meta is not None and (".zarray" in root and root[".zarray"] is not None
+                                       or array_meta.get("node_type") == "array"):
+            return _plain_zarr_array(store, array_meta, name, store.mtime(".zarray" if root.get(".zarray") else "zarr.json"))
         if root.get(n5.ATTRS) is not None and root.get("zarr.json") is None and root.get(".zattrs") is None:
             return n5.open_n5(store, root[n5.ATTRS], name, store.mtime(n5.ATTRS) or 0.0)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:

@@ -90,3 +90,14 @@ def make_cache_token(source_identity: str, array_metadata: Mapping) -> str:
     """Hash of (source URL without credentials, array metadata): a changed array gets a new token."""
     doc = json.dumps({"url": source_identity, "meta": array_metadata}, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
+def inferred_axes(ndim: int) -> list[Axis]:
+    """Axes for arrays that name none: the last 2-3 are space (z, y, x), then c, then t."""
+    from .errors import Unsupported
+
+    names = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}.get(ndim)
+    if names is None:
+        raise Unsupported(f"{ndim}-dimensional arrays are not supported as images (2 to 5 dimensions)")
+    kinds = {"t": "time", "c": "channel"}
+    return [Axis(n, kinds.get(n, "space")) for n in names]

@@ -17,7 +17,7 @@ from typing import Sequence
 import numcodecs
 import numpy as np
 
-from .base import Axis, Image, Level, make_cache_token
+from .base import Axis, Image, Level, inferred_axes, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NgffMountError, Unsupported
 from .storage import Store, parse_json, safe_key
 from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
@@ -164,15 +164,6 @@ class N5Level(Level):
 # -- multiscale conventions -----------------------------------------------------------------
 
 
-def default_axes(ndim: int, unit: str | None = None) -> list[Axis]:
-    """Axes for arrays without names: the last 2-3 are space (z, y, x), then c, then t."""
-    names = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}.get(ndim)
-    if names is None:
-        raise Unsupported(f"{ndim}-dimensional N5 datasets are not supported (2 to 5)")
-    kinds = {"t": "time", "c": "channel"}
-    return [Axis(n, kinds.get(n, "space"), unit if n in "zyx" else None) for n in names]
-
-
 def _numbers(value, n: int, where: str, what: str) -> list[float]:
     if not isinstance(value, list) or len(value) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise BadMetadata(f"{where}: {what} must list {n} numbers, got {value!r}")
@@ -184,7 +175,7 @@ def open_n5(store: Store, attrs: dict, name: str, mtime: float) -> Image:
     where = store.url
     if is_dataset(attrs):
         ndim = len(attrs["dimensions"])
-        level = N5Level(store, "", attrs, default_axes(ndim), [1.0] * ndim, [0.0] * ndim)
+        level = N5Level(store, "", attrs, inferred_axes(ndim), [1.0] * ndim, [0.0] * ndim)
         return Image(name, [level], source_url=store.url, format="N5 dataset", mtime=mtime)
     if isinstance(attrs.get("multiscales"), list) and attrs["multiscales"]:
         return _cosem(store, attrs, name, mtime)
@@ -282,7 +273,7 @@ def _resolution(attrs: dict, ndim: int, where: str) -> tuple[list[str | None], l
 
 def _named_axes(names, units: list[str | None], ndim: int) -> list[Axis]:
     """Axes in numpy order from N5-ordered names and units (default names when absent)."""
-    axes = default_axes(ndim)
+    axes = inferred_axes(ndim)
     if isinstance(names, list) and len(names) == ndim and all(isinstance(n, str) for n in names):
         kinds = {"t": "time", "c": "channel"}
         named = [Axis(n, kinds.get(n, "space")) for n in reversed(names)]

@@ -142,3 +142,20 @@ def test_decompression_bombs_are_refused(compressor):
     bomb = codec.encode(bytes(256 << 20))  # 256 MiB of zeros in a few hundred KB
     with pytest.raises(ChunkReadError):
         decoder.decode(bomb)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_plain_zarr_arrays_are_single_level_images(tmp_path, zarr_format):
+    from conftest import read_all, tiff_array, vfs_for
+
+    data = pattern((2, 3, 20, 30), "uint16")
+    kwargs = {"dimension_names": ["c", "z", "y", "x"]} if zarr_format == 3 else {}
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(1, 2, 8, 8), dtype="uint16",
+                            zarr_format=zarr_format, **kwargs)
+    arr[...] = data
+    fs = vfs_for(str(tmp_path / "a.zarr"))
+    info = json.loads(read_all(fs, "/info.json"))
+    assert info["format"] == f"Zarr v{zarr_format} array"
+    assert [a["name"] for a in info["axes"]] == list("czyx")
+    assert [a["type"] for a in info["axes"]] == ["channel", "space", "space", "space"]
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s0/t00000_c001_z00002.tif")), data[1, 2])
