@@ -6,6 +6,7 @@ import posixpath
 from typing import Any, Mapping
 
 from . import n5, omezarr
+from . import omezarr_groups as groups
 from .base import Axis, Channel, Group, Image, Level, inferred_axes
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
 from .storage import Store, storage_options_for
@@ -17,6 +18,21 @@ __all__ = [
     "NotAnImage", "SourceNotFound", "Unsupported", "open_source", "normalize_url", "redact",
     "storage_options_for",
 ]
+
+
+LABEL_KEYS = ("labels/.zattrs", "labels/zarr.json")
+
+
+def _opener(zarr3: bool, mtime: float):
+    """Opens the images a group points to (fields, series, labels) as OME-Zarr images."""
+
+    def open_image(store: Store, attrs: dict, name: str) -> Image:
+        ms = attrs.get("multiscales")
+        first = ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else {}
+        version = str(attrs.get("version", "0.5")) if zarr3 else str(first.get("version", "0.4"))
+        return omezarr.open_image(store, attrs, version, name, mtime)
+
+    return open_image
 
 
 def _plain_zarr_array(store: Store, meta: dict, name: str, mtime: float | None) -> Image:
@@ -40,7 +56,7 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     """Open a source by its metadata alone: an Image when the URL is an image, else a Group."""
     store = Store(url, storage_options, concurrency)
     try:
-        root = omezarr.read_root_metadata(store, (*omezarr.ROOT_KEYS, ".zarray", n5.ATTRS))
+        root = omezarr.read_root_metadata(store, (*omezarr.ROOT_KEYS, ".zarray", n5.ATTRS, *LABEL_KEYS))
     except ChunkReadError as exc:
         message = str(exc).replace("cannot read", "cannot reach", 1)
         if "NoCredentialsError" in message:
@@ -49,10 +65,20 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     name = posixpath.basename(store.url.rstrip("/")) or "image"
     detected = omezarr.ome_attributes(root)
     try:
+        zarr3 = root.get("zarr.json") is not None
+        meta_key = "zarr.json" if zarr3 else ".zattrs"
         if detected is not None:
             ome, version = detected
-            meta_key = "zarr.json" if root.get("zarr.json") is not None else ".zattrs"
-            return omezarr.open_image(store, ome, version, name, store.mtime(meta_key) or 0.0)
+            mtime = store.mtime(meta_key) or 0.0
+            image = omezarr.open_image(store, ome, version, name, mtime)
+            labels_doc = root.get("labels/zarr.json" if zarr3 else "labels/.zattrs")
+            image.labels = groups.labels_of(store, groups._attrs_of(labels_doc, zarr3), zarr3, _opener(zarr3, mtime))
+            return image
+        attrs = groups._attrs_of(root.get(meta_key), zarr3) or {}
+        if "plate" in attrs:
+            return groups.plate(store, attrs, zarr3, _opener(zarr3, store.mtime(meta_key) or 0.0), name)
+        if "bioformats2raw.layout" in attrs:
+            return groups.bioformats2raw(store, zarr3, _opener(zarr3, store.mtime(meta_key) or 0.0), name)
         array_meta = root.get(".zarray") or root.get("zarr.json")
         if array_meta is not None and (".zarray" in root and root[".zarray"] is not None
                                        or array_meta.get("node_type") == "array"):

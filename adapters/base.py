@@ -75,6 +75,7 @@ class Image:
     source_url: str = ""  # without credentials
     format: str = ""  # e.g. "OME-Zarr 0.4"
     mtime: float = 0.0  # stable: from the source, never "now"
+    labels: dict[str, "Image"] = field(default_factory=dict)  # OME-Zarr labels/<name>
 
 
 @dataclass
@@ -84,6 +85,15 @@ class Group:
     name: str
     images: dict[str, Image] = field(default_factory=dict)
     groups: dict[str, "Group"] = field(default_factory=dict)
+    format: str = ""
+
+    def add(self, path: str, image: Image) -> None:
+        """Put an image at a relative path ("B/03/0"), making the groups on the way."""
+        *parents, leaf = path.strip("/").split("/")
+        group = self
+        for part in parents:
+            group = group.groups.setdefault(part, Group(part))
+        group.images[leaf] = image
 
 
 def make_cache_token(source_identity: str, array_metadata: Mapping) -> str:

@@ -78,6 +78,9 @@ def image_dir(image: Image, engine) -> DirNode:
         d.entries["bdv.xml"] = static_file(bdv_views.bdv_xml(image), image.mtime)
         d.entries["bdv.h5"] = LazyFile(partial(bdv_views.bdv_h5, image, engine), image.mtime)
         views["bdv.xml"] = {"loader": "bdv.hdf5", "h5": "bdv.h5"}
+    if image.labels:
+        labels = {name: image_dir(label, engine) for name, label in image.labels.items()}
+        d.entries["labels"] = DirNode(image.mtime, labels)
     info = info_document(image, views, missing)
     d.entries = {"info.json": static_file(info, image.mtime), **d.entries}
     return d
@@ -107,4 +110,6 @@ def info_document(image: Image, views: dict, missing: dict) -> bytes:
         "views": views,
         "missing_views": missing,
     }
+    if image.labels:
+        doc["labels"] = sorted(image.labels)
     return (json.dumps(doc, indent=2) + "\n").encode()
