@@ -19,7 +19,7 @@ import numpy as np
 
 from .base import Axis, Image, Level, inferred_axes, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NgffMountError, Unsupported
-from .storage import Store, parse_json, safe_key
+from .storage import Store, safe_key
 from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
 
 N5_DTYPES = {
@@ -245,16 +245,10 @@ def _level_paths(store: Store, attrs: dict) -> list[str]:
 
 
 def _dataset_attrs(store: Store, paths: list[str]) -> list[dict]:
-    raw = store.get_many([posixpath.join(p, ATTRS) for p in paths])
-    metas = []
-    for p in paths:
-        doc = raw[posixpath.join(p, ATTRS)]
-        if doc is None:
-            raise BadMetadata(f"{store.url}: level {p!r} has no {ATTRS}")
-        meta = parse_json(doc, f"{store.url}/{p}/{ATTRS}")
+    metas = store.level_documents(paths, ATTRS)
+    for p, meta in zip(paths, metas):
         if not is_dataset(meta):
             raise BadMetadata(f"{store.url}/{p}: not an N5 dataset (no dimensions/dataType)")
-        metas.append(meta)
     return metas
 
 

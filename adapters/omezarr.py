@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
 from .base import AXIS_TYPES, Axis, Channel, Image
 from .errors import BadMetadata, Unsupported
 from .storage import Store, parse_json, safe_key
@@ -50,13 +49,7 @@ def open_image(store: Store, ome: dict, version: str, name: str, mtime: float) -
         if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
             raise BadMetadata(f"{where}: every dataset needs a 'path' string")
         paths.append(safe_key(ds["path"]))
-    raw = store.get_many([posixpath.join(p, meta_name) for p in paths])
-    metas = []
-    for p in paths:
-        doc = raw[posixpath.join(p, meta_name)]
-        if doc is None:
-            raise BadMetadata(f"{where}: level {p!r} has no {meta_name}")
-        metas.append(parse_json(doc, f"{where}/{p}/{meta_name}"))
+    metas = store.level_documents(paths, meta_name)
     ndim = len(metas[0].get("shape") or [])
     axes = parse_axes(ms.get("axes"), ndim, version, where)
     global_scale, global_translation = parse_transforms(ms.get("coordinateTransformations"), len(axes), where)

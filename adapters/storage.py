@@ -201,6 +201,17 @@ class Store:
     def get_ranges(self, requests: Sequence[RangeRequest]) -> list[bytes | None]:
         return self._run(list(requests))
 
+    def level_documents(self, paths: Sequence[str], name: str) -> list[dict]:
+        """The metadata document `name` of each level path, in one concurrent batch."""
+        raw = self.get_many([posixpath.join(p, name) for p in paths])
+        docs = []
+        for p in paths:
+            doc = raw[posixpath.join(p, name)]
+            if doc is None:
+                raise BadMetadata(f"{self.url}: level {p!r} has no {name}")
+            docs.append(parse_json(doc, f"{self.url}/{p}/{name}"))
+        return docs
+
     def mtime(self, key: str) -> float | None:
         """The modification time the source reports for `key`, if it reports one."""
         path = self._path(key)
