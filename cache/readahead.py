@@ -41,18 +41,18 @@ class Readahead:
             last, self._last = self._last, plane
             if plane == last:
                 return
-            self._whole_plane(plane)
+            current = self.chunks_of_plane(plane)
+            self._whole_plane(current)
             if last is None or plane != last + 1:
                 self._reset(plane)
                 if last is None or plane != 0:
                     return  # random access: wait for a second step before guessing
-            self._advance(plane)
+            self._advance(plane, set(current))
 
-    def _whole_plane(self, plane: int) -> None:
+    def _whole_plane(self, chunks) -> None:
         """Readers walk a plane row by row; fetch all of its chunks in one wave instead of
         one chunk row at a time (only when the plane fits the budget: big 2D planes are
         often read a tile at a time)."""
-        chunks = self.chunks_of_plane(plane)
         if len(chunks) > 1 and len(chunks) * self.level.chunk_nbytes <= min(self.budget, DEFAULT_BUDGET):
             self.engine.prefetch(self.level, chunks, urgent=True)
 
@@ -63,9 +63,8 @@ class Readahead:
         self._queued, self._queued_set = [], set()
         self._next_plane = plane + 1
 
-    def _advance(self, plane: int) -> None:
+    def _advance(self, plane: int, current: set) -> None:
         # Forget chunks the reader has reached; they no longer count against the budget.
-        current = set(self.chunks_of_plane(plane))
         self._queued = [(p, c) for p, c in self._queued if p > plane and c not in current]
         self._queued_set = {c for _, c in self._queued}
         self._pending = [f for f in self._pending if not f.done()]

@@ -36,60 +36,50 @@ def image_dir(image: Image, engine) -> DirNode:
     d = DirNode(image.mtime)
     views: dict[str, dict] = {}
     missing: dict[str, str] = {}
+
+    def offer(name: str, reason: str | None, make, describe) -> None:
+        """Add a view, or record why this image cannot have it."""
+        if reason:
+            missing[name] = reason
+        else:
+            node = d.entries[name.rstrip("/")] = make()
+            views[name] = describe(node)
+
+    calibrations = []
     for i, level in enumerate(image.levels):
         name = f"s{i}"
         src = PlaneSource(level, engine)
         layout = TiffLayout(src)
-        reason = unsupported_reason(src, "tiff")
-        if reason:
-            missing[f"{name}/"] = reason
-        else:
-            planes = PlaneDir(layout, image.mtime)
-            d.entries[name] = planes
-            views[f"{name}/"] = {"files": src.plane_count, "file_size": planes.file_size}
-        reason = unsupported_reason(src, "imagej")
-        if reason:
-            missing[f"{name}.tif"] = reason
-        else:
-            node = d.entries[f"{name}.tif"] = FileNode(layout.stack_file(), image.mtime)
-            views[f"{name}.tif"] = {"size": node.size, "planes": src.plane_count}
-        reason = unsupported_reason(src, "ome")
-        if reason:
-            missing[f"{name}.ome.tif"] = reason
-        else:
-            node = d.entries[f"{name}.ome.tif"] = FileNode(layout.ome_file(ome_xml(image, src, name)), image.mtime)
-            views[f"{name}.ome.tif"] = {"size": node.size, "planes": src.plane_count}
-        reason = hdf5_views.unsupported_reason(level)
-        if reason:
-            missing[f"{name}.h5"] = reason
-        else:
-            node = d.entries[f"{name}.h5"] = LazyFile(partial(hdf5_views.level_h5, level, engine), image.mtime)
-            views[f"{name}.h5"] = {"dataset": "/data"}
-    reason = next(filter(None, (hdf5_views.unsupported_reason(lv) for lv in image.levels)), None)
-    if reason:
-        missing["image.h5"] = reason
-    else:
-        d.entries["image.h5"] = LazyFile(partial(hdf5_views.image_h5, image, engine), image.mtime)
-        views["image.h5"] = {"datasets": [f"/s{i}" for i in range(len(image.levels))]}
-    reason = bdv_views.unsupported_reason(image)
-    if reason:
-        missing["bdv.xml"] = missing["bdv.h5"] = reason
-    else:
-        d.entries["bdv.xml"] = static_file(bdv_views.bdv_xml(image), image.mtime)
-        d.entries["bdv.h5"] = LazyFile(partial(bdv_views.bdv_h5, image, engine), image.mtime)
-        views["bdv.xml"] = {"loader": "bdv.hdf5", "h5": "bdv.h5"}
+        calibrations.append(layout.cal)
+        planes = {"planes": src.plane_count}
+        offer(f"{name}/", unsupported_reason(src, "tiff"), lambda: PlaneDir(layout, image.mtime),
+              lambda n: {"files": src.plane_count, "file_size": n.file_size})
+        offer(f"{name}.tif", unsupported_reason(src, "imagej"), lambda: FileNode(layout.stack_file(), image.mtime),
+              lambda n: {"size": n.size, **planes})
+        offer(f"{name}.ome.tif", unsupported_reason(src, "ome"),
+              lambda: FileNode(layout.ome_file(ome_xml(image, src, name)), image.mtime),
+              lambda n: {"size": n.size, **planes})
+        offer(f"{name}.h5", hdf5_views.unsupported_reason(level),
+              lambda: LazyFile(partial(hdf5_views.level_h5, level, engine), image.mtime), lambda n: {"dataset": "/data"})
+    offer("image.h5", next(filter(None, (hdf5_views.unsupported_reason(lv) for lv in image.levels)), None),
+          lambda: LazyFile(partial(hdf5_views.image_h5, image, engine), image.mtime),
+          lambda n: {"datasets": [f"/s{i}" for i in range(len(image.levels))]})
+    bdv_reason = bdv_views.unsupported_reason(image)
+    offer("bdv.xml", bdv_reason, lambda: static_file(bdv_views.bdv_xml(image), image.mtime),
+          lambda n: {"loader": "bdv.hdf5", "h5": "bdv.h5"})
+    offer("bdv.h5", bdv_reason, lambda: LazyFile(partial(bdv_views.bdv_h5, image, engine), image.mtime),
+          lambda n: {"volumes": "tTTTTT/sSS/L/cells"})
     if image.labels:
         labels = {name: image_dir(label, engine) for name, label in image.labels.items()}
         d.entries["labels"] = DirNode(image.mtime, labels)
-    info = info_document(image, views, missing)
+    info = info_document(image, calibrations, views, missing)
     d.entries = {"info.json": static_file(info, image.mtime), **d.entries}
     return d
 
 
-def info_document(image: Image, views: dict, missing: dict) -> bytes:
+def info_document(image: Image, calibrations: list, views: dict, missing: dict) -> bytes:
     levels = []
-    for i, level in enumerate(image.levels):
-        cal = PlaneSource(level, None).calibration()
+    for i, (level, cal) in enumerate(zip(image.levels, calibrations)):
         levels.append({
             "name": f"s{i}",
             "path": level.path,
