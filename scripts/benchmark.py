@@ -474,13 +474,16 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
         rows[key] = best
         check(key, best.pop("runs"), expected)
 
+    def plane_and_level(key: str, label: str, run) -> None:
+        """One plane (median of reps) and the whole level, each at its best concurrency."""
+        attempt(f"{key}_plane", lambda: best_of(
+            f"{key}_plane", label, lambda c: [run(z, c) for _ in range(reps)], z, plane_chunks, plane_needed,
+            plane_hash))
+        attempt(f"{key}_all", lambda: best_of(
+            f"{key}_all", f"{label}, arr[...]", lambda c: [run(None, c)], None, all_chunks, all_needed, all_hashes))
+
     # (a) zarr-python straight from S3 through the proxy
-    attempt("zarr_s3_plane", lambda: best_of(
-        "zarr_s3_plane", "zarr-python, S3 direct", lambda c: [h.measure(zarr_spec(url, c, z)) for _ in range(reps)],
-        z, plane_chunks, plane_needed, plane_hash))
-    attempt("zarr_s3_all", lambda: best_of(
-        "zarr_s3_all", "zarr-python, S3 direct, arr[...]", lambda c: [h.measure(zarr_spec(url, c, None))],
-        None, all_chunks, all_needed, all_hashes))
+    plane_and_level("zarr_s3", "zarr-python, S3 direct", lambda zsel, c: h.measure(zarr_spec(url, c, zsel)))
 
     # (b) zarr-python on a fresh `rclone mount --vfs-cache-mode full` (empty cache) per run
     if not args.skip_rclone:
@@ -488,12 +491,7 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
             with h.rclone_mount() as mnt:
                 return h.measure(zarr_spec(f"{mnt}/{size}/{ch}.ome.zarr", c, zsel))
 
-        attempt("rclone_plane", lambda: best_of(
-            "rclone_plane", "zarr-python on rclone mount", lambda c: [rclone_run(z, c) for _ in range(reps)],
-            z, plane_chunks, plane_needed, plane_hash))
-        attempt("rclone_all", lambda: best_of(
-            "rclone_all", "zarr-python on rclone mount, arr[...]", lambda c: [rclone_run(None, c)],
-            None, all_chunks, all_needed, all_hashes))
+        plane_and_level("rclone", "zarr-python on rclone mount", rclone_run)
 
     plane_spec = lambda mnt: {"kind": "file", "path": f"{mnt}/s0/z{z:05d}.tif", "block": 1 << 20,  # noqa: E731
                               "verify": "plane"}
@@ -559,12 +557,7 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
         h.drop_caches()
         return h.measure(zarr_spec(str(local), c, zsel))
 
-    attempt("local_plane", lambda: best_of(
-        "local_plane", "zarr-python, local disk", lambda c: [local_run(z, c) for _ in range(reps)],
-        z, plane_chunks, plane_needed, plane_hash))
-    attempt("local_all", lambda: best_of(
-        "local_all", "zarr-python, local disk, arr[...]", lambda c: [local_run(None, c)],
-        None, all_chunks, all_needed, all_hashes))
+    plane_and_level("local", "zarr-python, local disk", local_run)
 
     comp = {"chunk_shape": CHUNKINGS[ch], "z": z, "plane_chunks": plane_chunks, "plane_needed": plane_needed,
             "all_chunks": all_chunks, "all_needed": all_needed, "raw_bytes": nz * ny * nx * 2}
