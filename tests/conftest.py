@@ -99,6 +99,17 @@ def cache_args(tmp_path) -> list[str]:
     return ["--cache-dir", str(tmp_path / f"cache-{uuid.uuid4().hex[:8]}")]
 
 
+@pytest.fixture
+def tiny_store(tmp_path):
+    """A 3 x 16 x 16 uint16 OME-Zarr on local disk, its pixels, and an empty mountpoint."""
+    from zarr_fixtures import pattern, write_ome_zarr
+
+    data = pattern((3, 16, 16), "uint16")
+    write_ome_zarr(tmp_path / "img.zarr", data, "zyx", levels=1)
+    (tmp_path / "mnt").mkdir()
+    return tmp_path / "img.zarr", data, tmp_path / "mnt"
+
+
 @pytest.fixture(scope="session")
 def http_server(tmp_path_factory):
     from servers import RangeHTTPServer

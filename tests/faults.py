@@ -181,10 +181,6 @@ class FaultyProxy(LoopbackHTTPServer):
         with self._lock:
             self.rates = rates
 
-    @property
-    def fault_rate(self) -> float:
-        return sum(self.rates.values())
-
     def fail_permanently(self, path: str, kind: str | int = "error") -> None:
         """Every request for this URL path (exact, as the client sends it) fails: with `kind`
         ("error", "reset", "truncate", "short", "delay") or with an HTTP status (e.g. 503)."""

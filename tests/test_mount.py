@@ -139,12 +139,8 @@ def test_every_plane_matches_zarr_python_over_the_same_url(tmp_path, http_server
             np.testing.assert_array_equal(stack.reshape(-1, *arr.shape[3:]), imagej_order(arr, "tczyx"))
 
 
-def test_foreground_mode_serves_until_unmounted(tmp_path, cache_args):
-    store = tmp_path / "img.zarr"
-    data = pattern((2, 16, 16), "uint16")
-    write_ome_zarr(store, data, "zyx", levels=1)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+def test_foreground_mode_serves_until_unmounted(tiny_store, cache_args):
+    store, data, mnt = tiny_store
     proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.cli", "mount", "-f", f"file://{store}", str(mnt), *cache_args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -267,12 +263,8 @@ def test_bad_urls_and_mountpoints(tmp_path, http_server, cache_args):
     assert result.returncode != 0 and "not mounted" in result.stderr
 
 
-def test_unmount_clears_stale_mount_and_remount_works(tmp_path, cache_args):
-    store = tmp_path / "img.zarr"
-    data = pattern((2, 16, 16), "uint16")
-    write_ome_zarr(store, data, "zyx", levels=1)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+def test_unmount_clears_stale_mount_and_remount_works(tiny_store, cache_args):
+    store, data, mnt = tiny_store
     ngffmount_cmd("mount", str(store), str(mnt), *cache_args)
     try:
         pid = json.loads((mnt / ".ngffmount" / "stats.json").read_text())["pid"]

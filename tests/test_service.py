@@ -15,14 +15,6 @@ import tifffile
 
 from conftest import ngffmount_cmd
 from ngffmount.vfs.service import helper_arguments
-from zarr_fixtures import pattern, write_ome_zarr
-
-
-@pytest.fixture
-def store(tmp_path):
-    data = pattern((3, 16, 16), "uint16")
-    write_ome_zarr(tmp_path / "img.zarr", data, "zyx", levels=1)
-    return tmp_path / "img.zarr", data
 
 
 @pytest.mark.integration
@@ -45,10 +37,8 @@ def test_service_install_writes_a_unit_systemd_accepts(tmp_path):
 
 
 @pytest.mark.integration
-def test_foreground_mount_notifies_systemd_when_ready(tmp_path, store, cache_args):
-    path, data = store
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+def test_foreground_mount_notifies_systemd_when_ready(tmp_path, tiny_store, cache_args):
+    path, data, mnt = tiny_store
     sock_path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(sock_path))
@@ -75,10 +65,8 @@ def test_mount_options_translate_to_cli_flags():
 
 
 @pytest.mark.integration
-def test_mount_t_fuse_ngffmount_through_the_helper(tmp_path, store):
-    path, data = store
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+def test_mount_t_fuse_ngffmount_through_the_helper(tmp_path, tiny_store):
+    path, data, mnt = tiny_store
     link = Path("/sbin/mount.fuse.ngffmount")
     existed = link.exists() or link.is_symlink()
     ngffmount_cmd("service", "install-helper")
