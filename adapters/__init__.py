@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from typing import Any, Mapping
 
-from . import n5, omezarr
+from . import bdv, n5, omezarr
 from . import omezarr_groups as groups
 from .base import Axis, Channel, Group, Image, Level, inferred_axes
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
-from .storage import Store, storage_options_for
-from .urls import normalize_url, redact
+from .bdv_xml import looks_like_spimdata
+from .storage import Store, parse_json, storage_options_for
+from .urls import has_scheme, normalize_url, redact
 from .zarr_array import ZarrLevel
 
 __all__ = [
@@ -54,17 +56,21 @@ def _plain_zarr_array(store: Store, meta: dict, name: str, mtime: float | None) 
 
 def open_source(url: str, storage_options: Mapping[str, Any] | None = None, concurrency: int = 32) -> Image | Group:
     """Open a source by its metadata alone: an Image when the URL is an image, else a Group."""
+    if url.split("?", 1)[0].rstrip("/").lower().endswith(".xml"):
+        return _open_bdv_xml(url, storage_options, concurrency)
     store = Store(url, storage_options, concurrency)
-    try:
-        root = omezarr.read_root_metadata(store, (*omezarr.ROOT_KEYS, ".zarray", n5.ATTRS, *LABEL_KEYS))
-    except ChunkReadError as exc:
-        message = str(exc).replace("cannot read", "cannot reach", 1)
-        if "NoCredentialsError" in message:
-            message += " (for a public bucket, use anonymous access: --anon)"
-        raise SourceNotFound(message) from None
-    name = posixpath.basename(store.url.rstrip("/")) or "image"
+    keys = [*omezarr.ROOT_KEYS, ".zarray", n5.ATTRS, *LABEL_KEYS]
+    # A BigDataViewer server answers its dataset URL itself (and every path under it) with the XML.
+    http = has_scheme(url) and url.split("://", 1)[0].lower() in ("http", "https")
+    raw = _reach(store, keys + ([""] if http else []))
+    if looks_like_spimdata(raw.get("")):
+        with _malformed_is_bad_metadata(store.url):
+            ctx = bdv.Context(url, storage_options, concurrency)
+            return bdv.open_bdv(ctx, raw[""], _name_of(store.url), 0.0, server_url=url)
+    root = {k: (None if raw[k] is None else parse_json(raw[k], f"{store.url}/{k}")) for k in keys}
+    name = _name_of(store.url)
     detected = omezarr.ome_attributes(root)
-    try:
+    with _malformed_is_bad_metadata(store.url):
         zarr3 = root.get("zarr.json") is not None
         meta_key = "zarr.json" if zarr3 else ".zattrs"
         if detected is not None:
@@ -85,9 +91,42 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
             return _plain_zarr_array(store, array_meta, name, store.mtime(".zarray" if root.get(".zarray") else "zarr.json"))
         if root.get(n5.ATTRS) is not None and root.get("zarr.json") is None and root.get(".zattrs") is None:
             return n5.open_n5(store, root[n5.ATTRS], name, store.mtime(n5.ATTRS) or 0.0)
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
-        # Metadata of a shape no check foresaw: still one clear line, never a traceback.
-        raise BadMetadata(f"{store.url}: malformed metadata ({type(exc).__name__}: {exc})") from None
     if all(v is None for v in root.values()):
         raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs and attributes.json)")
     raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
+
+
+def _name_of(url: str) -> str:
+    return posixpath.basename(url.rstrip("/")) or "image"
+
+
+def _reach(store: Store, keys: list[str]) -> dict[str, bytes | None]:
+    """The first batch of a mount: failing it means the source cannot be reached at all."""
+    try:
+        return store.get_many(keys)
+    except ChunkReadError as exc:
+        message = str(exc).replace("cannot read", "cannot reach", 1)
+        if "NoCredentialsError" in message:
+            message += " (for a public bucket, use anonymous access: --anon)"
+        raise SourceNotFound(message) from None
+
+
+def _open_bdv_xml(url: str, storage_options, concurrency: int) -> Image | Group:
+    """A BigDataViewer dataset XML (local, HTTP or S3); the data files are found from it."""
+    store = Store(url, storage_options, concurrency)
+    raw = _reach(store, [""])[""]
+    if raw is None:
+        raise SourceNotFound(f"{store.url}: not found")
+    name = _name_of(store.url)
+    name = name[:-4] if name.lower().endswith(".xml") else name
+    with _malformed_is_bad_metadata(store.url):
+        return bdv.open_bdv(bdv.Context(url, storage_options, concurrency), raw, name, store.mtime("") or 0.0)
+
+
+@contextlib.contextmanager
+def _malformed_is_bad_metadata(url: str):
+    """Metadata of a shape no check foresaw: still one clear line, never a traceback."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        raise BadMetadata(f"{url}: malformed metadata ({type(exc).__name__}: {exc})") from None

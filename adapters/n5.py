@@ -17,7 +17,7 @@ from typing import Sequence
 import numcodecs
 import numpy as np
 
-from .base import Axis, Image, Level, inferred_axes, make_cache_token
+from .base import Axis, Image, Level, inferred_axes, make_cache_token, unit_name
 from .errors import BadMetadata, ChunkReadError, NgffMountError, Unsupported
 from .storage import Store, safe_key
 from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
@@ -217,17 +217,9 @@ def _cosem(store: Store, attrs: dict, name: str, mtime: float) -> Image:
         units = transform.get("units") or [None] * ndim
         if transform.get("order", "C") == "F":  # lists in N5 order: reverse into numpy order
             names, scale, translate, units = names[::-1], scale[::-1], translate[::-1], units[::-1]
-        axes = [Axis(str(n), {"t": "time", "c": "channel"}.get(str(n), "space"), _unit(u)) for n, u in zip(names, units)]
+        axes = [Axis(str(n), {"t": "time", "c": "channel"}.get(str(n), "space"), unit_name(u)) for n, u in zip(names, units)]
         levels.append(N5Level(store.child(p), p, meta, axes, scale, translate))
     return Image(str(ms.get("name") or name), levels, source_url=store.url, format="N5 multiscale (COSEM)", mtime=mtime)
-
-
-UNIT_NAMES = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer", "mm": "millimeter",
-              "m": "meter", "s": "second", "ms": "millisecond"}
-
-
-def _unit(u) -> str | None:
-    return UNIT_NAMES.get(u, u) if isinstance(u, str) and u else None
 
 
 def _level_paths(store: Store, attrs: dict) -> list[str]:
@@ -257,9 +249,9 @@ def _resolution(attrs: dict, ndim: int, where: str) -> tuple[list[str | None], l
     resolution + units (one per axis)."""
     pr = attrs.get("pixelResolution")
     if isinstance(pr, dict):
-        return [_unit(pr.get("unit"))] * ndim, _numbers(pr.get("dimensions"), ndim, where, "pixelResolution.dimensions")
+        return [unit_name(pr.get("unit"))] * ndim, _numbers(pr.get("dimensions"), ndim, where, "pixelResolution.dimensions")
     units = attrs.get("units")
-    units = [_unit(u) for u in units] if isinstance(units, list) and len(units) == ndim else [None] * ndim
+    units = [unit_name(u) for u in units] if isinstance(units, list) and len(units) == ndim else [None] * ndim
     if "resolution" in attrs:
         return units, _numbers(attrs["resolution"], ndim, where, "resolution")
     return units, [1.0] * ndim

@@ -11,12 +11,6 @@ ROOT_KEYS = ("zarr.json", ".zattrs")
 AXIS_TYPE_BY_NAME = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
 
-def read_root_metadata(store: Store, keys=ROOT_KEYS) -> dict[str, dict | None]:
-    """The possible root documents in one concurrent batch (latency matters at mount time)."""
-    raw = store.get_many(list(keys))
-    return {k: (None if v is None else parse_json(v, f"{store.url}/{k}")) for k, v in raw.items()}
-
-
 def ome_attributes(root: dict[str, dict | None]) -> tuple[dict, str] | None:
     """The OME attributes and NGFF version if the root is an OME-Zarr multiscale image."""
     v3 = root.get("zarr.json")

@@ -212,15 +212,32 @@ class Store:
             docs.append(parse_json(doc, f"{self.url}/{p}/{name}"))
         return docs
 
-    def mtime(self, key: str) -> float | None:
-        """The modification time the source reports for `key`, if it reports one."""
+    def info(self, key: str) -> dict | None:
+        """What the source reports about `key` (size, modification time); None if it is missing."""
         path = self._path(key)
         if self._is_async:
             info = sync(self.fs.loop, self._retrying_async,
                         lambda left: self.fs._info(path, **self._attempt_kwargs(left)))
         else:
             info = self._retrying_sync(lambda left: self.fs.info(path, **self._attempt_kwargs(left)))
-        if not isinstance(info, dict):
+        if isinstance(info, MISSING_ERRORS):
+            return None
+        if isinstance(info, BaseException):
+            raise ChunkReadError(f"cannot read {redact(self.url)}/{key}: {describe_error(info)}")
+        return info if isinstance(info, dict) else None
+
+    def size(self, key: str) -> int | None:
+        info = self.info(key)
+        size = info.get("size") if info else None
+        return int(size) if isinstance(size, (int, float)) and size >= 0 else None
+
+    def mtime(self, key: str) -> float | None:
+        """The modification time the source reports for `key`, if it reports one."""
+        try:
+            info = self.info(key)
+        except ChunkReadError:
+            return None
+        if info is None:
             return None
         for name in ("LastModified", "last_modified", "mtime", "Last-Modified", "updated"):
             value = info.get(name)

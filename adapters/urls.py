@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -33,3 +34,25 @@ def normalize_url(url: str) -> str:
 def redact(text: str) -> str:
     """Remove userinfo and secret-looking query values from any text (log lines, error messages)."""
     return _SECRET_QUERY_IN_TEXT.sub(r"\1***", _USERINFO.sub("", text))
+
+
+def join_url(base_dir: str, relative: str) -> str:
+    """`relative` resolved against the folder URL `base_dir` ('..' allowed, as in BDV XML paths).
+
+    The base keeps its scheme, host and any credentials; a local path stays a local path.
+    """
+    if has_scheme(relative):
+        return relative
+    if not has_scheme(base_dir):
+        return os.path.normpath(os.path.join(os.path.expanduser(base_dir), relative))
+    parts = urlsplit(base_dir)
+    path = posixpath.normpath(posixpath.join(parts.path or "/", relative))
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def parent_url(url: str) -> str:
+    """The folder that holds the file at `url`."""
+    if not has_scheme(url):
+        return os.path.dirname(os.path.abspath(os.path.expanduser(url)))
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, posixpath.dirname(parts.path.rstrip("/")), "", ""))

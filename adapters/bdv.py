@@ -1,0 +1,298 @@
+"""BigDataViewer datasets: the XML plus a bdv.hdf5, bdv.n5 or bdv.remote image loader.
+
+Each (timepoint, setup) view becomes an image at `setup<S>/timepoint<T>` (a single view is
+the image itself). Levels come from the loader's resolutions or downsampling factors; the
+voxel size comes from the view registration when it is axis-aligned, else from the
+setup's voxelSize. Per setup, the first view's level metadata stands for every timepoint
+(BDV writes them alike); a view whose data differs fails its reads with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import struct
+import threading
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import n5
+from .base import Axis, Channel, Group, Image, Level, make_cache_token, unit_name
+from .bdv_xml import PathRef, Setup, SpimData, parse_spimdata
+from .errors import BadMetadata, ChunkReadError, SourceNotFound, Unsupported
+from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
+from .storage import RangeRequest, Store, parse_json
+from .urls import has_scheme, join_url, parent_url, redact
+
+log = logging.getLogger("ngffmount")
+
+LOADERS = ("bdv.hdf5", "bdv.n5", "bdv.remote")
+
+
+class Context:
+    """Where the XML came from, and how to open the other files it names."""
+
+    def __init__(self, xml_url: str, storage_options: Mapping[str, Any] | None, concurrency: int):
+        self.xml_url, self.options, self.concurrency = xml_url, storage_options, concurrency
+
+    def store(self, url: str) -> Store:
+        return Store(url, self.options, self.concurrency)
+
+    def resolve(self, data: SpimData, ref: PathRef) -> list[str]:
+        """Candidate URLs for a loader path, most likely first. An absolute path from the
+        machine that wrote the XML (e.g. /g/arendt/x.h5) falls back to the same name next
+        to the XML."""
+        xml_dir = parent_url(self.xml_url)
+        if ref.relative:
+            base = data.base_path.path if data.base_path.relative else None
+            root = join_url(xml_dir, base) if base is not None else data.base_path.path
+            return [join_url(root, ref.path)]
+        fallback = join_url(xml_dir, posixpath.basename(ref.path.rstrip("/")))
+        if has_scheme(ref.path) or not has_scheme(self.xml_url) or self.xml_url.startswith("file://"):
+            return [ref.path, fallback]
+        return [fallback]
+
+
+def open_bdv(ctx: Context, raw_xml: bytes, name: str, mtime: float, server_url: str | None = None) -> Image | Group:
+    where = redact(ctx.xml_url)
+    data = parse_spimdata(raw_xml, where)
+    if data.loader_format not in LOADERS:
+        raise Unsupported(f"{where}: BigDataViewer image loader {data.loader_format!r} is not supported "
+                          f"(supported: {', '.join(LOADERS)})")
+    if data.loader_format == "bdv.hdf5":
+        levels_of = _Hdf5Loader(ctx, data, where).levels
+    elif data.loader_format == "bdv.n5":
+        levels_of = _N5Loader(ctx, data, where).levels
+    else:
+        from .bdv_remote import RemoteLoader
+
+        levels_of = RemoteLoader(ctx, data, where, server_url).levels
+    setups = {s.id: s for s in data.setups}
+    images = {}
+    for t, s in data.views():
+        setup = setups[s]
+        calibration = Calibration(setup, data.registrations.get((t, s)))
+        levels = levels_of(t, setup, calibration)
+        if levels:
+            images[(t, s)] = Image(setup.name, levels, [Channel(label=setup.name)], redact(ctx.xml_url),
+                                   f"BigDataViewer {data.loader_format}", mtime)
+    if not images:
+        raise BadMetadata(f"{where}: the dataset has no views with image data")
+    if len(images) == 1:
+        image = next(iter(images.values()))
+        image.name = name
+        return image
+    group = Group(name, format=f"BigDataViewer {data.loader_format}")
+    for (t, s), image in images.items():
+        group.add(f"setup{s}/timepoint{t}", image)
+    return group
+
+
+class Calibration:
+    """Voxel size and origin (x, y, z) of a view, and each level's scale and translation."""
+
+    def __init__(self, setup: Setup, affine: list[float] | None):
+        voxel = list(setup.voxel_size or (1.0, 1.0, 1.0))
+        origin = [0.0, 0.0, 0.0]
+        if affine is not None and _axis_aligned(affine):
+            voxel = [affine[0], affine[5], affine[10]]
+            origin = [affine[3], affine[7], affine[11]]
+        self.voxel, self.origin = voxel, origin
+        unit = unit_name(setup.unit)
+        self.axes = tuple(Axis(a, "space", unit) for a in "zyx")
+
+    def level(self, factors_xyz: Sequence[float]) -> tuple[list[float], list[float]]:
+        """Scale and translation in z, y, x. BDV's mipmap transform puts a downsampled
+        voxel's centre (factor - 1) / 2 source voxels in."""
+        scale = [v * f for v, f in zip(self.voxel, factors_xyz)]
+        translation = [o + (f - 1) / 2 * v for o, v, f in zip(self.origin, self.voxel, factors_xyz)]
+        return scale[::-1], translation[::-1]
+
+
+def _axis_aligned(a: list[float]) -> bool:
+    off_diagonal = (a[1], a[2], a[4], a[6], a[8], a[9])
+    return all(abs(v) < 1e-12 for v in off_diagonal) and all(d > 0 for d in (a[0], a[5], a[10]))
+
+
+def _factor_rows(value, where: str) -> list[list[float]]:
+    rows = np.asarray(value, dtype=float) if value is not None else None
+    if rows is None or rows.ndim != 2 or rows.shape[1] != 3 or not len(rows) or not np.all(rows > 0):
+        raise BadMetadata(f"{where}: resolutions must be a non-empty list of 3 positive numbers per level, got {value!r}")
+    return rows.tolist()
+
+
+# -- bdv.hdf5 -------------------------------------------------------------------------------
+
+
+class _Hdf5Loader:
+    def __init__(self, ctx: Context, data: SpimData, where: str):
+        self.ctx, self.data, self.where = ctx, data, where
+        ref = data.path("hdf5")
+        if ref is None:
+            raise BadMetadata(f"{where}: bdv.hdf5 loader without an <hdf5> path")
+        self.main = self._open(ctx.resolve(data, ref))
+        self.partitions = [(p, ctx.resolve(data, p.path)) for p in data.partitions()]
+        self._files: dict[str, Hdf5File] = {}
+        self._lock = threading.Lock()
+
+    def _open(self, candidates: list[str]) -> Hdf5File:
+        for url in candidates:
+            store, key = self.ctx.store(parent_url(url)), posixpath.basename(url)
+            try:
+                return Hdf5File(store, key, redact(url))
+            except SourceNotFound:
+                continue
+        raise SourceNotFound(f"{self.where}: HDF5 file not found (tried {', '.join(redact(c) for c in candidates)})")
+
+    def file_for(self, t: int, s: int) -> tuple[Hdf5File, int, int]:
+        """The file holding a view, and the view's ids inside that file (partitions)."""
+        for part, candidates in self.partitions:
+            if t in part.timepoints and s in part.setups:
+                with self._lock:
+                    f = self._files.get(candidates[0])
+                    if f is None:
+                        f = self._files[candidates[0]] = self._open(candidates)
+                return f, part.timepoints[t], part.setups[s]
+        return self.main, t, s
+
+    def levels(self, t: int, setup: Setup, cal: Calibration) -> list[Level]:
+        s = setup.id
+        resolutions = _factor_rows(self.main.array(f"s{s:02d}/resolutions"), f"{self.where}: s{s:02d}/resolutions")
+        data_type = self.main.attribute(f"s{s:02d}", "dataType")
+        if isinstance(data_type, bytes):
+            data_type = data_type.decode()
+        templates = self._templates(s)
+        f, tm, sm = self.file_for(t, s)
+        levels = []
+        for lv, factors in enumerate(resolutions):
+            layout = templates[lv] if lv < len(templates) else None
+            if layout is None:
+                break
+            scale, translation = cal.level(factors)
+            path = f"t{tm:05d}/s{sm:02d}/{lv}/cells"
+            levels.append(Hdf5CellsLevel(f, path, layout, data_type, cal.axes, scale, translation, lv == 0 and t == self._first_t(s)))
+        return levels
+
+    def _first_t(self, s: int) -> int:
+        return next(t for t, ss in self.data.views() if ss == s)
+
+    def _templates(self, s: int) -> list[DatasetLayout | None]:
+        cache = self.__dict__.setdefault("_template_cache", {})
+        if s not in cache:
+            t = self._first_t(s)
+            f, tm, sm = self.file_for(t, s)
+            layouts = []
+            resolutions = self.main.array(f"s{s:02d}/resolutions")
+            for lv in range(0 if resolutions is None else len(resolutions)):
+                layout = f.layout(f"t{tm:05d}/s{sm:02d}/{lv}/cells")
+                if layout is not None:
+                    check_filters(layout, f.where)
+                    if len(layout.shape) != 3:
+                        raise BadMetadata(f"{f.where}: cells of setup {s} level {lv} are not 3D")
+                layouts.append(layout)
+            cache[s] = layouts
+        return cache[s]
+
+
+BDV_TYPES = {"uint8": "u1", "int8": "i1", "uint16": "u2", "int16": "i2", "uint32": "u4", "int32": "i4",
+             "uint64": "u8", "int64": "i8", "float32": "f4", "float64": "f8"}
+MASK = struct.Struct("<I")  # each fetched chunk carries its HDF5 filter mask in front
+
+
+def visible_dtype(stored: np.dtype, data_type: str | None) -> np.dtype:
+    """The dtype users see: the setup's dataType, or uint16 for legacy int16 cells."""
+    kind = BDV_TYPES.get(data_type) if data_type is not None else ("u2" if stored.kind == "i" and stored.itemsize == 2 else None)
+    if kind is None or np.dtype(kind).itemsize != stored.itemsize:
+        return stored
+    return np.dtype(kind).newbyteorder(stored.byteorder) if stored.byteorder in "<>" else np.dtype(kind)
+
+
+class Hdf5CellsLevel(Level):
+    """One `t/s/level/cells` dataset. Legacy BDV stores uint16 as int16 with the same bits."""
+
+    def __init__(self, file: Hdf5File, path: str, layout: DatasetLayout, data_type: str | None,
+                 axes, scale, translation, is_template: bool):
+        self.file, self.path, self.layout = file, path, layout
+        self.shape, self.chunk_shape = layout.shape, layout.chunks
+        self.dtype = visible_dtype(layout.dtype, data_type)
+        self.axes, self.scale, self.translation = tuple(axes), tuple(scale), tuple(translation)
+        self.fill_value = 0
+        self.cache_token = make_cache_token(file.identity + "/" + path, layout.describe())
+        self._checked = is_template
+        self._lock = threading.Lock()
+
+    def chunk_key(self, idx: tuple[int, ...]) -> str:
+        return "/".join(str(i) for i in idx)
+
+    def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
+        index = self._index()
+        wanted = [(k, index.get(tuple(int(v) for v in k.split("/")))) for k in keys]
+        present = [(k, entry) for k, entry in wanted if entry is not None]
+        got = self.file.store.get_ranges([RangeRequest(self.file.key, off, off + size) for _, (off, size, _) in present])
+        out: dict[str, bytes | None] = {k: None for k in keys}
+        for (k, (_, _, mask)), data in zip(present, got):
+            if data is None:
+                raise ChunkReadError(f"{self.file.where}: {self.path} chunk {k} lies past the end of the file")
+            out[k] = MASK.pack(mask) + data
+        return out
+
+    def _index(self):
+        if not self._checked:
+            with self._lock:
+                if not self._checked:
+                    actual = self.file.layout(self.path)
+                    if actual is not None and actual != self.layout:
+                        raise ChunkReadError(f"{self.file.where}: {self.path} differs from the setup's first "
+                                             f"timepoint ({actual.describe()} vs {self.layout.describe()})")
+                    self._checked = True
+        return self.file.chunk_index(self.path)
+
+    def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
+        (mask,) = MASK.unpack_from(raw)
+        arr = decode_chunk(memoryview(raw)[MASK.size:], self.layout, mask, f"{self.file.where}: {self.path}")
+        return arr.view(self.dtype)
+
+
+# -- bdv.n5 ---------------------------------------------------------------------------------
+
+
+class _N5Loader:
+    def __init__(self, ctx: Context, data: SpimData, where: str):
+        ref = data.path("n5")
+        if ref is None:
+            raise BadMetadata(f"{where}: bdv.n5 loader without an <n5> path")
+        candidates = ctx.resolve(data, ref)
+        self.where = where
+        for url in candidates:
+            store = ctx.store(url)
+            docs = store.get_many([f"setup{s.id}/{n5.ATTRS}" for s in data.setups])
+            if any(v is not None for v in docs.values()):
+                break
+        else:
+            raise SourceNotFound(f"{where}: N5 container not found (tried {', '.join(redact(c) for c in candidates)})")
+        self.store, self.data = store, data
+        self.setup_attrs = {}
+        for s in data.setups:
+            raw = docs[f"setup{s.id}/{n5.ATTRS}"]
+            if raw is not None:
+                self.setup_attrs[s.id] = parse_json(raw, f"{store.url}/setup{s.id}/{n5.ATTRS}")
+        self._templates: dict[int, list[dict]] = {}
+
+    def levels(self, t: int, setup: Setup, cal: Calibration) -> list[Level]:
+        attrs = self.setup_attrs.get(setup.id)
+        if attrs is None:
+            raise BadMetadata(f"{self.store.url}: setup{setup.id} has no attributes.json")
+        factors = _factor_rows(attrs.get("downsamplingFactors", [[1, 1, 1]]), f"{self.store.url}/setup{setup.id}: downsamplingFactors")
+        if setup.id not in self._templates:
+            first = next(tt for tt, ss in self.data.views() if ss == setup.id)
+            paths = [f"setup{setup.id}/timepoint{first}/s{lv}" for lv in range(len(factors))]
+            self._templates[setup.id] = self.store.level_documents(paths, n5.ATTRS)
+        levels = []
+        for lv, (f, meta) in enumerate(zip(factors, self._templates[setup.id])):
+            if not n5.is_dataset(meta) or len(meta["dimensions"]) != 3:
+                raise BadMetadata(f"{self.store.url}/setup{setup.id}/s{lv}: not a 3D N5 dataset")
+            scale, translation = cal.level(f)
+            path = f"setup{setup.id}/timepoint{t}/s{lv}"
+            levels.append(n5.N5Level(self.store.child(path), path, meta, cal.axes, scale, translation))
+        return levels

@@ -1,0 +1,129 @@
+"""The shared adapter contract (ARCHITECTURE.md, rules of the house): every adapter shows the
+expected tree, and every plane of every level equals an independent read of the source.
+
+Each subclass builds one store with a third-party writer and returns what that writer's own
+reader sees (zarr-python, z5py, h5py), as `Expected`. The tests drive VirtualFS directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import z5py
+import zarr
+
+from conftest import read_all, tiff_array, vfs_for
+from zarr_fixtures import pattern
+
+
+@dataclass
+class Expected:
+    url: str
+    # image path in the tree ("" = the mount root) -> arrays of each level, in z, y, x order
+    images: dict[str, list[np.ndarray]]
+    format: str
+    storage_options: dict | None = None
+    voxel_size: tuple[float, float, float] | None = None  # z, y, x of level 0, when the source says
+    unit: str | None = None
+    groups: list[str] = field(default_factory=list)  # directories that are groups, not images
+
+
+class AdapterContract:
+    """Subclasses provide a `source` fixture returning Expected."""
+
+    def test_tree_has_every_image_and_its_views(self, source: Expected):
+        fs = vfs_for(source.url, source.storage_options)
+        for group in source.groups:
+            entries = fs.readdir("/" + group)
+            assert "info.json" not in entries, f"{group} should be a group, not an image"
+        for path, levels in source.images.items():
+            root = f"/{path}" if path else ""
+            entries = set(fs.readdir(root or "/"))
+            for i in range(len(levels)):
+                assert {f"s{i}", f"s{i}.tif"} <= entries, (path, entries)
+            info = json.loads(read_all(fs, f"{root}/info.json"))
+            assert info["format"] == source.format
+            assert [lv["shape"] for lv in info["levels"]] == [list(a.shape) for a in levels]
+            assert [lv["dtype"] for lv in info["levels"]] == [np.dtype(a.dtype).name for a in levels]
+            if source.voxel_size is not None:
+                assert info["levels"][0]["scale"][-3:] == pytest.approx(list(source.voxel_size))
+            if source.unit is not None:
+                assert info["axes"][-1]["unit"] == source.unit
+
+    def test_every_plane_matches_an_independent_read(self, source: Expected):
+        fs = vfs_for(source.url, source.storage_options)
+        for path, levels in source.images.items():
+            root = f"/{path}" if path else ""
+            for i, expected in enumerate(levels):
+                planes = sorted(fs.readdir(f"{root}/s{i}"))
+                assert len(planes) == expected.shape[0]
+                for z, name in enumerate(planes):
+                    got = tiff_array(read_all(fs, f"{root}/s{i}/{name}"))
+                    np.testing.assert_array_equal(got, expected[z], err_msg=f"{path} s{i} {name}")
+                stack = tiff_array(read_all(fs, f"{root}/s{i}.tif")).reshape(expected.shape)
+                np.testing.assert_array_equal(stack, expected)
+
+
+
+SHAPES = [(5, 37, 45), (3, 19, 23)]
+
+
+def _ome_meta(version: str) -> dict:
+    ms = {
+        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+        "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [2.0 * 2**i, 0.5 * 2**i, 0.5 * 2**i]}]}
+                     for i in range(len(SHAPES))],
+        "name": "contract",
+    }
+    if version == "0.4":
+        ms["version"] = "0.4"
+        return {"multiscales": [ms]}
+    return {"ome": {"version": "0.5", "multiscales": [ms]}}
+
+
+class TestOmeZarrV2(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        root = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=2)
+        for i, shape in enumerate(SHAPES):
+            root.create_array(str(i), shape=shape, chunks=(2, 16, 16), dtype="uint16")[...] = pattern(shape, "uint16", i)
+        root.attrs.update(_ome_meta("0.4"))
+        levels = [zarr.open_array(str(tmp_path / "img.zarr" / str(i)), mode="r")[...] for i in range(len(SHAPES))]
+        return Expected(str(tmp_path / "img.zarr"), {"": levels}, "OME-Zarr 0.4", voxel_size=(2.0, 0.5, 0.5), unit="micrometer")
+
+
+class TestOmeZarrV3Sharded(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        root = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=3)
+        for i, shape in enumerate(SHAPES):
+            arr = root.create_array(str(i), shape=shape, chunks=(1, 8, 8), shards=(2, 16, 16), dtype="float32")
+            arr[...] = pattern(shape, "float32", i)
+        root.attrs.update(_ome_meta("0.5"))
+        levels = [zarr.open_array(str(tmp_path / "img.zarr" / str(i)), mode="r")[...] for i in range(len(SHAPES))]
+        return Expected(str(tmp_path / "img.zarr"), {"": levels}, "OME-Zarr 0.5", voxel_size=(2.0, 0.5, 0.5), unit="micrometer")
+
+
+class TestPlainZarrArray(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        arr = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=SHAPES[0], chunks=(2, 16, 16), dtype="int16", zarr_format=2)
+        arr[...] = pattern(SHAPES[0], "int16")
+        return Expected(str(tmp_path / "a.zarr"), {"": [zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[...]]}, "Zarr v2 array")
+
+
+class TestN5Neuroglancer(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        f = z5py.File(str(tmp_path / "vol.n5"), mode="a", use_zarr_format=False)
+        g = f.create_group("raw")
+        for i, shape in enumerate(SHAPES):
+            g.create_dataset(f"s{i}", data=pattern(shape, "uint8", i), chunks=(2, 16, 16), compression="gzip")
+        g.attrs["downsamplingFactors"] = [[1, 1, 1], [2, 2, 2]]
+        g.attrs["pixelResolution"] = {"unit": "nm", "dimensions": [4.0, 4.0, 40.0]}
+        levels = [z5py.File(str(tmp_path / "vol.n5"), mode="r")[f"raw/s{i}"][...] for i in range(len(SHAPES))]
+        return Expected(str(tmp_path / "vol.n5" / "raw"), {"": levels}, "N5 multiscale (Neuroglancer)",
+                        voxel_size=(40.0, 4.0, 4.0), unit="nanometer")
