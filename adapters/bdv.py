@@ -23,7 +23,7 @@ from .bdv_xml import PathRef, Setup, SpimData, parse_spimdata
 from .errors import BadMetadata, ChunkReadError, SourceNotFound, Unsupported
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
 from .storage import RangeRequest, Store, parse_json
-from .urls import has_scheme, join_url, parent_url, redact
+from .urls import has_scheme, join_url, normalize_url, parent_url, redact
 
 log = logging.getLogger("ngffmount")
 
@@ -75,7 +75,7 @@ def open_bdv(ctx: Context, raw_xml: bytes, name: str, mtime: float, server_url: 
         calibration = Calibration(setup, data.registrations.get((t, s)))
         levels = levels_of(t, setup, calibration)
         if levels:
-            images[(t, s)] = Image(setup.name, levels, [Channel(label=setup.name)], redact(ctx.xml_url),
+            images[(t, s)] = Image(setup.name, levels, [Channel(label=setup.name)], normalize_url(ctx.xml_url),
                                    f"BigDataViewer {data.loader_format}", mtime)
     if not images:
         raise BadMetadata(f"{where}: the dataset has no views with image data")

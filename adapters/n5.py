@@ -7,6 +7,7 @@ N5 lists dimensions fastest-first; numpy order is the reverse, and block i/j/k l
 from __future__ import annotations
 
 import bz2
+import logging
 import lzma
 import math
 import posixpath
@@ -17,9 +18,9 @@ from typing import Sequence
 import numcodecs
 import numpy as np
 
-from .base import Axis, Image, Level, inferred_axes, make_cache_token, unit_name
-from .errors import BadMetadata, ChunkReadError, NgffMountError, Unsupported
-from .storage import Store, safe_key
+from .base import Axis, Group, Image, Level, inferred_axes, make_cache_token, unit_name
+from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, Unsupported
+from .storage import Store, parse_json, safe_key
 from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
 
 N5_DTYPES = {
@@ -27,6 +28,7 @@ N5_DTYPES = {
     "uint64": ">u8", "int64": ">i8", "float32": ">f4", "float64": ">f8",
 }
 ATTRS = "attributes.json"
+log = logging.getLogger("ngffmount")
 MAX_PROBED_LEVELS = 16
 
 
@@ -161,6 +163,10 @@ class N5Level(Level):
         return out
 
 
+class NotMultiscale(BadMetadata):
+    """An N5 group that is no image itself (it may hold images)."""
+
+
 # -- multiscale conventions -----------------------------------------------------------------
 
 
@@ -181,7 +187,7 @@ def open_n5(store: Store, attrs: dict, name: str, mtime: float) -> Image:
         return _cosem(store, attrs, name, mtime)
     paths = _level_paths(store, attrs)
     if not paths:
-        raise BadMetadata(f"{where}: N5 group has no multiscale metadata and no s0 dataset")
+        raise NotMultiscale(f"{where}: N5 group has no multiscale metadata and no s0 dataset")
     metas = _dataset_attrs(store, paths)
     ndim = len(metas[0]["dimensions"])
     units, base = _resolution(attrs, ndim, where)
@@ -275,3 +281,39 @@ def _factors(group: dict, meta: dict, i: int, ndim: int, where: str) -> list[flo
     if "downsamplingFactors" in meta:
         return _numbers(meta["downsamplingFactors"], ndim, where, "downsamplingFactors")
     return [float(2**i)] * min(ndim, 3) + [1.0] * (ndim - 3) if i else [1.0] * ndim
+
+
+# -- containers ---------------------------------------------------------------------------
+
+MAX_CONTAINER_DEPTH = 4
+MAX_CONTAINER_IMAGES = 512
+
+
+def open_container(store: Store, name: str, mtime: float) -> Group:
+    """Every image under an N5 group that is no image itself (a Cellmap root such as
+    jrc_hela-2.n5 with em/fibsem-uint16 and labels/<name>), at its group path. Finding them
+    needs listing; an image that cannot be opened is left out with a log line."""
+    if store.list_dirs("") is None:
+        raise NotAnImage(f"{store.url}: an N5 group without images of its own, and this store cannot be listed; "
+                         "mount an image group inside it (for example .../em/fibsem-uint16)")
+    group = Group(name, format="N5 container")
+    frontier, found = [""], 0
+    for _ in range(MAX_CONTAINER_DEPTH):
+        dirs = [posixpath.join(p, d) for p in frontier for d in (store.list_dirs(p) or [])]
+        docs = store.get_many([posixpath.join(d, ATTRS) for d in dirs])
+        frontier = []
+        for d in dirs:
+            raw = docs[posixpath.join(d, ATTRS)]
+            try:
+                attrs = parse_json(raw, f"{store.url}/{d}/{ATTRS}") if raw is not None else {}
+                group.add(d, open_n5(store.child(d), attrs, posixpath.basename(d), mtime))
+                found += 1
+            except NotMultiscale:
+                frontier.append(d)  # a plain group: look inside
+            except NgffMountError as exc:
+                log.warning("skipping %s/%s: %s", store.url, d, exc)
+            if found >= MAX_CONTAINER_IMAGES:
+                return group
+    if not found:
+        raise NotAnImage(f"{store.url}: N5 container with no images in it")
+    return group

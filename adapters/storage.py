@@ -226,6 +226,17 @@ class Store:
             raise ChunkReadError(f"cannot read {redact(self.url)}/{key}: {describe_error(info)}")
         return info if isinstance(info, dict) else None
 
+    def list_dirs(self, key: str) -> list[str] | None:
+        """Names of the folders under `key`, or None where listing is not possible: HTTP has
+        no listing (an index page is not one), and S3 policies may forbid it."""
+        if self._http:
+            return None
+        try:
+            entries = self.fs.ls(self._path(key), detail=True)
+        except Exception:  # noqa: BLE001 - any refusal means: no listing here
+            return None
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+
     def size(self, key: str) -> int | None:
         info = self.info(key)
         size = info.get("size") if info else None

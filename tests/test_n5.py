@@ -13,7 +13,7 @@ import pytest
 import z5py
 
 from conftest import imagej_order, read_all, tiff_array, vfs_for
-from ngffmount.adapters import Unsupported, open_source
+from ngffmount.adapters import NotAnImage, Unsupported, open_source
 from zarr_fixtures import pattern, sample
 
 
@@ -130,3 +130,31 @@ def test_bare_s0_sn_group_without_metadata(tmp_path):
     assert len(info["levels"]) == 3 and [a["name"] for a in info["axes"]] == list("czyx")
     np.testing.assert_array_equal(tiff_array(read_all(fs, "/s2.tif")).reshape(-1, 2, 3),
                                   imagej_order(data[..., ::4, ::4], "czyx"))
+
+
+def test_cellmap_root_shows_every_image_at_its_group_path(tmp_path, http_server, s3_server):
+    """A Cellmap-style <dataset>.n5 root: em/fibsem-uint8 and labels/<name> (COSEM metadata
+    from the real sample). Local and S3 stores can be listed; plain HTTP cannot, and says so."""
+    cosem = sample("n5/cosem-fibsem-uint8-multiscale-group-attributes.json")
+    two_levels = dict(cosem, multiscales=[dict(cosem["multiscales"][0], datasets=cosem["multiscales"][0]["datasets"][:2])])
+    root = tmp_path / "jrc_test.n5"
+    f = z5py.File(str(root), mode="a", use_zarr_format=False)
+    expected = {}
+    for seed, group in enumerate(("em/fibsem-uint8", "labels/mito_seg", "labels/er_seg")):
+        for i, ds in enumerate(two_levels["multiscales"][0]["datasets"]):
+            data = pattern((4 >> i, 24 >> i, 20 >> i), "uint8", seed=seed * 10 + i)
+            f.create_dataset(f"{group}/{ds['path']}", data=data, chunks=(2, 8, 8), compression="gzip")
+            expected[(group, i)] = data
+        (root / group / "attributes.json").write_text(json.dumps(two_levels))
+    s3_server.upload_dir(root, "cellmap", "jrc_test.n5", public=True)
+    for fs in (vfs_for(str(root)), vfs_for("s3://cellmap/jrc_test.n5", s3_server.storage_options())):
+        assert sorted(fs.readdir("/")) == ["em", "labels"] and sorted(fs.readdir("/labels")) == ["er_seg", "mito_seg"]
+        for (group, i), data in expected.items():
+            stack = tiff_array(read_all(fs, f"/{group}/s{i}.tif")).reshape(data.shape)
+            np.testing.assert_array_equal(stack, data)
+    import shutil
+
+    shutil.copytree(root, http_server.www / "jrc_test.n5")
+    with pytest.raises(NotAnImage, match="cannot be listed; mount an image group inside it"):
+        open_source(f"{http_server.url}/jrc_test.n5")
+    assert open_source(f"{http_server.url}/jrc_test.n5/labels/er_seg").format == "N5 multiscale (COSEM)"
