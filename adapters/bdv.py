@@ -13,7 +13,8 @@ import logging
 import posixpath
 import struct
 import threading
-from typing import Any, Mapping, Sequence
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -145,16 +146,20 @@ class _Hdf5Loader:
                 continue
         raise SourceNotFound(f"{self.where}: HDF5 file not found (tried {', '.join(redact(c) for c in candidates)})")
 
-    def file_for(self, t: int, s: int) -> tuple[Hdf5File, int, int]:
-        """The file holding a view, and the view's ids inside that file (partitions)."""
+    def file_for(self, t: int, s: int) -> tuple[Callable[[], Hdf5File], int, int]:
+        """How to open the file holding a view, and the view's ids inside that file. Partition
+        files are opened on first use, so a mount does not touch every one of them."""
         for part, candidates in self.partitions:
             if t in part.timepoints and s in part.setups:
-                with self._lock:
-                    f = self._files.get(candidates[0])
-                    if f is None:
-                        f = self._files[candidates[0]] = self._open(candidates)
-                return f, part.timepoints[t], part.setups[s]
-        return self.main, t, s
+                return partial(self._partition, tuple(candidates)), part.timepoints[t], part.setups[s]
+        return (lambda: self.main), t, s
+
+    def _partition(self, candidates: tuple[str, ...]) -> Hdf5File:
+        with self._lock:
+            f = self._files.get(candidates[0])
+            if f is None:
+                f = self._files[candidates[0]] = self._open(list(candidates))
+            return f
 
     def levels(self, t: int, setup: Setup, cal: Calibration) -> list[Level]:
         s = setup.id
@@ -163,7 +168,7 @@ class _Hdf5Loader:
         if isinstance(data_type, bytes):
             data_type = data_type.decode()
         templates = self._templates(s)
-        f, tm, sm = self.file_for(t, s)
+        opener, tm, sm = self.file_for(t, s)
         levels = []
         for lv, factors in enumerate(resolutions):
             layout = templates[lv] if lv < len(templates) else None
@@ -171,7 +176,7 @@ class _Hdf5Loader:
                 break
             scale, translation = cal.level(factors)
             path = f"t{tm:05d}/s{sm:02d}/{lv}/cells"
-            levels.append(Hdf5CellsLevel(f, path, layout, data_type, cal.axes, scale, translation, lv == 0 and t == self._first_t(s)))
+            levels.append(Hdf5CellsLevel(opener, path, layout, data_type, cal.axes, scale, translation, t == self._first_t(s)))
         return levels
 
     def _first_t(self, s: int) -> int:
@@ -181,7 +186,8 @@ class _Hdf5Loader:
         cache = self.__dict__.setdefault("_template_cache", {})
         if s not in cache:
             t = self._first_t(s)
-            f, tm, sm = self.file_for(t, s)
+            opener, tm, sm = self.file_for(t, s)
+            f = opener()
             layouts = []
             resolutions = self.main.array(f"s{s:02d}/resolutions")
             for lv in range(0 if resolutions is None else len(resolutions)):
@@ -211,16 +217,29 @@ def visible_dtype(stored: np.dtype, data_type: str | None) -> np.dtype:
 class Hdf5CellsLevel(Level):
     """One `t/s/level/cells` dataset. Legacy BDV stores uint16 as int16 with the same bits."""
 
-    def __init__(self, file: Hdf5File, path: str, layout: DatasetLayout, data_type: str | None,
+    def __init__(self, open_file: Callable[[], Hdf5File], path: str, layout: DatasetLayout, data_type: str | None,
                  axes, scale, translation, is_template: bool):
-        self.file, self.path, self.layout = file, path, layout
+        self._open_file, self._file, self._token = open_file, None, None
+        self.path, self.layout = path, layout
         self.shape, self.chunk_shape = layout.shape, layout.chunks
         self.dtype = visible_dtype(layout.dtype, data_type)
         self.axes, self.scale, self.translation = tuple(axes), tuple(scale), tuple(translation)
         self.fill_value = 0
-        self.cache_token = make_cache_token(file.identity + "/" + path, layout.describe())
         self._checked = is_template
         self._lock = threading.Lock()
+
+    @property
+    def file(self) -> Hdf5File:
+        if self._file is None:
+            self._file = self._open_file()
+        return self._file
+
+    @property
+    def cache_token(self) -> str:
+        """Names this version of the file too: a rewritten file moves its chunks."""
+        if self._token is None:
+            self._token = make_cache_token(self.file.identity + "/" + self.path, self.layout.describe())
+        return self._token
 
     def chunk_key(self, idx: tuple[int, ...]) -> str:
         return "/".join(str(i) for i in idx)

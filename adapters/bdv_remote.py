@@ -47,16 +47,19 @@ class RemoteLoader:
             raise BadMetadata(f"{self.where}?p=init: setup {setup.id} resolutions and subdivisions do not match")
         levels = []
         for lv, (factors, cell) in enumerate(zip(resolutions, subdivisions)):
-            dims = self.dims.get((t, setup.id, lv))
-            if dims is None:
+            view = self.dims.get((t, setup.id, lv))
+            if view is None:
                 break
+            dims, block, exists = view
             scale, translation = cal.level(factors)
-            levels.append(RemoteCellLevel(self.store, t, setup.id, lv, dims, cell, cal.axes, scale, translation))
+            levels.append(RemoteCellLevel(self.store, t, setup.id, lv, dims, block or cell, exists, cal.axes, scale, translation))
         return levels
 
 
-def _dims_and_existence(value, where: str) -> dict[tuple[int, int, int], tuple[list[int], bool]]:
-    """Gson writes this map with complex keys as [[key, value], ...]."""
+def _dims_and_existence(value, where: str) -> dict[tuple[int, int, int], tuple[list[int], list[int] | None, bool]]:
+    """(dimensions, cell grid, exists) per view level. Gson writes this map with complex keys
+    as [[key, value], ...]. `blockSize`, when sent, is the grid the server cuts cells on
+    (the HDF5 chunks); older servers send none, and then it is `subdivisions`."""
     if not isinstance(value, list):
         raise BadMetadata(f"{where}?p=init has no dimsAndExistence list")
     out = {}
@@ -64,15 +67,16 @@ def _dims_and_existence(value, where: str) -> dict[tuple[int, int, int], tuple[l
         try:
             key, entry = pair
             dims, exists = [int(d) for d in entry["dimensions"]], bool(entry.get("exists", True))
-            out[(int(key["timepointId"]), int(key["setupId"]), int(key["level"]))] = (dims, exists)
+            block = [int(b) for b in entry["blockSize"]] if entry.get("blockSize") else None
+            out[(int(key["timepointId"]), int(key["setupId"]), int(key["level"]))] = (dims, block, exists)
         except (TypeError, ValueError, KeyError):
             raise BadMetadata(f"{where}?p=init: malformed dimsAndExistence entry {pair!r}") from None
     return out
 
 
 class RemoteCellLevel(Level):
-    def __init__(self, store, t: int, setup: int, level: int, dims_and_existence, cell, axes, scale, translation):
-        dims, self.exists = dims_and_existence
+    def __init__(self, store, t: int, setup: int, level: int, dims, cell, exists: bool, axes, scale, translation):
+        self.exists = exists
         if len(dims) != 3 or len(cell) != 3 or min(dims) <= 0 or min(cell) <= 0:
             raise BadMetadata(f"{store.url}?p=init: view t{t} s{setup} level {level} has dimensions {dims} and cells {cell}")
         self.store, self.t, self.setup, self.level = store, t, setup, level

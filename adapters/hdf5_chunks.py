@@ -13,7 +13,7 @@ import io
 import threading
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import h5py
 import numcodecs
@@ -95,6 +95,7 @@ class DatasetLayout:
     chunks: tuple[int, ...]
     dtype: np.dtype
     filters: tuple[tuple[int, tuple[int, ...]], ...]  # (filter id, client values) in pipeline order
+    dcpl: object = field(default=None, compare=False, repr=False)  # h5py creation property list
 
     def describe(self) -> dict:
         return {"shape": self.shape, "chunks": self.chunks, "dtype": self.dtype.str, "filters": self.filters}
@@ -144,7 +145,7 @@ class Hdf5File:
             chunks = ds.chunks or ds.shape  # contiguous: one chunk
             plist = ds.id.get_create_plist()
             filters = tuple((plist.get_filter(i)[0], tuple(plist.get_filter(i)[2])) for i in range(plist.get_nfilters()))
-            return DatasetLayout(tuple(ds.shape), tuple(chunks), ds.dtype, filters)
+            return DatasetLayout(tuple(ds.shape), tuple(chunks), ds.dtype, filters, plist.copy())
 
     def chunk_index(self, path: str) -> dict[tuple[int, ...], tuple[int, int, int]]:
         """{chunk grid position: (byte offset, stored size, filter mask)}, built once per dataset."""
@@ -172,8 +173,47 @@ class Hdf5File:
             return index
 
 
+NATIVE = (DEFLATE, SHUFFLE, FLETCHER32, BLOSC, ZSTD)
+LIBRARY = (4, 5, 6)  # szip, n-bit and scale-offset (what BigDataViewer's Java exporter writes)
+
+
+class LibraryDecoder:
+    """Decodes chunks with the HDF5 library, for the filters not reimplemented here: each
+    chunk is written as-is into a one-chunk dataset of an in-memory file, then read back."""
+
+    def __init__(self, layout: DatasetLayout):
+        self._lock = threading.Lock()
+        self._file = h5py.File(io.BytesIO(), "w")
+        space = h5py.h5s.create_simple(layout.chunks)
+        dsid = h5py.h5d.create(self._file.id, b"chunk", h5py.h5t.py_create(layout.dtype), space, dcpl=layout.dcpl.copy())
+        self._ds = h5py.Dataset(dsid)
+        self._origin = (0,) * len(layout.chunks)
+
+    def decode(self, raw: bytes, filter_mask: int) -> np.ndarray:
+        with self._lock:
+            self._ds.id.write_direct_chunk(self._origin, bytes(raw), filter_mask)
+            return self._ds[()]
+
+
+_decoders: dict[DatasetLayout, LibraryDecoder] = {}
+_decoders_lock = threading.Lock()
+
+
+def _library_decoder(layout: DatasetLayout) -> LibraryDecoder:
+    with _decoders_lock:  # one per layout: equal layouts share the filter parameters
+        decoder = _decoders.get(layout)
+        if decoder is None:
+            decoder = _decoders[layout] = LibraryDecoder(layout)
+        return decoder
+
+
 def decode_chunk(raw: bytes, layout: DatasetLayout, filter_mask: int, where: str) -> np.ndarray:
     """Undo the filter pipeline (last filter first) and shape the bytes as one full chunk."""
+    if any(fid not in NATIVE for fid, _ in layout.filters):
+        try:
+            return _library_decoder(layout).decode(raw, filter_mask)
+        except (OSError, ValueError) as exc:
+            raise ChunkReadError(f"{where}: cannot decode an HDF5 chunk ({exc})") from None
     nbytes = int(np.prod(layout.chunks)) * layout.dtype.itemsize
     data = raw
     for i in reversed(range(len(layout.filters))):
@@ -202,5 +242,5 @@ def decode_chunk(raw: bytes, layout: DatasetLayout, filter_mask: int, where: str
 def check_filters(layout: DatasetLayout, where: str) -> None:
     """Refuse at mount time, with a clear message, the filters decode_chunk cannot undo."""
     for fid, _ in layout.filters:
-        if fid not in (DEFLATE, SHUFFLE, FLETCHER32, BLOSC, ZSTD):
+        if fid not in NATIVE and (fid not in LIBRARY or not h5py.h5z.filter_avail(fid)):
             raise Unsupported(f"{where}: HDF5 filter {FILTER_NAMES.get(fid, fid)!r} is not supported")

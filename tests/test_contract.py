@@ -15,6 +15,8 @@ import pytest
 import z5py
 import zarr
 
+from bdv_fixtures import write_bdv_hdf5, write_bdv_n5, write_partitioned_bdv_hdf5
+from bdv_server import BdvServer
 from conftest import read_all, tiff_array, vfs_for
 from zarr_fixtures import pattern
 
@@ -127,3 +129,61 @@ class TestN5Neuroglancer(AdapterContract):
         levels = [z5py.File(str(tmp_path / "vol.n5"), mode="r")[f"raw/s{i}"][...] for i in range(len(SHAPES))]
         return Expected(str(tmp_path / "vol.n5" / "raw"), {"": levels}, "N5 multiscale (Neuroglancer)",
                         voxel_size=(40.0, 4.0, 4.0), unit="nanometer")
+
+
+# -- BigDataViewer: pybdv (a third-party writer) for bdv.hdf5 and bdv.n5, h5py laid out as the
+# Java exporter for partitions and its scale-offset filter, and the BigDataViewer server protocol.
+
+
+def _bdv_images(expected: dict) -> dict[str, list[np.ndarray]]:
+    images: dict[str, list[np.ndarray]] = {}
+    for (t, s, level), arr in sorted(expected.items()):
+        images.setdefault(f"setup{s}/timepoint{t}", []).append(arr)
+    return images
+
+
+BDV_SHAPE = (6, 37, 45)  # not a multiple of the chunks: edge cells everywhere
+
+
+class TestBdvHdf5OverHttp(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path, http_server) -> Expected:
+        name = f"bdv-{tmp_path.name}"
+        xml, expected = write_bdv_hdf5(http_server.www / name, BDV_SHAPE, chunks=(4, 16, 16))
+        return Expected(f"{http_server.url}/{name}/{xml.name}", _bdv_images(expected), "BigDataViewer bdv.hdf5",
+                        voxel_size=(2.0, 0.5, 0.5), unit="micrometer", groups=["setup0", "setup1"])
+
+
+class TestBdvHdf5PartitionedJavaFilters(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        xml, expected = write_partitioned_bdv_hdf5(tmp_path, BDV_SHAPE, chunks=(4, 16, 16), compression="java",
+                                                   remap_ids=True)
+        return Expected(str(xml), _bdv_images(expected), "BigDataViewer bdv.hdf5", voxel_size=(2.0, 0.5, 0.5))
+
+
+class TestBdvHdf5Float32DataType(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        xml, expected = write_bdv_hdf5(tmp_path, BDV_SHAPE, setups=1, timepoints=1, dtype="float32",
+                                       chunks=(4, 16, 16), data_type_attr=True)
+        # a single view is the image itself, at the root
+        return Expected(str(xml), {"": _bdv_images(expected)["setup0/timepoint0"]}, "BigDataViewer bdv.hdf5")
+
+
+class TestBdvN5OnS3(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path, s3_server) -> Expected:
+        xml, expected = write_bdv_n5(tmp_path / "up", BDV_SHAPE, chunks=(4, 16, 16), dtype="uint8")
+        s3_server.upload_dir(tmp_path / "up", "bdvn5", tmp_path.name, public=True)
+        return Expected(f"s3://bdvn5/{tmp_path.name}/{xml.name}", _bdv_images(expected), "BigDataViewer bdv.n5",
+                        storage_options=s3_server.storage_options(), voxel_size=(2.0, 0.5, 0.5), unit="micrometer")
+
+
+class TestBdvServer(AdapterContract):
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        xml, expected = write_bdv_hdf5(tmp_path, BDV_SHAPE, chunks=(4, 16, 16))
+        with BdvServer({"embryo": xml}) as server:
+            yield Expected(server.dataset_url("embryo"), _bdv_images(expected), "BigDataViewer bdv.remote",
+                           voxel_size=(2.0, 0.5, 0.5), unit="micrometer")
