@@ -135,6 +135,7 @@ class _Hdf5Loader:
         self.main = self._open(ctx.resolve(data, ref))
         self.partitions = [(p, ctx.resolve(data, p.path)) for p in data.partitions()]
         self._files: dict[str, Hdf5File] = {}
+        self._setups: dict[int, tuple] = {}
         self._lock = threading.Lock()
 
     def _open(self, candidates: list[str]) -> Hdf5File:
@@ -163,42 +164,40 @@ class _Hdf5Loader:
 
     def levels(self, t: int, setup: Setup, cal: Calibration) -> list[Level]:
         s = setup.id
-        resolutions = _factor_rows(self.main.array(f"s{s:02d}/resolutions"), f"{self.where}: s{s:02d}/resolutions")
-        data_type = self.main.attribute(f"s{s:02d}", "dataType")
-        if isinstance(data_type, bytes):
-            data_type = data_type.decode()
-        templates = self._templates(s)
+        resolutions, data_type, templates, first_t = self._setup_info(s)
         opener, tm, sm = self.file_for(t, s)
         levels = []
-        for lv, factors in enumerate(resolutions):
-            layout = templates[lv] if lv < len(templates) else None
+        for lv, (factors, layout) in enumerate(zip(resolutions, templates)):
             if layout is None:
                 break
             scale, translation = cal.level(factors)
             path = f"t{tm:05d}/s{sm:02d}/{lv}/cells"
-            levels.append(Hdf5CellsLevel(opener, path, layout, data_type, cal.axes, scale, translation, t == self._first_t(s)))
+            levels.append(Hdf5CellsLevel(opener, path, layout, data_type, cal.axes, scale, translation, t == first_t))
         return levels
 
-    def _first_t(self, s: int) -> int:
-        return next(t for t, ss in self.data.views() if ss == s)
-
-    def _templates(self, s: int) -> list[DatasetLayout | None]:
-        cache = self.__dict__.setdefault("_template_cache", {})
-        if s not in cache:
-            t = self._first_t(s)
-            opener, tm, sm = self.file_for(t, s)
-            f = opener()
-            layouts = []
-            resolutions = self.main.array(f"s{s:02d}/resolutions")
-            for lv in range(0 if resolutions is None else len(resolutions)):
-                layout = f.layout(f"t{tm:05d}/s{sm:02d}/{lv}/cells")
-                if layout is not None:
-                    check_filters(layout, f.where)
-                    if len(layout.shape) != 3:
-                        raise BadMetadata(f"{f.where}: cells of setup {s} level {lv} are not 3D")
-                layouts.append(layout)
-            cache[s] = layouts
-        return cache[s]
+    def _setup_info(self, s: int):
+        """Per setup, once: level factors, dataType, and the first view's cells layouts,
+        which stand for every timepoint."""
+        if s in self._setups:
+            return self._setups[s]
+        where = f"{self.where}: s{s:02d}/resolutions"
+        resolutions = _factor_rows(self.main.array(f"s{s:02d}/resolutions"), where)
+        data_type = self.main.attribute(f"s{s:02d}", "dataType")
+        if isinstance(data_type, bytes):
+            data_type = data_type.decode()
+        first_t = next(t for t, ss in self.data.views() if ss == s)
+        opener, tm, sm = self.file_for(first_t, s)
+        f = opener()
+        templates = []
+        for lv in range(len(resolutions)):
+            layout = f.layout(f"t{tm:05d}/s{sm:02d}/{lv}/cells")
+            if layout is not None:
+                check_filters(layout, f.where)
+                if len(layout.shape) != 3:
+                    raise BadMetadata(f"{f.where}: cells of setup {s} level {lv} are not 3D")
+            templates.append(layout)
+        self._setups[s] = (resolutions, data_type, templates, first_t)
+        return self._setups[s]
 
 
 BDV_TYPES = {"uint8": "u1", "int8": "i1", "uint16": "u2", "int16": "i2", "uint32": "u4", "int32": "i4",

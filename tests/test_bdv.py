@@ -10,11 +10,13 @@ import re
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from bdv_fixtures import write_bdv_hdf5, write_sample_platy_hdf5, write_sample_platy_n5
 from bdv_server import BdvServer
 from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
 from ngffmount.adapters import BadMetadata, SourceNotFound, Unsupported, open_source
+from zarr_fixtures import pattern, write_ome_zarr
 
 
 def test_real_platybrowser_hdf5_xml_with_an_absolute_path_from_another_machine(tmp_path):
@@ -110,3 +112,25 @@ def test_mount_a_bigdataviewer_server_dataset_url(tmp_path, cache_args):
         assert info["pixelWidth"] == pytest.approx(0.5) and info["pixelDepth"] == pytest.approx(2.0)
         for s, x, y in positions:
             assert info[f"pixel_{s}_{x}_{y}"] == int(data[s - 1, y, x])
+
+
+def test_our_bdv_view_reads_back_through_the_bdv_adapter(tmp_path):
+    """The bdv.xml + bdv.h5 view of an OME-Zarr (issue 5) opened as a BigDataViewer source:
+    every view and level equals the OME-Zarr it came from, with the same calibration."""
+    data = pattern((2, 2, 3, 40, 50), "uint16", seed=3) + 30000  # t, c, z, y, x; half above int16
+    write_ome_zarr(tmp_path / "img.zarr", data, "tczyx", levels=2, chunks=(1, 1, 2, 16, 16),
+                   scale0=[1, 1, 2.0, 0.25, 0.25], units={"z": "micrometer", "y": "micrometer", "x": "micrometer"})
+    fs = vfs_for(str(tmp_path / "img.zarr"))
+    (tmp_path / "view").mkdir()
+    for name in ("bdv.xml", "bdv.h5"):
+        (tmp_path / "view" / name).write_bytes(read_all(fs, f"/{name}"))
+    back = vfs_for(str(tmp_path / "view" / "bdv.xml"))
+    source = zarr.open_group(str(tmp_path / "img.zarr"), mode="r")
+    for t in range(2):
+        for c in range(2):
+            info = json.loads(read_all(back, f"/setup{c}/timepoint{t}/info.json"))
+            assert info["levels"][0]["scale"] == [2.0, 0.25, 0.25] and info["axes"][0]["unit"] == "micrometer"
+            for level in range(2):
+                expected = source[str(level)][t, c]
+                stack = tiff_array(read_all(back, f"/setup{c}/timepoint{t}/s{level}.tif")).reshape(expected.shape)
+                np.testing.assert_array_equal(stack, expected)

@@ -78,6 +78,30 @@ class DirNode(Node):
         return self.entries.get(name)
 
 
+class LazyDir(DirNode):
+    """A directory built on first use: a group of thousands of images (BigDataViewer
+    timepoints) mounts at once, and each image's views are made when someone looks."""
+
+    def __init__(self, mtime: float, build: Callable[[], DirNode]):
+        super().__init__(mtime)
+        self._build: Callable[[], DirNode] | None = build
+        self._lock = threading.Lock()
+
+    def _built(self) -> dict[str, Node]:
+        if self._build is not None:
+            with self._lock:
+                if self._build is not None:
+                    self.entries = self._build().entries
+                    self._build = None
+        return self.entries
+
+    def names(self) -> Iterable[str]:
+        return self._built().keys()
+
+    def child(self, name: str) -> Node | None:
+        return self._built().get(name)
+
+
 class PlaneDir(DirNode):
     """One single-plane TIFF per (t, c, z), named and built on demand from the plane counts."""
 

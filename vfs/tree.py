@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from ..adapters import Group, Image
 from . import bdv_views, hdf5_views
-from .nodes import DirNode, DynamicFile, FileNode, LazyFile, PlaneDir, static_file
+from .nodes import DirNode, DynamicFile, FileNode, LazyDir, LazyFile, PlaneDir, static_file
 from .planes import PlaneSource
 from .ome_xml import ome_xml
 from .tiff_views import TiffLayout, unsupported_reason
@@ -25,7 +25,7 @@ def build_tree(source: Image | Group, engine, stats_render=None) -> DirNode:
 def group_dir(group: Group, engine) -> DirNode:
     d = DirNode(0.0)
     for name, image in group.images.items():
-        d.entries[name] = image_dir(image, engine)
+        d.entries[name] = LazyDir(image.mtime, partial(image_dir, image, engine))
     for name, sub in group.groups.items():
         d.entries[name] = group_dir(sub, engine)
     d.mtime = max((n.mtime for n in d.entries.values()), default=0.0)
