@@ -222,8 +222,11 @@ def _rewrite_h5_cells(h5_path, views, levels: int, compression) -> None:
                 f.create_dataset(key, data=data, chunks=chunks, **_h5_filter_kwargs(compression, data.dtype))
 
 
-def _pybdv_views(out_path, shape, setups, timepoints, dtype, levels, resolution, unit, chunks,
-                 seed, downscale_mode, setup_names):
+def _pybdv_views(out_path, shape=(20, 70, 90), *, setups: int = 2, timepoints: int = 2, dtype="uint16",
+                 levels: int = 3, resolution=(2.0, 0.5, 0.5), unit: str = "micrometer", chunks=(16, 32, 32),
+                 seed: int = 0, downscale_mode: str = "nearest", setup_names=None) -> list[tuple[int, int]]:
+    """Every (timepoint, setup) view written by pybdv.make_bdv, in z,y,x (the options the
+    bdv.hdf5 and bdv.n5 writers share). Returns the views."""
     import pybdv
 
     for s in range(setups):
@@ -240,6 +243,7 @@ def _pybdv_views(out_path, shape, setups, timepoints, dtype, levels, resolution,
                     attributes={"channel": {"id": s}},
                     chunks=tuple(chunks),
                 )
+    return [(t, s) for t in range(timepoints) for s in range(setups)]
 
 
 # -- 1. bdv.hdf5 through pybdv ---------------------------------------------------------------------
@@ -249,19 +253,10 @@ def write_bdv_hdf5(
     dir,
     shape=(20, 70, 90),
     *,
-    setups: int = 2,
-    timepoints: int = 2,
-    dtype="uint16",
-    levels: int = 3,
-    resolution=(2.0, 0.5, 0.5),
-    unit: str = "micrometer",
-    chunks=(16, 32, 32),
     compression: str | None = "gzip",
     data_type_attr: bool = False,
     name: str = "dataset",
-    seed: int = 0,
-    downscale_mode: str = "nearest",
-    setup_names=None,
+    **options,
 ) -> tuple[Path, dict]:
     """A bdv.hdf5 dataset `dir/<name>.xml` + `dir/<name>.h5` written by `pybdv.make_bdv`.
 
@@ -275,15 +270,14 @@ def write_bdv_hdf5(
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     h5_path = dir / f"{name}.h5"
-    _pybdv_views(h5_path, shape, setups, timepoints, dtype, levels, resolution, unit, chunks, seed,
-                 downscale_mode, setup_names)
-    views = [(t, s) for t in range(timepoints) for s in range(setups)]
+    views = _pybdv_views(h5_path, shape, **options)
+    levels = options.get("levels", 3)
     if compression != "gzip":
         _rewrite_h5_cells(h5_path, views, levels, compression)
     if data_type_attr:
         with h5py.File(h5_path, "a") as f:
-            for s in range(setups):
-                f[f"s{s:02d}"].attrs["dataType"] = _fixed_string(np.dtype(dtype).name)
+            for s in sorted({s for _, s in views}):
+                f[f"s{s:02d}"].attrs["dataType"] = _fixed_string(np.dtype(options.get("dtype", "uint16")).name)
     return dir / f"{name}.xml", read_hdf5_views(h5_path, views, levels)
 
 
@@ -305,18 +299,9 @@ def write_bdv_n5(
     dir,
     shape=(20, 70, 90),
     *,
-    setups: int = 2,
-    timepoints: int = 2,
-    dtype="uint16",
-    levels: int = 3,
-    resolution=(2.0, 0.5, 0.5),
-    unit: str = "micrometer",
-    chunks=(16, 32, 32),
     compression: str | None = "gzip",
     name: str = "dataset",
-    seed: int = 0,
-    downscale_mode: str = "nearest",
-    setup_names=None,
+    **options,
 ) -> tuple[Path, dict]:
     """A bdv.n5 dataset `dir/<name>.xml` + `dir/<name>.n5` (setupN/timepointN/sN) written by
     `pybdv.make_bdv` through z5py. It holds the native dtype, with no int16 mapping. The setup
@@ -329,9 +314,8 @@ def write_bdv_n5(
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     n5_path = dir / f"{name}.n5"
-    _pybdv_views(n5_path, shape, setups, timepoints, dtype, levels, resolution, unit, chunks, seed,
-                 downscale_mode, setup_names)
-    views = [(t, s) for t in range(timepoints) for s in range(setups)]
+    views = _pybdv_views(n5_path, shape, **options)
+    levels = options.get("levels", 3)
     if compression not in ("gzip", None):
         raise ValueError("compression must be 'gzip' or None")
     if compression is None:

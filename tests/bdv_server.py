@@ -20,7 +20,6 @@ unknown setup, missing image data, a cell index off the grid, non-16-bit data) a
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from servers import LoopbackHTTPServer
+from servers import LoopbackHTTPServer, RequestCounters
 
 __all__ = ["BdvServer", "java_double", "java_hashmap_order"]
 
@@ -364,21 +363,18 @@ def _parse_int(s: str) -> int:
     return int(s)
 
 
-class BdvServer(LoopbackHTTPServer):
+class BdvServer(RequestCounters, LoopbackHTTPServer):
     """BigDataServer on an ephemeral 127.0.0.1 port for `datasets` {name: dataset XML path}.
 
     Counters as RangeHTTPServer: requests, bytes_served, log [(method, path, query)],
     paths, queries, reset_counters(). HDF5 files stay open until stop()."""
 
-    log_size = 10_000
-
     def __init__(self, datasets: dict[str, os.PathLike | str]):
         for name in datasets:
             if name in RESERVED or not name or "/" in name:
                 raise ValueError(f"cannot use dataset name {name!r}")
-        self._lock = threading.Lock()
+        self._start_counting()
         self._h5_lock = threading.Lock()
-        self.reset_counters()
         super().__init__(_BdvHandler)
         self.datasets: dict[str, _Dataset] = {}
         try:
@@ -406,43 +402,6 @@ class BdvServer(LoopbackHTTPServer):
             for ds in getattr(self, "datasets", {}).values():
                 ds.close()
 
-    # -- counters
-
-    @property
-    def requests(self) -> int:
-        with self._lock:
-            return self._requests
-
-    @property
-    def bytes_served(self) -> int:
-        with self._lock:
-            return self._bytes
-
-    @property
-    def log(self) -> list[tuple[str, str, str]]:
-        """The last `log_size` requests as (method, url_path, query), oldest first."""
-        with self._lock:
-            return list(self._log)
-
-    @property
-    def paths(self) -> list[str]:
-        return [p for _, p, _ in self.log]
-
     @property
     def queries(self) -> list[str]:
         return [q for _, _, q in self.log]
-
-    def reset_counters(self) -> None:
-        with self._lock:
-            self._requests = 0
-            self._bytes = 0
-            self._log = collections.deque(maxlen=self.log_size)
-
-    def _record(self, method: str, path: str, query: str) -> None:
-        with self._lock:
-            self._requests += 1
-            self._log.append((method, path, query))
-
-    def _count_bytes(self, n: int) -> None:
-        with self._lock:
-            self._bytes += n

@@ -199,27 +199,15 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class RangeHTTPServer(LoopbackHTTPServer):
-    """Static files from root_dir with single byte-range support and request counters.
-
-    listing=False (default): directory URLs return 404 and there is never an HTML
-    index, so fsspec cannot scrape listings (as with most real object-store servers).
-    listing=True: directories return a minimal HTML index, like http.server.
-    fail_paths: {"/url/path": status} makes those paths answer with that status.
-    Paths resolving outside root_dir (.. or symlinks) get 403.
-    """
+class RequestCounters:
+    """Requests seen, bytes served and a log of recent requests, for tests to assert on.
+    Each log entry is the tuple the server passes to _record, starting (method, url_path)."""
 
     log_size = 10_000  # how many recent requests .log keeps
 
-    def __init__(self, root_dir, listing: bool = False):
-        self.root = os.path.realpath(os.fspath(root_dir))
-        self.listing = listing
-        self.fail_paths: dict[str, int] = {}
+    def _start_counting(self) -> None:
         self._lock = threading.Lock()
         self.reset_counters()
-        super().__init__(_RangeHandler)
-
-    # -- counters
 
     @property
     def requests(self) -> int:
@@ -232,14 +220,14 @@ class RangeHTTPServer(LoopbackHTTPServer):
             return self._bytes
 
     @property
-    def log(self) -> list[tuple[str, str]]:
-        """The last `log_size` requests as (method, url_path), oldest first."""
+    def log(self) -> list[tuple]:
+        """The last `log_size` requests, oldest first."""
         with self._lock:
             return list(self._log)
 
     @property
     def paths(self) -> list[str]:
-        return [p for _, p in self.log]
+        return [entry[1] for entry in self.log]
 
     def reset_counters(self) -> None:
         with self._lock:
@@ -247,14 +235,32 @@ class RangeHTTPServer(LoopbackHTTPServer):
             self._bytes = 0
             self._log = collections.deque(maxlen=self.log_size)
 
-    def _record(self, method: str, path: str) -> None:
+    def _record(self, *entry) -> None:
         with self._lock:
             self._requests += 1
-            self._log.append((method, path))
+            self._log.append(entry)
 
     def _count_bytes(self, n: int) -> None:
         with self._lock:
             self._bytes += n
+
+
+class RangeHTTPServer(RequestCounters, LoopbackHTTPServer):
+    """Static files from root_dir with single byte-range support and request counters.
+
+    listing=False (default): directory URLs return 404 and there is never an HTML
+    index, so fsspec cannot scrape listings (as with most real object-store servers).
+    listing=True: directories return a minimal HTML index, like http.server.
+    fail_paths: {"/url/path": status} makes those paths answer with that status.
+    Paths resolving outside root_dir (.. or symlinks) get 403.
+    """
+
+    def __init__(self, root_dir, listing: bool = False):
+        self.root = os.path.realpath(os.fspath(root_dir))
+        self.listing = listing
+        self.fail_paths: dict[str, int] = {}
+        self._start_counting()
+        super().__init__(_RangeHandler)
 
     # -- files
 
