@@ -23,12 +23,12 @@ from .base import Axis, Channel, Group, Image, Level, make_cache_token, unit_nam
 from .bdv_xml import PathRef, Setup, SpimData, parse_spimdata
 from .errors import BadMetadata, ChunkReadError, SourceNotFound, Unsupported
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
-from .storage import RangeRequest, Store, parse_json
+from .storage import DEFAULT_RETRIES, DEFAULT_TIMEOUT, RangeRequest, StorageOptions, Store, parse_json, storage_options_for
 from .urls import has_scheme, join_url, normalize_url, parent_url, redact
 
 log = logging.getLogger("ngffmount")
 
-LOADERS = ("bdv.hdf5", "bdv.n5", "bdv.remote")
+LOADERS = ("bdv.hdf5", "bdv.n5", "bdv.n5.s3", "bdv.remote")
 
 
 class Context:
@@ -37,8 +37,20 @@ class Context:
     def __init__(self, xml_url: str, storage_options: Mapping[str, Any] | None, concurrency: int):
         self.xml_url, self.options, self.concurrency = xml_url, storage_options, concurrency
 
-    def store(self, url: str) -> Store:
-        return Store(url, self.options, self.concurrency)
+    def store(self, url: str, options: Mapping[str, Any] | None = None) -> Store:
+        return Store(url, self.options if options is None else options, self.concurrency)
+
+    def s3_options(self, endpoint: str | None, region: str | None) -> StorageOptions:
+        """For the S3 store a bdv.n5.s3 loader names: its endpoint and region, the caller's
+        credentials when the XML itself came from S3, else anonymous (as MoBIE falls back)."""
+        own = self.options or {}
+        anon = bool(own.get("anon", True)) if self.xml_url.lower().startswith("s3") else True
+        opts = storage_options_for("s3://", anon=anon, endpoint_url=endpoint, concurrency=self.concurrency,
+                                   timeout=getattr(own, "timeout", DEFAULT_TIMEOUT),
+                                   retries=getattr(own, "retries", DEFAULT_RETRIES))
+        if region:
+            opts.setdefault("client_kwargs", {})["region_name"] = region
+        return opts
 
     def resolve(self, data: SpimData, ref: PathRef) -> list[str]:
         """Candidate URLs for a loader path, most likely first. An absolute path from the
@@ -63,7 +75,7 @@ def open_bdv(ctx: Context, raw_xml: bytes, name: str, mtime: float, server_url: 
                           f"(supported: {', '.join(LOADERS)})")
     if data.loader_format == "bdv.hdf5":
         levels_of = _Hdf5Loader(ctx, data, where).levels
-    elif data.loader_format == "bdv.n5":
+    elif data.loader_format in ("bdv.n5", "bdv.n5.s3"):
         levels_of = _N5Loader(ctx, data, where).levels
     else:
         from .bdv_remote import RemoteLoader
@@ -276,14 +288,25 @@ class Hdf5CellsLevel(Level):
 
 
 class _N5Loader:
+    """bdv.n5 (a path), or bdv.n5.s3 (MoBIE: ServiceEndpoint, SigningRegion, BucketName, Key)."""
+
     def __init__(self, ctx: Context, data: SpimData, where: str):
-        ref = data.path("n5")
-        if ref is None:
-            raise BadMetadata(f"{where}: bdv.n5 loader without an <n5> path")
-        candidates = ctx.resolve(data, ref)
+        options = None
+        if data.loader_format == "bdv.n5.s3":
+            bucket, key = (data.loader.findtext(tag, "").strip() for tag in ("BucketName", "Key"))
+            if not bucket:
+                raise BadMetadata(f"{where}: bdv.n5.s3 loader without a <BucketName>")
+            candidates = [f"s3://{bucket}/{key.strip('/')}".rstrip("/")]
+            options = ctx.s3_options((data.loader.findtext("ServiceEndpoint") or "").strip() or None,
+                                     (data.loader.findtext("SigningRegion") or "").strip() or None)
+        else:
+            ref = data.path("n5")
+            if ref is None:
+                raise BadMetadata(f"{where}: bdv.n5 loader without an <n5> path")
+            candidates = ctx.resolve(data, ref)
         self.where = where
         for url in candidates:
-            store = ctx.store(url)
+            store = ctx.store(url, options)
             docs = store.get_many([f"setup{s.id}/{n5.ATTRS}" for s in data.setups])
             if any(v is not None for v in docs.values()):
                 break

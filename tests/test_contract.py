@@ -8,6 +8,7 @@ reader sees (zarr-python, z5py, h5py), as `Expected`. The tests drive VirtualFS 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -187,3 +188,19 @@ class TestBdvServer(AdapterContract):
         with BdvServer({"embryo": xml}) as server:
             yield Expected(server.dataset_url("embryo"), _bdv_images(expected), "BigDataViewer bdv.remote",
                            voxel_size=(2.0, 0.5, 0.5), unit="micrometer")
+
+
+class TestBdvN5S3MoBIE(AdapterContract):
+    """bdv.n5.s3, as MoBIE projects publish remote images: a local XML names the endpoint,
+    bucket and key; the data is read anonymously."""
+
+    @pytest.fixture
+    def source(self, tmp_path, s3_server) -> Expected:
+        xml, expected = write_bdv_n5(tmp_path / "local", BDV_SHAPE, chunks=(4, 16, 16), setups=1)
+        s3_server.upload_dir(tmp_path / "local" / "dataset.n5", "mobie", f"{tmp_path.name}/raw.n5", public=True)
+        loader = (f'<ImageLoader format="bdv.n5.s3"><Key>{tmp_path.name}/raw.n5</Key><SigningRegion>us-west-2'
+                  f'</SigningRegion><ServiceEndpoint>{s3_server.endpoint_url}</ServiceEndpoint>'
+                  '<BucketName>mobie</BucketName></ImageLoader>')
+        remote = tmp_path / "remote.xml"
+        remote.write_text(re.sub(r"<ImageLoader.*?</ImageLoader>", loader, xml.read_text(), flags=re.S))
+        return Expected(str(remote), _bdv_images(expected), "BigDataViewer bdv.n5.s3", voxel_size=(2.0, 0.5, 0.5))
