@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -15,7 +16,13 @@ import zarr
 from bdv_fixtures import write_bdv_hdf5, write_sample_platy_hdf5, write_sample_platy_n5
 from bdv_server import BdvServer
 from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
-from ngffmount.adapters import BadMetadata, SourceNotFound, Unsupported, open_source
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ngffmount.adapters import BadMetadata, NgffMountError, SourceNotFound, Unsupported, open_source
+from ngffmount.cache.engine import ChunkEngine
+from ngffmount.vfs.fs import VirtualFS
+from ngffmount.vfs.tree import build_tree
 from zarr_fixtures import pattern, write_ome_zarr
 
 
@@ -134,3 +141,43 @@ def test_our_bdv_view_reads_back_through_the_bdv_adapter(tmp_path):
                 expected = source[str(level)][t, c]
                 stack = tiff_array(read_all(back, f"/setup{c}/timepoint{t}/s{level}.tif")).reshape(expected.shape)
                 np.testing.assert_array_equal(stack, expected)
+
+
+@pytest.fixture(scope="module")
+def small_bdv(tmp_path_factory):
+    return write_bdv_hdf5(tmp_path_factory.mktemp("hostile"), (4, 20, 20), setups=1, timepoints=1, chunks=(4, 16, 16))[0]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_hostile_xml_gives_one_clear_error_never_a_crash(small_bdv, tmp_path_factory, data):
+    """Any element's text or attribute of a real dataset XML replaced by arbitrary text: the
+    source opens, or fails with the project's own one-line error."""
+    root = ET.fromstring(small_bdv.read_bytes())
+    elements = list(root.iter())
+    elem = elements[data.draw(st.integers(0, len(elements) - 1))]
+    junk = data.draw(st.one_of(st.text(max_size=20), st.sampled_from(["-1", "0", "1e400", "nan", "99999999999", "0 0 0", "../../etc"])))
+    if elem.attrib and data.draw(st.booleans()):
+        elem.set(data.draw(st.sampled_from(sorted(elem.attrib))), junk)
+    else:
+        elem.text = junk
+    xml = tmp_path_factory.mktemp("x") / small_bdv.name
+    xml.write_bytes(ET.tostring(root))
+    (xml.parent / "dataset.h5").symlink_to(small_bdv.parent / "dataset.h5")
+    try:
+        source = open_source(str(xml))
+    except NgffMountError as exc:
+        assert "\n" not in str(exc)
+        return
+    fs = VirtualFS(build_tree(source, ChunkEngine(memory_bytes=16 << 20)))
+    for path in _files(fs, "/"):
+        fs.getattr(path)
+
+
+def _files(fs, path: str):
+    for name in fs.readdir(path):
+        child = f"{path.rstrip('/')}/{name}"
+        if fs.getattr(child)["st_mode"] & 0o040000:
+            yield from _files(fs, child)
+        else:
+            yield child
