@@ -21,9 +21,11 @@ import numpy as np
 from . import n5
 from .base import Axis, Channel, Group, Image, Level, make_cache_token, unit_name
 from .bdv_xml import PathRef, Setup, SpimData, parse_spimdata
-from .errors import BadMetadata, ChunkReadError, SourceNotFound, Unsupported
+from .errors import BadMetadata, ChunkReadError, NgffMountError, SourceNotFound, Unsupported
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
-from .storage import DEFAULT_RETRIES, DEFAULT_TIMEOUT, RangeRequest, StorageOptions, Store, parse_json, storage_options_for
+from .storage import (
+    DEFAULT_RETRIES, DEFAULT_TIMEOUT, RangeRequest, StorageOptions, Store, _endpoint_of, parse_json, storage_options_for,
+)
 from .urls import has_scheme, join_url, normalize_url, parent_url, redact
 
 log = logging.getLogger("ngffmount")
@@ -36,16 +38,32 @@ class Context:
 
     def __init__(self, xml_url: str, storage_options: Mapping[str, Any] | None, concurrency: int):
         self.xml_url, self.options, self.concurrency = xml_url, storage_options, concurrency
+        self._stores: dict[tuple[str, int], Store] = {}
+        self._lock = threading.Lock()
 
     def store(self, url: str, options: Mapping[str, Any] | None = None) -> Store:
-        return Store(url, self.options if options is None else options, self.concurrency)
+        """One Store (and fetch pool) per folder and options: a dataset of a thousand
+        partition files in one folder shares one."""
+        options = self.options if options is None else options
+        with self._lock:
+            store = self._stores.get((url, id(options)))
+            if store is None:
+                store = self._stores[(url, id(options))] = Store(url, options, self.concurrency)
+            return store
 
     def s3_options(self, endpoint: str | None, region: str | None) -> StorageOptions:
-        """For the S3 store a bdv.n5.s3 loader names: its endpoint and region, the caller's
-        credentials when the XML itself came from S3, else anonymous (as MoBIE falls back)."""
+        """For the S3 store a bdv.n5.s3 loader names: the caller's options when the XML came
+        from S3 on that same endpoint, else anonymous (as MoBIE falls back), so credentials
+        never go to an endpoint someone else's XML names."""
         own = self.options or {}
-        anon = bool(own.get("anon", True)) if self.xml_url.lower().startswith("s3") else True
-        opts = storage_options_for("s3://", anon=anon, endpoint_url=endpoint, concurrency=self.concurrency,
+        same_endpoint = normalize_url(_endpoint_of(own) or "https://s3.amazonaws.com") == normalize_url(endpoint or "https://s3.amazonaws.com")
+        if self.xml_url.lower().startswith("s3") and same_endpoint:
+            opts = StorageOptions(own)  # the caller's credentials, only for the endpoint they were given for
+            opts.timeout, opts.retries = getattr(own, "timeout", DEFAULT_TIMEOUT), getattr(own, "retries", DEFAULT_RETRIES)
+            if region:
+                opts["client_kwargs"] = {**(opts.get("client_kwargs") or {}), "region_name": region}
+            return opts
+        opts = storage_options_for("s3://", anon=True, endpoint_url=endpoint, concurrency=self.concurrency,
                                    timeout=getattr(own, "timeout", DEFAULT_TIMEOUT),
                                    retries=getattr(own, "retries", DEFAULT_RETRIES))
         if region:
@@ -279,8 +297,14 @@ class Hdf5CellsLevel(Level):
         return self.file.chunk_index(self.path)
 
     def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
-        (mask,) = MASK.unpack_from(raw)
-        arr = decode_chunk(memoryview(raw)[MASK.size:], self.layout, mask, f"{self.file.where}: {self.path}")
+        where = f"{self.file.where}: {self.path}"
+        try:
+            (mask,) = MASK.unpack_from(raw)
+            arr = decode_chunk(memoryview(raw)[MASK.size:], self.layout, mask, where)
+        except NgffMountError:
+            raise
+        except Exception as exc:  # corrupt bytes: zlib, blosc, zstd each fail their own way
+            raise ChunkReadError(f"{where}: cannot decode chunk {self.chunk_key(idx)} ({type(exc).__name__}: {exc})") from None
         return arr.view(self.dtype)
 
 
@@ -319,14 +343,16 @@ class _N5Loader:
             if raw is not None:
                 self.setup_attrs[s.id] = parse_json(raw, f"{store.url}/setup{s.id}/{n5.ATTRS}")
         self._templates: dict[int, list[dict]] = {}
+        self._first: dict[int, int] = {}
 
     def levels(self, t: int, setup: Setup, cal: Calibration) -> list[Level]:
         attrs = self.setup_attrs.get(setup.id)
         if attrs is None:
             raise BadMetadata(f"{self.store.url}: setup{setup.id} has no attributes.json")
         factors = _factor_rows(attrs.get("downsamplingFactors", [[1, 1, 1]]), f"{self.store.url}/setup{setup.id}: downsamplingFactors")
-        if setup.id not in self._templates:
-            first = next(tt for tt, ss in self.data.views() if ss == setup.id)
+        first = self._first.get(setup.id)
+        if first is None:
+            first = self._first[setup.id] = next(tt for tt, ss in self.data.views() if ss == setup.id)
             paths = [f"setup{setup.id}/timepoint{first}/s{lv}" for lv in range(len(factors))]
             self._templates[setup.id] = self.store.level_documents(paths, n5.ATTRS)
         levels = []
@@ -335,5 +361,33 @@ class _N5Loader:
                 raise BadMetadata(f"{self.store.url}/setup{setup.id}/s{lv}: not a 3D N5 dataset")
             scale, translation = cal.level(f)
             path = f"setup{setup.id}/timepoint{t}/s{lv}"
-            levels.append(n5.N5Level(self.store.child(path), path, meta, cal.axes, scale, translation))
+            level = n5.N5Level(self.store.child(path), path, meta, cal.axes, scale, translation)
+            if t != first:
+                level = CheckedN5Level.of(level, meta)
+            levels.append(level)
         return levels
+
+
+class CheckedN5Level(n5.N5Level):
+    """A timepoint that borrowed the first timepoint's attributes: its own are compared on
+    first fetch, so a differing dataset fails clearly instead of reading cropped or padded."""
+
+    @classmethod
+    def of(cls, level: n5.N5Level, template: dict) -> "CheckedN5Level":
+        checked = cls.__new__(cls)
+        checked.__dict__.update(level.__dict__)
+        checked._template, checked._checked, checked._check_lock = template, False, threading.Lock()
+        return checked
+
+    def fetch_many(self, keys):
+        if not self._checked:
+            with self._check_lock:
+                if not self._checked:
+                    raw = self.store.get(n5.ATTRS)
+                    own = parse_json(raw, f"{self.store.url}/{n5.ATTRS}") if raw is not None else None
+                    fields = ("dimensions", "blockSize", "dataType", "compression", "compressionType")
+                    if own is not None and any(own.get(f) != self._template.get(f) for f in fields):
+                        raise ChunkReadError(f"{self.store.url}: differs from the setup's first timepoint "
+                                             f"({ {f: own.get(f) for f in fields[:3]} })")
+                    self._checked = True
+        return super().fetch_many(keys)

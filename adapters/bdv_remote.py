@@ -51,6 +51,8 @@ class RemoteLoader:
             if view is None:
                 break
             dims, block, exists = view
+            if not exists:
+                break  # the server reports a level it has no data for as 1x1x1, not existing
             scale, translation = cal.level(factors)
             levels.append(RemoteCellLevel(self.store, t, setup.id, lv, dims, block or cell, exists, cal.axes, scale, translation))
         return levels

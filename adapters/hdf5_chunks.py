@@ -222,7 +222,8 @@ def decode_chunk(raw: bytes, layout: DatasetLayout, filter_mask: int, where: str
         fid, values = layout.filters[i]
         if fid == DEFLATE:
             stream = zlib.decompressobj()
-            data = stream.decompress(data, nbytes + 1)  # bounded: no decompression bombs
+            # bounded (no decompression bombs); fletcher32 applied before deflate adds 4 bytes
+            data = stream.decompress(data, nbytes + 4 * sum(f == FLETCHER32 for f, _ in layout.filters) + 1)
         elif fid == SHUFFLE:
             data = numcodecs.Shuffle(elementsize=layout.dtype.itemsize).decode(data)
         elif fid == FLETCHER32:

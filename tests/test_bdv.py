@@ -19,7 +19,7 @@ from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ngffmount.adapters import BadMetadata, NgffMountError, SourceNotFound, Unsupported, open_source
+from ngffmount.adapters import BadMetadata, ChunkReadError, NgffMountError, SourceNotFound, Unsupported, open_source
 from ngffmount.cache.engine import ChunkEngine
 from ngffmount.vfs.fs import VirtualFS
 from ngffmount.vfs.tree import build_tree
@@ -181,3 +181,27 @@ def _files(fs, path: str):
             yield from _files(fs, child)
         else:
             yield child
+
+
+def test_a_differing_timepoint_or_a_corrupt_chunk_fails_that_read_clearly(tmp_path):
+    """bdv.n5: timepoint 1 borrows timepoint 0's attributes until its own are checked on
+    first read. bdv.hdf5: a chunk with corrupt bytes is a ChunkReadError (EIO), never a crash."""
+    from bdv_fixtures import write_bdv_n5
+
+    xml, _ = write_bdv_n5(tmp_path / "n5", (4, 20, 20), setups=1, timepoints=2, chunks=(4, 16, 16), levels=1)
+    attrs_path = tmp_path / "n5" / "dataset.n5" / "setup0" / "timepoint1" / "s0" / "attributes.json"
+    attrs = json.loads(attrs_path.read_text())
+    attrs["dimensions"] = [10, 20, 4]
+    attrs_path.write_text(json.dumps(attrs))
+    group = open_source(str(xml))
+    first, second = (group.groups["setup0"].images[f"timepoint{t}"].levels[0] for t in (0, 1))
+    assert first.fetch_many([first.chunk_key((0, 0, 0))])
+    with pytest.raises(ChunkReadError, match="differs from the setup's first timepoint"):
+        second.fetch_many([second.chunk_key((0, 0, 0))])
+
+    xml, _ = write_bdv_hdf5(tmp_path / "h5", (4, 20, 20), setups=1, timepoints=1, chunks=(4, 16, 16), levels=1)
+    level = open_source(str(xml)).levels[0]
+    raw = level.fetch_many([level.chunk_key((0, 0, 0))])[level.chunk_key((0, 0, 0))]
+    corrupt = raw[:4] + bytes(b ^ 0x5A for b in raw[4:])
+    with pytest.raises(ChunkReadError, match="cannot decode chunk 0/0/0"):
+        level.decode((0, 0, 0), corrupt)
