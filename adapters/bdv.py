@@ -1,4 +1,4 @@
-"""BigDataViewer datasets: the XML plus a bdv.hdf5, bdv.n5 or bdv.remote image loader.
+"""BigDataViewer datasets: the XML plus a bdv.hdf5, bdv.n5, bdv.n5.s3 or bdv.remote image loader.
 
 Each (timepoint, setup) view becomes an image at `setup<S>/timepoint<T>` (a single view is
 the image itself). Levels come from the loader's resolutions or downsampling factors; the
@@ -9,7 +9,6 @@ setup's voxelSize. Per setup, the first view's level metadata stands for every t
 
 from __future__ import annotations
 
-import logging
 import posixpath
 import struct
 import threading
@@ -20,15 +19,14 @@ import numpy as np
 
 from . import n5
 from .base import Axis, Channel, Group, Image, Level, make_cache_token, unit_name
+from .bdv_remote import RemoteLoader
 from .bdv_xml import PathRef, Setup, SpimData, parse_spimdata
 from .errors import BadMetadata, ChunkReadError, NgffMountError, SourceNotFound, Unsupported
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
 from .storage import (
-    DEFAULT_RETRIES, DEFAULT_TIMEOUT, RangeRequest, StorageOptions, Store, _endpoint_of, parse_json, storage_options_for,
+    DEFAULT_RETRIES, DEFAULT_TIMEOUT, RangeRequest, StorageOptions, Store, endpoint_of, parse_json, storage_options_for,
 )
 from .urls import has_scheme, join_url, normalize_url, parent_url, redact
-
-log = logging.getLogger("ngffmount")
 
 LOADERS = ("bdv.hdf5", "bdv.n5", "bdv.n5.s3", "bdv.remote")
 
@@ -56,18 +54,16 @@ class Context:
         from S3 on that same endpoint, else anonymous (as MoBIE falls back), so credentials
         never go to an endpoint someone else's XML names."""
         own = self.options or {}
-        same_endpoint = normalize_url(_endpoint_of(own) or "https://s3.amazonaws.com") == normalize_url(endpoint or "https://s3.amazonaws.com")
-        if self.xml_url.lower().startswith("s3") and same_endpoint:
+        aws = "https://s3.amazonaws.com"
+        timeout, retries = getattr(own, "timeout", DEFAULT_TIMEOUT), getattr(own, "retries", DEFAULT_RETRIES)
+        if self.xml_url.lower().startswith("s3") and normalize_url(endpoint_of(own) or aws) == normalize_url(endpoint or aws):
             opts = StorageOptions(own)  # the caller's credentials, only for the endpoint they were given for
-            opts.timeout, opts.retries = getattr(own, "timeout", DEFAULT_TIMEOUT), getattr(own, "retries", DEFAULT_RETRIES)
-            if region:
-                opts["client_kwargs"] = {**(opts.get("client_kwargs") or {}), "region_name": region}
-            return opts
-        opts = storage_options_for("s3://", anon=True, endpoint_url=endpoint, concurrency=self.concurrency,
-                                   timeout=getattr(own, "timeout", DEFAULT_TIMEOUT),
-                                   retries=getattr(own, "retries", DEFAULT_RETRIES))
+            opts.timeout, opts.retries = timeout, retries
+        else:
+            opts = storage_options_for("s3://", anon=True, endpoint_url=endpoint, concurrency=self.concurrency,
+                                       timeout=timeout, retries=retries)
         if region:
-            opts.setdefault("client_kwargs", {})["region_name"] = region
+            opts["client_kwargs"] = {**(opts.get("client_kwargs") or {}), "region_name": region}
         return opts
 
     def resolve(self, data: SpimData, ref: PathRef) -> list[str]:
@@ -96,8 +92,6 @@ def open_bdv(ctx: Context, raw_xml: bytes, name: str, mtime: float, server_url: 
     elif data.loader_format in ("bdv.n5", "bdv.n5.s3"):
         levels_of = _N5Loader(ctx, data, where).levels
     else:
-        from .bdv_remote import RemoteLoader
-
         levels_of = RemoteLoader(ctx, data, where, server_url).levels
     setups = {s.id: s for s in data.setups}
     images = {}
@@ -215,7 +209,7 @@ class _Hdf5Loader:
         data_type = self.main.attribute(f"s{s:02d}", "dataType")
         if isinstance(data_type, bytes):
             data_type = data_type.decode()
-        first_t = next(t for t, ss in self.data.views() if ss == s)
+        first_t = self.data.first_timepoint(s)
         opener, tm, sm = self.file_for(first_t, s)
         f = opener()
         templates = []
@@ -343,16 +337,14 @@ class _N5Loader:
             if raw is not None:
                 self.setup_attrs[s.id] = parse_json(raw, f"{store.url}/setup{s.id}/{n5.ATTRS}")
         self._templates: dict[int, list[dict]] = {}
-        self._first: dict[int, int] = {}
 
     def levels(self, t: int, setup: Setup, cal: Calibration) -> list[Level]:
         attrs = self.setup_attrs.get(setup.id)
         if attrs is None:
             raise BadMetadata(f"{self.store.url}: setup{setup.id} has no attributes.json")
         factors = _factor_rows(attrs.get("downsamplingFactors", [[1, 1, 1]]), f"{self.store.url}/setup{setup.id}: downsamplingFactors")
-        first = self._first.get(setup.id)
-        if first is None:
-            first = self._first[setup.id] = next(tt for tt, ss in self.data.views() if ss == setup.id)
+        first = self.data.first_timepoint(setup.id)
+        if setup.id not in self._templates:
             paths = [f"setup{setup.id}/timepoint{first}/s{lv}" for lv in range(len(factors))]
             self._templates[setup.id] = self.store.level_documents(paths, n5.ATTRS)
         levels = []

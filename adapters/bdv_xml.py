@@ -45,6 +45,10 @@ class SpimData:
         """(timepoint, setup) of every view that has image data, setup-major."""
         return [(t, s.id) for s in self.setups for t in self.timepoints if (t, s.id) not in self.missing]
 
+    def first_timepoint(self, setup: int) -> int:
+        """The first timepoint with data for a setup: its layout stands for the others."""
+        return next(t for t in self.timepoints if (t, setup) not in self.missing)
+
     def path(self, tag: str) -> PathRef | None:
         return _path_ref(self.loader.find(tag))
 

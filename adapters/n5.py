@@ -293,13 +293,14 @@ def open_container(store: Store, name: str, mtime: float) -> Group:
     """Every image under an N5 group that is no image itself (a Cellmap root such as
     jrc_hela-2.n5 with em/fibsem-uint16 and labels/<name>), at its group path. Finding them
     needs listing; an image that cannot be opened is left out with a log line."""
-    if store.list_dirs("") is None:
+    top = store.list_dirs("")
+    if top is None:
         raise NotAnImage(f"{store.url}: an N5 group without images of its own, and this store cannot be listed; "
                          "mount an image group inside it (for example .../em/fibsem-uint16)")
     group = Group(name, format="N5 container")
     frontier, found = [""], 0
     for _ in range(MAX_CONTAINER_DEPTH):
-        dirs = [posixpath.join(p, d) for p in frontier for d in (store.list_dirs(p) or [])]
+        dirs = [posixpath.join(p, d) for p in frontier for d in ((top if p == "" else store.list_dirs(p)) or [])]
         docs = store.get_many([posixpath.join(d, ATTRS) for d in dirs])
         frontier = []
         for d in dirs:

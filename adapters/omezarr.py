@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import AXIS_TYPES, Axis, Channel, Image
 from .errors import BadMetadata, Unsupported
-from .storage import Store, parse_json, safe_key
+from .storage import Store, safe_key
 from .zarr_array import ZarrLevel
 
 ROOT_KEYS = ("zarr.json", ".zattrs")

@@ -148,7 +148,7 @@ class Store:
     ):
         self.url = normalize_url(url)
         # The same bucket name on two S3 endpoints is two sources: the cache must tell them apart.
-        endpoint = _endpoint_of(storage_options or {})
+        endpoint = endpoint_of(storage_options or {})
         self.identity = self.url + (f" @ {normalize_url(endpoint)}" if endpoint else "")
         self.concurrency = max(1, concurrency)
         self.timeout = float(timeout if timeout is not None else _timeout_of(storage_options or {}))
@@ -238,32 +238,14 @@ class Store:
         return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
 
     def size(self, key: str) -> int | None:
-        info = self.info(key)
-        size = info.get("size") if info else None
-        return int(size) if isinstance(size, (int, float)) and size >= 0 else None
+        return size_of(self.info(key))
 
     def mtime(self, key: str) -> float | None:
         """The modification time the source reports for `key`, if it reports one."""
         try:
-            info = self.info(key)
+            return mtime_of(self.info(key))
         except ChunkReadError:
             return None
-        if info is None:
-            return None
-        for name in ("LastModified", "last_modified", "mtime", "Last-Modified", "updated"):
-            value = info.get(name)
-            if value is None:
-                continue
-            if isinstance(value, (int, float)):
-                return float(value)
-            if isinstance(value, str):
-                try:
-                    return email.utils.parsedate_to_datetime(value).timestamp()
-                except (TypeError, ValueError):
-                    continue
-            if hasattr(value, "timestamp"):
-                return value.timestamp()
-        return None
 
     # -- machinery -----------------------------------------------------------------
     def _run(self, requests: list[RangeRequest]) -> list[bytes | None]:
@@ -438,7 +420,7 @@ def _fs_kind(fs) -> str | None:
     return None
 
 
-def _endpoint_of(options: Mapping[str, Any]) -> str | None:
+def endpoint_of(options: Mapping[str, Any]) -> str | None:
     client = options.get("client_kwargs") or {}
     return options.get("endpoint_url") or client.get("endpoint_url")
 
@@ -481,3 +463,30 @@ def parse_json(raw: bytes, where: str) -> dict:
     if not isinstance(doc, dict):
         raise BadMetadata(f"{redact(where)} is not a JSON object")
     return doc
+
+
+def size_of(info: dict | None) -> int | None:
+    """The size in bytes from what `Store.info` returned."""
+    size = info.get("size") if info else None
+    return int(size) if isinstance(size, (int, float)) and size >= 0 else None
+
+
+def mtime_of(info: dict | None) -> float | None:
+    """The modification time from what `Store.info` returned, in whichever field and form
+    the filesystem gives it."""
+    if not info:
+        return None
+    for name in ("LastModified", "last_modified", "mtime", "Last-Modified", "updated"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return email.utils.parsedate_to_datetime(value).timestamp()
+            except (TypeError, ValueError):
+                continue
+        if hasattr(value, "timestamp"):
+            return value.timestamp()
+    return None

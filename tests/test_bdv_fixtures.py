@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import z5py
 
 from bdv_fixtures import (
     HDF5_SAMPLE,
@@ -23,8 +24,6 @@ from bdv_fixtures import (
     write_sample_platy_hdf5,
     write_sample_platy_n5,
 )
-
-z5py = pytest.importorskip("z5py")
 
 DEFLATE, SHUFFLE, SCALEOFFSET = 1, 2, 6
 
