@@ -6,12 +6,16 @@ Each entry carries a checksum, so a damaged entry is a miss, never wrong pixels.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
+import itertools
 import os
+import random
 import struct
 import threading
+import time
 
 import diskcache
 import google_crc32c
@@ -119,14 +123,24 @@ class FetchLocks:
             while self._claimed.intersection(slots):
                 self._cond.wait()
             self._claimed.update(slots)
-        taken = []
-        try:
-            for slot in slots:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, slot, os.SEEK_SET)
-                taken.append(slot)
-        except BaseException:
-            self._unlock(taken, slots)
-            raise
+        for attempt in itertools.count():
+            taken = []
+            try:
+                for slot in slots:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, slot, os.SEEK_SET)
+                    taken.append(slot)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EDEADLK:
+                    self._unlock(taken, slots)
+                    raise
+                # The kernel sees a cycle between processes where their threads have none
+                # (ascending order per thread): let go, and try again shortly.
+                self._unlock(taken, [])
+                time.sleep(random.uniform(0.001, 0.002 * min(attempt + 1, 50)))
+            except BaseException:
+                self._unlock(taken, slots)
+                raise
 
     def release(self, slots: list[int]) -> None:
         self._unlock(slots, slots)

@@ -12,7 +12,7 @@ import pytest
 from conftest import read_all, tiff_array, vfs_for
 from ngffmount.adapters import open_source
 from ngffmount.adapters.storage import TRANSFERS
-from ngffmount.cache.disk import DiskCache
+from ngffmount.cache.disk import CorruptEntry, DiskCache
 from ngffmount.cache.engine import ChunkEngine
 from ngffmount.cache.region import read_region
 from zarr_fixtures import pattern, write_ome_zarr
@@ -160,3 +160,65 @@ def test_disk_cache_size_bound(tmp_path):
         engine.flush_disk()
         assert disk.volume() <= limit + 64 * 64 * 2 + 4096 * 8, "at most about one chunk over the bound"
     np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (64, 64, 64)), data)
+
+
+@pytest.mark.parametrize("size", [0, 100, (32 << 10) - 6, 32 << 10, 5 << 20])
+def test_disk_entries_round_trip_in_sqlite_and_in_files(tmp_path, size):
+    disk = DiskCache(str(tmp_path / "cache"))
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()  # newlines included
+    disk.put("k", data)
+    assert disk.get("k") == data
+    stored = disk._cache.get("k", read=False)
+    disk._cache.set("k", stored[:-1] + bytes([stored[-1] ^ 1]) if size else stored[:-1])
+    with pytest.raises(CorruptEntry):
+        disk.get("k")
+    assert "k" not in disk
+
+
+LOCK_HOLDER = """
+import sys, time
+from ngffmount.cache.disk import FetchLocks
+locks = FetchLocks(sys.argv[1])
+locks.acquire([3]); print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+# Another thread of this process now waits for a slot the test process holds: at the
+# process level the two processes wait on each other; no thread waits in a cycle.
+import threading
+result = []
+t = threading.Thread(target=lambda: result.append(locks.acquire([2, 4]) or "ok"))
+t.start(); time.sleep(0.3)
+locks.release([3])
+t.join(10)
+print(result[0] if result else "stuck", flush=True)
+"""
+
+
+def test_fetch_locks_survive_the_kernels_false_deadlock_report(tmp_path):
+    """POSIX locks belong to processes, so the kernel reports EDEADLK for waits that only
+    form a cycle when threads are lumped together; the lock must wait, not fail."""
+    import subprocess
+    import sys
+
+    from ngffmount.cache.disk import FetchLocks
+
+    locks = FetchLocks(str(tmp_path))
+    locks.acquire([4])
+    other = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path), "0.5"],
+                             stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "holding"
+    errors = []
+
+    def wait_for_slot_3():
+        try:
+            locks.acquire([1, 3])  # held by the other process until its second thread is done
+            locks.release([1, 3])
+        except OSError as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait_for_slot_3)
+    waiter.start()
+    time.sleep(1.0)  # the other process's thread now waits for slot 4, which we hold
+    locks.release([4])
+    waiter.join(10)
+    assert other.stdout.readline().strip() == "ok"
+    assert other.wait(10) == 0 and not errors
