@@ -182,6 +182,9 @@ def test_local_path_and_read_only(tmp_path, cache_args):
         entry = next(line.split() for line in open("/proc/mounts") if line.split()[1] == str(mnt))
         assert entry[2] == "fuse.ngffmount" and "ro" in entry[3].split(",")
         assert "allow_other" not in entry[3], "allow_other only when asked for"
+        dev = os.stat(mnt).st_dev
+        readahead = open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").read()
+        assert readahead.strip() == "1024", "the kernel may send 1 MiB reads (libfuse3), not 128 KiB"
         for attempt in (lambda: open(mnt / "s0.tif", "r+b"), lambda: open(mnt / "new.tif", "wb"),
                         lambda: os.mkdir(mnt / "d"), lambda: os.unlink(mnt / "s0.tif")):
             with pytest.raises(OSError) as exc:

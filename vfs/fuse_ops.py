@@ -13,10 +13,11 @@ import os
 import threading
 from typing import Callable
 
-import mfusepy as fuse
-
 from ..adapters import NgffMountError, redact
 from .fs import VirtualFS
+from .libfuse import load_mfusepy
+
+fuse = load_mfusepy()
 
 log = logging.getLogger("ngffmount")
 

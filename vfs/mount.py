@@ -23,6 +23,7 @@ from ..adapters import NgffMountError, normalize_url, open_source, storage_optio
 from ..adapters.storage import TRANSFERS
 from ..cache.disk import DEFAULT_SIZE, DiskCache, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY, ChunkEngine
+from .libfuse import load_mfusepy, raise_readahead
 
 log = logging.getLogger("ngffmount")
 
@@ -84,7 +85,7 @@ def check_fuse() -> None:
     if not (shutil.which("fusermount") or shutil.which("fusermount3")):
         raise MountError("FUSE is not available: fusermount is not installed (install fuse3 and libfuse2)")
     try:
-        import mfusepy  # noqa: F401  (importing it loads libfuse)
+        load_mfusepy()  # importing it loads libfuse
     except (OSError, EnvironmentError) as exc:
         raise MountError(f"FUSE is not available: {exc}") from None
 
@@ -118,7 +119,7 @@ def stats_renderer(engine: ChunkEngine, source_url: str):
 
 def serve(config: MountConfig, on_ready) -> None:
     """Open the source, mount and serve until unmounted (blocking). Errors raise NgffMountError."""
-    from mfusepy import FUSE
+    FUSE = load_mfusepy().FUSE
 
     from .fs import VirtualFS
     from .fuse_ops import FuseOps
@@ -161,6 +162,7 @@ def _when_mounted(mountpoint: str, on_ready) -> None:
     # init runs before the kernel finishes the mount; wait until the mountpoint answers.
     for _ in range(200):
         if os.path.ismount(mountpoint):
+            raise_readahead(mountpoint)
             break
         time.sleep(0.05)
     on_ready()
