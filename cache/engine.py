@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Iterable
 
 import numpy as np
@@ -28,6 +29,7 @@ class ChunkEngine:
         memory_bytes: int = DEFAULT_MEMORY,
         decode_threads: int = 2,
         readahead_bytes: int | None = None,
+        fetch_threads: int = 32,
     ):
         self.disk = disk
         self.memory = MemoryLRU(memory_bytes)
@@ -44,6 +46,8 @@ class ChunkEngine:
         self._inflight: dict[tuple, Future] = {}
         self._lock = threading.Lock()
         self._decoders = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
+        # One chunk per task, so each is decoded as soon as it arrives (blocking fetches).
+        self._fetchers = ThreadPoolExecutor(max(1, fetch_threads), thread_name_prefix="fetch")
         self._fill: dict[str, np.ndarray] = {}
 
     def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
@@ -101,82 +105,142 @@ class ChunkEngine:
         todo = {idx: k for idx, k in keys.items() if self._disk_key(level, k) not in self.disk}
         if not todo:
             return 0, 0
-        raw = self._fetch_locked(level, todo)
-        return len(raw), sum(len(d) for d in raw.values() if d is not None)
+        got: dict[tuple[int, ...], bytes | None] = {}
+        failures: list[BaseException] = []
+        done = threading.Semaphore(0)
+
+        def deliver(idx, data) -> None:
+            if isinstance(data, BaseException):
+                failures.append(data)
+            else:
+                got[idx] = data
+            done.release()
+
+        self._fetch_each(level, todo, deliver)
+        for _ in todo:
+            done.acquire()
+        if failures:
+            raise failures[0]
+        return len(got), sum(len(d) for d in got.values() if d is not None)
 
     def _load(self, level, owned: list[tuple[tuple[int, ...], Future]]) -> None:
+        """Settle each owned chunk's future as soon as that chunk is decoded: a reader waiting
+        for the first chunk row does not wait for the whole batch, and each decoded chunk
+        enters the memory cache (evicting old ones) before the next is made."""
+        futures = dict(owned)
         try:
-            arrays = self._fetch_and_decode(level, [idx for idx, _ in owned])
+            keys = {idx: level.chunk_key(idx) for idx in futures}
+            on_disk = {idx for idx in futures if self.disk is not None and self._disk_key(level, keys[idx]) in self.disk}
+            remote = {idx: keys[idx] for idx in futures if idx not in on_disk}
+            if remote:
+                if self.disk is not None:
+                    self.stats.add("disk_misses", len(remote))
+                self._fetch_each(level, remote, lambda idx, data: self._decoders.submit(
+                    self._settle, level, idx, futures[idx], lambda: data))
+        except BaseException as exc:
+            for idx, fut in futures.items():
+                self._settle(level, idx, fut, lambda: exc)
+            return
+        for idx in sorted(on_disk):
+            read = partial(self._disk_or_remote, level, idx, keys[idx])
+            if len(futures) == 1:
+                self._settle(level, idx, futures[idx], read)
+            else:
+                self._decoders.submit(self._settle, level, idx, futures[idx], read)
+
+    def _settle(self, level, idx, fut: Future, read) -> None:
+        """Decode one chunk from `read()` (its encoded bytes, None if missing, or the exception
+        that stopped its fetch) and hand it to the memory cache and every waiting reader."""
+        if fut.done():
+            return  # settled already, by the failure of its whole batch
+        key = (level.cache_token, idx)
+        try:
+            raw = read()
+            if isinstance(raw, BaseException):
+                raise raw
+            if raw is None:
+                self.stats.add("chunks_missing")
+                arr = self._fill_chunk(level)
+            else:
+                self.stats.add("decodes")
+                arr = level.decode(idx, raw)
+                if arr.shape != tuple(level.chunk_shape):
+                    raise ValueError(f"decoded chunk {idx} has shape {arr.shape}, expected {level.chunk_shape}")
+                arr.flags.writeable = False
         except BaseException as exc:
             self.stats.add("errors")
             with self._lock:
-                for idx, fut in owned:
-                    self._inflight.pop((level.cache_token, idx), None)
-                    fut.set_exception(exc)
+                self._inflight.pop(key, None)
+            fut.set_exception(exc)
             return
         with self._lock:
-            for idx, fut in owned:
-                self.memory.put((level.cache_token, idx), arrays[idx])
-                self._inflight.pop((level.cache_token, idx), None)
-                fut.set_result(arrays[idx])
+            self.memory.put(key, arr)
+            self._inflight.pop(key, None)
+        fut.set_result(arr)
 
-    def _fetch_and_decode(self, level, indices: list[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
-        keys = {idx: level.chunk_key(idx) for idx in indices}
-        raw: dict[tuple[int, ...], bytes | None] = {}
-        remote = []
-        for idx in indices:
-            data = self._disk_get(level, keys[idx])
-            if data is None:
-                remote.append(idx)
-            else:
-                raw[idx] = data
-        if remote and self.disk is None:
-            self.stats.add("chunks_fetched", len(remote))
-            fetched = level.fetch_many([keys[idx] for idx in remote])
-            raw.update((idx, fetched[keys[idx]]) for idx in remote)
-        elif remote:
-            raw.update(self._fetch_locked(level, {idx: keys[idx] for idx in remote}))
-        present = [idx for idx in indices if raw[idx] is not None]
-        self.stats.add("chunks_missing", len(indices) - len(present))
-        self.stats.add("decodes", len(present))
-        if len(present) > 1:
-            decoded = list(self._decoders.map(lambda i: level.decode(i, raw[i]), present))
-        else:
-            decoded = [level.decode(i, raw[i]) for i in present]
-        out = {idx: self._fill_chunk(level) for idx in indices}
-        for idx, arr in zip(present, decoded):
-            if arr.shape != tuple(level.chunk_shape):
-                raise ValueError(f"decoded chunk {idx} has shape {arr.shape}, expected {level.chunk_shape}")
-            arr.flags.writeable = False
-            out[idx] = arr
-        return out
+    def _disk_or_remote(self, level, idx, chunk_key: str):
+        data = self._disk_get(level, chunk_key)
+        if data is not None:
+            return data
+        # Evicted or damaged since it was seen on disk: fetch it after all.
+        got = []
+        done = threading.Event()
+        self._fetch_each(level, {idx: chunk_key}, lambda _, d: (got.append(d), done.set()))
+        done.wait()
+        return got[0]
 
-    def _fetch_locked(self, level, keys: dict) -> dict:
-        """Fetch chunks missing on disk while holding their cross-process slots, so another
-        daemon on this cache folder waits and then finds them on disk instead of refetching."""
+    def _fetch_each(self, level, keys: dict, deliver) -> None:
+        """Fetch chunks concurrently, one request each, calling `deliver(idx, bytes | None |
+        exception)` as each arrives. Without a disk cache that is all. With one, the chunks'
+        cross-process slots are held from before the fetch until their bytes are on disk, so
+        another daemon on this cache folder waits and then finds them there."""
+        if self.disk is None:
+            self.stats.add("chunks_fetched", len(keys))
+            for idx, key in keys.items():
+                self._fetchers.submit(self._fetch_one, level, idx, key, deliver, None)
+            return
         slots = self.disk.locks.slots(self._disk_key(level, k) for k in keys.values())
         self.disk.locks.acquire(slots)
         try:
-            raw = {}
-            for idx, key in list(keys.items()):
+            todo = {}
+            for idx, key in keys.items():
                 data = self._disk_get(level, key, count=False)  # written while we waited?
                 if data is not None:
-                    raw[idx] = data
-                    del keys[idx]
-            self.stats.add("disk_hits", len(raw))
-            self.stats.add("chunks_fetched", len(keys))
-            fetched = level.fetch_many(list(keys.values())) if keys else {}
-            entries = []
-            for idx, key in keys.items():
-                raw[idx] = fetched[key]
-                if fetched[key] is not None:
-                    entries.append((self._disk_key(level, key), fetched[key]))
+                    self.stats.add("disk_hits")
+                    deliver(idx, data)
+                else:
+                    todo[idx] = key
         except BaseException:
             self.disk.locks.release(slots)
             raise
-        # The slots are released once the entries are on disk, by the writer.
-        self._disk_put(entries, on_done=lambda: self.disk.locks.release(slots))
-        return raw
+        self.stats.add("chunks_fetched", len(todo))
+        if not todo:
+            self.disk.locks.release(slots)
+            return
+        writes_left = [len(todo)]
+
+        def written() -> None:
+            with self._lock:
+                writes_left[0] -= 1
+                last = writes_left[0] == 0
+            if last:
+                self.disk.locks.release(slots)
+
+        for idx, key in todo.items():
+            self._fetchers.submit(self._fetch_one, level, idx, key, deliver, written)
+
+    def _fetch_one(self, level, idx, key: str, deliver, written) -> None:
+        try:
+            data = level.fetch_many([key])[key]
+        except BaseException as exc:
+            data = exc
+        deliver(idx, data)
+        if written is None:
+            return
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            self._disk_put([(self._disk_key(level, key), data)], on_done=written)
+        else:
+            written()
 
     def _disk_put(self, entries: list[tuple[str, bytes]], on_done) -> None:
         nbytes = sum(len(d) for _, d in entries)

@@ -11,8 +11,6 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, Sequence
 
-DEFAULT_BUDGET = 256 << 20
-
 
 class Readahead:
     def __init__(
@@ -51,9 +49,10 @@ class Readahead:
 
     def _whole_plane(self, chunks) -> None:
         """Readers walk a plane row by row; fetch all of its chunks in one wave instead of
-        one chunk row at a time (only when the plane fits the budget: big 2D planes are
-        often read a tile at a time)."""
-        if len(chunks) > 1 and len(chunks) * self.level.chunk_nbytes <= min(self.budget, DEFAULT_BUDGET):
+        one chunk row at a time. Only when they fit the memory cache with room to spare:
+        a plane of a huge 2D image is often read a tile at a time."""
+        limit = self.engine.memory.max_bytes * 3 // 4
+        if len(chunks) > 1 and len(chunks) * self.level.chunk_nbytes <= limit:
             self.engine.prefetch(self.level, chunks, urgent=True)
 
     def _reset(self, plane: int) -> None:

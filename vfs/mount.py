@@ -95,7 +95,7 @@ def check_fuse() -> None:
 
 def build_engine(config: MountConfig) -> ChunkEngine:
     disk = DiskCache(config.cache_dir, config.cache_size) if config.disk_cache else None
-    return ChunkEngine(disk=disk, memory_bytes=config.memory_cache)
+    return ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency)
 
 
 def stats_renderer(engine: ChunkEngine, source_url: str):
