@@ -1,6 +1,7 @@
-"""ChunkEngine: decoded chunks from memory, then disk, then one concurrent remote batch.
+"""ChunkEngine: decoded chunks from memory, then disk, then the source, one fetch per chunk.
 
 Concurrent requests for the same chunk share one fetch (an in-flight future per chunk).
+Fetches run on a FetchQueue by priority: a reader's chunks before readahead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from .disk import CorruptEntry, DiskCache
+from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .memory import MemoryLRU
 from .stats import Stats
 
@@ -30,28 +32,84 @@ class ChunkEngine:
         decode_threads: int = 2,
         readahead_bytes: int | None = None,
         fetch_threads: int = 32,
+        stage_bytes: int | None = None,
     ):
         self.disk = disk
         self.memory = MemoryLRU(memory_bytes)
         # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
-        # (Readahead of encoded bytes to disk, tried to run further ahead, held more memory in
-        # fetched bytes and was slower: docs/benchmarks.md.)
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
-        self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="readahead")
-        self._urgent = ThreadPoolExecutor(2, thread_name_prefix="plane-fetch")
+        # Beyond that, readahead fetches encoded chunks into the disk cache only (no memory
+        # held): deep chunks, whose next slab outgrows the memory budget, arrive in time.
+        if disk is None:
+            stage_bytes = 0
+        self.stage_bytes = 2 * self.readahead_bytes if stage_bytes is None else stage_bytes
+        self._queue = FetchQueue(fetch_threads)
         # Disk writes happen after the read is answered; past a backlog bound, inline (backpressure).
         self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="disk-write")
         self._disk_backlog = 0
         self.stats = Stats()
         self._inflight: dict[tuple, Future] = {}
+        self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
         self._lock = threading.Lock()
         self._decoders = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
-        # One chunk per task, so each is decoded as soon as it arrives (blocking fetches).
-        self._fetchers = ThreadPoolExecutor(max(1, fetch_threads), thread_name_prefix="fetch")
         self._fill: dict[str, np.ndarray] = {}
 
     def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
         """Decoded chunks (read-only, full chunk shape) for the given chunk indices of a level."""
+        result, mine, waiting = self._claim(level, indices)
+        self.stats.add("memory_hits", len(result))
+        self.stats.add("memory_misses", len(mine) + len(waiting))
+        for idx, _ in waiting:
+            self._queue.promote((level.cache_token, idx), DEMAND)  # queued by readahead: now needed
+        if mine:
+            self._load(level, mine, DEMAND)
+        dropped = []
+        for idx, fut in mine + waiting:
+            try:
+                result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
+            except Cancelled:
+                dropped.append(idx)  # a readahead dropped just before we promoted it
+        if dropped:
+            result.update(self.get(level, dropped))
+        return result
+
+    def prefetch(self, level, indices: Iterable[tuple[int, ...]], urgent: bool = False,
+                 cancelled: threading.Event | None = None) -> None:
+        """Load chunks into the memory cache in the background. `urgent`: the rest of a plane
+        a reader is in, ahead of readahead; `cancelled`: set it to drop what has not started."""
+        _, mine, waiting = self._claim(level, indices)
+        if urgent:
+            for idx, _ in waiting:
+                self._queue.promote((level.cache_token, idx), PLANE)
+        if mine:
+            self.stats.add("prefetched", len(mine))
+            self._load(level, mine, PLANE if urgent else AHEAD, None if urgent else cancelled)
+
+    def stage(self, level, indices: Iterable[tuple[int, ...]], cancelled: threading.Event | None = None) -> None:
+        """Readahead to the disk cache only: fetch chunks that are neither on disk nor coming."""
+        if self.disk is None:
+            return
+        token = level.cache_token
+        with self._lock:
+            todo = {idx: level.chunk_key(idx) for idx in dict.fromkeys(indices)
+                    if (token, idx) not in self._inflight and (token, idx) not in self._staging
+                    and self.memory.get((token, idx)) is None}
+        todo = {idx: k for idx, k in todo.items() if self._disk_key(level, k) not in self.disk}
+        if not todo:
+            return
+        with self._lock:
+            self._staging.update((token, idx) for idx in todo)
+
+        def staged(idx, _data) -> None:
+            with self._lock:
+                self._staging.discard((token, idx))
+
+        self.stats.add("prefetched", len(todo))
+        self._fetch_each(level, todo, staged, STAGE, cancelled)
+
+    def _claim(self, level, indices):
+        """Split indices into resident arrays, chunks this caller must load (with a new
+        in-flight future each), and chunks already coming (with their futures)."""
         result: dict[tuple[int, ...], np.ndarray] = {}
         mine: list[tuple[tuple[int, ...], Future]] = []
         waiting: list[tuple[tuple[int, ...], Future]] = []
@@ -69,33 +127,7 @@ class ChunkEngine:
                 fut = Future()
                 self._inflight[key] = fut
                 mine.append((idx, fut))
-        self.stats.add("memory_hits", len(result))
-        self.stats.add("memory_misses", len(mine) + len(waiting))
-        if mine:
-            self._load(level, mine)
-        for idx, fut in mine + waiting:
-            result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
-        return result
-
-    def prefetch(self, level, indices: Iterable[tuple[int, ...]], urgent: bool = False) -> Future | None:
-        """Load chunks in the background (readahead); None when all are resident or coming.
-        `urgent`: chunks a reader is about to need, on their own threads ahead of readahead."""
-        with self._lock:
-            todo = [
-                idx for idx in dict.fromkeys(indices)
-                if (level.cache_token, idx) not in self._inflight and self.memory.get((level.cache_token, idx)) is None
-            ]
-        if not todo:
-            return None
-        self.stats.add("prefetched", len(todo))
-        return (self._urgent if urgent else self._prefetcher).submit(self._quietly, self.get, level, todo)
-
-    @staticmethod
-    def _quietly(load, level, indices) -> None:
-        try:
-            load(level, indices)
-        except Exception:
-            pass  # a failed prefetch is retried, and reported, by the read that needs the chunk
+        return result, mine, waiting
 
     def fill_disk(self, level, indices: Iterable[tuple[int, ...]]) -> tuple[int, int]:
         """Fetch chunks into the disk cache only (no decode): `cache prefetch`. Returns (chunks, bytes)."""
@@ -105,25 +137,26 @@ class ChunkEngine:
         todo = {idx: k for idx, k in keys.items() if self._disk_key(level, k) not in self.disk}
         if not todo:
             return 0, 0
-        got: dict[tuple[int, ...], bytes | None] = {}
+        sizes: list[int] = []
         failures: list[BaseException] = []
         done = threading.Semaphore(0)
 
         def deliver(idx, data) -> None:
             if isinstance(data, BaseException):
                 failures.append(data)
-            else:
-                got[idx] = data
+            elif data is not None:
+                sizes.append(len(data))
             done.release()
 
-        self._fetch_each(level, todo, deliver)
+        self._fetch_each(level, todo, deliver, DEMAND)
         for _ in todo:
             done.acquire()
         if failures:
             raise failures[0]
-        return len(got), sum(len(d) for d in got.values() if d is not None)
+        return len(sizes), sum(sizes)
 
-    def _load(self, level, owned: list[tuple[tuple[int, ...], Future]]) -> None:
+    def _load(self, level, owned: list[tuple[tuple[int, ...], Future]], priority: int,
+              cancelled: threading.Event | None = None) -> None:
         """Settle each owned chunk's future as soon as that chunk is decoded: a reader waiting
         for the first chunk row does not wait for the whole batch, and each decoded chunk
         enters the memory cache (evicting old ones) before the next is made."""
@@ -136,7 +169,7 @@ class ChunkEngine:
                 if self.disk is not None:
                     self.stats.add("disk_misses", len(remote))
                 self._fetch_each(level, remote, lambda idx, data: self._decoders.submit(
-                    self._settle, level, idx, futures[idx], lambda: data))
+                    self._settle, level, idx, futures[idx], lambda: data), priority, cancelled)
         except BaseException as exc:
             for idx, fut in futures.items():
                 self._settle(level, idx, fut, lambda: exc)
@@ -168,7 +201,8 @@ class ChunkEngine:
                     raise ValueError(f"decoded chunk {idx} has shape {arr.shape}, expected {level.chunk_shape}")
                 arr.flags.writeable = False
         except BaseException as exc:
-            self.stats.add("errors")
+            if not isinstance(exc, Cancelled):
+                self.stats.add("errors")
             with self._lock:
                 self._inflight.pop(key, None)
             fut.set_exception(exc)
@@ -185,62 +219,60 @@ class ChunkEngine:
         # Evicted or damaged since it was seen on disk: fetch it after all.
         got = []
         done = threading.Event()
-        self._fetch_each(level, {idx: chunk_key}, lambda _, d: (got.append(d), done.set()))
+        self._fetch_each(level, {idx: chunk_key}, lambda _, d: (got.append(d), done.set()), DEMAND)
         done.wait()
         return got[0]
 
-    def _fetch_each(self, level, keys: dict, deliver) -> None:
-        """Fetch chunks concurrently, one request each, calling `deliver(idx, bytes | None |
-        exception)` as each arrives. Without a disk cache that is all. With one, the chunks'
-        cross-process slots are held from before the fetch until their bytes are on disk, so
-        another daemon on this cache folder waits and then finds them there."""
+    def _fetch_each(self, level, keys: dict, deliver, priority: int,
+                    cancelled: threading.Event | None = None) -> None:
+        """Queue one fetch per chunk; each calls `deliver(idx, bytes | None | exception)` when
+        its chunk arrives (a dropped readahead delivers Cancelled)."""
+        for idx, key in keys.items():
+            qkey = (level.cache_token, idx)
+            self._queue.promote(qkey, priority)  # staged earlier: run that fetch first, then ours
+            self._queue.submit(qkey, priority, partial(self._fetch_one, level, idx, key, deliver),
+                               partial(deliver, idx, Cancelled()), cancelled)
+
+    def _fetch_one(self, level, idx, key: str, deliver) -> None:
+        """With a disk cache, the chunk's cross-process slot is held from before the fetch
+        until its bytes are on disk, so another daemon on this cache folder (or a staged
+        fetch of this one) waits and then finds them there."""
         if self.disk is None:
-            self.stats.add("chunks_fetched", len(keys))
-            for idx, key in keys.items():
-                self._fetchers.submit(self._fetch_one, level, idx, key, deliver, None)
+            self.stats.add("chunks_fetched")
+            deliver(idx, self._fetch_source(level, key))
             return
-        slots = self.disk.locks.slots(self._disk_key(level, k) for k in keys.values())
-        self.disk.locks.acquire(slots)
+        dkey = self._disk_key(level, key)
+        slots = self.disk.locks.slots([dkey])
         try:
-            todo = {}
-            for idx, key in keys.items():
-                data = self._disk_get(level, key, count=False)  # written while we waited?
-                if data is not None:
-                    self.stats.add("disk_hits")
-                    deliver(idx, data)
-                else:
-                    todo[idx] = key
-        except BaseException:
-            self.disk.locks.release(slots)
-            raise
-        self.stats.add("chunks_fetched", len(todo))
-        if not todo:
-            self.disk.locks.release(slots)
-            return
-        writes_left = [len(todo)]
-
-        def written() -> None:
-            with self._lock:
-                writes_left[0] -= 1
-                last = writes_left[0] == 0
-            if last:
-                self.disk.locks.release(slots)
-
-        for idx, key in todo.items():
-            self._fetchers.submit(self._fetch_one, level, idx, key, deliver, written)
-
-    def _fetch_one(self, level, idx, key: str, deliver, written) -> None:
-        try:
-            data = level.fetch_many([key])[key]
+            self.disk.locks.acquire(slots)
         except BaseException as exc:
-            data = exc
-        deliver(idx, data)
-        if written is None:
+            deliver(idx, exc)
             return
+        try:
+            data = self._disk_get(level, key, count=False)  # written while we waited?
+            if data is not None:
+                self.stats.add("disk_hits")
+                deliver(idx, data)
+                self.disk.locks.release(slots)
+                return
+            self.stats.add("chunks_fetched")
+            data = self._fetch_source(level, key)
+        except BaseException as exc:
+            self.disk.locks.release(slots)
+            deliver(idx, exc)
+            return
+        deliver(idx, data)
         if isinstance(data, (bytes, bytearray, memoryview)):
-            self._disk_put([(self._disk_key(level, key), data)], on_done=written)
+            self._disk_put([(dkey, data)], on_done=lambda: self.disk.locks.release(slots))
         else:
-            written()
+            self.disk.locks.release(slots)
+
+    @staticmethod
+    def _fetch_source(level, key: str):
+        try:
+            return level.fetch_many([key])[key]
+        except BaseException as exc:
+            return exc
 
     def _disk_put(self, entries: list[tuple[str, bytes]], on_done) -> None:
         nbytes = sum(len(d) for _, d in entries)
@@ -267,9 +299,21 @@ class ChunkEngine:
             self._disk_writer.submit(write)
 
     @property
+    def fetches_pending(self) -> int:
+        """Chunk fetches queued or running."""
+        return self._queue.unfinished
+
+    @property
     def disk_backlog(self) -> int:
         """Bytes fetched but not yet written to the disk cache."""
         return self._disk_backlog
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no fetch is queued or running and no chunk is being decoded."""
+        if not self._queue.wait_idle(timeout):
+            return False
+        self._decoders.submit(lambda: None).result(timeout)
+        return not self._inflight
 
     def flush_disk(self) -> None:
         """Wait for queued disk writes (tests, prefetch)."""

@@ -1,15 +1,18 @@
 """Readahead: while a view is read plane after plane, fetch the chunks of the next planes.
 
 One Readahead watches one ordering of a level's planes (a stack file, or a folder of plane
-files read in name order). Forward steps extend a window of queued chunks, bounded in
-bytes; any jump resets it and cancels what has not started.
+files read in name order). Forward steps extend a window of chunks ahead of the reader,
+bounded in bytes: the nearest are decoded into the memory cache, the ones after them are
+only fetched into the disk cache (no memory held). As the reader moves on, chunks move up
+from the disk tier. Any jump resets the window and drops the fetches that have not started.
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 from typing import Callable, Sequence
+
+JITTER = 2  # planes a read may lag behind the newest one without counting as a jump back
 
 
 class Readahead:
@@ -20,25 +23,30 @@ class Readahead:
         plane_count: int,
         chunks_of_plane: Callable[[int], Sequence[tuple[int, ...]]],
         budget_bytes: int | None = None,
+        stage_bytes: int | None = None,
     ):
         self.engine, self.level, self.plane_count = engine, level, plane_count
         self.chunks_of_plane = chunks_of_plane
         self.budget = engine.readahead_bytes if budget_bytes is None else budget_bytes
+        self.stage_budget = engine.stage_bytes if stage_bytes is None else stage_bytes
         self._lock = threading.Lock()
         self._last: int | None = None
-        self._queued: list[tuple[int, tuple[int, ...]]] = []  # (plane, chunk) ahead of the reader
-        self._queued_set: set[tuple[int, ...]] = set()
-        self._next_plane = 0  # first plane whose chunks are not queued yet
-        self._pending: list[Future] = []
+        self._ahead: list[tuple[int, tuple[int, ...]]] = []  # (plane, chunk) ahead of the reader, in order
+        self._ahead_set: set[tuple[int, ...]] = set()
+        self._decoding: set[tuple[int, ...]] = set()  # of those, the ones asked into memory
+        self._staged: set[tuple[int, ...]] = set()  # and the ones asked onto disk
+        self._next_plane = 0  # first plane whose chunks are not in the window yet
+        self._cancelled = threading.Event()
 
     def observe(self, plane: int) -> None:
         """Called on every read of `plane` (reads within one plane are frequent and cheap)."""
         if self.budget <= 0:
             return
         with self._lock:
-            last, self._last = self._last, plane
-            if plane == last:
-                return
+            last = self._last
+            if plane == last or (last is not None and last - JITTER <= plane < last):
+                return  # concurrent kernel reads finish out of order around the reader's plane
+            self._last = plane
             current = self.chunks_of_plane(plane)
             self._whole_plane(current)
             if last is None or plane != last + 1:
@@ -56,34 +64,43 @@ class Readahead:
             self.engine.prefetch(self.level, chunks, urgent=True)
 
     def _reset(self, plane: int) -> None:
-        for fut in self._pending:
-            fut.cancel()  # only cancels what has not started; started fetches fill the caches
-        self._pending = []
-        self._queued, self._queued_set = [], set()
+        self._cancelled.set()  # fetches already started still fill the caches
+        self._cancelled = threading.Event()
+        self._ahead, self._ahead_set, self._decoding, self._staged = [], set(), set(), set()
         self._next_plane = plane + 1
 
     def _advance(self, plane: int, current: set) -> None:
-        # Forget chunks the reader has reached; they no longer count against the budget.
-        self._queued = [(p, c) for p, c in self._queued if p > plane and c not in current]
-        self._queued_set = {c for _, c in self._queued}
-        self._pending = [f for f in self._pending if not f.done()]
+        # Forget chunks the reader has reached; they no longer count against the budgets.
+        self._ahead = [(p, c) for p, c in self._ahead if p > plane and c not in current]
+        self._ahead_set = {c for _, c in self._ahead}
+        self._decoding &= self._ahead_set
+        self._staged &= self._ahead_set
         self._next_plane = max(self._next_plane, plane + 1)
         chunk_bytes = self.level.chunk_nbytes
-        room = self.budget - len(self._queued) * chunk_bytes
-        batch = []
-        while room >= chunk_bytes and self._next_plane < self.plane_count:
+        room = (self.budget + self.stage_budget) // chunk_bytes - len(self._ahead)
+        while room > 0 and self._next_plane < self.plane_count:
             p = self._next_plane
-            fresh = [c for c in self.chunks_of_plane(p) if c not in self._queued_set and c not in current]
-            take = fresh[: room // chunk_bytes]
-            for c in take:
-                self._queued.append((p, c))
-                self._queued_set.add(c)
-                batch.append(c)
-            room -= len(take) * chunk_bytes
+            fresh = [c for c in self.chunks_of_plane(p) if c not in self._ahead_set and c not in current]
+            take = fresh[:room]
+            self._ahead.extend((p, c) for c in take)
+            self._ahead_set.update(take)
+            room -= len(take)
             if len(take) < len(fresh):
                 break  # the rest of this plane's chunks wait for room
             self._next_plane += 1
-        if batch:
-            fut = self.engine.prefetch(self.level, batch)
-            if fut is not None:
-                self._pending.append(fut)
+        decode_room = self.budget // chunk_bytes - len(self._decoding)
+        to_memory, to_disk = [], []
+        for _, c in self._ahead:
+            if c in self._decoding:
+                continue
+            if decode_room > 0:
+                to_memory.append(c)
+                self._decoding.add(c)
+                decode_room -= 1
+            elif c not in self._staged:
+                to_disk.append(c)
+                self._staged.add(c)
+        if to_memory:
+            self.engine.prefetch(self.level, to_memory, cancelled=self._cancelled)
+        if to_disk:
+            self.engine.stage(self.level, to_disk, cancelled=self._cancelled)

@@ -32,6 +32,17 @@ def stats(mnt) -> dict:
     return json.loads((mnt / ".ngffmount" / "stats.json").read_text())
 
 
+def wait_until_idle(mnt, timeout: float = 20.0) -> None:
+    """Until the daemon has no fetch queued or running and no disk write pending (readahead)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = stats(mnt)
+        if now["fetches_pending"] == 0 and now["disk_write_backlog_bytes"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"daemon still busy: {now}")
+
+
 def read_planes(mnt, data):
     for z in range(data.shape[0]):
         np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / f"z{z:05d}.tif"), data[z])
@@ -91,6 +102,7 @@ def test_prefetch_then_mount_reads_nothing_remote(tmp_path, http_server, served_
             np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / f"z{z:05d}.tif"), data[z])
         # Only readahead of the next planes (z chunk 2) may go out; the prefetched chunks do not.
         assert chunk_requests(http_server, prefix + "0/") == chunk_requests(http_server, prefix + "1/") == 0
+        wait_until_idle(mnt)
     assert "removed 18 entries" in ngffmount_cmd("cache", "clear", *cache).stdout  # 12 + readahead
 
 

@@ -39,13 +39,7 @@ def pixel_offset(store) -> int:
 
 
 def wait_idle(engine, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not engine._inflight and engine._prefetcher._work_queue.empty():
-            time.sleep(0.05)
-            if not engine._inflight:
-                return
-        time.sleep(0.01)
+    assert engine.wait_idle(timeout), "the engine went idle"
 
 
 def test_z_scroll_fetches_and_decodes_each_chunk_once(deep_store):
@@ -66,6 +60,37 @@ def test_z_scroll_fetches_and_decodes_each_chunk_once(deep_store):
     assert stats["chunks_fetched"] == chunks
     assert TRANSFERS.requests - before == chunks
 
+
+
+def test_readahead_beyond_the_memory_budget_goes_to_disk_then_memory(tmp_path):
+    """Deep chunks: the next slab outgrows the decoded budget, so its other chunks are
+    fetched into the disk cache while the reader is still in this slab; each chunk is
+    still fetched once and decoded once."""
+    path = tmp_path / "slabs.zarr"
+    data = pattern((24, 64, 64), "uint16")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(8, 32, 32))  # 3 slabs of 4 chunks, 16 KiB each
+    chunk = 8 * 32 * 32 * 2
+    engine = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")), readahead_bytes=chunk, stage_bytes=8 * chunk)
+    fs = vfs_for(str(path), engine=engine)
+    offset = pixel_offset(path)
+    plane = 64 * 64 * 2
+    token = open_source(str(path)).levels[0].cache_token
+    before = TRANSFERS.requests
+    for z in range(3):
+        assert fs.read("/s0.tif", plane, offset + z * plane) == data[z].astype("<u2").tobytes()
+    wait_idle(engine)
+    engine.flush_disk()
+    on_disk = sum(1 for k in engine.disk._cache.iterkeys() if k.startswith(token))
+    in_memory = {idx for (tok, idx) in engine.memory._items if tok == token}
+    assert in_memory == {(s, y, x) for s in (0,) for y in (0, 1) for x in (0, 1)} | {(1, 0, 0)}, \
+        "this slab, and one chunk of the next (the decoded budget)"
+    assert on_disk == 12, "the rest of the next slab and the one after it, on disk"
+    for z in range(3, 24):
+        assert fs.read("/s0.tif", plane, offset + z * plane) == data[z].astype("<u2").tobytes()
+    wait_idle(engine)
+    stats = engine.stats.snapshot()
+    assert TRANSFERS.requests - before == 12 and stats["chunks_fetched"] == 12
+    assert stats["decodes"] == 12
 
 def test_readahead_prefetches_next_planes_and_resets_on_jumps(tmp_path):
     path = tmp_path / "thin.zarr"

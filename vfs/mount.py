@@ -108,6 +108,7 @@ def stats_renderer(engine: ChunkEngine, source_url: str):
             "bytes_fetched": TRANSFERS.bytes,
             "in_flight": TRANSFERS.in_flight,
             **engine.stats.snapshot(),
+            "fetches_pending": engine.fetches_pending,
             "disk_write_backlog_bytes": engine.disk_backlog,
             "memory_cache_bytes": engine.memory.nbytes,
             "memory_cache_chunks": len(engine.memory),
