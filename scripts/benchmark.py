@@ -35,6 +35,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ngffmount.cache.engine import DEFAULT_MEMORY
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "tests")]
@@ -691,8 +693,8 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
           "- moto serves from memory; the proxy's latency is per request, with no bandwidth limit.",
           "- s3fs (under zarr-python and ngffmount) sends HEAD then GET for a whole-object read: 2 requests per "
           "chunk is its floor. rclone adds directory listings (LIST shows as GET).",
-          "- ngffmount runs with its defaults (--concurrency 32, --memory-cache 1G, disk cache on); decodes come "
-          "from its stats.json.",
+          f"- ngffmount runs with its defaults (--concurrency 32, --memory-cache {DEFAULT_MEMORY >> 20}M, disk "
+          "cache on, libfuse3 with 1 MiB reads where installed); decodes come from its stats.json.",
           "- zarr-python on a local path (local disk, rclone) reads chunks on its thread pool, sized here to the "
           "concurrency."]
     return "\n".join(L) + "\n"
