@@ -7,6 +7,7 @@ Fetches run on a FetchQueue by priority: a reader's chunks before readahead.
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Iterable
@@ -310,10 +311,17 @@ class ChunkEngine:
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no fetch is queued or running and no chunk is being decoded."""
-        if not self._queue.wait_idle(timeout):
-            return False
-        self._decoders.submit(lambda: None).result(timeout)
-        return not self._inflight
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._queue.wait_idle(left):
+                return False
+            with self._lock:
+                if not self._inflight:
+                    return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)  # chunks still being decoded
 
     def flush_disk(self) -> None:
         """Wait for queued disk writes (tests, prefetch)."""

@@ -30,7 +30,8 @@ class Readahead:
         self.budget = engine.readahead_bytes if budget_bytes is None else budget_bytes
         self.stage_budget = engine.stage_bytes if stage_bytes is None else stage_bytes
         self._lock = threading.Lock()
-        self._last: int | None = None
+        self._seen: int | None = None  # plane of the latest read
+        self._last: int | None = None  # newest plane the window follows
         self._ahead: list[tuple[int, tuple[int, ...]]] = []  # (plane, chunk) ahead of the reader, in order
         self._ahead_set: set[tuple[int, ...]] = set()
         self._decoding: set[tuple[int, ...]] = set()  # of those, the ones asked into memory
@@ -43,12 +44,15 @@ class Readahead:
         if self.budget <= 0:
             return
         with self._lock:
-            last = self._last
-            if plane == last or (last is not None and last - JITTER <= plane < last):
-                return  # concurrent kernel reads finish out of order around the reader's plane
-            self._last = plane
+            if plane == self._seen:
+                return
+            self._seen = plane
             current = self.chunks_of_plane(plane)
             self._whole_plane(current)
+            last = self._last
+            if last is not None and last - JITTER <= plane <= last:
+                return  # concurrent kernel reads finish out of order around the reader's plane
+            self._last = plane
             if last is None or plane != last + 1:
                 self._reset(plane)
                 if last is None or plane != 0:

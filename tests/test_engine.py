@@ -115,6 +115,29 @@ def test_readahead_prefetches_next_planes_and_resets_on_jumps(tmp_path):
     assert engine.stats.snapshot()["prefetched"] == prefetched
 
 
+
+def test_every_new_plane_is_fetched_whole_also_backwards_and_out_of_order(tmp_path):
+    """Kernel reads of neighbouring planes finish out of order, and users scroll back: each
+    plane's first read still fetches all of its chunks at once, and a lag of a plane or
+    two does not reset the readahead window."""
+    path = tmp_path / "tiles.zarr"
+    data = pattern((12, 64, 64), "uint8")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(1, 16, 16))  # 16 chunks per plane
+    engine = ChunkEngine(readahead_bytes=16 * 16)  # one chunk ahead at most
+    fs = vfs_for(str(path), engine=engine)
+    offset = pixel_offset(path)
+    for z in (11, 10, 9, 8):
+        fs.read("/s0.tif", 64, offset + z * 64 * 64)  # the first row only
+        wait_idle(engine)
+        token = open_source(str(path)).levels[0].cache_token
+        assert sum(1 for (tok, idx) in engine.memory._items if tok == token and idx[0] == z) == 16, z
+    ahead = ChunkEngine(readahead_bytes=4 * 16 * 16)  # 4 chunks: a quarter of a plane
+    fs = vfs_for(str(path), engine=ahead)
+    for z in (0, 1, 2, 1, 3):
+        fs.read("/s0.tif", 64, offset + z * 64 * 64)
+    wait_idle(ahead)
+    assert ahead.stats.snapshot()["prefetched"] == 4 * 16 + 4, "planes 0-3 whole, and 4 chunks ahead of plane 3"
+
 def test_readahead_across_plane_files_in_name_order(tmp_path):
     path = tmp_path / "seq.zarr"
     data = pattern((12, 16, 16), "uint16")
