@@ -95,7 +95,7 @@ class ChunkEngine:
             todo = {idx: level.chunk_key(idx) for idx in dict.fromkeys(indices)
                     if (token, idx) not in self._inflight and (token, idx) not in self._staging
                     and self.memory.get((token, idx)) is None}
-        todo = {idx: k for idx, k in todo.items() if self._disk_key(level, k) not in self.disk}
+        todo = {idx: k for idx, k in todo.items() if not self._on_disk(level, k)}
         if not todo:
             return
         with self._lock:
@@ -135,7 +135,7 @@ class ChunkEngine:
         if self.disk is None:
             raise ValueError("fill_disk needs a disk cache")
         keys = {idx: level.chunk_key(idx) for idx in indices}
-        todo = {idx: k for idx, k in keys.items() if self._disk_key(level, k) not in self.disk}
+        todo = {idx: k for idx, k in keys.items() if not self._on_disk(level, k)}
         if not todo:
             return 0, 0
         sizes: list[int] = []
@@ -164,7 +164,7 @@ class ChunkEngine:
         futures = dict(owned)
         try:
             keys = {idx: level.chunk_key(idx) for idx in futures}
-            on_disk = {idx for idx in futures if self.disk is not None and self._disk_key(level, keys[idx]) in self.disk}
+            on_disk = {idx for idx in futures if self._on_disk(level, keys[idx])}
             remote = {idx: keys[idx] for idx in futures if idx not in on_disk}
             if remote:
                 if self.disk is not None:
@@ -329,6 +329,9 @@ class ChunkEngine:
 
     def _disk_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"
+
+    def _on_disk(self, level, chunk_key: str) -> bool:
+        return self.disk is not None and self._disk_key(level, chunk_key) in self.disk
 
     def _disk_get(self, level, chunk_key: str, count: bool = True) -> bytes | None:
         if self.disk is None:

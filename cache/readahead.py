@@ -22,13 +22,11 @@ class Readahead:
         level,
         plane_count: int,
         chunks_of_plane: Callable[[int], Sequence[tuple[int, ...]]],
-        budget_bytes: int | None = None,
-        stage_bytes: int | None = None,
     ):
         self.engine, self.level, self.plane_count = engine, level, plane_count
         self.chunks_of_plane = chunks_of_plane
-        self.budget = engine.readahead_bytes if budget_bytes is None else budget_bytes
-        self.stage_budget = engine.stage_bytes if stage_bytes is None else stage_bytes
+        self.budget = engine.readahead_bytes
+        self.stage_budget = engine.stage_bytes
         self._lock = threading.Lock()
         self._seen: int | None = None  # plane of the latest read
         self._last: int | None = None  # newest plane the window follows

@@ -469,10 +469,21 @@ def write_partitioned_bdv_hdf5(
 # -- 4. the real platybrowser samples, sparse pixels -----------------------------------------------
 
 
-def _corner_and_edge_origins(shape, chunks) -> list[tuple[int, ...]]:
-    """The first chunk, and the last (edge) chunk of the grid."""
+def _write_sample_blocks(ds, shape, chunks, dtype: str, seed: int, middle: bool, stored=lambda block: block):
+    """Write a few blocks of a big declared dataset `ds`: the first chunk, the last (edge)
+    chunk of the grid, and with `middle` one in the middle; everything else reads as 0.
+    `stored` maps a block to what the dataset holds. Returns the expected SparseVolume."""
     last = tuple((n - 1) // c * c for n, c in zip(shape, chunks))
-    return [(0,) * len(shape)] + ([last] if any(last) else [])
+    origins = [(0,) * len(shape)] + ([last] if any(last) else [])
+    if middle:
+        origins.insert(1, tuple((n // c // 2) * c for n, c in zip(shape, chunks)))
+    vol = SparseVolume(shape, np.dtype(dtype))
+    for o in origins:
+        size = tuple(min(c, n - a) for c, n, a in zip(chunks, shape, o))
+        block = pattern_at(o, size, dtype, seed=seed)
+        ds[tuple(slice(a, a + n) for a, n in zip(o, size))] = stored(block)
+        vol.blocks.append((o, block))
+    return vol
 
 
 def write_sample_platy_hdf5(
@@ -509,16 +520,8 @@ def write_sample_platy_hdf5(
         for lv, (sh, ch) in enumerate(zip(shapes, level_chunks)):
             ds = f.create_dataset(f"t00000/s00/{lv}/cells", shape=sh, dtype="int16", chunks=ch,
                                   **_h5_filter_kwargs(compression, "int16"))
-            origins = _corner_and_edge_origins(sh, ch)
-            if lv == 0:
-                origins.insert(1, tuple((n // c // 2) * c for n, c in zip(sh, ch)))
-            vol = SparseVolume(sh, np.dtype("uint16"))
-            for o in origins:
-                size = tuple(min(c, n - a) for c, n, a in zip(ch, sh, o))
-                block = pattern_at(o, size, "uint16", seed=UINT16_BASE + seed + 10 * lv)
-                ds[tuple(slice(a, a + n) for a, n in zip(o, size))] = block.view("int16")
-                vol.blocks.append((o, block))
-            expected[(0, 0, lv)] = vol
+            expected[(0, 0, lv)] = _write_sample_blocks(ds, sh, ch, "uint16", UINT16_BASE + seed + 10 * lv,
+                                                        middle=lv == 0, stored=lambda b: b.view("int16"))
     return xml_path, expected
 
 
@@ -568,14 +571,5 @@ def write_sample_platy_n5(
         sh = tuple(max(1, n // k) for n, k in zip(shape0, fac[::-1]))
         ch = tuple(min(b, n) for b, n in zip(block, sh))
         ds = tg.create_dataset(f"s{lv}", shape=sh, chunks=ch, dtype="uint8", compression="gzip")
-        origins = _corner_and_edge_origins(sh, ch)
-        if lv == 0:
-            origins.insert(1, tuple((n // c // 2) * c for n, c in zip(sh, ch)))
-        vol = SparseVolume(sh, np.dtype("uint8"))
-        for o in origins:
-            size = tuple(min(c, n - a) for c, n, a in zip(ch, sh, o))
-            data = pattern_at(o, size, "uint8", seed=seed + 10 * lv)
-            ds[tuple(slice(a, a + n) for a, n in zip(o, size))] = data
-            vol.blocks.append((o, data))
-        expected[(0, 0, lv)] = vol
+        expected[(0, 0, lv)] = _write_sample_blocks(ds, sh, ch, "uint8", seed + 10 * lv, middle=lv == 0)
     return xml_path, expected

@@ -87,27 +87,27 @@ def _ome_meta(version: str) -> dict:
     return {"ome": {"version": "0.5", "multiscales": [ms]}}
 
 
+
+def _ome_zarr_written_by_zarr_python(tmp_path, version: str, zarr_format: int, dtype: str, **array_options) -> Expected:
+    root = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=zarr_format)
+    for i, shape in enumerate(SHAPES):
+        root.create_array(str(i), shape=shape, dtype=dtype, **array_options)[...] = pattern(shape, dtype, i)
+    root.attrs.update(_ome_meta(version))
+    levels = [zarr.open_array(str(tmp_path / "img.zarr" / str(i)), mode="r")[...] for i in range(len(SHAPES))]
+    return Expected(str(tmp_path / "img.zarr"), {"": levels}, f"OME-Zarr {version}", voxel_size=(2.0, 0.5, 0.5),
+                    unit="micrometer")
+
 class TestOmeZarrV2(AdapterContract):
     @pytest.fixture
     def source(self, tmp_path) -> Expected:
-        root = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=2)
-        for i, shape in enumerate(SHAPES):
-            root.create_array(str(i), shape=shape, chunks=(2, 16, 16), dtype="uint16")[...] = pattern(shape, "uint16", i)
-        root.attrs.update(_ome_meta("0.4"))
-        levels = [zarr.open_array(str(tmp_path / "img.zarr" / str(i)), mode="r")[...] for i in range(len(SHAPES))]
-        return Expected(str(tmp_path / "img.zarr"), {"": levels}, "OME-Zarr 0.4", voxel_size=(2.0, 0.5, 0.5), unit="micrometer")
+        return _ome_zarr_written_by_zarr_python(tmp_path, "0.4", zarr_format=2, chunks=(2, 16, 16), dtype="uint16")
 
 
 class TestOmeZarrV3Sharded(AdapterContract):
     @pytest.fixture
     def source(self, tmp_path) -> Expected:
-        root = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=3)
-        for i, shape in enumerate(SHAPES):
-            arr = root.create_array(str(i), shape=shape, chunks=(1, 8, 8), shards=(2, 16, 16), dtype="float32")
-            arr[...] = pattern(shape, "float32", i)
-        root.attrs.update(_ome_meta("0.5"))
-        levels = [zarr.open_array(str(tmp_path / "img.zarr" / str(i)), mode="r")[...] for i in range(len(SHAPES))]
-        return Expected(str(tmp_path / "img.zarr"), {"": levels}, "OME-Zarr 0.5", voxel_size=(2.0, 0.5, 0.5), unit="micrometer")
+        return _ome_zarr_written_by_zarr_python(tmp_path, "0.5", zarr_format=3, chunks=(1, 8, 8), shards=(2, 16, 16),
+                                                dtype="float32")
 
 
 class TestPlainZarrArray(AdapterContract):
