@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from concurrent.futures import Future
 from threading import Lock
 from typing import Sequence
 
@@ -40,6 +41,7 @@ class ZarrLevel(Level):
         self.translation = tuple(float(t) for t in translation)
         self.sharding = None
         self._shard_index_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
+        self._shard_index_inflight: dict[str, Future] = {}
         self._shard_lock = Lock()
         if meta.get("zarr_format") == 3:
             self._init_v3(meta, where)
@@ -140,24 +142,46 @@ class ZarrLevel(Level):
         return out
 
     def _shard_indices(self, shards: set[str]) -> dict[str, np.ndarray | None]:
+        """Each shard's decoded index: cached, or fetched once even when many chunks of one
+        shard are fetched at the same time (the others wait for that request)."""
         found: dict[str, np.ndarray | None] = {}
+        mine: dict[str, Future] = {}
+        waiting: dict[str, Future] = {}
         with self._shard_lock:
             for s in shards:
                 if s in self._shard_index_cache:
                     self._shard_index_cache.move_to_end(s)
                     found[s] = self._shard_index_cache[s]
-        todo = sorted(shards - found.keys())
-        if todo:
+                elif s in self._shard_index_inflight:
+                    waiting[s] = self._shard_index_inflight[s]
+                else:
+                    mine[s] = self._shard_index_inflight[s] = Future()
+        if mine:
+            todo = sorted(mine)
             n = self.sharding.index_nbytes
             reqs = [RangeRequest(s, -n) if self.sharding.index_at_end else RangeRequest(s, 0, n) for s in todo]
-            for shard, raw in zip(todo, self.store.get_ranges(reqs)):
-                found[shard] = None if raw is None else self._decode_index(shard, raw)
+            try:
+                raws = self.store.get_ranges(reqs)
+                fetched = {s: None if raw is None else self._decode_index(s, raw) for s, raw in zip(todo, raws)}
+            except BaseException as exc:
+                with self._shard_lock:
+                    for s in todo:
+                        del self._shard_index_inflight[s]
+                for fut in mine.values():
+                    fut.set_exception(exc)
+                raise
             with self._shard_lock:
-                for shard in todo:
-                    self._shard_index_cache[shard] = found[shard]
+                for s in todo:
+                    self._shard_index_cache[s] = fetched[s]
+                    del self._shard_index_inflight[s]
                 limit = max(1, SHARD_INDEX_CACHE_BYTES // n)
                 while len(self._shard_index_cache) > limit:
                     self._shard_index_cache.popitem(last=False)
+            for s, fut in mine.items():
+                fut.set_result(fetched[s])
+            found.update(fetched)
+        for s, fut in waiting.items():
+            found[s] = fut.result()
         return found
 
     def _decode_index(self, shard: str, raw: bytes) -> np.ndarray:

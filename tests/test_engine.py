@@ -270,3 +270,21 @@ def test_fetch_locks_survive_the_kernels_false_deadlock_report(tmp_path):
     waiter.join(10)
     assert other.stdout.readline().strip() == "ok"
     assert other.wait(10) == 0 and not errors
+
+
+def test_chunks_of_one_shard_fetched_at_once_read_its_index_once(tmp_path):
+    """Every chunk is its own fetch, all at the same time: the shard index they all need
+    must still be one request."""
+    import zarr
+
+    path = tmp_path / "sharded.zarr"
+    data = pattern((4, 256, 256), "uint16")
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.create_array("0", shape=data.shape, chunks=(1, 32, 32), shards=(2, 256, 256), dtype="uint16")[...] = data
+    root.attrs.update({"ome": {"version": "0.5", "multiscales": [{
+        "axes": [{"name": n, "type": "space"} for n in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1]}]}]}]}})
+    level = open_source(str(path)).levels[0]
+    before = TRANSFERS.requests
+    np.testing.assert_array_equal(read_region(ChunkEngine(), level, (0, 0, 0), (1, 256, 256))[0], data[0])
+    assert TRANSFERS.requests - before == 1 + 64, "the shard index once, then one request per chunk"
