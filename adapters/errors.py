@@ -1,8 +1,16 @@
 """Exceptions raised by adapters. Their messages are shown to users as they are."""
 
 
+# What str.splitlines breaks on, shown escaped: a message quotes input (a path from a
+# hostile XML may hold a carriage return) and must stay one line.
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
 class NgffMountError(Exception):
     """Base class: a problem the user can act on, described in one line."""
+
+    def __str__(self) -> str:
+        return super().__str__().translate(_LINE_BREAKS)
 
 
 class SourceNotFound(NgffMountError):

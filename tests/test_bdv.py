@@ -148,6 +148,17 @@ def small_bdv(tmp_path_factory):
     return write_bdv_hdf5(tmp_path_factory.mktemp("hostile"), (4, 20, 20), setups=1, timepoints=1, chunks=(4, 16, 16))[0]
 
 
+def test_a_line_break_in_an_xml_path_stays_escaped_in_the_one_line_error(small_bdv, tmp_path):
+    """Found by the test below: a carriage return in <hdf5> came back in the message."""
+    root = ET.fromstring(small_bdv.read_bytes())
+    root.find(".//ImageLoader/hdf5").text = "0\r0/dataset.h5"
+    xml = tmp_path / small_bdv.name
+    xml.write_bytes(ET.tostring(root))
+    with pytest.raises(NgffMountError) as err:
+        open_source(str(xml))
+    assert len(str(err.value).splitlines()) == 1 and "HDF5 file not found" in str(err.value)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_hostile_xml_gives_one_clear_error_never_a_crash(small_bdv, tmp_path_factory, data):
