@@ -210,7 +210,7 @@ def test_disk_cache_size_bound(tmp_path):
     np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (64, 64, 64)), data)
 
 
-@pytest.mark.parametrize("size", [0, 100, (32 << 10) - 6, 32 << 10, 5 << 20])
+@pytest.mark.parametrize("size", [0, 100, (32 << 10) - 6, 32 << 10, (4 << 20) - 5, 9 << 20])
 def test_disk_entries_round_trip_in_sqlite_and_in_files(tmp_path, size):
     disk = DiskCache(str(tmp_path / "cache"))
     data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()  # newlines included
@@ -221,6 +221,44 @@ def test_disk_entries_round_trip_in_sqlite_and_in_files(tmp_path, size):
     with pytest.raises(CorruptEntry):
         disk.get("k")
     assert "k" not in disk
+
+
+def test_disk_entry_file_removed_behind_the_index_is_a_miss(tmp_path):
+    disk = DiskCache(str(tmp_path / "cache"))
+    disk.put("k", bytes(1 << 20))
+    for root, _, files in os.walk(tmp_path / "cache"):
+        for name in files:
+            if name.endswith(".val"):
+                os.unlink(os.path.join(root, name))
+    assert disk.get("k") is None
+    assert "k" not in disk
+
+
+def test_disk_cache_from_many_threads_at_once(tmp_path):
+    """Lookups, writes and evictions from 8 threads: every read is the bytes written."""
+    disk = DiskCache(str(tmp_path / "cache"), size_limit=4 << 20)
+    errors = []
+
+    def work(t: int) -> None:
+        rng = np.random.default_rng(t)
+        try:
+            for i in range(40):
+                key, data = f"{t}/{i}", rng.integers(0, 256, int(rng.integers(1, 200_000)), dtype=np.uint8).tobytes()
+                disk.put(key, data)
+                got = disk.get(key)
+                if got is not None and got != data:  # None: evicted by another thread's write
+                    errors.append(key)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not any(th.is_alive() for th in threads), "a thread hung"
+    assert errors == []
+    assert disk.volume() <= (4 << 20) + 200_000 + 4096
 
 
 LOCK_HOLDER = """
