@@ -34,6 +34,11 @@ def read_region(engine, level, start: Sequence[int], stop: Sequence[int]) -> np.
     return out
 
 
+def byte_view(arr: np.ndarray) -> memoryview:
+    """The array's bytes in C order: its own buffer when it is contiguous, else one copy."""
+    return memoryview(np.ascontiguousarray(arr)).cast("B")
+
+
 def c_order_boxes(shape: Sequence[int], start: int, stop: int):
     """Boxes (lo, hi) covering elements [start, stop) of an array in C order, in that order.
 

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..cache.region import c_order_boxes, read_region
+from ..cache.region import byte_view, c_order_boxes, read_region
 
 
 class ArrayView:
@@ -25,12 +25,14 @@ class ArrayView:
         self.dtype = np.dtype(dtype or level.dtype)
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
-    def read(self, start: int, stop: int) -> bytes:
+    def read(self, start: int, stop: int) -> memoryview | bytes:
         """Bytes [start, stop) of the view in C order."""
         item = self.dtype.itemsize
         e0, e1 = start // item, -(-stop // item)
         parts = [self._box(lo, hi).ravel() for lo, hi in c_order_boxes(self.shape, e0, e1)]
-        data = np.concatenate(parts).astype(self.dtype, copy=False).tobytes() if parts else b""
+        if not parts:
+            return b""
+        data = byte_view((parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(self.dtype, copy=False))
         skip = start - e0 * item
         return data[skip:skip + (stop - start)]
 

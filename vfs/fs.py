@@ -50,4 +50,4 @@ class VirtualFS:
         return node
 
     def read(self, path: str, size: int, offset: int) -> bytes:
-        return self.open(path).open().read(offset, size)
+        return bytes(self.open(path).open().read(offset, size))

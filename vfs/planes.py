@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..cache.readahead import Readahead
-from ..cache.region import chunks_touching, read_region
+from ..cache.region import byte_view, chunks_touching, read_region
 
 # Length units of NGFF (UDUNITS-2 names) in meters, and how ImageJ writes them.
 LENGTH_IN_METERS = {
@@ -104,7 +104,7 @@ class PlaneSource:
         """A readahead over the planes in `plane_order` (self.czt for stacks, self.tcz for folders)."""
         return Readahead(self.engine, self.level, self.plane_count, lambda i: self.chunks_of(*plane_order(i)))
 
-    def read(self, t: int, c: int, z: int, start: int, stop: int) -> bytes:
+    def read(self, t: int, c: int, z: int, start: int, stop: int) -> memoryview:
         """Bytes [start, stop) of plane (t, c, z) in C order, little-endian."""
         item = self.dtype.itemsize
         e0, e1 = start // item, -(-stop // item)
@@ -113,7 +113,7 @@ class PlaneSource:
             x0, x1 = e0 % self.width, (e1 - 1) % self.width + 1
         else:
             x0, x1 = 0, self.width
-        data = np.ascontiguousarray(self.region(t, c, z, (r0, r1 + 1), (x0, x1))).tobytes()
+        data = byte_view(self.region(t, c, z, (r0, r1 + 1), (x0, x1)))
         skip = start - (r0 * self.width + x0) * item
         return data[skip:skip + (stop - start)]
 
