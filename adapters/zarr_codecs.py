@@ -77,6 +77,14 @@ def _codec(config, what: str):
         raise Unsupported(f"{what} codec {config.get('id')!r} is not supported") from None
 
 
+def warm_up_codecs() -> None:
+    """Round-trip a few bytes through Blosc (Zarr, N5 and HDF5 all use it): on first use it
+    sets up a global lock, importing a module, which took ~9 ms with the GIL held inside
+    the first plane read of a fresh mount."""
+    codec = numcodecs.Blosc()
+    codec.decode(codec.encode(bytes(64)))
+
+
 def bounded_decode(codec, buf, expected: int):
     """Decode `buf` whose output must be `expected` bytes, refusing decompression bombs
     where the codec allows it: blosc headers state their size, zlib and gzip stream."""

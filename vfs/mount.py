@@ -8,6 +8,7 @@ The child gets its configuration on stdin: credentials never appear in a process
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..adapters import NgffMountError, normalize_url, open_source, storage_options_for
 from ..adapters.storage import TRANSFERS
+from ..adapters.zarr_codecs import warm_up_codecs
 from ..cache.disk import DEFAULT_SIZE, DiskCache, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY, ChunkEngine
 from .libfuse import load_mfusepy, raise_readahead
@@ -138,9 +140,14 @@ def serve(config: MountConfig, on_ready) -> None:
         retries=config.retries,
     )
     source = open_source(config.source, options, config.concurrency)
+    warm_up_codecs()
     engine = build_engine(config)
     url = normalize_url(config.source)
     root = build_tree(source, engine, stats_renderer(engine, url))
+    # Everything made so far (the tree, the S3 client's service model) lives as long as the
+    # mount: out of the collector's sight, each full collection stops walking it (6% of the
+    # daemon's CPU on a cold plane went to the collector).
+    gc.freeze()
     ops = FuseOps(VirtualFS(root), on_ready=lambda: _when_mounted(mountpoint, on_ready))
     options = dict(
         foreground=True,
