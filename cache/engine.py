@@ -22,7 +22,33 @@ from .stats import Stats
 # Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
 DEFAULT_MEMORY = 768 << 20
 DEFAULT_READAHEAD = 256 << 20
-DISK_BACKLOG_BYTES = 64 << 20
+# Fetched chunks wait in memory for their disk write, up to this many bytes (then the fetch
+# thread writes them itself), and while a reader waits for chunks, up to DISK_WRITE_DEFER_S:
+# the CPU that writes 335 MB to the page cache goes to decoding the plane first.
+DISK_BACKLOG_BYTES = 256 << 20
+DISK_WRITE_DEFER_S = 1.0
+
+
+class _Gate:
+    """Counts threads inside `with gate:`; others can wait (bounded) until none is."""
+
+    def __init__(self):
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self):
+        with self._cond:
+            self._count += 1
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._count -= 1
+            if not self._count:
+                self._cond.notify_all()
+
+    def wait_clear(self, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._count, timeout)
 
 
 class ChunkEngine:
@@ -45,9 +71,11 @@ class ChunkEngine:
             stage_bytes = 0
         self.stage_bytes = 2 * self.readahead_bytes if stage_bytes is None else stage_bytes
         self._queue = FetchQueue(fetch_threads)
-        # Disk writes happen after the read is answered; past a backlog bound, inline (backpressure).
+        # Disk writes wait on their own thread (see DISK_BACKLOG_BYTES); past the bound, inline.
         self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="disk-write")
         self._disk_backlog = 0
+        self._unwritten: dict[str, bytes] = {}  # disk key -> bytes queued for the disk cache
+        self._readers_waiting = _Gate()
         self.stats = Stats()
         self._inflight: dict[tuple, Future] = {}
         self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
@@ -65,11 +93,12 @@ class ChunkEngine:
         if mine:
             self._load(level, mine, DEMAND)
         dropped = []
-        for idx, fut in mine + waiting:
-            try:
-                result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
-            except Cancelled:
-                dropped.append(idx)  # a readahead dropped just before we promoted it
+        with self._readers_waiting:
+            for idx, fut in mine + waiting:
+                try:
+                    result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
+                except Cancelled:
+                    dropped.append(idx)  # a readahead dropped just before we promoted it
         if dropped:
             result.update(self.get(level, dropped))
         return result
@@ -281,8 +310,12 @@ class ChunkEngine:
             inline = self._disk_backlog + nbytes > DISK_BACKLOG_BYTES
             if not inline:
                 self._disk_backlog += nbytes
+                self._unwritten.update(entries)
+        write_by = time.monotonic() + DISK_WRITE_DEFER_S
 
         def write() -> None:
+            if not inline:
+                self._readers_waiting.wait_clear(max(0.0, write_by - time.monotonic()))
             try:
                 for key, data in entries:
                     self.disk.put(key, data)
@@ -293,6 +326,8 @@ class ChunkEngine:
                 if not inline:
                     with self._lock:
                         self._disk_backlog -= nbytes
+                        for key, _ in entries:
+                            self._unwritten.pop(key, None)
 
         if inline:
             write()
@@ -331,13 +366,20 @@ class ChunkEngine:
         return f"{level.cache_token}/{chunk_key}"
 
     def _on_disk(self, level, chunk_key: str) -> bool:
-        return self.disk is not None and self._disk_key(level, chunk_key) in self.disk
+        """In the disk cache, or on its way there."""
+        if self.disk is None:
+            return False
+        key = self._disk_key(level, chunk_key)
+        return key in self._unwritten or key in self.disk
 
     def _disk_get(self, level, chunk_key: str, count: bool = True) -> bytes | None:
         if self.disk is None:
             return None
+        key = self._disk_key(level, chunk_key)
         try:
-            data = self.disk.get(self._disk_key(level, chunk_key))
+            data = self._unwritten.get(key)
+            if data is None:
+                data = self.disk.get(key)
         except CorruptEntry:
             self.stats.add("disk_corrupt")
             data = None

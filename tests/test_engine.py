@@ -194,6 +194,48 @@ def test_corrupt_disk_entry_is_refetched(tmp_path, deep_store):
     assert stats["disk_corrupt"] == 1 and stats["chunks_fetched"] == 1 and stats["disk_hits"] == 7
 
 
+def test_chunks_waiting_for_their_disk_write_are_read_from_memory(tmp_path, deep_store):
+    """Disk writes wait while readers do: until written, a chunk's bytes are read from the
+    write queue, never fetched again (nor waited for: its fetch slot is held until written)."""
+    path, data = deep_store
+    level = open_source(str(path)).levels[0]
+    disk = DiskCache(str(tmp_path / "cache"))
+    engine = ChunkEngine(disk=disk, memory_bytes=0)
+    writer_free = threading.Event()
+    engine._disk_writer.submit(writer_free.wait)  # hold every queued write
+    box = (0, 0, 0), (32, 64, 64)
+    np.testing.assert_array_equal(read_region(engine, level, *box), data)
+    assert len(disk) == 0
+    again = []
+    reader = threading.Thread(target=lambda: again.append(read_region(engine, level, *box)))
+    reader.start()
+    reader.join(10)
+    writer_free.set()
+    assert not reader.is_alive(), "the second read waited for the disk writes"
+    np.testing.assert_array_equal(again[0], data)
+    stats = engine.stats.snapshot()
+    assert stats["chunks_fetched"] == 8 and stats["disk_hits"] == 8
+    engine.flush_disk()
+    assert len(disk) == 8
+
+
+def test_gate_wait_ends_when_the_last_one_leaves_or_at_the_timeout():
+    from ngffmount.cache.engine import _Gate
+
+    gate = _Gate()
+    started = time.monotonic()
+    gate.wait_clear(5)
+    assert time.monotonic() - started < 1, "nobody inside: no wait"
+    gate.__enter__()
+    started = time.monotonic()
+    gate.wait_clear(0.2)
+    assert time.monotonic() - started >= 0.2
+    threading.Timer(0.1, gate.__exit__, (None, None, None)).start()
+    started = time.monotonic()
+    gate.wait_clear(5)
+    assert time.monotonic() - started < 4
+
+
 def test_disk_cache_size_bound(tmp_path):
     path = tmp_path / "noise.zarr"
     rng = np.random.default_rng(0)
