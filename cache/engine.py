@@ -260,10 +260,12 @@ class ChunkEngine:
         for idx, key in keys.items():
             qkey = (level.cache_token, idx)
             self._queue.promote(qkey, priority)  # staged earlier: run that fetch first, then ours
-            self._queue.submit(qkey, priority, partial(self._fetch_one, level, idx, key, deliver),
+            # A staged chunk is not decoded: a reader that comes for it waits for its write.
+            fetch = partial(self._fetch_one, level, idx, key, deliver, defer_write=priority != STAGE)
+            self._queue.submit(qkey, priority, fetch,
                                partial(deliver, idx, Cancelled()), cancelled)
 
-    def _fetch_one(self, level, idx, key: str, deliver) -> None:
+    def _fetch_one(self, level, idx, key: str, deliver, defer_write: bool = True) -> None:
         """With a disk cache, the chunk's cross-process slot is held from before the fetch
         until its bytes are on disk, so another daemon on this cache folder (or a staged
         fetch of this one) waits and then finds them there."""
@@ -293,7 +295,7 @@ class ChunkEngine:
             return
         deliver(idx, data)
         if isinstance(data, (bytes, bytearray, memoryview)):
-            self._disk_put([(dkey, data)], on_done=lambda: self.disk.locks.release(slots))
+            self._disk_put([(dkey, data)], on_done=lambda: self.disk.locks.release(slots), defer=defer_write)
         else:
             self.disk.locks.release(slots)
 
@@ -304,14 +306,14 @@ class ChunkEngine:
         except BaseException as exc:
             return exc
 
-    def _disk_put(self, entries: list[tuple[str, bytes]], on_done) -> None:
+    def _disk_put(self, entries: list[tuple[str, bytes]], on_done, defer: bool = True) -> None:
         nbytes = sum(len(d) for _, d in entries)
         with self._lock:
             inline = self._disk_backlog + nbytes > DISK_BACKLOG_BYTES
             if not inline:
                 self._disk_backlog += nbytes
                 self._unwritten.update(entries)
-        write_by = time.monotonic() + DISK_WRITE_DEFER_S
+        write_by = time.monotonic() + (DISK_WRITE_DEFER_S if defer else 0.0)
 
         def write() -> None:
             if not inline:
