@@ -72,7 +72,9 @@ class ChunkEngine:
         self.stage_bytes = 2 * self.readahead_bytes if stage_bytes is None else stage_bytes
         self._queue = FetchQueue(fetch_threads)
         # Disk writes wait on their own thread (see DISK_BACKLOG_BYTES); past the bound, inline.
+        # Writes that must not wait have a thread of their own, not queued behind one waiting.
         self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="disk-write")
+        self._disk_writer_now = ThreadPoolExecutor(1, thread_name_prefix="disk-write-now")
         self._disk_backlog = 0
         self._unwritten: dict[str, bytes] = {}  # disk key -> bytes queued for the disk cache
         self._readers_waiting = _Gate()
@@ -334,7 +336,7 @@ class ChunkEngine:
         if inline:
             write()
         else:
-            self._disk_writer.submit(write)
+            (self._disk_writer if defer else self._disk_writer_now).submit(write)
 
     @property
     def fetches_pending(self) -> int:
@@ -362,7 +364,8 @@ class ChunkEngine:
 
     def flush_disk(self) -> None:
         """Wait for queued disk writes (tests, prefetch)."""
-        self._disk_writer.submit(lambda: None).result()
+        for writer in (self._disk_writer_now, self._disk_writer):
+            writer.submit(lambda: None).result()
 
     def _disk_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"
