@@ -315,10 +315,10 @@ class ChunkEngine:
             if not inline:
                 self._disk_backlog += nbytes
                 self._unwritten.update(entries)
-        write_by = time.monotonic() + (DISK_WRITE_DEFER_S if defer else 0.0)
+        write_by = time.monotonic() + DISK_WRITE_DEFER_S
 
         def write() -> None:
-            if not inline:
+            if defer and not inline:
                 self._readers_waiting.wait_clear(max(0.0, write_by - time.monotonic()))
             try:
                 for key, data in entries:
