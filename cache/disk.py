@@ -6,6 +6,7 @@ Each entry carries a checksum, so a damaged entry is a miss, never wrong pixels.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -174,13 +175,19 @@ class FetchLocks:
     Across processes: byte-range locks on one file, one slot per chunk key. POSIX locks
     belong to the process (the kernel drops them when it dies, kill -9 included), so threads
     of one process also claim their slots in a shared set. Slots are claimed all at once in
-    the process and locked in ascending order across processes: no waiting in a cycle."""
+    the process and locked in ascending order across processes: no waiting in a cycle.
+
+    A fetch whose bytes are queued for the disk is downgraded: this process's threads may
+    take the slot again (they find the bytes in the queue), other processes wait until the
+    bytes are on disk. POSIX locks do not nest, so a count of holders decides when the file
+    lock goes."""
 
     SLOTS = 1 << 24
 
     def __init__(self, directory: str):
         self._fd = os.open(os.path.join(directory, "fetch.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        self._claimed: set[int] = set()
+        self._claimed: set[int] = set()  # slots a thread of ours is fetching
+        self._holders: collections.Counter[int] = collections.Counter()  # per slot our file lock stands for
         self._cond = threading.Condition()
 
     def slots(self, keys) -> list[int]:
@@ -192,34 +199,54 @@ class FetchLocks:
             while self._claimed.intersection(slots):
                 self._cond.wait()
             self._claimed.update(slots)
+            # Slots held by a downgraded fetch are ours already: only the others need the file lock.
+            need = [slot for slot in slots if not self._holders[slot]]
+            self._holders.update(slots)
         for attempt in itertools.count():
             taken = []
             try:
-                for slot in slots:
+                for slot in need:
                     fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, slot, os.SEEK_SET)
                     taken.append(slot)
                 return
             except OSError as exc:
                 if exc.errno != errno.EDEADLK:
-                    self._unlock(taken, slots)
+                    self._undo(taken, slots)
                     raise
                 # The kernel sees a cycle between processes where their threads have none
                 # (ascending order per thread): let go, and try again shortly.
-                self._unlock(taken, [])
+                self._unlock(taken)
                 time.sleep(random.uniform(0.001, 0.002 * min(attempt + 1, 50)))
             except BaseException:
-                self._unlock(taken, slots)
+                self._undo(taken, slots)
                 raise
 
-    def release(self, slots: list[int]) -> None:
-        self._unlock(slots, slots)
-
-    def _unlock(self, locked: list[int], claimed: list[int]) -> None:
-        for slot in locked:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
+    def downgrade(self, slots: list[int]) -> None:
+        """Let this process's threads take these slots again; other processes still wait."""
         with self._cond:
-            self._claimed.difference_update(claimed)
+            self._claimed.difference_update(slots)
             self._cond.notify_all()
+
+    def release(self, slots: list[int], downgraded: bool = False) -> None:
+        with self._cond:
+            if not downgraded:
+                self._claimed.difference_update(slots)
+            self._holders.subtract(slots)
+            self._unlock([slot for slot in slots if self._holders[slot] <= 0])
+            self._holders = +self._holders  # drop the zeros
+            self._cond.notify_all()
+
+    def _undo(self, locked: list[int], slots: list[int]) -> None:
+        self._unlock(locked)
+        with self._cond:
+            self._claimed.difference_update(slots)
+            self._holders.subtract(slots)
+            self._holders = +self._holders
+            self._cond.notify_all()
+
+    def _unlock(self, slots: list[int]) -> None:
+        for slot in slots:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
 
 
 class CorruptEntry(Exception):

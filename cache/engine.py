@@ -72,9 +72,7 @@ class ChunkEngine:
         self.stage_bytes = 2 * self.readahead_bytes if stage_bytes is None else stage_bytes
         self._queue = FetchQueue(fetch_threads)
         # Disk writes wait on their own thread (see DISK_BACKLOG_BYTES); past the bound, inline.
-        # Writes that must not wait have a thread of their own, not queued behind one waiting.
         self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="disk-write")
-        self._disk_writer_now = ThreadPoolExecutor(1, thread_name_prefix="disk-write-now")
         self._disk_backlog = 0
         self._unwritten: dict[str, bytes] = {}  # disk key -> bytes queued for the disk cache
         self._readers_waiting = _Gate()
@@ -262,15 +260,15 @@ class ChunkEngine:
         for idx, key in keys.items():
             qkey = (level.cache_token, idx)
             self._queue.promote(qkey, priority)  # staged earlier: run that fetch first, then ours
-            # A staged chunk is not decoded: a reader that comes for it waits for its write.
-            fetch = partial(self._fetch_one, level, idx, key, deliver, defer_write=priority != STAGE)
+            fetch = partial(self._fetch_one, level, idx, key, deliver)
             self._queue.submit(qkey, priority, fetch,
                                partial(deliver, idx, Cancelled()), cancelled)
 
-    def _fetch_one(self, level, idx, key: str, deliver, defer_write: bool = True) -> None:
-        """With a disk cache, the chunk's cross-process slot is held from before the fetch
-        until its bytes are on disk, so another daemon on this cache folder (or a staged
-        fetch of this one) waits and then finds them there."""
+    def _fetch_one(self, level, idx, key: str, deliver) -> None:
+        """With a disk cache, the chunk's slot is held from before the fetch until its bytes
+        are on disk, so another daemon on this cache folder waits and then finds them there.
+        This daemon's threads wait only until the bytes are queued for the disk (a reader
+        coming for a staged chunk takes them from the queue)."""
         if self.disk is None:
             self.stats.add("chunks_fetched")
             deliver(idx, self._fetch_source(level, key))
@@ -297,7 +295,7 @@ class ChunkEngine:
             return
         deliver(idx, data)
         if isinstance(data, (bytes, bytearray, memoryview)):
-            self._disk_put([(dkey, data)], on_done=lambda: self.disk.locks.release(slots), defer=defer_write)
+            self._disk_put([(dkey, data)], slots)
         else:
             self.disk.locks.release(slots)
 
@@ -308,17 +306,20 @@ class ChunkEngine:
         except BaseException as exc:
             return exc
 
-    def _disk_put(self, entries: list[tuple[str, bytes]], on_done, defer: bool = True) -> None:
+    def _disk_put(self, entries: list[tuple[str, bytes]], slots: list[int]) -> None:
+        """Write fetched bytes to the disk cache, then let go of their fetch slots."""
         nbytes = sum(len(d) for _, d in entries)
         with self._lock:
             inline = self._disk_backlog + nbytes > DISK_BACKLOG_BYTES
             if not inline:
                 self._disk_backlog += nbytes
                 self._unwritten.update(entries)
+        if not inline:
+            self.disk.locks.downgrade(slots)  # the bytes are in _unwritten for this process's readers
         write_by = time.monotonic() + DISK_WRITE_DEFER_S
 
         def write() -> None:
-            if defer and not inline:
+            if not inline:
                 self._readers_waiting.wait_clear(max(0.0, write_by - time.monotonic()))
             try:
                 for key, data in entries:
@@ -326,7 +327,7 @@ class ChunkEngine:
             except Exception:
                 self.stats.add("errors")  # a full or broken cache disk costs speed, never a read
             finally:
-                on_done()
+                self.disk.locks.release(slots, downgraded=not inline)
                 if not inline:
                     with self._lock:
                         self._disk_backlog -= nbytes
@@ -336,7 +337,7 @@ class ChunkEngine:
         if inline:
             write()
         else:
-            (self._disk_writer if defer else self._disk_writer_now).submit(write)
+            self._disk_writer.submit(write)
 
     @property
     def fetches_pending(self) -> int:
@@ -364,8 +365,7 @@ class ChunkEngine:
 
     def flush_disk(self) -> None:
         """Wait for queued disk writes (tests, prefetch)."""
-        for writer in (self._disk_writer_now, self._disk_writer):
-            writer.submit(lambda: None).result()
+        self._disk_writer.submit(lambda: None).result()
 
     def _disk_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"

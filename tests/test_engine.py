@@ -219,28 +219,60 @@ def test_chunks_waiting_for_their_disk_write_are_read_from_memory(tmp_path, deep
     assert len(disk) == 8
 
 
-def test_staged_chunks_are_written_at_once_decoded_ones_after_the_readers(tmp_path, deep_store, monkeypatch):
-    """A staged chunk is not in memory: a reader coming for it waits for its write, which
-    must not be put off (1x512x512 scroll: 13 s became 56 s), nor queued behind a decoded
-    chunk's write, which waits."""
+def test_a_reader_gets_a_staged_chunk_once_fetched_not_once_written(tmp_path, deep_store, monkeypatch):
+    """A staged chunk is not decoded: a reader that comes for it while it is fetched waits
+    for the fetch, then takes the bytes from the write queue. Its disk write waits for the
+    readers (here 30 s); the reader must not wait for that (1x512x512 scroll: 13 s became 56 s)."""
     import ngffmount.cache.engine as engine_module
 
     monkeypatch.setattr(engine_module, "DISK_WRITE_DEFER_S", 30.0)
     path, _ = deep_store
     level = open_source(str(path)).levels[0]
+    fetch_many = level.fetch_many
+
+    def slow_fetch(keys):
+        time.sleep(0.5)  # the reader comes while this runs
+        return fetch_many(keys)
+
+    monkeypatch.setattr(level, "fetch_many", slow_fetch)
     disk = DiskCache(str(tmp_path / "cache"))
     engine = ChunkEngine(disk=disk)
-    with engine._readers_waiting:  # a reader waits for chunks all along
-        engine.prefetch(level, [(1, 0, 0)])
-        wait_idle(engine)  # its write is queued now, waiting for the reader
+    with engine._readers_waiting:  # another reader waits for chunks all along: writes wait
         engine.stage(level, [(0, 0, 0)])
-        wait_idle(engine)
-        deadline = time.monotonic() + 10
-        while len(disk) < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(disk) == 1, "the staged chunk is on disk, not queued behind the waiting write"
+        time.sleep(0.1)
+        started = time.monotonic()
+        got = engine.get(level, [(0, 0, 0)])[(0, 0, 0)]
+        assert time.monotonic() - started < 5, "the reader waited for the deferred disk write"
+        assert len(disk) == 0, "the write waits for the readers"
+    np.testing.assert_array_equal(got, level.decode((0, 0, 0), fetch_many([level.chunk_key((0, 0, 0))])[level.chunk_key((0, 0, 0))]))
+    assert engine.stats.snapshot()["chunks_fetched"] == 1
     engine.flush_disk()
-    assert len(disk) == 2
+    assert len(disk) == 1
+
+
+def test_downgraded_fetch_slot_lets_this_process_in_and_keeps_others_out(tmp_path):
+    """Once a fetch's bytes are queued for the disk, threads of this process take its slot
+    again; another process waits until the bytes are on disk (the slot released)."""
+    import subprocess
+    import sys
+
+    from ngffmount.cache.disk import FetchLocks
+
+    locks = FetchLocks(str(tmp_path))
+    locks.acquire([5])
+    locks.downgrade([5])
+    taken = threading.Event()
+    threading.Thread(target=lambda: (locks.acquire([5]), taken.set()), daemon=True).start()
+    assert taken.wait(5), "a thread of this process waits for a downgraded slot"
+    locks.release([5])  # that thread's turn is over; the downgraded fetch still holds the slot
+    other = subprocess.Popen([sys.executable, "-c", "import sys\nfrom ngffmount.cache.disk import FetchLocks\n"
+                              "FetchLocks(sys.argv[1]).acquire([5]); print('got it', flush=True)", str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    assert other.poll() is None, "another process took a slot whose bytes are not on disk yet"
+    locks.release([5], downgraded=True)
+    assert other.stdout.readline().strip() == "got it"
+    assert other.wait(10) == 0
 
 
 def test_gate_wait_ends_when_the_last_one_leaves_or_at_the_timeout():
