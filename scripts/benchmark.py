@@ -97,6 +97,7 @@ def worker(spec: dict) -> dict:
     buf = bytearray(size)
     buf[::4096] = bytes(len(range(0, size, 4096)))  # fault the pages in now, not on the clock
     view, pos, block = memoryview(buf), 0, spec["block"]
+    first = None
     before = proxy_counters()
     t0 = time.perf_counter()
     with open(spec["path"], "rb", buffering=0) as f:
@@ -105,8 +106,9 @@ def worker(spec: dict) -> dict:
             if not n:
                 raise BenchError(f"{spec['path']}: short read at {pos} of {size}")
             pos += n
+            first = first or time.perf_counter() - t0
     seconds = time.perf_counter() - t0
-    out = {"seconds": seconds, "before": before, "nbytes": size}
+    out = {"seconds": seconds, "before": before, "nbytes": size, "first_read_s": first}
     if spec.get("verify") == "plane":
         import tifffile
 
@@ -333,7 +335,8 @@ class Harness:
         res = self.run_worker(spec)
         self.settle(self.pid if mnt else None)
         after = self.proxy.snapshot()
-        run = {"seconds": res["seconds"], "nbytes": res["nbytes"], "hashes": res.get("hashes"),
+        run = {"seconds": res["seconds"], "first_read_s": res.get("first_read_s"), "nbytes": res["nbytes"],
+               "hashes": res.get("hashes"),
                "requests": after["requests"] - res["before"]["requests"],
                "bytes": after["bytes"] - res["before"]["bytes"],
                "methods": {m: n - res["before"]["by_method"].get(m, 0) for m, n in after["by_method"].items()
@@ -422,6 +425,8 @@ def summarize(label: str, runs: list[dict], chunks: int, needed: int, note: str 
                       for m in sorted({m for r in runs for m in r["methods"]})}
     if "stats" in runs[0]:
         row["stats"] = {k: statistics.mean(r["stats"].get(k, 0) for r in runs) for k in runs[0]["stats"]}
+    if runs[0].get("first_read_s") is not None:
+        row["first_read_s"] = statistics.median(r["first_read_s"] for r in runs)
     return row
 
 
@@ -686,6 +691,8 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
                     continue
                 dec = fmt(r["stats"].get("decodes", 0) / r["chunks"]) if "stats" in r else ""
                 note = r["note"]
+                if "first_read_s" in r and "plane by plane" in r["label"]:
+                    note += (" " if note else "") + f"first plane read at {r['first_read_s']:.2f} s;"
                 if "stats" in r:
                     s = r["stats"]
                     note += (" " if note else "") + ", ".join(
