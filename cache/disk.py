@@ -211,14 +211,14 @@ class FetchLocks:
                 return
             except OSError as exc:
                 if exc.errno != errno.EDEADLK:
-                    self._undo(taken, slots)
+                    self.release(slots)  # unlocking a slot we never locked does nothing
                     raise
                 # The kernel sees a cycle between processes where their threads have none
                 # (ascending order per thread): let go, and try again shortly.
                 self._unlock(taken)
                 time.sleep(random.uniform(0.001, 0.002 * min(attempt + 1, 50)))
             except BaseException:
-                self._undo(taken, slots)
+                self.release(slots)
                 raise
 
     def downgrade(self, slots: list[int]) -> None:
@@ -232,16 +232,10 @@ class FetchLocks:
             if not downgraded:
                 self._claimed.difference_update(slots)
             self._holders.subtract(slots)
-            self._unlock([slot for slot in slots if self._holders[slot] <= 0])
-            self._holders = +self._holders  # drop the zeros
-            self._cond.notify_all()
-
-    def _undo(self, locked: list[int], slots: list[int]) -> None:
-        self._unlock(locked)
-        with self._cond:
-            self._claimed.difference_update(slots)
-            self._holders.subtract(slots)
-            self._holders = +self._holders
+            last = [slot for slot in slots if self._holders[slot] <= 0]
+            self._unlock(last)
+            for slot in last:
+                del self._holders[slot]
             self._cond.notify_all()
 
     def _unlock(self, slots: list[int]) -> None:
