@@ -50,6 +50,11 @@ class Level:
         """Decode one chunk's bytes into an array of exactly `chunk_shape`."""
         raise NotImplementedError
 
+    def blosc_frame(self, raw: bytes):
+        """The chunk's bytes as a BloscFrame when they are one c-blosc frame holding the
+        chunk in C order (so its blocks can be decoded alone), else None."""
+        return None
+
     @property
     def chunk_nbytes(self) -> int:
         n = 1

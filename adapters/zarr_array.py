@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .base import Axis, Level, make_cache_token
+from .blosc_frames import BloscFrame
 from .errors import BadMetadata, ChunkReadError, NgffMountError, Unsupported
 from .storage import RangeRequest, Store
 from .zarr_codecs import V2ChunkDecoder, V3ChunkDecoder, parse_fill_value, v2_dtype
@@ -191,6 +192,11 @@ class ZarrLevel(Level):
             raise ChunkReadError(f"shard index of {self.store.url}/{shard} is corrupt: {exc}") from None
 
     # -- decode ----------------------------------------------------------------------
+    def blosc_frame(self, raw: bytes) -> BloscFrame | None:
+        if not self._decoder.blosc_only:
+            return None
+        return BloscFrame.parse(raw, self.chunk_nbytes, self.dtype.itemsize)
+
     def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
         try:
             return self._decoder.decode(raw)

@@ -127,6 +127,8 @@ class V2ChunkDecoder:
         self.compressor = _codec(comp, "Zarr compressor") if comp else None
         self.filters = [_codec(f, "Zarr filter") for f in (meta.get("filters") or [])]
         self.nbytes = int(np.prod(self.shape)) * dtype.itemsize
+        # The chunk's bytes in C order are one Blosc frame: it can be decoded block by block.
+        self.blosc_only = isinstance(self.compressor, numcodecs.Blosc) and not self.filters and self.order == "C"
 
     def decode(self, raw: bytes) -> np.ndarray:
         buf = raw
@@ -230,6 +232,8 @@ class V3ChunkDecoder:
             raise BadMetadata("Zarr v3 codecs have no array-to-bytes codec")
         self.dtype = v3_dtype(data_type, endian)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self.blosc_only = (self.transpose is None and self.sharding is None and len(self.bytes_codecs) == 1
+                           and isinstance(self.bytes_codecs[0], numcodecs.Blosc))
 
     def _sharding(self, conf: dict, data_type) -> ShardingSpec:
         inner = tuple(conf.get("chunk_shape") or ())

@@ -14,6 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
+from .blocked import MIN_BLOCKS, BlockedChunk
 from .disk import CorruptEntry, DiskCache
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .memory import MemoryLRU
@@ -84,7 +85,8 @@ class ChunkEngine:
         self._fill: dict[str, np.ndarray] = {}
 
     def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
-        """Decoded chunks (read-only, full chunk shape) for the given chunk indices of a level."""
+        """The given chunks of a level, each sliceable like a read-only array of the full
+        chunk shape: a decoded array, or a BlockedChunk that decodes the blocks a slice needs."""
         result, mine, waiting = self._claim(level, indices)
         self.stats.add("memory_hits", len(result))
         self.stats.add("memory_misses", len(mine) + len(waiting))
@@ -224,12 +226,15 @@ class ChunkEngine:
             if raw is None:
                 self.stats.add("chunks_missing")
                 arr = self._fill_chunk(level)
+            elif (frame := level.blosc_frame(raw)) is not None and frame.nblocks >= MIN_BLOCKS:
+                arr = BlockedChunk(frame, level.chunk_shape, level.dtype, key, self.memory, self.stats)
             else:
                 self.stats.add("decodes")
                 arr = level.decode(idx, raw)
                 if arr.shape != tuple(level.chunk_shape):
                     raise ValueError(f"decoded chunk {idx} has shape {arr.shape}, expected {level.chunk_shape}")
                 arr.flags.writeable = False
+                self.stats.add("decoded_bytes", arr.nbytes)
         except BaseException as exc:
             if not isinstance(exc, Cancelled):
                 self.stats.add("errors")

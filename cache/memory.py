@@ -1,4 +1,4 @@
-"""A byte-bounded LRU of decoded chunks, so each resident chunk is decoded once."""
+"""A byte-bounded LRU of decoded chunks (or blocks of them), so each is decoded once while resident."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ class MemoryLRU:
         return len(self._items)
 
 
-def _resident_bytes(arr: np.ndarray) -> int:
+def _resident_bytes(arr) -> int:
+    if not isinstance(arr, np.ndarray):
+        return arr.nbytes  # a BlockedChunk: its encoded bytes
     # A broadcast fill chunk owns a single element.
     return arr.nbytes if arr.base is None or arr.strides.count(0) == 0 else arr.itemsize

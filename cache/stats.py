@@ -16,7 +16,9 @@ COUNTERS = (
     "disk_hits",
     "disk_misses",
     "disk_corrupt",
-    "decodes",
+    "decodes",  # whole chunks decoded
+    "block_decodes",  # Blosc blocks decoded alone (BlockedChunk)
+    "decoded_bytes",  # by both: decoded bytes / chunk bytes is how often each chunk was decoded
     "prefetched",  # chunks queued by readahead
     "errors",
 )

@@ -6,15 +6,20 @@ import os
 import threading
 import time
 
+import numcodecs
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import read_all, tiff_array, vfs_for
 from ngffmount.adapters import open_source
+from ngffmount.adapters.blosc_frames import BloscFrame
+from ngffmount.adapters.errors import ChunkReadError
 from ngffmount.adapters.storage import TRANSFERS
 from ngffmount.cache.disk import CorruptEntry, DiskCache
 from ngffmount.cache.engine import ChunkEngine
-from ngffmount.cache.region import read_region
+from ngffmount.cache.region import chunks_touching, read_region
 from zarr_fixtures import pattern, write_ome_zarr
 
 
@@ -424,3 +429,122 @@ def test_chunks_of_one_shard_fetched_at_once_read_its_index_once(tmp_path):
     before = TRANSFERS.requests
     np.testing.assert_array_equal(read_region(ChunkEngine(), level, (0, 0, 0), (1, 256, 256))[0], data[0])
     assert TRANSFERS.requests - before == 1 + 64, "the shard index once, then one request per chunk"
+
+
+# -- chunks kept encoded, decoded a Blosc block at a time ------------------------------------
+
+BLOSC_BLOCKED = {
+    # zarr v2, lz4 at c-blosc's own block size (256 KiB): 8 blocks of 2 planes per chunk
+    "v2-lz4": ("0.4", numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE), (16, 256, 256)),
+    # zarr v3, zstd + bitshuffle, blocks that end mid-row and a short last block
+    "v3-zstd": ("0.5", {"name": "blosc", "configuration": {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle",
+                                                        "typesize": 2, "blocksize": 1000}}, (8, 32, 48)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BLOSC_BLOCKED))
+def blocked_store(request, tmp_path_factory):
+    version, compressor, chunks = BLOSC_BLOCKED[request.param]
+    path = tmp_path_factory.mktemp("blocked") / "blocked.zarr"
+    shape = (2 * chunks[0], chunks[1] + 7, 2 * chunks[2] - 5)  # edge chunks on y and x
+    data = pattern(shape, "uint16")
+    write_ome_zarr(path, data, "zyx", version=version, levels=1, chunks=chunks, compressors=compressor)
+    return path, data
+
+
+def test_blosc_frame_blocks_match_the_whole_chunk_decode(blocked_store):
+    path, _ = blocked_store
+    level = open_source(str(path)).levels[0]
+    raw = level.fetch_many([level.chunk_key((0, 0, 0))])[level.chunk_key((0, 0, 0))]
+    frame = level.blosc_frame(raw)
+    assert frame is not None and frame.nblocks >= 8
+    whole = level.decode((0, 0, 0), raw).tobytes()
+    assert b"".join(frame.decode_block(b).tobytes() for b in range(frame.nblocks)) == whole
+
+
+def test_blosc_frame_refuses_what_is_not_one_whole_frame(blocked_store):
+    path, _ = blocked_store
+    level = open_source(str(path)).levels[0]
+    raw = level.fetch_many([level.chunk_key((0, 0, 0))])[level.chunk_key((0, 0, 0))]
+    assert level.blosc_frame(raw[:-1]) is None, "truncated"
+    assert level.blosc_frame(raw + b"\0") is None, "trailing bytes"
+    assert BloscFrame.parse(raw, level.chunk_nbytes * 2, 2) is None, "holds another size"
+    assert BloscFrame.parse(raw, level.chunk_nbytes, 2) is not None
+    assert BloscFrame.parse(b"\x89PNG" + bytes(60), level.chunk_nbytes, 2) is None
+
+
+def test_a_plane_decodes_only_its_blocks_and_a_scroll_each_block_once(blocked_store):
+    path, data = blocked_store
+    engine = ChunkEngine()
+    fs = vfs_for(str(path), engine=engine)
+    offset = pixel_offset(path)
+    nz, ny, nx = data.shape
+    plane = ny * nx * 2
+    level = open_source(str(path)).levels[0]
+    cz, cy, cx = level.chunk_shape
+    chunks_per_plane = -(-ny // cy) * -(-nx // cx)
+    assert fs.read("/s0.tif", plane, offset + 5 * plane) == data[5].tobytes()
+    wait_idle(engine)
+    stats = engine.stats.snapshot()
+    assert stats["decodes"] == 0
+    # One plane of a chunk spans at most two blocks: far less than the chunk.
+    assert stats["decoded_bytes"] <= chunks_per_plane * 2 * cy * cx * 2 + chunks_per_plane * 2000
+    assert stats["decoded_bytes"] < chunks_per_plane * level.chunk_nbytes / 2
+    for z in range(nz):
+        # 4 KiB pieces: many reads land in one block
+        got = b"".join(fs.read("/s0.tif", min(4096, plane - k), offset + z * plane + k) for k in range(0, plane, 4096))
+        assert got == data[z].tobytes()
+    wait_idle(engine)
+    stats = engine.stats.snapshot()
+    chunks = chunks_per_plane * (nz // cz)
+    assert stats["decodes"] == 0
+    assert stats["decoded_bytes"] == blocks_holding_pixels(level, data.shape), "every block decoded exactly once"
+    assert stats["chunks_fetched"] == chunks
+
+
+def blocks_holding_pixels(level, shape) -> int:
+    """Bytes of the Blosc blocks that hold at least one pixel of the image (edge chunks hold
+    padding, and a block of padding alone is never read)."""
+    total = 0
+    for idx in chunks_touching(level, [0] * len(shape), shape):
+        raw = level.fetch_many([level.chunk_key(idx)])[level.chunk_key(idx)]
+        frame = level.blosc_frame(raw)
+        inside = np.zeros(level.chunk_shape, bool)
+        inside[tuple(slice(0, min(c, n - i * c)) for c, n, i in zip(level.chunk_shape, shape, idx))] = True
+        per_block = frame.block_bytes // level.dtype.itemsize
+        total += sum(frame.block_size(b) for b in np.unique(np.flatnonzero(inside) // per_block))
+    return total
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(box=st.data())
+def test_any_box_of_blocked_chunks_matches_the_source(blocked_store, box):
+    path, data = blocked_store
+    engine = ChunkEngine(memory_bytes=4 << 20)  # small: blocks and chunks come and go
+    level = open_source(str(path)).levels[0]
+    start = [box.draw(st.integers(0, n - 1)) for n in data.shape]
+    stop = [box.draw(st.integers(a + 1, n)) for a, n in zip(start, data.shape)]
+    got = read_region(engine, level, start, stop)
+    assert np.array_equal(got, data[tuple(slice(a, b) for a, b in zip(start, stop))])
+    assert engine.stats.snapshot()["decodes"] == 0
+
+
+def test_a_broken_block_fails_its_reads_and_not_the_others(tmp_path):
+    path = tmp_path / "broken.zarr"
+    data = pattern((16, 256, 256), "uint16")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(16, 256, 256),
+                   compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE))
+    chunk_file = path / "0" / "0" / "0" / "0"
+    raw = bytearray(chunk_file.read_bytes())
+    frame = BloscFrame.parse(bytes(raw), data.nbytes, 2)
+    # Block 3's stream: overwrite its body (after its 4-byte size) with garbage.
+    body = int.from_bytes(raw[16 + 4 * 3:16 + 4 * 4], "little")
+    raw[body + 4:body + 68] = b"\xff" * 64
+    chunk_file.write_bytes(bytes(raw))
+    engine = ChunkEngine()
+    level = open_source(str(path)).levels[0]
+    per_block = frame.block_bytes // (256 * 256 * 2)  # planes per block
+    with pytest.raises(ChunkReadError):
+        read_region(engine, level, (3 * per_block, 0, 0), (3 * per_block + 1, 256, 256))
+    assert engine.stats.snapshot()["errors"] == 1
+    assert np.array_equal(read_region(engine, level, (0, 0, 0), (1, 256, 256)), data[:1])

@@ -68,8 +68,10 @@ def write_ome_zarr(
     units=None,
     translation=None,
     attrs: dict | None = None,
+    compressors=None,
 ) -> list[np.ndarray]:
-    """Write a pyramid (y, x halved per level by striding); return the arrays written per level."""
+    """Write a pyramid (y, x halved per level by striding); return the arrays written per level.
+    `compressors`: as zarr-python takes them (default: zarr-python's)."""
     zarr_format = 3 if version == "0.5" else 2
     root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     scale0 = scale0 or [1.0] * len(axes)
@@ -86,6 +88,8 @@ def write_ome_zarr(
             kwargs["shards"] = tuple(min(sh, -(-n // ci) * ci) for sh, n, ci in zip(shards, arr.shape, c))
         if zarr_format == 3:
             kwargs["dimension_names"] = list(axes)
+        if compressors is not None:
+            kwargs["compressors"] = compressors
         z = root.create_array(str(lvl), shape=arr.shape, dtype=arr.dtype, chunks=c, **kwargs)
         z[...] = arr
         written.append(arr)

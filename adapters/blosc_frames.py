@@ -1,0 +1,73 @@
+"""A chunk stored as one c-blosc frame, decoded a block at a time.
+
+A Blosc frame is cut into blocks (256 KiB for lz4 at level 5) compressed one by one, so
+one z-plane of a 64x256x256 uint16 chunk lies in one block of 32. Decoding just the
+blocks a read needs turns the first plane of a deep chunking from 64 chunk decodes into
+64 block decodes. c-blosc's blosc_getitem does that; numcodecs builds c-blosc into its
+extension module and exports it, so it is reached with ctypes, not a new dependency.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+
+import numcodecs.blosc
+import numpy as np
+
+from .errors import ChunkReadError
+
+# The c-blosc 1.x header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes.
+HEADER = struct.Struct("<BBBBIII")
+FLAG_MEMCPYED = 0x02  # stored uncompressed after the header, no block table
+
+
+def _load_getitem():
+    try:
+        fn = ctypes.CDLL(numcodecs.blosc.__file__).blosc_getitem
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_getitem = _load_getitem()
+
+
+class BloscFrame:
+    """The encoded bytes of one chunk, and how to decode any one of its blocks."""
+
+    def __init__(self, raw: bytes, typesize: int, nbytes: int, block_bytes: int):
+        self.raw = raw
+        self.typesize = typesize
+        self.nbytes = nbytes
+        self.block_bytes = block_bytes
+        self.nblocks = -(-nbytes // block_bytes)
+
+    @classmethod
+    def parse(cls, raw, expected_nbytes: int, itemsize: int) -> BloscFrame | None:
+        """The frame, or None when `raw` is not a whole c-blosc 1.x frame of `expected_nbytes`
+        whose blocks hold whole items (then the chunk is decoded whole, which checks it)."""
+        if _getitem is None or len(raw) < HEADER.size:
+            return None
+        version, _, flags, typesize, nbytes, block_bytes, cbytes = HEADER.unpack_from(raw)
+        if version not in (1, 2) or nbytes != expected_nbytes or cbytes != len(raw) or not typesize:
+            return None
+        if block_bytes <= 0 or block_bytes % typesize or block_bytes % itemsize or nbytes % typesize:
+            return None
+        frame = cls(bytes(raw), typesize, nbytes, block_bytes)
+        table = 0 if flags & FLAG_MEMCPYED else 4 * frame.nblocks
+        return frame if HEADER.size + table <= cbytes else None
+
+    def block_size(self, block: int) -> int:
+        return min(self.block_bytes, self.nbytes - block * self.block_bytes)
+
+    def decode_block(self, block: int) -> np.ndarray:
+        """Block `block` as new uint8 memory."""
+        size = self.block_size(block)
+        out = np.empty(size, np.uint8)
+        got = _getitem(self.raw, block * self.block_bytes // self.typesize, size // self.typesize, out.ctypes.data)
+        if got != size:
+            raise ChunkReadError(f"blosc block {block} does not decode (c-blosc returned {got})")
+        return out

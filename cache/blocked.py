@@ -1,0 +1,81 @@
+"""A resident chunk kept encoded, whose blocks are decoded as reads first need them.
+
+A plane of a 64-deep chunk is 1/64 of it: decoding the whole chunk for the first plane
+costs 64 times the work and fresh memory that plane needs (on this kind of VM, first
+touches of memory are what a cold plane spends most on). Decoded blocks live in the
+memory cache beside the chunks, so a scroll still decodes each block once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .memory import MemoryLRU
+from .stats import Stats
+
+# Fewer blocks than this and a read needs most of the chunk anyway: decode it whole.
+MIN_BLOCKS = 4
+
+
+class BlockedChunk:
+    """Slices like a read-only array of the chunk's shape (`chunk[box]`, box a tuple of
+    slices with start and stop); each slice decodes only the blocks it lies in."""
+
+    def __init__(self, frame, shape, dtype: np.dtype, key, memory: MemoryLRU, stats: Stats):
+        self.frame = frame
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.nbytes = len(frame.raw)  # what it holds in memory, for the memory cache's bound
+        self._key = key
+        self._memory = memory
+        self._stats = stats
+        self._lock = threading.Lock()
+        strides, n = [], 1
+        for size in reversed(self.shape):
+            strides.append(n)
+            n *= size
+        self._elem_strides = tuple(reversed(strides))  # C order, in elements
+
+    def __getitem__(self, box: tuple[slice, ...]) -> np.ndarray:
+        starts = [s.start for s in box]
+        stops = [s.stop for s in box]
+        # The box lies within elements [first, last] of the chunk in C order.
+        first = sum(a * st for a, st in zip(starts, self._elem_strides))
+        last = sum((b - 1) * st for b, st in zip(stops, self._elem_strides))
+        per_block = self.frame.block_bytes // self.dtype.itemsize
+        b0, b1 = first // per_block, last // per_block
+        if b0 == b1:
+            flat = self._block(b0)[first - b0 * per_block:]
+        else:
+            flat = np.empty(last + 1 - first, self.dtype)
+            for b in range(b0, b1 + 1):
+                lo, hi = max(first, b * per_block), min(last + 1, (b + 1) * per_block)
+                flat[lo - first:hi - first] = self._block(b)[lo - b * per_block:hi - b * per_block]
+        itemsize = self.dtype.itemsize
+        return as_strided(flat, shape=[b - a for a, b in zip(starts, stops)],
+                          strides=[st * itemsize for st in self._elem_strides], writeable=False)
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[tuple(slice(0, n) for n in self.shape)]
+        return whole.astype(dtype) if dtype is not None else np.array(whole)
+
+    def _block(self, block: int) -> np.ndarray:
+        key = (*self._key, block)
+        arr = self._memory.get(key)
+        if arr is None:
+            with self._lock:  # two readers of one block decode it once
+                arr = self._memory.get(key)
+                if arr is None:
+                    try:
+                        arr = self.frame.decode_block(block).view(self.dtype)
+                    except Exception:
+                        self._stats.add("errors")
+                        raise
+                    arr.flags.writeable = False
+                    self._stats.add("block_decodes")
+                    self._stats.add("decoded_bytes", arr.nbytes)
+                    self._memory.put(key, arr)
+        return arr
