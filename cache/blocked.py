@@ -3,12 +3,15 @@
 A plane of a 64-deep chunk is 1/64 of it: decoding the whole chunk for the first plane
 costs 64 times the work and fresh memory that plane needs (on this kind of VM, first
 touches of memory are what a cold plane spends most on). Decoded blocks live in the
-memory cache beside the chunks, so a scroll still decodes each block once.
+memory cache beside the chunks, so a scroll still decodes each block once. A read that
+moves on to the next block of a chunk is walking it in C order (a z-scroll): the block
+after that is decoded in the background, as readahead decoded whole chunks before.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -24,7 +27,8 @@ class BlockedChunk:
     """Slices like a read-only array of the chunk's shape (`chunk[box]`, box a tuple of
     slices with start and stop); each slice decodes only the blocks it lies in."""
 
-    def __init__(self, frame, shape, dtype: np.dtype, key, memory: MemoryLRU, stats: Stats):
+    def __init__(self, frame, shape, dtype: np.dtype, key, memory: MemoryLRU, stats: Stats,
+                 background: Callable[..., None]):
         self.frame = frame
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
@@ -32,7 +36,9 @@ class BlockedChunk:
         self._key = key
         self._memory = memory
         self._stats = stats
+        self._background = background
         self._lock = threading.Lock()
+        self._asked: set[int] = set()  # blocks decoded or queued since the chunk came in
         strides, n = [], 1
         for size in reversed(self.shape):
             strides.append(n)
@@ -54,15 +60,19 @@ class BlockedChunk:
             for b in range(b0, b1 + 1):
                 lo, hi = max(first, b * per_block), min(last + 1, (b + 1) * per_block)
                 flat[lo - first:hi - first] = self._block(b)[lo - b * per_block:hi - b * per_block]
+        self._follow(b1)
         itemsize = self.dtype.itemsize
         return as_strided(flat, shape=[b - a for a, b in zip(starts, stops)],
                           strides=[st * itemsize for st in self._elem_strides], writeable=False)
 
-    def __array__(self, dtype=None, copy=None):
-        whole = self[tuple(slice(0, n) for n in self.shape)]
-        return whole.astype(dtype) if dtype is not None else np.array(whole)
+    def _follow(self, block: int) -> None:
+        ahead = block + 1
+        if block - 1 in self._asked and ahead < self.frame.nblocks and ahead not in self._asked:
+            self._asked.add(ahead)
+            self._background(self._block, ahead)
 
     def _block(self, block: int) -> np.ndarray:
+        self._asked.add(block)
         key = (*self._key, block)
         arr = self._memory.get(key)
         if arr is None:

@@ -82,6 +82,7 @@ class ChunkEngine:
         self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
         self._lock = threading.Lock()
         self._decoders = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
+        self._background: set[Future] = set()  # blocks decoded ahead of a reader
         self._fill: dict[str, np.ndarray] = {}
 
     def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
@@ -227,7 +228,8 @@ class ChunkEngine:
                 self.stats.add("chunks_missing")
                 arr = self._fill_chunk(level)
             elif (frame := level.blosc_frame(raw)) is not None and frame.nblocks >= MIN_BLOCKS:
-                arr = BlockedChunk(frame, level.chunk_shape, level.dtype, key, self.memory, self.stats)
+                arr = BlockedChunk(frame, level.chunk_shape, level.dtype, key, self.memory, self.stats,
+                                   self._in_background)
             else:
                 self.stats.add("decodes")
                 arr = level.decode(idx, raw)
@@ -246,6 +248,23 @@ class ChunkEngine:
             self.memory.put(key, arr)
             self._inflight.pop(key, None)
         fut.set_result(arr)
+
+    def _in_background(self, fn, *args) -> None:
+        """Run fn(*args) on a decode thread; its failure is left to the read that needs it."""
+        def run():
+            try:
+                fn(*args)
+            except Exception:
+                pass
+
+        fut = self._decoders.submit(run)
+        with self._lock:
+            self._background.add(fut)
+        fut.add_done_callback(self._background_done)
+
+    def _background_done(self, fut: Future) -> None:
+        with self._lock:
+            self._background.discard(fut)
 
     def _disk_or_remote(self, level, idx, chunk_key: str):
         data = self._disk_get(level, chunk_key)
@@ -362,11 +381,11 @@ class ChunkEngine:
             if not self._queue.wait_idle(left):
                 return False
             with self._lock:
-                if not self._inflight:
+                if not self._inflight and not self._background:
                     return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            time.sleep(0.005)  # chunks still being decoded
+            time.sleep(0.005)  # chunks or blocks still being decoded
 
     def flush_disk(self) -> None:
         """Wait for queued disk writes (tests, prefetch)."""
