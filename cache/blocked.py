@@ -14,7 +14,6 @@ import threading
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from .memory import MemoryLRU
 from .stats import Stats
@@ -62,8 +61,9 @@ class BlockedChunk:
                 flat[lo - first:hi - first] = self._block(b)[lo - b * per_block:hi - b * per_block]
         self._follow(b1)
         itemsize = self.dtype.itemsize
-        return as_strided(flat, shape=[b - a for a, b in zip(starts, stops)],
-                          strides=[st * itemsize for st in self._elem_strides], writeable=False)
+        # The box from its first element, with the chunk's strides (read-only, as flat is).
+        return np.ndarray([b - a for a, b in zip(starts, stops)], self.dtype, flat,
+                          strides=[st * itemsize for st in self._elem_strides])
 
     def _follow(self, block: int) -> None:
         ahead = block + 1
@@ -87,5 +87,5 @@ class BlockedChunk:
                     arr.flags.writeable = False
                     self._stats.add("block_decodes")
                     self._stats.add("decoded_bytes", arr.nbytes)
-                    self._memory.put(key, arr)
+                    self._memory.put(key, arr, part=True)
         return arr

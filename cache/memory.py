@@ -10,35 +10,54 @@ import numpy as np
 
 
 class MemoryLRU:
+    """Chunks, and parts of chunks (decoded Blosc blocks). Under pressure, parts beyond a
+    quarter of the bound go first: one is cheap to decode again and most are read once or
+    twice, while a chunk evicted before it is read must come back from disk or the source."""
+
     def __init__(self, max_bytes: int):
         self.max_bytes = max(0, int(max_bytes))
+        self.part_share = self.max_bytes // 4
         self.nbytes = 0
+        self.part_bytes = 0
         self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._parts: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> np.ndarray | None:
         with self._lock:
-            arr = self._items.get(key)
-            if arr is not None:
-                self._items.move_to_end(key)
-            return arr
+            for items in (self._items, self._parts):
+                arr = items.get(key)
+                if arr is not None:
+                    items.move_to_end(key)
+                    return arr
+            return None
 
-    def put(self, key: Hashable, arr: np.ndarray) -> None:
+    def put(self, key: Hashable, arr: np.ndarray, part: bool = False) -> None:
         size = _resident_bytes(arr)
         if size > self.max_bytes:
             return
+        items = self._parts if part else self._items
         with self._lock:
-            old = self._items.pop(key, None)
+            old = items.pop(key, None)
             if old is not None:
-                self.nbytes -= _resident_bytes(old)
-            self._items[key] = arr
-            self.nbytes += size
-            while self.nbytes > self.max_bytes and self._items:
-                _, evicted = self._items.popitem(last=False)
-                self.nbytes -= _resident_bytes(evicted)
+                self._count(-_resident_bytes(old), part)
+            items[key] = arr
+            self._count(size, part)
+            while self.nbytes > self.max_bytes:
+                if self._parts and (self.part_bytes > self.part_share or not self._items):
+                    _, evicted = self._parts.popitem(last=False)
+                    self._count(-_resident_bytes(evicted), True)
+                elif self._items:
+                    _, evicted = self._items.popitem(last=False)
+                    self._count(-_resident_bytes(evicted), False)
+
+    def _count(self, size: int, part: bool) -> None:
+        self.nbytes += size
+        if part:
+            self.part_bytes += size
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._parts)
 
 
 def _resident_bytes(arr) -> int:

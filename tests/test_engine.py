@@ -570,3 +570,20 @@ def test_a_broken_block_fails_its_reads_and_not_the_others(tmp_path):
         read_region(engine, level, (3 * per_block, 0, 0), (3 * per_block + 1, 256, 256))
     assert engine.stats.snapshot()["errors"] == 1
     assert np.array_equal(read_region(engine, level, (0, 0, 0), (1, 256, 256)), data[:1])
+
+
+def test_memory_cache_lets_decoded_blocks_go_before_chunks_beyond_their_share():
+    from ngffmount.cache.memory import MemoryLRU
+
+    lru = MemoryLRU(1000)  # parts keep 250 bytes before chunks give way
+    item = lambda n: np.zeros(n, np.uint8)  # noqa: E731
+    lru.put("chunk-a", item(400))
+    for b in range(6):
+        lru.put(("block", b), item(100), part=True)  # 400 + 600: full
+    lru.put("chunk-b", item(300))  # the oldest parts beyond the share go, not chunk-a
+    assert lru.get("chunk-a") is not None and lru.get("chunk-b") is not None
+    assert [lru.get(("block", b)) is not None for b in range(6)] == [False] * 3 + [True] * 3
+    assert lru.nbytes == 1000 and lru.part_bytes == 300
+    lru.put("chunk-c", item(250))  # parts down to their share (250: two left), then the oldest chunk
+    assert lru.get("chunk-a") is None and lru.get("chunk-b") is not None and lru.get("chunk-c") is not None
+    assert lru.part_bytes == 200 and lru.nbytes == 750
