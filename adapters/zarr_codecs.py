@@ -7,7 +7,6 @@ fetching and caching; the tests compare every pixel against zarr-python's own re
 from __future__ import annotations
 
 import math
-import struct
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,6 +14,7 @@ from typing import Sequence
 import numcodecs
 import numpy as np
 
+from .blosc_frames import HEADER as BLOSC_HEADER
 from .errors import BadMetadata, ChunkReadError, Unsupported
 
 # -- dtypes and fill values --------------------------------------------------------------
@@ -89,9 +89,8 @@ def bounded_decode(codec, buf, expected: int):
     """Decode `buf` whose output must be `expected` bytes, refusing decompression bombs
     where the codec allows it: blosc headers state their size, zlib and gzip stream."""
     if isinstance(codec, numcodecs.Blosc):
-        head = numcodecs.compat.ensure_bytes(buf)[:16]
-        # The c-blosc header: version, versionlz, flags, typesize, then uint32 nbytes.
-        nbytes = struct.unpack_from("<I", head, 4)[0] if len(head) == 16 else -1
+        head = numcodecs.compat.ensure_bytes(buf)[:BLOSC_HEADER.size]
+        nbytes = BLOSC_HEADER.unpack(head)[4] if len(head) == BLOSC_HEADER.size else -1
         if nbytes != expected:
             raise ChunkReadError(f"blosc chunk holds {nbytes} bytes, expected {expected}")
         # Into numpy's memory: from 4 MiB up numpy asks the kernel for huge pages, so an
