@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Iterable
@@ -19,37 +20,14 @@ from .disk import CorruptEntry, DiskCache
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .memory import MemoryLRU
 from .stats import Stats
+from .writeback import Pending, WriteBehind
 
 # Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
 DEFAULT_MEMORY = 768 << 20
 DEFAULT_READAHEAD = 256 << 20
-# Fetched chunks wait in memory for their disk write, up to this many bytes (then the fetch
-# thread writes them itself), and while a reader waits for chunks, up to DISK_WRITE_DEFER_S:
-# the CPU that writes 335 MB to the page cache goes to decoding the plane first.
+# Fetched bytes that wait for their disk write (see writeback.py) and that nothing else
+# holds: past this, the fetch thread writes them itself.
 DISK_BACKLOG_BYTES = 256 << 20
-DISK_WRITE_DEFER_S = 1.0
-
-
-class _Gate:
-    """Counts threads inside `with gate:`; others can wait (bounded) until none is."""
-
-    def __init__(self):
-        self._count = 0
-        self._cond = threading.Condition()
-
-    def __enter__(self):
-        with self._cond:
-            self._count += 1
-
-    def __exit__(self, *exc):
-        with self._cond:
-            self._count -= 1
-            if not self._count:
-                self._cond.notify_all()
-
-    def wait_clear(self, timeout: float) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._count, timeout)
 
 
 class ChunkEngine:
@@ -63,7 +41,7 @@ class ChunkEngine:
         stage_bytes: int | None = None,
     ):
         self.disk = disk
-        self.memory = MemoryLRU(memory_bytes)
+        self.memory = MemoryLRU(memory_bytes, on_evict=self._memory_changed)
         # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
         # Beyond that, readahead fetches encoded chunks into the disk cache only (no memory
@@ -72,11 +50,7 @@ class ChunkEngine:
             stage_bytes = 0
         self.stage_bytes = 2 * self.readahead_bytes if stage_bytes is None else stage_bytes
         self._queue = FetchQueue(fetch_threads)
-        # Disk writes wait on their own thread (see DISK_BACKLOG_BYTES); past the bound, inline.
-        self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="disk-write")
-        self._disk_backlog = 0
-        self._unwritten: dict[str, bytes] = {}  # disk key -> bytes queued for the disk cache
-        self._readers_waiting = _Gate()
+        self._writes = WriteBehind(self._disk_write, self._holds_bytes, DISK_BACKLOG_BYTES) if disk is not None else None
         self.stats = Stats()
         self._inflight: dict[tuple, Future] = {}
         self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
@@ -88,23 +62,23 @@ class ChunkEngine:
     def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
         """The given chunks of a level, each sliceable like a read-only array of the full
         chunk shape: a decoded array, or a BlockedChunk that decodes the blocks a slice needs."""
-        result, mine, waiting = self._claim(level, indices)
-        self.stats.add("memory_hits", len(result))
-        self.stats.add("memory_misses", len(mine) + len(waiting))
-        for idx, _ in waiting:
-            self._queue.promote((level.cache_token, idx), DEMAND)  # queued by readahead: now needed
-        if mine:
-            self._load(level, mine, DEMAND)
-        dropped = []
-        with self._readers_waiting:
+        with self._writes.reading() if self._writes is not None else nullcontext():
+            result, mine, waiting = self._claim(level, indices)
+            self.stats.add("memory_hits", len(result))
+            self.stats.add("memory_misses", len(mine) + len(waiting))
+            for idx, _ in waiting:
+                self._queue.promote((level.cache_token, idx), DEMAND)  # queued by readahead: now needed
+            if mine:
+                self._load(level, mine, DEMAND)
+            dropped = []
             for idx, fut in mine + waiting:
                 try:
                     result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
                 except Cancelled:
                     dropped.append(idx)  # a readahead dropped just before we promoted it
-        if dropped:
-            result.update(self.get(level, dropped))
-        return result
+            if dropped:
+                result.update(self.get(level, dropped))
+            return result
 
     def prefetch(self, level, indices: Iterable[tuple[int, ...]], urgent: bool = False,
                  cancelled: threading.Event | None = None) -> None:
@@ -247,6 +221,7 @@ class ChunkEngine:
         with self._lock:
             self.memory.put(key, arr)
             self._inflight.pop(key, None)
+        self._memory_changed(key)
         fut.set_result(arr)
 
     def _in_background(self, fn, *args) -> None:
@@ -319,7 +294,7 @@ class ChunkEngine:
             return
         deliver(idx, data)
         if isinstance(data, (bytes, bytearray, memoryview)):
-            self._disk_put([(dkey, data)], slots)
+            self._disk_put(level, idx, dkey, data, slots)
         else:
             self.disk.locks.release(slots)
 
@@ -330,38 +305,32 @@ class ChunkEngine:
         except BaseException as exc:
             return exc
 
-    def _disk_put(self, entries: list[tuple[str, bytes]], slots: list[int]) -> None:
-        """Write fetched bytes to the disk cache, then let go of their fetch slots."""
-        nbytes = sum(len(d) for _, d in entries)
-        with self._lock:
-            inline = self._disk_backlog + nbytes > DISK_BACKLOG_BYTES
-            if not inline:
-                self._disk_backlog += nbytes
-                self._unwritten.update(entries)
-        if not inline:
-            self.disk.locks.downgrade(slots)  # the bytes are in _unwritten for this process's readers
-        write_by = time.monotonic() + DISK_WRITE_DEFER_S
-
-        def write() -> None:
-            if not inline:
-                self._readers_waiting.wait_clear(max(0.0, write_by - time.monotonic()))
-            try:
-                for key, data in entries:
-                    self.disk.put(key, data)
-            except Exception:
-                self.stats.add("errors")  # a full or broken cache disk costs speed, never a read
-            finally:
-                self.disk.locks.release(slots, downgraded=not inline)
-                if not inline:
-                    with self._lock:
-                        self._disk_backlog -= nbytes
-                        for key, _ in entries:
-                            self._unwritten.pop(key, None)
-
-        if inline:
-            write()
+    def _disk_put(self, level, idx, key: str, data: bytes, slots: list[int]) -> None:
+        """Hand fetched bytes to the write-behind (its thread lets go of their fetch slots),
+        or past its bound, write them here and now."""
+        if self._writes.add(key, data, slots, (level.cache_token, idx)):
+            # This process's readers take the bytes from the queue. (Should the write and its
+            # release come first, this only ends the claim the release left to it.)
+            self.disk.locks.downgrade(slots)
         else:
-            self._disk_writer.submit(write)
+            self._disk_write(Pending(key, data, slots, None, 0.0), downgraded=False)
+
+    def _disk_write(self, entry: Pending, downgraded: bool = True) -> None:
+        try:
+            self.disk.put(entry.key, entry.data)
+        except Exception:
+            self.stats.add("errors")  # a full or broken cache disk costs speed, never a read
+        finally:
+            self.disk.locks.release(entry.slots, downgraded=downgraded)
+
+    def _holds_bytes(self, memory_key, data: bytes) -> bool:
+        """Whether the memory cache holds these very bytes (a BlockedChunk keeps its frame)."""
+        arr = self.memory.peek(memory_key)
+        return isinstance(arr, BlockedChunk) and arr.frame.raw is data
+
+    def _memory_changed(self, memory_key) -> None:
+        if self._writes is not None:
+            self._writes.memory_changed(memory_key)
 
     @property
     def fetches_pending(self) -> int:
@@ -371,7 +340,7 @@ class ChunkEngine:
     @property
     def disk_backlog(self) -> int:
         """Bytes fetched but not yet written to the disk cache."""
-        return self._disk_backlog
+        return 0 if self._writes is None else self._writes.nbytes
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no fetch is queued or running and no chunk is being decoded."""
@@ -388,8 +357,9 @@ class ChunkEngine:
             time.sleep(0.005)  # chunks or blocks still being decoded
 
     def flush_disk(self) -> None:
-        """Wait for queued disk writes (tests, prefetch)."""
-        self._disk_writer.submit(lambda: None).result()
+        """Write what waits for the disk cache now, and wait for it (unmount, prefetch, tests)."""
+        if self._writes is not None:
+            self._writes.flush()
 
     def _disk_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"
@@ -399,14 +369,14 @@ class ChunkEngine:
         if self.disk is None:
             return False
         key = self._disk_key(level, chunk_key)
-        return key in self._unwritten or key in self.disk
+        return key in self._writes or key in self.disk
 
     def _disk_get(self, level, chunk_key: str, count: bool = True) -> bytes | None:
         if self.disk is None:
             return None
         key = self._disk_key(level, chunk_key)
         try:
-            data = self._unwritten.get(key)
+            data = self._writes.get(key)
             if data is None:
                 data = self.disk.get(key)
         except CorruptEntry:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Hashable
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -14,8 +14,10 @@ class MemoryLRU:
     quarter of the bound go first: one is cheap to decode again and most are read once or
     twice, while a chunk evicted before it is read must come back from disk or the source."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, on_evict: Callable[[Hashable], None] | None = None):
+        """`on_evict(key)`: called, outside the cache's lock, for each chunk let go of."""
         self.max_bytes = max(0, int(max_bytes))
+        self._on_evict = on_evict
         self.part_share = self.max_bytes // 4
         self.nbytes = 0
         self.part_bytes = 0
@@ -32,11 +34,17 @@ class MemoryLRU:
                     return arr
             return None
 
+    def peek(self, key: Hashable) -> np.ndarray | None:
+        """The chunk, without making it the most recently used."""
+        with self._lock:
+            return self._items.get(key)
+
     def put(self, key: Hashable, arr: np.ndarray, part: bool = False) -> None:
         size = _resident_bytes(arr)
         if size > self.max_bytes:
             return
         items = self._parts if part else self._items
+        gone = []
         with self._lock:
             old = items.pop(key, None)
             if old is not None:
@@ -48,8 +56,12 @@ class MemoryLRU:
                     _, evicted = self._parts.popitem(last=False)
                     self._count(-_resident_bytes(evicted), True)
                 elif self._items:
-                    _, evicted = self._items.popitem(last=False)
+                    old_key, evicted = self._items.popitem(last=False)
                     self._count(-_resident_bytes(evicted), False)
+                    gone.append(old_key)
+        if self._on_evict is not None:
+            for old_key in gone:
+                self._on_evict(old_key)
 
     def _count(self, size: int, part: bool) -> None:
         self.nbytes += size

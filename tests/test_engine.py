@@ -18,6 +18,7 @@ from ngffmount.adapters.blosc_frames import BloscFrame
 from ngffmount.adapters.errors import ChunkReadError
 from ngffmount.adapters.storage import TRANSFERS
 from ngffmount.cache.disk import CorruptEntry, DiskCache
+from ngffmount.cache import writeback
 from ngffmount.cache.engine import ChunkEngine
 from ngffmount.cache.region import chunks_touching, read_region
 from zarr_fixtures import pattern, write_ome_zarr
@@ -199,38 +200,36 @@ def test_corrupt_disk_entry_is_refetched(tmp_path, deep_store):
     assert stats["disk_corrupt"] == 1 and stats["chunks_fetched"] == 1 and stats["disk_hits"] == 7
 
 
-def test_chunks_waiting_for_their_disk_write_are_read_from_memory(tmp_path, deep_store):
-    """Disk writes wait while readers do: until written, a chunk's bytes are read from the
+def test_chunks_waiting_for_their_disk_write_are_read_from_memory(tmp_path, deep_store, monkeypatch):
+    """Disk writes wait while a reader reads: until written, a chunk's bytes are read from the
     write queue, never fetched again (nor waited for: its fetch slot is held until written)."""
+    monkeypatch.setattr(writeback, "MAX_WAIT_S", 60.0)
     path, data = deep_store
     level = open_source(str(path)).levels[0]
     disk = DiskCache(str(tmp_path / "cache"))
     engine = ChunkEngine(disk=disk, memory_bytes=0)
-    writer_free = threading.Event()
-    engine._disk_writer.submit(writer_free.wait)  # hold every queued write
     box = (0, 0, 0), (32, 64, 64)
-    np.testing.assert_array_equal(read_region(engine, level, *box), data)
-    assert len(disk) == 0
-    again = []
-    reader = threading.Thread(target=lambda: again.append(read_region(engine, level, *box)))
-    reader.start()
-    reader.join(10)
-    writer_free.set()
-    assert not reader.is_alive(), "the second read waited for the disk writes"
+    with engine._writes.reading():  # another reader, all along: every write waits
+        np.testing.assert_array_equal(read_region(engine, level, *box), data)
+        assert len(disk) == 0 and engine.disk_backlog > 0
+        again = []
+        reader = threading.Thread(target=lambda: again.append(read_region(engine, level, *box)))
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "the second read waited for the disk writes"
+        assert len(disk) == 0
     np.testing.assert_array_equal(again[0], data)
     stats = engine.stats.snapshot()
     assert stats["chunks_fetched"] == 8 and stats["disk_hits"] == 8
     engine.flush_disk()
-    assert len(disk) == 8
+    assert len(disk) == 8 and engine.disk_backlog == 0
 
 
 def test_a_reader_gets_a_staged_chunk_once_fetched_not_once_written(tmp_path, deep_store, monkeypatch):
     """A staged chunk is not decoded: a reader that comes for it while it is fetched waits
     for the fetch, then takes the bytes from the write queue. Its disk write waits for the
     readers (here 30 s); the reader must not wait for that (1x512x512 scroll: 13 s became 56 s)."""
-    import ngffmount.cache.engine as engine_module
-
-    monkeypatch.setattr(engine_module, "DISK_WRITE_DEFER_S", 30.0)
+    monkeypatch.setattr(writeback, "MAX_WAIT_S", 30.0)
     path, _ = deep_store
     level = open_source(str(path)).levels[0]
     fetch_many = level.fetch_many
@@ -242,7 +241,7 @@ def test_a_reader_gets_a_staged_chunk_once_fetched_not_once_written(tmp_path, de
     monkeypatch.setattr(level, "fetch_many", slow_fetch)
     disk = DiskCache(str(tmp_path / "cache"))
     engine = ChunkEngine(disk=disk)
-    with engine._readers_waiting:  # another reader waits for chunks all along: writes wait
+    with engine._writes.reading():  # another reader reads all along: writes wait
         engine.stage(level, [(0, 0, 0)])
         time.sleep(0.1)
         started = time.monotonic()
@@ -278,23 +277,6 @@ def test_downgraded_fetch_slot_lets_this_process_in_and_keeps_others_out(tmp_pat
     locks.release([5], downgraded=True)
     assert other.stdout.readline().strip() == "got it"
     assert other.wait(10) == 0
-
-
-def test_gate_wait_ends_when_the_last_one_leaves_or_at_the_timeout():
-    from ngffmount.cache.engine import _Gate
-
-    gate = _Gate()
-    started = time.monotonic()
-    gate.wait_clear(5)
-    assert time.monotonic() - started < 1, "nobody inside: no wait"
-    gate.__enter__()
-    started = time.monotonic()
-    gate.wait_clear(0.2)
-    assert time.monotonic() - started >= 0.2
-    threading.Timer(0.1, gate.__exit__, (None, None, None)).start()
-    started = time.monotonic()
-    gate.wait_clear(5)
-    assert time.monotonic() - started < 4
 
 
 def test_disk_cache_size_bound(tmp_path):
@@ -587,3 +569,25 @@ def test_memory_cache_lets_decoded_blocks_go_before_chunks_beyond_their_share():
     lru.put("chunk-c", item(250))  # parts down to their share (250: two left), then the oldest chunk
     assert lru.get("chunk-a") is None and lru.get("chunk-b") is not None and lru.get("chunk-c") is not None
     assert lru.part_bytes == 200 and lru.nbytes == 750
+
+
+def test_waiting_disk_writes_count_only_the_bytes_the_memory_cache_does_not_hold(tmp_path, blocked_store, monkeypatch):
+    """A chunk kept encoded in the memory cache is the very bytes its disk write waits with:
+    they cost nothing against the write-behind's bound until the memory cache lets them go."""
+    monkeypatch.setattr(writeback, "MAX_WAIT_S", 60.0)
+    path, data = blocked_store
+    level = open_source(str(path)).levels[0]
+    disk = DiskCache(str(tmp_path / "cache"))
+    engine = ChunkEngine(disk=disk, memory_bytes=64 << 20)
+    everything = (0, 0, 0), data.shape
+    with engine._writes.reading():
+        np.testing.assert_array_equal(read_region(engine, level, *everything), data)
+        wait_idle(engine)
+        chunks = chunks_touching(level, *everything)
+        encoded = sum(len(level.fetch_many([level.chunk_key(c)])[level.chunk_key(c)]) for c in chunks)
+        assert engine.disk_backlog == encoded and len(disk) == 0
+        assert engine._writes.alone_bytes == 0, "every waiting chunk is resident, as the same bytes"
+        engine.memory.put("filler", np.zeros(engine.memory.max_bytes - 1, np.uint8))  # evicts every chunk
+        assert engine._writes.alone_bytes == encoded
+    engine.flush_disk()
+    assert len(disk) == len(chunks) and engine.disk_backlog == 0 and engine._writes.alone_bytes == 0

@@ -165,6 +165,7 @@ def serve(config: MountConfig, on_ready) -> None:
         options["allow_other"] = True
     log.info("serving %s at %s", url, mountpoint)
     FUSE(ops, mountpoint, raw_fi=True, **options)
+    engine.flush_disk()  # fetched chunks still waiting for the disk cache
     log.info("unmounted %s", mountpoint)
 
 

@@ -1,0 +1,153 @@
+"""Write-behind for the disk cache: fetched bytes wait in memory while a reader is active.
+
+Writing the 670 MB of a 1 GiB level into the disk cache costs about a CPU-second of copies
+into the page cache; during a cold scroll on two cores that second is taken from decoding
+and serving planes. So, like the kernel's dirty pages, fetched bytes are written once reads
+pause for QUIET_S. Three bounds keep that honest:
+- MAX_WAIT_S: another process sharing the cache waits for a chunk this one fetched (its
+  fetch slot is held until the bytes are on disk) at most about that long;
+- `bound`: bytes waiting that nothing else holds. Most waiting bytes are also the memory
+  cache's resident chunks (the very same bytes object), which cost no memory of their own;
+  the rest (staged chunks, chunks evicted before their write) count, and past the bound the
+  oldest of them are written at once, or by the fetch thread itself (`add` says no);
+- `flush()` and `close()` write everything now (tests, `cache prefetch`, unmount).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Callable, Hashable, NamedTuple
+
+QUIET_S = 0.5
+MAX_WAIT_S = 5.0
+
+
+class Pending(NamedTuple):
+    key: str  # disk cache key
+    data: bytes
+    slots: list[int]  # fetch slots to let go of once written
+    memory_key: Hashable  # the chunk's key in the memory cache
+    queued: float
+
+
+class WriteBehind:
+    def __init__(self, write: Callable[[Pending], None], held_in_memory: Callable[[Hashable, bytes], bool],
+                 bound: int):
+        """`write(pending)` stores one entry and lets go of its slots; `held_in_memory(memory_key,
+        data)` says whether the memory cache holds these very bytes."""
+        self._write = write
+        self._held_in_memory = held_in_memory
+        self.bound = bound
+        self._queue: OrderedDict[str, Pending] = OrderedDict()
+        self._by_memory_key: dict[Hashable, str] = {}
+        self._alone: set[str] = set()  # keys whose bytes nothing else holds
+        self.alone_bytes = 0
+        self.nbytes = 0
+        self._readers = 0
+        self._last_read = float("-inf")
+        self._flushes = 0
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="disk-write", daemon=True).start()
+
+    def get(self, key: str) -> bytes | None:
+        entry = self._queue.get(key)
+        return None if entry is None else entry.data
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._queue
+
+    @contextmanager
+    def reading(self):
+        """Around a reader's request: writes wait until QUIET_S after the last one."""
+        with self._cond:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._last_read = time.monotonic()
+
+    def add(self, key: str, data: bytes, slots: list[int], memory_key: Hashable) -> bool:
+        """Queue bytes for the disk; False (nothing queued) when bytes held by nothing else
+        are past the bound, or the key waits already: the caller writes them itself."""
+        with self._cond:
+            if key in self._queue or (self.alone_bytes > self.bound and not self._held_in_memory(memory_key, data)):
+                return False
+            self._queue[key] = Pending(key, data, slots, memory_key, time.monotonic())
+            self._by_memory_key[memory_key] = key
+            self.nbytes += len(data)
+            self._refresh(key)
+            self._cond.notify_all()
+        return True
+
+    def memory_changed(self, memory_key: Hashable) -> None:
+        """The memory cache took in or let go of this chunk: recount whether its waiting bytes
+        are held elsewhere (from the memory cache itself, so the order of calls does not matter)."""
+        with self._cond:
+            key = self._by_memory_key.get(memory_key)
+            if key is not None:
+                self._refresh(key)
+                self._cond.notify_all()
+
+    def _refresh(self, key: str) -> None:
+        entry = self._queue[key]
+        alone = not self._held_in_memory(entry.memory_key, entry.data)
+        if alone and key not in self._alone:
+            self._alone.add(key)
+            self.alone_bytes += len(entry.data)
+        elif not alone and key in self._alone:
+            self._alone.discard(key)
+            self.alone_bytes -= len(entry.data)
+
+    def flush(self) -> None:
+        """Write everything queued now, and wait for it."""
+        with self._cond:
+            self._flushes += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: not self._queue)
+            finally:
+                self._flushes -= 1
+
+    def _next_due(self, now: float) -> tuple[Pending | None, float]:
+        """The entry to write now, or None and how long to wait before asking again."""
+        oldest = next(iter(self._queue.values()))
+        quiet_at = self._last_read + QUIET_S
+        if self._flushes or (not self._readers and now >= quiet_at) or now >= oldest.queued + MAX_WAIT_S:
+            return oldest, 0.0
+        if self.alone_bytes > self.bound:
+            return next(e for k, e in self._queue.items() if k in self._alone), 0.0
+        wake = oldest.queued + MAX_WAIT_S
+        if not self._readers:
+            wake = min(wake, quiet_at)
+        return None, max(0.01, min(wake - now, QUIET_S))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._queue:
+                        self._cond.wait()
+                        continue
+                    entry, wait = self._next_due(time.monotonic())
+                    if entry is not None:
+                        break
+                    self._cond.wait(wait)
+            try:
+                self._write(entry)
+            except Exception:
+                pass  # write() counts its own failures; the entry must still leave the queue
+            finally:
+                with self._cond:
+                    del self._queue[entry.key]
+                    if self._by_memory_key.get(entry.memory_key) == entry.key:
+                        del self._by_memory_key[entry.memory_key]
+                    if entry.key in self._alone:
+                        self._alone.discard(entry.key)
+                        self.alone_bytes -= len(entry.data)
+                    self.nbytes -= len(entry.data)
+                    self._cond.notify_all()
