@@ -73,6 +73,30 @@ def test_plane_folder_opens_as_virtual_image_sequence(mount):
         assert info[key] == value, key
 
 
+@pytest.mark.parametrize("how", ["open", "virtual"])
+def test_stack_with_pixels_on_a_1mib_boundary_opens(tmp_path, http_server, cache_args, how):
+    """Stacks of 64 MiB or more pad their header so pixels start where FUSE reads start."""
+    path = http_server.www / "padded.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=(70, 1024, 1024), dtype="uint16", chunks=(1, 1024, 1024),
+                            chunk_key_encoding={"name": "v2", "separator": "/"})
+    arr[0] = pattern((1024, 1024), "uint16", seed=3)
+    arr[69] = pattern((1024, 1024), "uint16", seed=4)
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+                                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.5, 0.1625, 0.1625]}]}]}]
+    with mounted(f"{http_server.url}/padded.zarr", tmp_path / "mnt", *cache_args) as mnt:
+        assert (mnt / "s0.tif").stat().st_size % (1 << 20) == 0, "pixels end, and so start, on a 1 MiB boundary"
+        p = ij_str(str(mnt / "s0.tif"))
+        statement = f"open({p});" if how == "open" else f'run("TIFF Virtual Stack...", "open=[" + {p} + "]");'
+        positions = [(1, 0, 0), (1, 1023, 5), (35, 8, 9), (70, 700, 300)]
+        info = parse_kv(run_macro(describe_image_macro(statement, positions)))
+        assert (info["width"], info["nSlices"], info["virtual"]) == (1024, 70, 1 if how == "virtual" else 0)
+        assert info["pixel_1_0_0"] == int(arr[0, 0, 0])
+        assert info["pixel_1_1023_5"] == int(arr[0, 5, 1023])
+        assert info["pixel_35_8_9"] == 0
+        assert info["pixel_70_700_300"] == int(arr[69, 300, 700])
+
+
 def test_stack_over_4gib_opens_as_virtual_stack(tmp_path, http_server, cache_args):
     """ImageJ 1.x reads no BigTIFF: above 4 GiB the stack uses ImageJ's own images= convention."""
     path = http_server.www / "big4g.zarr"

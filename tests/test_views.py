@@ -192,6 +192,33 @@ def test_stack_over_4gib_uses_single_ifd(tmp_path):
     assert np.frombuffer(fs.read("/s0.tif", 64, offset), "<u2").tolist() == [7] * 32
 
 
+def test_large_files_start_pixels_where_fuse_reads_start(tmp_path):
+    # 64 planes of 1024 x 1024 uint16 (128 MiB), chunks of 512 rows: one 1 MiB read of the
+    # stack is one row of chunks once its pixels start on a 1 MiB boundary.
+    path = tmp_path / "aligned.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=(64, 1024, 1024), dtype="uint16", chunks=(1, 512, 512),
+                            chunk_key_encoding={"name": "v2", "separator": "/"})
+    arr[3, 512:] = pattern((512, 1024), "uint16")
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space"} for a in "zyx"],
+                                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]
+    engine = ChunkEngine(memory_bytes=64 << 20)
+    fs = vfs_for(str(path), engine=engine)
+    plane = 1024 * 1024 * 2
+    offsets = {}
+    for name in ("/s0.tif", "/s0.ome.tif", "/s0/z00003.tif"):
+        with tifffile.TiffFile(VirtualReader(fs, name)) as tif:
+            offsets[name] = tif.pages[0].dataoffsets[0]
+    assert offsets["/s0.tif"] % (1 << 20) == 0 and offsets["/s0.ome.tif"] % (1 << 20) == 0
+    assert offsets["/s0/z00003.tif"] < 4096, "a 2 MiB plane file is not padded"
+    asked = []
+    get = engine.get
+    engine.get = lambda level, indices: get(level, asked.extend(indices) or indices)
+    got = fs.read("/s0.tif", 1 << 20, offsets["/s0.tif"] + 3 * plane + (1 << 20))
+    assert np.frombuffer(got, "<u2").reshape(512, 1024).tolist() == arr[3, 512:].tolist()
+    assert sorted(asked) == [(3, 1, 0), (3, 1, 1)], "one read, one row of chunks"
+
+
 # -- byte-exact reads at any offset ------------------------------------------------------
 
 

@@ -16,6 +16,12 @@ from .tiff import CLASSIC_LIMIT, StripPlan, TiffFormat, TilePlan, image_tags, pl
 from .virtualfile import PixelSegment, RecordSegment, StaticSegment, VirtualFile
 
 PIXEL_ALIGN = 16
+# Large files start their pixels where libfuse3's reads start (1 MiB boundaries), so a read
+# holds whole rows of one plane, never the seam of two planes or of two rows of chunks (when
+# the width is a power of two): a scroll then slices half as many chunks per read. The
+# padding is at most 1/64 of the pixels.
+READ_ALIGN = 1 << 20
+READ_ALIGN_FROM = 64 << 20
 # OME-TIFF planes above this are tiled, so tile-wise readers (Bio-Formats, QuPath) fetch what they show.
 TILE_ABOVE_BYTES = 32 << 20
 TILE_ABOVE_WIDTH = 8192
@@ -26,8 +32,10 @@ IMAGEJ_DTYPES = {"uint8", "uint16", "int16", "float32", "int32"}
 TIFF_DTYPES = IMAGEJ_DTYPES | {"int8", "uint32", "uint64", "int64", "float16", "float64"}
 
 
-def _align(n: int) -> int:
-    return -(-n // PIXEL_ALIGN) * PIXEL_ALIGN
+def _align(n: int, pixel_bytes: int) -> int:
+    """Where pixels of `pixel_bytes` in all may start, at or after byte n."""
+    step = READ_ALIGN if pixel_bytes >= READ_ALIGN_FROM else PIXEL_ALIGN
+    return -(-n // step) * step
 
 
 def _fmt(value: float) -> str:
@@ -93,7 +101,7 @@ class TiffLayout:
         desc = imagej_description(self.src, self.cal, stack=False)
         for fmt in (TiffFormat(False), TiffFormat(True)):
             ifd_at = fmt.header_len
-            pixel_offset = _align(ifd_at + fmt.ifd_len(self._tags(fmt, self.strips, 0, desc)))
+            pixel_offset = _align(ifd_at + fmt.ifd_len(self._tags(fmt, self.strips, 0, desc)), self.src.plane_bytes)
             if fmt.big or pixel_offset + self.src.plane_bytes < CLASSIC_LIMIT:
                 break
         head = fmt.header(ifd_at) + fmt.ifd(self._tags(fmt, self.strips, pixel_offset, desc), ifd_at, 0)
@@ -135,12 +143,12 @@ class TiffLayout:
             ifd0_at = fmt.header_len
             records_at = ifd0_at + fmt.ifd_len(self._tags(fmt, plan, 0, description))
             record_len = fmt.ifd_len(self._tags(fmt, plan, 0, None))
-            pixel_offset = _align(records_at + (n - 1) * record_len)
+            pixel_offset = _align(records_at + (n - 1) * record_len, n * plan.nbytes)
             if pixel_offset + n * plan.nbytes < CLASSIC_LIMIT:
                 break
             if not big_allowed:
                 per_plane_ifds = False
-                pixel_offset = _align(records_at)
+                pixel_offset = _align(records_at, n * plan.nbytes)
                 break
         size = pixel_offset + n * plan.nbytes
 
