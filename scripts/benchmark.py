@@ -248,8 +248,7 @@ class Harness:
         """run(*args) right after touching --warm-gib of memory in a process that exits: the
         run's new memory is then memory the host backs, as on a machine without a lazy host."""
         if self.args.warm_gib > 0:
-            subprocess.run([sys.executable, "-c", f"import numpy; numpy.ones({self.args.warm_gib} << 30, numpy.uint8)"],
-                           check=True)
+            touch(self.args.warm_gib)
         return run(*args)
 
     def drop_caches(self) -> None:
@@ -612,6 +611,11 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
     return {"rows": rows, "rss": rss, "info": comp}
 
 
+def touch(gib: int) -> None:
+    """Touch `gib` GiB of memory in a process that then exits: what is freed is memory the host backs."""
+    subprocess.run([sys.executable, "-c", f"import numpy; numpy.ones({gib} << 30, numpy.uint8)"], check=True)
+
+
 def touch_memory() -> str:
     """Touch most of the free memory once, in a process that then exits. On a VM whose host
     backs guest memory lazily, the first touch of a guest page costs several times any later
@@ -620,7 +624,7 @@ def touch_memory() -> str:
     avail = int(Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]) << 10
     gib = max(1, min(12, avail // 2**30 - 4))
     t = time.time()
-    subprocess.run([sys.executable, "-c", f"import numpy; numpy.ones({gib} << 30, numpy.uint8)"], check=True)
+    touch(gib)
     return f"{gib} GiB touched once before the runs, in {time.time() - t:.1f} s"
 
 
