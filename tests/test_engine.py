@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -308,13 +311,53 @@ def test_disk_entries_round_trip_in_sqlite_and_in_files(tmp_path, size):
     assert "k" not in disk
 
 
+def _entry_files(directory) -> list[str]:
+    return [os.path.join(root, name) for root, _, files in os.walk(directory) for name in files
+            if name.endswith(".val")]
+
+
+def _supports_o_direct(directory) -> bool:
+    try:
+        os.close(os.open(os.path.join(directory, "probe"), os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+def test_disk_entry_files_bypass_the_page_cache_where_the_file_system_allows(tmp_path):
+    """The chunk bytes are in the memory cache already: written through the page cache,
+    a cold scroll would hold a third copy of them there."""
+    if not (_supports_o_direct(tmp_path) and shutil.which("fincore")):
+        pytest.skip("needs a file system with O_DIRECT and util-linux's fincore")
+    disk = DiskCache(str(tmp_path / "cache"))
+    data = np.random.default_rng(1).integers(0, 256, (3 << 20) + 123, dtype=np.uint8).tobytes()
+    disk.put("k", data)
+    (path,) = _entry_files(tmp_path / "cache")
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                         capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[0]) == 0, "entry file pages left in the page cache"
+    assert os.path.getsize(path) == len(data) + 5
+    assert disk.get("k") == data
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no tmpfs at /dev/shm")
+def test_disk_entries_on_a_file_system_without_o_direct(tmp_path):
+    directory = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        disk = DiskCache(os.path.join(directory, "cache"))
+        for size in (1 << 20, (2 << 20) + 7):
+            data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            disk.put(f"k{size}", data)
+            assert disk.get(f"k{size}") == data
+    finally:
+        shutil.rmtree(directory)
+
+
 def test_disk_entry_file_removed_behind_the_index_is_a_miss(tmp_path):
     disk = DiskCache(str(tmp_path / "cache"))
     disk.put("k", bytes(1 << 20))
-    for root, _, files in os.walk(tmp_path / "cache"):
-        for name in files:
-            if name.endswith(".val"):
-                os.unlink(os.path.join(root, name))
+    for path in _entry_files(tmp_path / "cache"):
+        os.unlink(path)
     assert disk.get("k") is None
     assert "k" not in disk
 
