@@ -5,7 +5,8 @@ costs 64 times the work and fresh memory that plane needs (on this kind of VM, f
 touches of memory are what a cold plane spends most on). Decoded blocks live in the
 memory cache beside the chunks, so a scroll still decodes each block once. A read that
 moves on to the next block of a chunk is walking it in C order (a z-scroll): the block
-after that is decoded in the background, as readahead decoded whole chunks before.
+after that is decoded in the background, as readahead decoded whole chunks before, and
+the blocks it has left behind are dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class BlockedChunk:
         self._background = background
         self._lock = threading.Lock()
         self._asked: set[int] = set()  # blocks decoded or queued since the chunk came in
+        self._kept_from = 0  # blocks before this one have been let go
         strides, n = [], 1
         for size in reversed(self.shape):
             strides.append(n)
@@ -59,17 +61,25 @@ class BlockedChunk:
             for b in range(b0, b1 + 1):
                 lo, hi = max(first, b * per_block), min(last + 1, (b + 1) * per_block)
                 flat[lo - first:hi - first] = self._block(b)[lo - b * per_block:hi - b * per_block]
-        self._follow(b1)
+        self._follow(b0, b1)
         itemsize = self.dtype.itemsize
         # The box from its first element, with the chunk's strides (read-only, as flat is).
         return np.ndarray([b - a for a, b in zip(starts, stops)], self.dtype, flat,
                           strides=[st * itemsize for st in self._elem_strides])
 
-    def _follow(self, block: int) -> None:
-        ahead = block + 1
-        if block - 1 in self._asked and ahead < self.frame.nblocks and ahead not in self._asked:
+    def _follow(self, first: int, last: int) -> None:
+        """After a read of blocks first..last: decode the next one ahead, and let go of the
+        blocks before first - 1, which a walk in C order reads no more. Its memory is then
+        reused for the next blocks instead of new memory (on a VM whose host backs memory
+        lazily, new memory is the dearest part of a cold scroll)."""
+        ahead = last + 1
+        if last - 1 in self._asked and ahead < self.frame.nblocks and ahead not in self._asked:
             self._asked.add(ahead)
             self._background(self._block, ahead)
+        if first - 1 in self._asked and first - 1 > self._kept_from:
+            for block in range(self._kept_from, first - 1):
+                self._memory.discard((*self._key, block), part=True)
+            self._kept_from = first - 1
 
     def _block(self, block: int) -> np.ndarray:
         self._asked.add(block)

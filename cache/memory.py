@@ -63,6 +63,13 @@ class MemoryLRU:
             for old_key in gone:
                 self._on_evict(old_key)
 
+    def discard(self, key: Hashable, part: bool = False) -> None:
+        """Forget an entry now (a block a reader has left behind); no eviction callback."""
+        with self._lock:
+            arr = (self._parts if part else self._items).pop(key, None)
+            if arr is not None:
+                self._count(-_resident_bytes(arr), part)
+
     def _count(self, size: int, part: bool) -> None:
         self.nbytes += size
         if part:

@@ -518,11 +518,19 @@ def test_a_plane_decodes_only_its_blocks_and_a_scroll_each_block_once(blocked_st
     # One plane of a chunk spans at most two blocks (or a few 1000-byte ones): far less than the chunk.
     assert stats["decoded_bytes"] <= chunks_per_plane * 2 * cy * cx * 2 + chunks_per_plane * 2000
     assert stats["decoded_bytes"] < chunks_per_plane * level.chunk_nbytes / 2
+    raw = level.fetch_many([level.chunk_key((0, 0, 0))])[level.chunk_key((0, 0, 0))]
+    block_bytes = level.blosc_frame(raw).block_bytes
+    held = []
     for z in range(nz):
         # 4 KiB pieces: many reads land in one block
         got = b"".join(fs.read("/s0.tif", min(4096, plane - k), offset + z * plane + k) for k in range(0, plane, 4096))
         assert got == data[z].tobytes()
-    wait_idle(engine)
+        wait_idle(engine)
+        held.append(engine.memory.part_bytes)
+    # Blocks the scroll has left behind are let go: through the first chunks, per chunk the
+    # blocks of its plane, the two before them, and one decoded ahead are held.
+    plane_blocks = -(-cy * cx * 2 // block_bytes) + 1
+    assert max(held[:cz]) <= chunks_per_plane * (plane_blocks + 3) * block_bytes, held
     stats = engine.stats.snapshot()
     chunks = chunks_per_plane * (nz // cz)
     assert stats["decodes"] == 0
