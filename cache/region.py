@@ -13,18 +13,20 @@ def chunks_touching(level, start: Sequence[int], stop: Sequence[int]) -> list[tu
     return list(itertools.product(*ranges))
 
 
-def read_region(engine, level, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
-    """level[start:stop] as an array of the level's dtype (a view when one chunk holds it all)."""
+def read_region(engine, level, start: Sequence[int], stop: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    """level[start:stop] as an array of the level's dtype (a view when one chunk holds it
+    all), or written into `out`, an array of that shape."""
     start, stop = tuple(int(s) for s in start), tuple(int(s) for s in stop)
     if any(a < 0 or b > n or a >= b for a, b, n in zip(start, stop, level.shape)):
         raise IndexError(f"region {start}:{stop} is outside shape {level.shape}")
     indices = chunks_touching(level, start, stop)
     chunks = engine.get(level, indices)
     cs = level.chunk_shape
-    if len(indices) == 1:
+    if len(indices) == 1 and out is None:
         idx = indices[0]
         return chunks[idx][tuple(slice(a - i * c, b - i * c) for a, b, i, c in zip(start, stop, idx, cs))]
-    out = np.empty([b - a for a, b in zip(start, stop)], dtype=level.dtype)
+    if out is None:
+        out = np.empty([b - a for a, b in zip(start, stop)], dtype=level.dtype)
     for idx, arr in chunks.items():
         lo = [max(a, i * c) for a, i, c in zip(start, idx, cs)]
         hi = [min(b, (i + 1) * c) for b, i, c in zip(stop, idx, cs)]

@@ -50,4 +50,6 @@ class VirtualFS:
         return node
 
     def read(self, path: str, size: int, offset: int) -> bytes:
-        return bytes(self.open(path).open().read(offset, size))
+        """As a FUSE read: into a buffer of the size asked (VirtualFile.read_into)."""
+        buf = memoryview(bytearray(max(0, size)))
+        return bytes(buf[:self.open(path).open().read_into(offset, buf)])

@@ -6,15 +6,12 @@ only dynamic files (stats.json) bypass the page cache (direct_io).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import itertools
 import logging
 import os
 import threading
 from typing import Callable
-
-import numpy as np
 
 from ..adapters import NgffMountError, redact
 from .fs import VirtualFS
@@ -35,18 +32,6 @@ def _errno_of(exc: BaseException) -> int:
     if isinstance(exc, IsADirectoryError):
         return errno.EISDIR
     return errno.EIO
-
-
-class _BufferForFuse:
-    """A buffer that mfusepy's read copies out with ctypes.memmove, which takes any object
-    with `_as_parameter_`: the pixels reach the kernel's buffer without a bytes copy first."""
-
-    def __init__(self, data):
-        self._array = np.frombuffer(data, np.uint8)  # holds the buffer while memmove reads it
-        self._as_parameter_ = ctypes.c_void_p(self._array.ctypes.data)
-
-    def __len__(self) -> int:
-        return self._array.size
 
 
 class FuseOps(fuse.Operations):
@@ -99,11 +84,19 @@ class FuseOps(fuse.Operations):
         return 0
 
     def read(self, path, size, offset, fi):
+        """For mfusepy's stock FUSE class; libfuse.fuse_class() calls read_into instead."""
+        buf = memoryview(bytearray(size))
+        return bytes(buf[:self.read_into(path, buf, offset, fi)])
+
+    def read_into(self, path, out: memoryview, offset: int, fi) -> int:
+        """Bytes from `offset` into libfuse's reply buffer; returns how many."""
+        return self._call("read", path, self._file(fi).read_into, offset, out)
+
+    def _file(self, fi):
         vfile = self._handles.get(fi.fh)
         if vfile is None:
             raise fuse.FuseOSError(errno.EBADF)
-        data = self._call("read", path, vfile.read, offset, size)
-        return data if isinstance(data, bytes) else _BufferForFuse(data)
+        return vfile
 
     def release(self, path, fi):
         with self._lock:

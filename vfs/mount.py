@@ -26,7 +26,7 @@ from ..adapters.zarr_codecs import warm_up_codecs
 from ..cache.disk import DEFAULT_SIZE, DiskCache, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY, ChunkEngine
 from .heap import keep_freed_memory
-from .libfuse import load_mfusepy, raise_readahead
+from .libfuse import fuse_class, load_mfusepy, raise_readahead
 
 log = logging.getLogger("ngffmount")
 
@@ -124,7 +124,7 @@ def stats_renderer(engine: ChunkEngine, source_url: str):
 def serve(config: MountConfig, on_ready) -> None:
     """Open the source, mount and serve until unmounted (blocking). Errors raise NgffMountError."""
     keep_freed_memory()  # first: before the S3 client or FUSE start their threads
-    FUSE = load_mfusepy().FUSE
+    FUSE = fuse_class()
 
     from .fs import VirtualFS
     from .fuse_ops import FuseOps

@@ -73,6 +73,8 @@ class PlaneSource:
         self.row_bytes = self.width * self.dtype.itemsize
         self.plane_bytes = self.height * self.row_bytes
         self.plane_count = self.nt * self.nc * self.nz
+        # Rows of the level's own dtype and axis order are the file's bytes as they are.
+        self._in_place = level.dtype == self.dtype and self.pos["y"] < self.pos["x"]
 
     def has_axis(self, name: str) -> bool:
         return self.pos[name] is not None
@@ -104,8 +106,9 @@ class PlaneSource:
         """A readahead over the planes in `plane_order` (self.czt for stacks, self.tcz for folders)."""
         return Readahead(self.engine, self.level, self.plane_count, lambda i: self.chunks_of(*plane_order(i)))
 
-    def read(self, t: int, c: int, z: int, start: int, stop: int) -> memoryview:
-        """Bytes [start, stop) of plane (t, c, z) in C order, little-endian."""
+    def read(self, t: int, c: int, z: int, start: int, stop: int, out: memoryview | None = None):
+        """Bytes [start, stop) of plane (t, c, z) in C order, little-endian; with `out`, written
+        there (assembled in place when they are whole elements of rows of the level's dtype)."""
         item = self.dtype.itemsize
         e0, e1 = start // item, -(-stop // item)
         r0, r1 = e0 // self.width, (e1 - 1) // self.width
@@ -113,9 +116,18 @@ class PlaneSource:
             x0, x1 = e0 % self.width, (e1 - 1) % self.width + 1
         else:
             x0, x1 = 0, self.width
-        data = byte_view(self.region(t, c, z, (r0, r1 + 1), (x0, x1)))
         skip = start - (r0 * self.width + x0) * item
-        return data[skip:skip + (stop - start)]
+        y, x = (r0, r1 + 1), (x0, x1)
+        if out is not None and self._in_place and skip == 0 and stop - start == (y[1] - y[0]) * (x1 - x0) * item:
+            box = self._box(t, c, z, y, x)
+            read_region(self.engine, self.level, *box,
+                        out=np.frombuffer(out, self.dtype).reshape([b - a for a, b in zip(*box)]))
+            return None
+        data = byte_view(self.region(t, c, z, y, x))[skip:skip + (stop - start)]
+        if out is None:
+            return data
+        out[:] = data
+        return None
 
     def region(self, t: int, c: int, z: int, y: tuple[int, int], x: tuple[int, int]) -> np.ndarray:
         """Rows y[0]:y[1], columns x[0]:x[1] of plane (t, c, z), as (y, x) in the file dtype."""

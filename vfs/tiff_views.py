@@ -112,10 +112,10 @@ class TiffLayout:
         head, pixel_offset = header or self.plane_header()
         src = self.src
 
-        def read_plane(_i: int, a: int, b: int) -> bytes:
+        def read_plane(_i: int, a: int, b: int, out=None):
             if on_read is not None:
                 on_read()
-            return src.read(t, c, z, a, b)
+            return src.read(t, c, z, a, b, out)
 
         pixels = PixelSegment(pixel_offset, 1, src.plane_bytes, read_plane)
         return VirtualFile(pixel_offset + src.plane_bytes, [StaticSegment(0, head), pixels])
@@ -169,15 +169,15 @@ class TiffLayout:
         readahead = src.readahead(src.czt)
         read = src.read if isinstance(plan, StripPlan) else partial(read_tiles, src, plan)
 
-        def read_plane(i: int, a: int, b: int) -> bytes:
+        def read_plane(i: int, a: int, b: int, out=None):
             readahead.observe(i)
-            return read(*src.czt(i), a, b)
+            return read(*src.czt(i), a, b, out)
 
         segments.append(PixelSegment(pixel_offset, n, plan.nbytes, read_plane))
         return VirtualFile(size, segments)
 
 
-def read_tiles(src: PlaneSource, plan: TilePlan, t: int, c: int, z: int, start: int, stop: int) -> bytes:
+def read_tiles(src: PlaneSource, plan: TilePlan, t: int, c: int, z: int, start: int, stop: int, _out=None) -> bytes:
     """Bytes [start, stop) of a tiled plane: each tile read from the level and zero-padded."""
     out = []
     cols = plan.grid[1]

@@ -5,6 +5,8 @@ pixel span. Reads bisect on segment offsets; gaps between segments read as zeros
 
 Reads return a bytes-like object (bytes or a byte memoryview): a read that lies in one
 pixel span hands over the pixels' own buffer, with no copy to bytes on the way.
+`read_into` fills a caller's buffer instead (FUSE: libfuse's reply buffer), so pixels
+are assembled where the kernel takes them from.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class Segment:
 
     def read(self, rel: int, size: int) -> Buffer:
         raise NotImplementedError
+
+    def read_into(self, rel: int, out: memoryview) -> None:
+        out[:] = self.read(rel, len(out))
 
 
 class StaticSegment(Segment):
@@ -51,21 +56,32 @@ class RecordSegment(Segment):
 
 
 class PixelSegment(Segment):
-    """`count` planes stored back to back; plane i comes from `read_plane(i, start, stop)`."""
+    """`count` planes stored back to back; `read_plane(i, start, stop, out=None)` returns bytes
+    [start, stop) of plane i, or writes them into `out` and returns None."""
 
-    def __init__(self, offset: int, count: int, plane_bytes: int, read_plane: Callable[[int, int, int], Buffer]):
+    def __init__(self, offset: int, count: int, plane_bytes: int, read_plane: Callable[..., Buffer]):
         self.offset, self.count, self.plane_bytes, self.read_plane = offset, count, plane_bytes, read_plane
         self.length = count * plane_bytes
 
-    def read(self, rel: int, size: int) -> Buffer:
-        parts = []
+    def _pieces(self, rel: int, size: int):
         end = rel + size
         while rel < end:
             plane, start = divmod(rel, self.plane_bytes)
             stop = min(self.plane_bytes, start + (end - rel))
-            parts.append(self.read_plane(plane, start, stop))
+            yield plane, start, stop
             rel += stop - start
-        return joined(parts)
+
+    def read(self, rel: int, size: int) -> Buffer:
+        return joined([self.read_plane(plane, start, stop) for plane, start, stop in self._pieces(rel, size)])
+
+    def read_into(self, rel: int, out: memoryview) -> None:
+        pos = 0
+        for plane, start, stop in self._pieces(rel, len(out)):
+            part = out[pos:pos + stop - start]
+            data = self.read_plane(plane, start, stop, part)
+            if data is not None:
+                part[:] = data
+            pos += stop - start
 
 
 class VirtualFile:
@@ -80,17 +96,31 @@ class VirtualFile:
             raise ValueError("segment past end of file")
 
     def read(self, offset: int, size: int) -> Buffer:
+        return joined([bytes(n) if seg is None else seg.read(rel, n) for seg, rel, n in self._spans(offset, size)])
+
+    def read_into(self, offset: int, out: memoryview) -> int:
+        """Bytes from `offset` into `out` (a byte memoryview); returns how many (0 at the end)."""
+        pos = 0
+        for seg, rel, n in self._spans(offset, len(out)):
+            if seg is None:
+                out[pos:pos + n] = bytes(n)
+            else:
+                seg.read_into(rel, out[pos:pos + n])
+            pos += n
+        return pos
+
+    def _spans(self, offset: int, size: int):
+        """(segment or None for a gap, offset in it, length) covering [offset, offset + size)."""
         if offset >= self.size or size <= 0:
-            return b""
+            return
         end = min(self.size, offset + size)
-        out = []
         pos = offset
         i = max(0, bisect.bisect_right(self._starts, pos) - 1)
         while pos < end:
             seg = self.segments[i] if i < len(self.segments) else None
             if seg is None or pos < seg.offset:
                 gap_end = end if seg is None else min(end, seg.offset)
-                out.append(bytes(gap_end - pos))
+                yield None, 0, gap_end - pos
                 pos = gap_end
                 continue
             seg_end = seg.offset + seg.length
@@ -98,7 +128,6 @@ class VirtualFile:
                 i += 1
                 continue
             n = min(end, seg_end) - pos
-            out.append(seg.read(pos - seg.offset, n))
+            yield seg, pos - seg.offset, n
             pos += n
             i += 1
-        return joined(out)
