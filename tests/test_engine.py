@@ -316,23 +316,26 @@ def _entry_files(directory) -> list[str]:
             if name.endswith(".val")]
 
 
-def _supports_o_direct(directory) -> bool:
+@pytest.fixture
+def on_disk_dir():
+    """A folder on a disk file system (pytest's tmp_path may be on tmpfs, which has no O_DIRECT)."""
+    directory = tempfile.mkdtemp(dir="/var/tmp")
     try:
-        os.close(os.open(os.path.join(directory, "probe"), os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
-    except OSError:
-        return False
-    return True
+        probe = os.path.join(directory, "probe")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+        os.unlink(probe)
+        yield directory
+    finally:
+        shutil.rmtree(directory)
 
 
-def test_disk_entry_files_bypass_the_page_cache_where_the_file_system_allows(tmp_path):
+def test_disk_entry_files_bypass_the_page_cache(on_disk_dir):
     """The chunk bytes are in the memory cache already: written through the page cache,
     a cold scroll would hold a third copy of them there."""
-    if not (_supports_o_direct(tmp_path) and shutil.which("fincore")):
-        pytest.skip("needs a file system with O_DIRECT and util-linux's fincore")
-    disk = DiskCache(str(tmp_path / "cache"))
+    disk = DiskCache(os.path.join(on_disk_dir, "cache"))
     data = np.random.default_rng(1).integers(0, 256, (3 << 20) + 123, dtype=np.uint8).tobytes()
     disk.put("k", data)
-    (path,) = _entry_files(tmp_path / "cache")
+    (path,) = _entry_files(os.path.join(on_disk_dir, "cache"))
     out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
                          capture_output=True, text=True, check=True).stdout
     assert int(out.split()[0]) == 0, "entry file pages left in the page cache"
@@ -340,9 +343,8 @@ def test_disk_entry_files_bypass_the_page_cache_where_the_file_system_allows(tmp
     assert disk.get("k") == data
 
 
-@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no tmpfs at /dev/shm")
-def test_disk_entries_on_a_file_system_without_o_direct(tmp_path):
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+def test_disk_entries_on_a_file_system_without_o_direct():
+    directory = tempfile.mkdtemp(dir="/dev/shm")  # tmpfs
     try:
         disk = DiskCache(os.path.join(directory, "cache"))
         for size in (1 << 20, (2 << 20) + 7):
