@@ -18,6 +18,7 @@ from conftest import VirtualReader, mounted, read_all, vfs_for
 from ngffmount.cache.engine import ChunkEngine
 from ngffmount.vfs.arrays import ArrayView
 from ngffmount.vfs.hdf5 import Dataset, hdf5_file
+from ngffmount.vfs.virtualfile import read_bytes
 from zarr_fixtures import pattern, write_ome_zarr
 
 UM = {"z": "micrometer", "y": "micrometer", "x": "nanometer"}
@@ -108,7 +109,7 @@ def test_small_and_big_datasets_in_one_file(tmp_path):
     view = ArrayView(ChunkEngine(), level, [None, 2, 1, 0])  # a singleton axis, then x, y, z
     vfile = hdf5_file([Dataset("g/small", data=np.arange(6, dtype="int32").reshape(2, 3)),
                        Dataset("g/big", view=view, dtype=np.dtype("<f4"))], {"g": {"note": "hi"}})
-    with h5py.File(io.BytesIO(vfile.read(0, vfile.size)), "r") as f:
+    with h5py.File(io.BytesIO(read_bytes(vfile, 0, vfile.size)), "r") as f:
         assert f["g"].attrs["note"] == "hi"
         np.testing.assert_array_equal(f["g/small"][...], np.arange(6).reshape(2, 3))
         np.testing.assert_array_equal(f["g/big"][...], data.transpose(2, 1, 0)[None])

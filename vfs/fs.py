@@ -7,6 +7,7 @@ import os
 import stat
 
 from .nodes import DirNode, FileNode, Node
+from .virtualfile import read_bytes
 
 
 class VirtualFS:
@@ -50,6 +51,5 @@ class VirtualFS:
         return node
 
     def read(self, path: str, size: int, offset: int) -> bytes:
-        """As a FUSE read: into a buffer of the size asked (VirtualFile.read_into)."""
-        buf = memoryview(bytearray(max(0, size)))
-        return bytes(buf[:self.open(path).open().read_into(offset, buf)])
+        """As a FUSE read: into a buffer of the size asked."""
+        return read_bytes(self.open(path).open(), offset, size)

@@ -15,6 +15,7 @@ from typing import Callable
 
 from ..adapters import NgffMountError, redact
 from .fs import VirtualFS
+from .virtualfile import read_bytes
 from .libfuse import load_mfusepy
 
 fuse = load_mfusepy()
@@ -85,8 +86,7 @@ class FuseOps(fuse.Operations):
 
     def read(self, path, size, offset, fi):
         """For mfusepy's stock FUSE class; libfuse.fuse_class() calls read_into instead."""
-        buf = memoryview(bytearray(size))
-        return bytes(buf[:self.read_into(path, buf, offset, fi)])
+        return self._call("read", path, read_bytes, self._file(fi), offset, size)
 
     def read_into(self, path, out: memoryview, offset: int, fi) -> int:
         """Bytes from `offset` into libfuse's reply buffer; returns how many."""

@@ -3,10 +3,8 @@
 A segment is static header bytes, generated records (one per plane, e.g. TIFF IFDs) or a
 pixel span. Reads bisect on segment offsets; gaps between segments read as zeros.
 
-Reads return a bytes-like object (bytes or a byte memoryview): a read that lies in one
-pixel span hands over the pixels' own buffer, with no copy to bytes on the way.
-`read_into` fills a caller's buffer instead (FUSE: libfuse's reply buffer), so pixels
-are assembled where the kernel takes them from.
+A read fills the caller's buffer (FUSE: libfuse's reply buffer), so pixels are assembled
+where the kernel takes them from.
 """
 
 from __future__ import annotations
@@ -15,11 +13,6 @@ import bisect
 from typing import Callable, Sequence, Union
 
 Buffer = Union[bytes, memoryview]
-
-
-def joined(parts: list) -> Buffer:
-    """One part as it is (no copy); several as one bytes object."""
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Segment:
@@ -71,9 +64,6 @@ class PixelSegment(Segment):
             yield plane, start, stop
             rel += stop - start
 
-    def read(self, rel: int, size: int) -> Buffer:
-        return joined([self.read_plane(plane, start, stop) for plane, start, stop in self._pieces(rel, size)])
-
     def read_into(self, rel: int, out: memoryview) -> None:
         pos = 0
         for plane, start, stop in self._pieces(rel, len(out)):
@@ -94,9 +84,6 @@ class VirtualFile:
                 raise ValueError("overlapping segments")
         if self.segments and self.segments[-1].offset + self.segments[-1].length > size:
             raise ValueError("segment past end of file")
-
-    def read(self, offset: int, size: int) -> Buffer:
-        return joined([bytes(n) if seg is None else seg.read(rel, n) for seg, rel, n in self._spans(offset, size)])
 
     def read_into(self, offset: int, out: memoryview) -> int:
         """Bytes from `offset` into `out` (a byte memoryview); returns how many (0 at the end)."""
@@ -131,3 +118,9 @@ class VirtualFile:
             yield seg, pos - seg.offset, n
             pos += n
             i += 1
+
+
+def read_bytes(vfile: VirtualFile, offset: int, size: int) -> bytes:
+    """Bytes [offset, offset + size) of a virtual file, as a FUSE read gets them."""
+    buf = memoryview(bytearray(max(0, size)))
+    return bytes(buf[:vfile.read_into(offset, buf)])
