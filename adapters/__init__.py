@@ -90,10 +90,7 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
                                        or array_meta.get("node_type") == "array"):
             return _plain_zarr_array(store, array_meta, name, store.mtime(".zarray" if root.get(".zarray") else "zarr.json"))
         if root.get(n5.ATTRS) is not None and root.get("zarr.json") is None and root.get(".zattrs") is None:
-            try:
-                return n5.open_n5(store, root[n5.ATTRS], name, store.mtime(n5.ATTRS) or 0.0)
-            except n5.NotMultiscale:
-                return n5.open_container(store, name, store.mtime(n5.ATTRS) or 0.0)
+            return n5.open_group(store, root[n5.ATTRS], name, store.mtime(n5.ATTRS) or 0.0)
     if all(v is None for v in root.values()):
         raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs and attributes.json)")
     raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
