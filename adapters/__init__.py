@@ -6,7 +6,7 @@ import contextlib
 import posixpath
 from typing import Any, Mapping
 
-from . import bdv, n5, omezarr
+from . import bdv, imaris, n5, omezarr
 from . import omezarr_groups as groups
 from .base import Axis, Channel, Group, Image, Level, inferred_axes
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
@@ -58,6 +58,9 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     """Open a source by its metadata alone: an Image when the URL is an image, else a Group."""
     if url.split("?", 1)[0].rstrip("/").lower().endswith(".xml"):
         return _open_bdv_xml(url, storage_options, concurrency)
+    if imaris.is_ims_url(url):
+        with _malformed_is_bad_metadata(redact(url)):
+            return imaris.open_imaris(url, storage_options, concurrency)
     store = Store(url, storage_options, concurrency)
     keys = [*omezarr.ROOT_KEYS, ".zarray", n5.ATTRS, *LABEL_KEYS]
     # A BigDataViewer server answers its dataset URL itself (and every path under it) with the XML.
