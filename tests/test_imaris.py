@@ -87,6 +87,14 @@ def test_remote_ims_over_http_every_plane(tmp_path, http_server):
     _check_every_plane(fs, volumes, 2, 2)
 
 
+def test_ims_on_s3_every_plane(tmp_path, s3_server):
+    path = write_ims(tmp_path / "up" / "s3.ims", timepoints=1, channels=2, levels=2)
+    volumes, _ = read_with_reference(path)
+    s3_server.upload_dir(tmp_path / "up", "ims", tmp_path.name, public=True)
+    fs = vfs_for(f"s3://ims/{tmp_path.name}/s3.ims", s3_server.storage_options())
+    _check_every_plane(fs, volumes, 1, 2)
+
+
 def test_remote_ims_is_read_chunk_by_chunk_never_whole(tmp_path, http_server):
     name = f"range-{tmp_path.name}.ims"
     # incompressible pixels: 16 x 256 x 256 uint16 is 2 MiB, so a whole download would show
