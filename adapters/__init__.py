@@ -95,6 +95,10 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
         if root.get(n5.ATTRS) is not None and root.get("zarr.json") is None and root.get(".zattrs") is None:
             return n5.open_group(store, root[n5.ATTRS], name, store.mtime(n5.ATTRS) or 0.0)
     if all(v is None for v in root.values()):
+        with _malformed_is_bad_metadata(store.url):
+            found = n5.open_without_attributes(store, name)
+        if found is not None:
+            return found
         raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs and attributes.json)")
     raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
 

@@ -371,6 +371,15 @@ def open_group(store: Store, attrs: dict, name: str, mtime: float) -> Image | Gr
     return viewer if viewer is not None else open_container(store, name, mtime)
 
 
+def open_without_attributes(store: Store, name: str) -> Image | Group | None:
+    """An N5 group need not have an attributes.json (z5py and n5-spark leave it out of the
+    groups they make): s0/ or c0/s0/ under it still make it an image or an N5 Viewer container.
+    None when neither is there."""
+    docs = store.get_many([f"s0/{ATTRS}", f"c0/s0/{ATTRS}"])
+    key = next((k for k, v in docs.items() if v is not None), None)
+    return None if key is None else open_group(store, {}, name, store.mtime(key) or 0.0)
+
+
 def open_viewer_channels(store: Store, attrs: dict, name: str, mtime: float) -> Group | None:
     """The N5 Viewer layout: the root's attributes (scales, pixelResolution, affineTransform,
     ...) are defaults that each channel group's own attributes override. Channels are probed

@@ -177,6 +177,17 @@ def test_n5_viewer_root_shows_each_channel_with_the_inherited_calibration(tmp_pa
                 np.testing.assert_array_equal(tiff_array(read_all(fs, f"/c{c}/s{i}/{name}")), data[z])
 
 
+def test_a_channel_group_without_attributes_mounts_on_its_own(tmp_path):
+    """z5py, like n5-spark, writes no attributes.json for the groups it makes (c0/ here)."""
+    root = tmp_path / "viewer.n5"
+    expected = _n5_viewer_root(root, channels=1, levels=2)
+    assert not (root / "c0" / "attributes.json").exists()
+    fs = vfs_for(str(root / "c0"))
+    info = json.loads(read_all(fs, "/info.json"))
+    assert len(info["levels"]) == 2
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s1.tif")).reshape(expected[(0, 1)].shape), expected[(0, 1)])
+
+
 def test_n5_viewer_axis_aligned_affine_is_applied(tmp_path):
     root = tmp_path / "aligned.n5"
     f = z5py.File(str(root), mode="a", use_zarr_format=False)
