@@ -91,9 +91,7 @@ def write_ims(path: Path, shape_zyx=(9, 50, 70), timepoints: int = 1, channels: 
                     vol = volumes[(r, t, c)]
                     stored = np.full(padded, 7, dtype)
                     stored[tuple(slice(0, s) for s in shape)] = vol
-                    group.create_dataset("Data", data=stored, chunks=level_chunks,
-                                         compression=compression if compression != "none" else None,
-                                         shuffle=shuffle and compression != "none")
+                    group.create_dataset("Data", data=stored, chunks=level_chunks, **_filters(compression, shuffle))
                     hist, _ = np.histogram(vol, bins=256)
                     group.create_dataset("Histogram", data=hist.astype(np.uint64))
                     _set(group, ImageSizeX=shape[2], ImageSizeY=shape[1], ImageSizeZ=shape[0],
@@ -103,9 +101,23 @@ def write_ims(path: Path, shape_zyx=(9, 50, 70), timepoints: int = 1, channels: 
     return path
 
 
+def _filters(compression: str, shuffle: bool) -> dict:
+    """h5py arguments for the filters Imaris writes: gzip (deflate) or, since Imaris 9.x, the
+    HDF5 LZ4 filter (32004, written here by hdf5plugin's build of it), with or without shuffle."""
+    if compression == "none":
+        return {}
+    if compression.startswith("lz4"):  # "lz4:N": blocks of N bytes
+        import hdf5plugin
+
+        block = int(compression.partition(":")[2] or 0)
+        return {"shuffle": shuffle, **hdf5plugin.LZ4(nbytes=block)}
+    return {"compression": compression, "shuffle": shuffle}
+
+
 def read_with_reference(path: Path) -> tuple[dict[tuple[int, int, int], np.ndarray], dict[int, tuple]]:
     """Every (level, t, c) volume and each level's voxel size (z, y, x) as imaris-ims-file-reader
     reads them."""
+    import hdf5plugin  # noqa: F401 - lets the reader's h5py decode LZ4 chunks
     from imaris_ims_file_reader.ims import ims
 
     reader = ims(str(path), squeeze_output=False)

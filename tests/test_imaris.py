@@ -36,6 +36,7 @@ def _check_every_plane(fs, volumes: dict, timepoints: int, channels: int) -> Non
 
 
 @pytest.mark.parametrize("dtype, compression, shuffle", [("uint16", "gzip", True), ("uint8", "gzip", False),
+                                                         ("uint16", "lz4", True), ("uint8", "lz4", False),
                                                          ("float32", "none", False)])
 def test_local_ims_every_plane_and_calibration(tmp_path, dtype, compression, shuffle):
     path = write_ims(tmp_path / "cells.ims", timepoints=2, channels=3, dtype=dtype, compression=compression,
@@ -62,6 +63,14 @@ def test_local_ims_every_plane_and_calibration(tmp_path, dtype, compression, shu
         x_res = tif.pages[0].tags["XResolution"].value
         assert x_res[1] / x_res[0] == pytest.approx(0.25)
     _check_every_plane(fs, volumes, 2, 3)
+
+
+def test_lz4_in_several_blocks_some_stored_raw(tmp_path):
+    """Blocks of 1000 bytes: noise does not compress, so most are stored raw; the pattern's do."""
+    for noise in (True, False):
+        path = write_ims(tmp_path / f"lz4-{noise}.ims", levels=2, compression="lz4:1000", shuffle=False, noise=noise)
+        volumes, _ = read_with_reference(path)
+        _check_every_plane(vfs_for(str(path)), volumes, 1, 1)
 
 
 def test_single_view_has_z_y_x_only_and_padding_is_cropped(tmp_path):
