@@ -49,12 +49,17 @@ def text(value) -> str | None:
     if value is None:
         return None
     if isinstance(value, np.ndarray):
-        if value.dtype.kind in "SU":
-            parts = [v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in value.ravel()]
-            return "".join(parts)
-        return " ".join(str(v) for v in value.ravel())
+        if value.dtype.kind == "S":
+            value = b"".join(value.ravel().tolist())
+        elif value.dtype.kind == "U":
+            return "".join(value.ravel().tolist())
+        else:
+            return " ".join(str(v) for v in value.ravel())
     if isinstance(value, bytes):
-        return value.decode("latin-1")
+        try:  # "µm" may come as UTF-8 (two characters) or Latin-1 (one)
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin-1")
     return str(value)
 
 

@@ -75,12 +75,14 @@ def test_lz4_in_several_blocks_some_stored_raw(tmp_path):
 
 def test_single_view_has_z_y_x_only_and_padding_is_cropped(tmp_path):
     path = write_ims(tmp_path / "one.ims", shape_zyx=(5, 33, 47), chunks=(4, 16, 16), levels=2)
-    with h5py.File(path, "r") as f:  # the stored blocks really are padded
+    with h5py.File(path, "a") as f:  # the stored blocks really are padded
         assert f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"].shape == (8, 48, 48)
+        f["DataSetInfo/Image"].attrs["Unit"] = np.array([b"\xb5", b"m"], "S1")  # "µm" in Latin-1
     volumes, _ = read_with_reference(path)
     fs = vfs_for(str(path))
     info = json.loads(read_all(fs, "/info.json"))
     assert [a["name"] for a in info["axes"]] == list("zyx") and info["levels"][0]["shape"] == [5, 33, 47]
+    assert info["axes"][-1]["unit"] == "micrometer"
     _check_every_plane(fs, volumes, 1, 1)
     np.testing.assert_array_equal(tiff_array(read_all(fs, "/s1.tif")).reshape(volumes[(1, 0, 0)].shape),
                                   volumes[(1, 0, 0)])
