@@ -58,7 +58,7 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     """Open a source by its metadata alone: an Image when the URL is an image, else a Group."""
     if url.split("?", 1)[0].rstrip("/").lower().endswith(".xml"):
         return _open_bdv_xml(url, storage_options, concurrency)
-    if imaris.is_ims_url(url):
+    if imaris.claims(url):
         with _malformed_is_bad_metadata(redact(url)):
             return imaris.open_imaris(url, storage_options, concurrency)
     store = Store(url, storage_options, concurrency)

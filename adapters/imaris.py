@@ -32,15 +32,26 @@ MAX_LEVELS = 64
 MAX_VIEWS = 100_000  # (timepoint, channel) pairs probed, at most
 
 
-def is_ims_url(url: str) -> bool:
-    return url.split("?", 1)[0].rstrip("/").lower().endswith(".ims")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+def _path_of(url: str) -> str:
+    return url.split("?", 1)[0].rstrip("/")
+
+
+def claims(url: str) -> bool:
+    """An .ims file by its suffix; an .h5/.hdf5 file is looked at for Imaris attributes."""
+    return _path_of(url).lower().endswith((".ims", *HDF5_SUFFIXES))
 
 
 def open_imaris(url: str, storage_options: Mapping[str, Any] | None, concurrency: int) -> Image:
     store = Store(parent_url(url), storage_options, concurrency)
-    name = posixpath.basename(url.split("?", 1)[0].rstrip("/"))
+    name = posixpath.basename(_path_of(url))
     f = Hdf5File(store, name, redact(url))
-    return ImarisFile(f).image(name[:-4] if name.lower().endswith(".ims") else name, normalize_url(url))
+    if name.lower().endswith(HDF5_SUFFIXES) and f.attribute("/", "ImarisDataSet") is None:
+        raise NotAnImage(f"{f.where}: an HDF5 file, but not an Imaris one (no ImarisDataSet attribute); "
+                         "a BigDataViewer HDF5 is mounted through its XML")
+    return ImarisFile(f).image(posixpath.splitext(name)[0], normalize_url(url))
 
 
 def text(value) -> str | None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from bdv_fixtures import write_bdv_hdf5
 from conftest import mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
 from imaris_fixtures import read_with_reference, write_ims
 from ngffmount.adapters import BadMetadata, NotAnImage, SourceNotFound, open_source
@@ -170,6 +171,18 @@ def test_broken_ims_files_fail_with_one_clear_line(tmp_path):
         result = ngffmount_cmd("mount", str(broken), str(tmp_path / "mnt"), check=False)
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert broken.name in result.stderr
+
+
+def test_hdf5_suffix_is_looked_at_for_imaris_attributes(tmp_path):
+    ims = write_ims(tmp_path / "exported.h5", levels=1)
+    volumes, _ = read_with_reference(ims)
+    fs = vfs_for(str(ims))
+    assert json.loads(read_all(fs, "/info.json"))["format"] == "Imaris"
+    _check_every_plane(fs, volumes, 1, 1)
+    xml, _ = write_bdv_hdf5(tmp_path / "bdv", (4, 20, 20), setups=1, timepoints=1, chunks=(4, 16, 16))
+    h5 = next((tmp_path / "bdv").glob("*.h5"))
+    with pytest.raises(NotAnImage, match="not an Imaris one .* mounted through its XML"):
+        open_source(str(h5))
 
 
 def _contract_source(tmp_path, url_of) -> Expected:
