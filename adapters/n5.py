@@ -170,8 +170,12 @@ class NotMultiscale(BadMetadata):
 # -- multiscale conventions -----------------------------------------------------------------
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _numbers(value, n: int, where: str, what: str) -> list[float]:
-    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, list) or len(value) != n or not all(_is_number(v) for v in value):
         raise BadMetadata(f"{where}: {what} must list {n} numbers, got {value!r}")
     return [float(v) for v in value]
 
@@ -224,7 +228,7 @@ def _cosem(store: Store, attrs: dict, name: str, mtime: float) -> Image:
 def _cosem_transform(transform: dict, ndim: int, where: str) -> tuple[list[Axis], list[float], list[float]]:
     """Axes, scale and translation in numpy order from a COSEM `transform`. Its lists are in C
     order unless `ordering` (or `order`, as some writers spell it) says F."""
-    names = transform.get("axes") or [a for a in "zyx"][-ndim:]
+    names = transform.get("axes") or [a.name for a in inferred_axes(ndim)]
     scale = _numbers(transform.get("scale"), ndim, where, "transform.scale")
     translate = _numbers(transform.get("translate", [0.0] * ndim), ndim, where, "transform.translate")
     units = transform.get("units") or [None] * ndim
@@ -281,10 +285,6 @@ def _axis_aligned_affine(value, ndim: int, where: str) -> tuple[list[float], lis
         return None
     extra = ndim - 3  # dimensions past x, y, z (c, t) are left as they are
     return ([float(rows[i][i]) for i in range(3)] + [1.0] * extra, [float(rows[i][3]) for i in range(3)] + [0.0] * extra)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _levels(store: Store, attrs: dict) -> list[tuple[str, dict]]:
