@@ -18,7 +18,7 @@ import tifffile
 from bdv_fixtures import write_bdv_hdf5
 from conftest import mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
 from imaris_fixtures import read_with_reference, write_ims
-from ngffmount.adapters import BadMetadata, NotAnImage, SourceNotFound, open_source
+from ngffmount.adapters import BadMetadata, ChunkReadError, NotAnImage, SourceNotFound, open_source
 from test_contract import AdapterContract, Expected
 
 
@@ -183,6 +183,20 @@ def test_hdf5_suffix_is_looked_at_for_imaris_attributes(tmp_path):
     h5 = next((tmp_path / "bdv").glob("*.h5"))
     with pytest.raises(NotAnImage, match="not an Imaris one .* mounted through its XML"):
         open_source(str(h5))
+
+
+def test_a_corrupt_chunk_fails_that_read_only(tmp_path):
+    path = write_ims(tmp_path / "corrupt.ims", shape_zyx=(8, 40, 40), levels=1, chunks=(4, 40, 40))
+    volumes, _ = read_with_reference(path)
+    with h5py.File(path, "r") as f:
+        info = f["DataSet/ResolutionLevel 0/TimePoint 0/Channel 0/Data"].id.get_chunk_info_by_coord((4, 0, 0))
+    with open(path, "r+b") as out:  # the second chunk (z 4..7) becomes garbage
+        out.seek(info.byte_offset)
+        out.write(b"\xff" * info.size)
+    fs = vfs_for(str(path))
+    with pytest.raises(ChunkReadError, match="corrupt.ims.*cannot decode chunk"):
+        read_all(fs, "/s0/z00005.tif")
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s0/z00001.tif")), volumes[(0, 0, 0)][1])
 
 
 def _contract_source(tmp_path, url_of) -> Expected:
