@@ -92,19 +92,32 @@ class ImarisFile:
             raise BadMetadata(f"{self.where}: {path} attribute {name} is {raw!r}, not a number")
         return value
 
-    def _count(self, path_of, limit: int) -> int:
-        """How many of path_of(0), path_of(1), ... exist (a Channel group with ImageSizeX)."""
+    def _exists(self, path: str) -> bool:
+        return self.f.attribute(path, "ImageSizeX") is not None
+
+    def _count(self, path_of, limit: int, stated: tuple[str, str] | None = None) -> int:
+        """How many of path_of(0), path_of(1), ... exist (a Channel group with ImageSizeX). The
+        count DataSetInfo states is trusted when its last one exists and the next does not:
+        probing each of a thousand timepoints would read a thousand headers spread over the
+        file, one request each on a remote file."""
+        if stated is not None:
+            try:
+                n = int(self.number(*stated))
+            except BadMetadata:
+                n = 0
+            if 0 < n <= limit and self._exists(path_of(n - 1)) and not self._exists(path_of(n)):
+                return n
         n = 0
-        while n < limit and self.f.attribute(path_of(n), "ImageSizeX") is not None:
+        while n < limit and self._exists(path_of(n)):
             n += 1
         return n
 
     def image(self, name: str, source_url: str) -> Image:
-        if self.f.attribute(_channel_path(0, 0, 0), "ImageSizeX") is None:
+        if not self._exists(_channel_path(0, 0, 0)):
             raise NotAnImage(f"{self.where}: not an Imaris file (no {_channel_path(0, 0, 0)} with ImageSizeX)")
         n_levels = self._count(lambda r: _channel_path(r, 0, 0), MAX_LEVELS)
-        n_t = self._count(lambda t: _channel_path(0, t, 0), MAX_VIEWS)
-        n_c = self._count(lambda c: _channel_path(0, 0, c), MAX_VIEWS // max(n_t, 1))
+        n_t = self._count(lambda t: _channel_path(0, t, 0), MAX_VIEWS, ("DataSetInfo/TimeInfo", "FileTimePoints"))
+        n_c = self._count(lambda c: _channel_path(0, 0, c), MAX_VIEWS // max(n_t, 1), ("DataSetInfo/Image", "Noc"))
         # The extent: voxel size = extent / image size of each level; the origin is ExtMin.
         ext_min = [self.number("DataSetInfo/Image", f"ExtMin{i}") for i in range(3)]
         ext_max = [self.number("DataSetInfo/Image", f"ExtMax{i}") for i in range(3)]

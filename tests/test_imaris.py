@@ -185,6 +185,16 @@ def test_hdf5_suffix_is_looked_at_for_imaris_attributes(tmp_path):
         open_source(str(h5))
 
 
+@pytest.mark.parametrize("noc, file_timepoints", [("5", "1"), ("x", ""), ("3", "2")])
+def test_stated_counts_are_checked_against_the_data(tmp_path, noc, file_timepoints):
+    path = write_ims(tmp_path / "counts.ims", timepoints=2, channels=3, levels=1)
+    with h5py.File(path, "a") as f:
+        f["DataSetInfo/Image"].attrs["Noc"] = np.array(list(noc), "S1")
+        f["DataSetInfo/TimeInfo"].attrs["FileTimePoints"] = np.array(list(file_timepoints), "S1")
+    info = json.loads(read_all(vfs_for(str(path)), "/info.json"))
+    assert info["levels"][0]["shape"][:2] == [2, 3]
+
+
 def test_a_corrupt_chunk_fails_that_read_only(tmp_path):
     path = write_ims(tmp_path / "corrupt.ims", shape_zyx=(8, 40, 40), levels=1, chunks=(4, 40, 40))
     volumes, _ = read_with_reference(path)
