@@ -2,7 +2,8 @@
 on its own (COSEM `transform`, `pixelResolution`, `resolution` + `units`), and an N5 Viewer
 container whose root attributes are every channel's defaults.
 
-Pixels are written by z5py (an independent N5 writer) and compared with z5py's own read.
+Pixels are written by z5py or tensorstore (independent N5 writers) and compared with the
+writer's own read.
 Metadata comes byte for byte from real documents (tests/data/samples/n5):
 - n5ij-*-dataset-attributes.json: saalfeldlab/n5-ij @ 24856955 : src/test/resources/test.n5/
   (cosem_ms/s1, cosem_F, n5v_pr-ds, n5v_pra), the datasets n5-ij's own metadata tests read.
@@ -19,6 +20,7 @@ import logging
 
 import numpy as np
 import pytest
+import tensorstore as ts
 import tifffile
 import z5py
 
@@ -118,11 +120,17 @@ def test_lone_dataset_with_a_bare_pixel_resolution_list(tmp_path):
     _every_plane(fs, expected)
 
 
-def test_lone_dataset_with_resolution_and_units(tmp_path):
-    """Neuroglancer's per-dataset convention: axes, resolution and units in N5 (x, y, z) order."""
-    data = pattern((5, 30, 20), "uint8", seed=5)
-    expected = _z5_dataset(tmp_path / "r.n5", "img", None, data, (2, 16, 16),
-                           {"axes": ["x", "y", "z"], "resolution": [4, 6, 40], "units": ["nm", "nm", "um"]})
+def test_lone_dataset_with_resolution_and_units_written_by_tensorstore(tmp_path):
+    """tensorstore's n5 driver writes dimension units as Neuroglancer's per-dataset `axes`,
+    `resolution` and `units` (N5 order: x, y, z)."""
+    store = ts.open({
+        "driver": "n5", "kvstore": {"driver": "file", "path": str(tmp_path / "r.n5" / "img")},
+        "metadata": {"dimensions": [20, 30, 5], "blockSize": [16, 16, 2], "dataType": "uint16",
+                     "compression": {"type": "gzip"}},
+        "schema": {"dimension_units": [[4, "nm"], [6, "nm"], [40, "um"]], "domain": {"labels": ["x", "y", "z"]}},
+        "create": True}).result()
+    store[...] = pattern((20, 30, 5), "uint16", seed=5)
+    expected = np.asarray(store.read().result()).transpose()  # x, y, z -> z, y, x
     fs = vfs_for(str(tmp_path / "r.n5" / "img"))
     info = json.loads(read_all(fs, "/info.json"))
     assert info["levels"][0]["scale"] == [40.0, 6.0, 4.0]
