@@ -30,9 +30,7 @@ from .urls import normalize_url, parent_url, redact
 FORMAT = "Imaris"
 MAX_LEVELS = 64
 MAX_VIEWS = 100_000  # (timepoint, channel) pairs probed, at most
-
-
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")  # looked at for Imaris attributes (exports get renamed)
 
 
 def _path_of(url: str) -> str:
