@@ -40,7 +40,7 @@ def test_level_h5_with_h5py(store):
         assert d.shape == (2, 5, 20, 25) and d.dtype == np.dtype("int16")
         np.testing.assert_array_equal(d[...], data[:, :, ::2, ::2])
         assert d.attrs["axes"] == "czyx"
-        np.testing.assert_allclose(d.attrs["element_size_um"], [1.0, 2.5, 0.325, 0.325])
+        np.testing.assert_allclose(d.attrs["element_size_um"], [2.5, 0.325, 0.325])  # z, y, x: no c
         assert [dim.label for dim in d.dims] == list("czyx")
 
 
