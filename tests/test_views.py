@@ -277,6 +277,39 @@ def test_ome_tiff_metadata_and_pixels(tmp_path):
     assert 'Name="DAPI"' in xml and 'Name="GFP &amp; co"' in xml and 'Color="65535"' in xml
 
 
+def test_ome_tiff_resolution_tags_give_nanometre_pixel_sizes(tmp_path):
+    """A reader of the TIFF tags alone (no OME-XML) gets the pixel size right: pixels per
+    centimeter with ResolutionUnit CENTIMETER, as Bio-Formats writes them."""
+    import subprocess
+
+    path = tmp_path / "nm.zarr"
+    data = pattern((2, 30, 40), "uint8", seed=1)
+    write_ome_zarr(path, data, "zyx", levels=1, scale0=[40.0, 6.0, 4.0],
+                   units={"z": "nanometer", "y": "nanometer", "x": "nanometer"})
+    fs = vfs_for(str(path))
+    raw = read_all(fs, "/s0.ome.tif")
+    with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+        for page in tif.pages:
+            tags = page.tags
+            assert tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+            (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
+            assert 1e-2 / (xn / xd) * 1e9 == pytest.approx(4.0) and 1e-2 / (yn / yd) * 1e9 == pytest.approx(6.0)
+        assert 'PhysicalSizeX="4.0"' in tif.ome_metadata and 'PhysicalSizeXUnit="nm"' in tif.ome_metadata
+    (tmp_path / "nm.ome.tif").write_bytes(raw)
+    gdal = subprocess.run(["gdalinfo", str(tmp_path / "nm.ome.tif")], capture_output=True, text=True,
+                          env={"GDAL_PAM_ENABLED": "NO", "PATH": "/usr/bin:/bin"})
+    assert "TIFFTAG_RESOLUTIONUNIT=3 (pixels/cm)" in gdal.stdout, gdal.stdout + gdal.stderr
+    assert "TIFFTAG_XRESOLUTION=2500000" in gdal.stdout and "TIFFTAG_YRESOLUTION=1666666.6" in gdal.stdout
+    # ImageJ's files keep ResolutionUnit NONE: ImageJ takes the unit from their description.
+    with tifffile.TiffFile(io.BytesIO(read_all(fs, "/s0.tif"))) as tif:
+        assert tif.pages[0].tags["ResolutionUnit"].value == tifffile.RESUNIT.NONE
+        assert tif.imagej_metadata["unit"] == "nm"
+    # Without a length unit there is nothing to convert: NONE, as before.
+    write_ome_zarr(tmp_path / "px.zarr", data, "zyx", levels=1, scale0=[1.0, 2.0, 2.0])
+    with tifffile.TiffFile(io.BytesIO(read_all(vfs_for(str(tmp_path / "px.zarr")), "/s0.ome.tif"))) as tif:
+        assert tif.pages[0].tags["ResolutionUnit"].value == tifffile.RESUNIT.NONE
+
+
 def test_ome_tiff_tiles_wide_planes(tmp_path):
     path = tmp_path / "wide.zarr"
     data = pattern((2, 100, 9000), "uint16", seed=9)
