@@ -150,6 +150,9 @@ class RenderedSegment(Segment):
 def unsupported_reason(image) -> str | None:
     if image.levels[0].dtype.kind not in "biuf":
         return f"no picture of dtype {image.levels[0].dtype}"
+    src = PlaneSource(image.levels[preview_level(image)], None)
+    if min(src.height, src.width, src.nc, src.nz) < 1:
+        return "the image is empty"
     return None
 
 

@@ -108,7 +108,7 @@ class TiffLayout:
             if unit not in LENGTH_IN_METERS or not scale > 0:
                 return None
             out.append(1e-2 / (scale * LENGTH_IN_METERS[unit]))
-        return out[0], out[1]
+        return (out[0], out[1]) if all(0 < v < 2**32 for v in out) else None  # a TIFF RATIONAL holds it
 
     # -- one plane per file -------------------------------------------------------------
     def plane_header(self) -> tuple[bytes, int]:
