@@ -127,12 +127,13 @@ class BlockedChunk:
 
 
 def _walks_in_order(starts, stops, shape) -> bool:
-    """Whether reads of boxes like [starts, stops) walk the chunk in C order: after the box's
-    first axis of more than one element, every axis but the last is whole (rows of one plane
-    of the chunk, maybe cut short at the level's edge). A box across several planes of a
-    chunk that takes one row of each (an XZ plane) is not such a walk."""
+    """Whether reads of boxes like [starts, stops) walk the chunk in C order: rows of one
+    plane of the chunk from its first column (maybe cut short at the level's edge). A box
+    across planes of the chunk that takes one row of each (an XZ plane), or one column of
+    rows (a YZ plane), is no such walk: planes next to it read the same blocks again."""
     dims = [b - a for a, b in zip(starts, stops)]
-    for i, n in enumerate(dims):
+    for i, n in enumerate(dims[:-1]):
         if n > 1:
-            return all(starts[j] == 0 and stops[j] == shape[j] for j in range(i + 1, len(dims) - 1))
+            middle_whole = all(starts[j] == 0 and stops[j] == shape[j] for j in range(i + 1, len(dims) - 1))
+            return middle_whole and starts[-1] == 0 and (dims[-1] > 1 or shape[-1] == 1)
     return True
