@@ -139,3 +139,35 @@ def test_imagej_opens_a_crop_with_its_size_calibration_and_origin(tmp_path, http
     assert info["corner_z"] == pytest.approx(2 * 8.0 + 80.0)
     assert info["pixel_1_0_0"] == data[1, 0, 2, 10, 5]
     assert info["pixel_6_39_19"] == data[1, 1, 4, 29, 44]  # slice 6: c = 1, z = 2 of the crop
+
+
+def test_crops_above_4gib_follow_the_stack_convention(tmp_path):
+    """2100 planes of 1024 x 1024 uint16 (4.1 GiB declared; two chunks exist): a crop above
+    4 GiB is laid out as sN.tif is, and reads the source's pixels."""
+    import zarr
+
+    from conftest import VirtualReader
+    from ngffmount.vfs.tiff import CLASSIC_LIMIT
+
+    path = tmp_path / "big.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=(2100, 1024, 1024), dtype="uint16", chunks=(1, 1024, 1024),
+                            chunk_key_encoding={"name": "v2", "separator": "/"})
+    arr[0] = 7
+    arr[2099] = pattern((1024, 1024), "uint16")
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space"} for a in "zyx"],
+                                  "datasets": [{"path": "0"}]}]
+    fs = vfs_for(str(path))
+    whole = "/crop/s0/z0-2100.tif"
+    assert fs.getattr(whole)["st_size"] == fs.getattr("/s0.tif")["st_size"] > CLASSIC_LIMIT
+    assert fs.read(whole, 1 << 16, 0) == fs.read("/s0.tif", 1 << 16, 0)
+    name = "/crop/s0/z5-2100_y1-1024_x3-1020.tif"
+    plane = 1023 * 1017 * 2
+    assert fs.getattr(name)["st_size"] > CLASSIC_LIMIT
+    with tifffile.TiffFile(VirtualReader(fs, name)) as tif:
+        assert tif.imagej_metadata["images"] == 2095
+        series = tif.series[0]
+        assert series.shape == (2095, 1023, 1017)
+        offset = series.dataoffset
+    last = np.frombuffer(fs.read(name, plane, offset + 2094 * plane), "<u2").reshape(1023, 1017)
+    np.testing.assert_array_equal(last, arr[2099, 1:, 3:1020])
