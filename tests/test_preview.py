@@ -79,6 +79,22 @@ def test_channels_take_their_omero_colours_and_windows(tmp_path):
     assert (rgb[30:, :, 2] == 255).all(), "the middle z (1 of 3)"
 
 
+def test_inactive_channels_are_left_out(tmp_path):
+    data = np.zeros((3, 20, 30), np.uint8)
+    data[0], data[1], data[2] = 10, 200, 100
+    data[:, :, :15] = 0
+    path = tmp_path / "img.zarr"
+    write_ome_zarr(path, data, "cyx", levels=1)
+    window = {"start": 0, "end": 200, "min": 0, "max": 255}
+    attrs = {"multiscales": multiscale_meta("cyx", 1, [1, 1, 1]),
+             "omero": {"channels": [{"color": "FF0000", "window": window, "active": False},
+                                    {"color": "00FF00", "window": window, "active": True},
+                                    {"color": "0000FF", "window": window, "active": True}]}}
+    (path / ".zattrs").write_text(json.dumps(attrs))
+    rgb = picture(read_all(vfs_for(str(path)), "/preview.png"))
+    assert (rgb[:, 15:] == [0, 255, 128]).all() and (rgb[:, :15] == 0).all()
+
+
 def test_without_colours_channels_still_differ(tmp_path):
     data = pattern((2, 40, 50), "uint8", seed=3)
     write_ome_zarr(tmp_path / "img.zarr", data, "cyx", levels=1)

@@ -85,7 +85,7 @@ def sampled_plane(src: PlaneSource, t: int, c: int, z: int, height: int, width: 
 
 
 def _window(channel, values: np.ndarray) -> tuple[float, float]:
-    window = getattr(channel, "window", None) or {}
+    window = (channel.window if channel is not None else None) or {}
     lo, hi = window.get("start"), window.get("end")
     if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and hi > lo:
         return float(lo), float(hi)
@@ -106,12 +106,13 @@ def _rgb(hex6) -> np.ndarray | None:
 
 
 def render(image, level_index: int, engine) -> np.ndarray:
-    """The picture as RGB uint8 (height, width, 3)."""
+    """The picture as RGB uint8 (height, width, 3): the channels OMERO marks active (all
+    when it marks none)."""
     src = PlaneSource(image.levels[level_index], engine)
     height, width = preview_shape(src)
     channels = list(range(src.nc))
     meta = [image.channels[c] if c < len(image.channels) else None for c in channels]
-    active = [c for c in channels if getattr(meta[c], "active", None) is not False]
+    active = [c for c in channels if meta[c] is None or meta[c].active is not False]
     shown = active or channels
     rgb = np.zeros((height, width, 3), np.float64)
     for n, c in enumerate(shown):
@@ -122,7 +123,7 @@ def render(image, level_index: int, engine) -> np.ndarray:
         if len(shown) == 1:
             color = np.ones(3)  # a single channel is greyscale
         else:
-            color = _rgb(getattr(meta[c], "color", None))
+            color = _rgb(meta[c].color if meta[c] is not None else None)
             if color is None:
                 color = _rgb(DEFAULT_COLORS[n % len(DEFAULT_COLORS)])
         rgb += norm[..., None] * color
