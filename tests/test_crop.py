@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 
 import numpy as np
@@ -68,6 +69,11 @@ def test_crop_files_match_the_source_box(tmp_path):
     assert fs.readdir("/crop/s0") == []
     readme = read_all(fs, "/crop/README.txt").decode()
     assert "t, c, z, y, x" in readme and "s1: t=2 c=2 z=6 y=20 x=25" in readme
+    views = json.loads(read_all(fs, "/info.json"))["views"]
+    assert views["crop/"] == {"levels": ["s0", "s1"], "readme": "README.txt", "example": "crop/s0/y10-30_x12-37.tif"}
+    assert "crop/s0/y10-30_x12-37.tif" in readme and fs.getattr("/" + views["crop/"]["example"])["st_size"] > 0
+    assert views["s0.xz/"] == {"files": 2 * 2 * 40, "file_size": fs.getattr("/s0.xz/t00000_c000_y00000.tif")["st_size"],
+                               "width": 50, "height": 6}
     for name in ["t1-2_c0-1_z2-5_y10-30_x5-45.tif", "z0-1_y0-40_x0-50.tif", "c1-2_y39-40.tif"]:
         got = tifffile.TiffFile(io.BytesIO(read_all(fs, f"/crop/s0/{name}")))
         np.testing.assert_array_equal(got.asarray().reshape(-1, *got.pages[0].shape),

@@ -77,6 +77,13 @@ class CropLevelDir(DirNode):
         return node
 
 
+def example_crop(image) -> str:
+    """The middle of every plane of level 0, as a crop file's path."""
+    s = PlaneSource(image.levels[0], None)
+    half = {a: (s.sizes[a] // 4, max(s.sizes[a] // 4 + 1, 3 * s.sizes[a] // 4)) for a in "yx"}
+    return "crop/s0/" + "_".join(f"{a}{lo}-{hi}" for a, (lo, hi) in half.items()) + ".tif"
+
+
 def crop_readme(image) -> bytes:
     src = PlaneSource(image.levels[0], None)
     axes = [a for a in AXIS_ORDER if src.has_axis(a)]
@@ -95,9 +102,7 @@ def crop_readme(image) -> bytes:
     for i, level in enumerate(image.levels):
         s = PlaneSource(level, None)
         lines.append(f"  s{i}: " + " ".join(f"{a}={s.sizes[a]}" for a in axes))
-    s = PlaneSource(image.levels[0], None)
-    half = {a: (s.sizes[a] // 4, max(s.sizes[a] // 4 + 1, 3 * s.sizes[a] // 4)) for a in axes}
-    yx = "_".join(f"{a}{half[a][0]}-{half[a][1]}" for a in axes if a in "yx")
+    yx = example_crop(image)[len("crop/s0/"):-len(".tif")]
     lines += ["", "Examples:", f"  crop/s0/{yx}.tif        every plane, the middle of each"]
     if "z" in axes:
         lines.append(f"  crop/s0/z0-1_{yx}.tif   the first z only")

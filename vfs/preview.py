@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from .nodes import FileNode
 from .planes import PlaneSource
 from .virtualfile import Buffer, Segment, VirtualFile
 
@@ -157,10 +158,13 @@ def unsupported_reason(image) -> str | None:
     return None
 
 
-def preview_file(image, engine) -> tuple[VirtualFile, dict]:
-    """The file, and what info.json says of it."""
-    index = preview_level(image)
-    height, width = preview_shape(PlaneSource(image.levels[index], engine))
-    size = png_size(height, width)
-    vfile = VirtualFile(size, [RenderedSegment(size, lambda: png_bytes(render(image, index, engine)))])
-    return vfile, {"size": size, "level": f"s{index}", "width": width, "height": height}
+class PreviewFile(FileNode):
+    """`preview.png`; `about` is what info.json says of it."""
+
+    def __init__(self, image, engine):
+        index = preview_level(image)
+        height, width = preview_shape(PlaneSource(image.levels[index], engine))
+        size = png_size(height, width)
+        make = lambda: png_bytes(render(image, index, engine))  # noqa: E731
+        super().__init__(VirtualFile(size, [RenderedSegment(size, make)]), image.mtime)
+        self.about = {"size": size, "level": f"s{index}", "width": width, "height": height}

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from ..adapters import Group, Image
 from . import bdv_views, hdf5_views, preview
-from .crop_views import CropDir, crop_reason
+from .crop_views import CropDir, crop_reason, example_crop
 from .ortho_views import ortho_dir, ortho_reason
 from .nodes import DirNode, DynamicFile, FileNode, LazyDir, LazyFile, PlaneDir, static_file
 from .planes import PlaneSource
@@ -76,16 +76,9 @@ def image_dir(image: Image, engine) -> DirNode:
     offer("bdv.h5", bdv_reason, lambda: LazyFile(partial(bdv_views.bdv_h5, image, engine), image.mtime),
           lambda n: {"volumes": "tTTTTT/sSS/L/cells"})
     offer("crop/", crop_reason(image), lambda: CropDir(image, engine),
-          lambda n: {"levels": sorted(n.levels), "readme": "README.txt",
-                     "example": "crop/s0/<box>.tif, box as t0-1_c0-1_z0-1_y0-1_x0-1 of the image's own axes"})
-    preview_info: dict = {}
-
-    def make_preview():
-        vfile, about = preview.preview_file(image, engine)
-        preview_info.update(about)
-        return FileNode(vfile, image.mtime)
-
-    offer("preview.png", preview.unsupported_reason(image), make_preview, lambda n: dict(preview_info))
+          lambda n: {"levels": sorted(n.levels), "readme": "README.txt", "example": example_crop(image)})
+    offer("preview.png", preview.unsupported_reason(image), lambda: preview.PreviewFile(image, engine),
+          lambda n: n.about)
     if image.labels:
         labels = {name: image_dir(label, engine) for name, label in image.labels.items()}
         d.entries["labels"] = DirNode(image.mtime, labels)
