@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -107,6 +108,8 @@ def test_crops_in_a_real_mount(tmp_path, http_server, cache_args):
     for store, (data, axes, names) in cases.items():
         with mounted(f"{http_server.url}/{store}", tmp_path / store, *cache_args) as mnt:
             http_server.reset_counters()
+            assert subprocess.run(["ls", "-l", str(mnt / "crop")], capture_output=True, text=True,
+                                  check=True).stdout.split()[-1] == "README.txt"
             assert os.listdir(mnt / "crop") == ["README.txt"]
             assert os.listdir(mnt / "crop" / "s0") == []
             sizes = {n: (mnt / "crop" / "s0" / n).stat().st_size for n in names}
