@@ -16,7 +16,7 @@ import tifffile
 from conftest import imagej_order, mounted, read_all, vfs_for
 from imagej import describe_image_macro, ij_str, parse_kv, run_macro
 from ngffmount.vfs.crop_views import parse_box
-from zarr_fixtures import pattern, write_ome_zarr
+from zarr_fixtures import pattern, write_ome_zarr, write_sparse_stack
 
 NM = {"z": "nanometer", "y": "nanometer", "x": "nanometer", "t": "second"}
 TCZYX = (2, 2, 6, 40, 50)
@@ -153,19 +153,11 @@ def test_imagej_opens_a_crop_with_its_size_calibration_and_origin(tmp_path, http
 def test_crops_above_4gib_follow_the_stack_convention(tmp_path):
     """2100 planes of 1024 x 1024 uint16 (4.1 GiB declared; two chunks exist): a crop above
     4 GiB is laid out as sN.tif is, and reads the source's pixels."""
-    import zarr
-
     from conftest import VirtualReader
     from ngffmount.vfs.tiff import CLASSIC_LIMIT
 
     path = tmp_path / "big.zarr"
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    arr = root.create_array("0", shape=(2100, 1024, 1024), dtype="uint16", chunks=(1, 1024, 1024),
-                            chunk_key_encoding={"name": "v2", "separator": "/"})
-    arr[0] = 7
-    arr[2099] = pattern((1024, 1024), "uint16")
-    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space"} for a in "zyx"],
-                                  "datasets": [{"path": "0"}]}]
+    arr = write_sparse_stack(path)
     fs = vfs_for(str(path))
     whole = "/crop/s0/z0-2100.tif"
     assert fs.getattr(whole)["st_size"] == fs.getattr("/s0.tif")["st_size"] > CLASSIC_LIMIT

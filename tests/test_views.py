@@ -16,7 +16,7 @@ from conftest import VirtualReader, imagej_order, read_all, tiff_array, vfs_for
 from ngffmount.adapters.storage import TRANSFERS
 from ngffmount.cache.engine import ChunkEngine
 from ngffmount.vfs.tiff import CLASSIC_LIMIT
-from zarr_fixtures import pattern, write_ome_zarr
+from zarr_fixtures import pattern, write_ome_zarr, write_sparse_stack
 
 UM = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
 
@@ -170,13 +170,8 @@ def test_y_before_x_and_2d(tmp_path):
 def test_stack_over_4gib_uses_single_ifd(tmp_path):
     # 2100 planes of 1024 x 1024 uint16 = 4.1 GiB declared; only two chunks exist.
     path = tmp_path / "big.zarr"
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    arr = root.create_array("0", shape=(2100, 1024, 1024), dtype="uint16", chunks=(1, 1024, 1024),
-                            chunk_key_encoding={"name": "v2", "separator": "/"})
-    arr[0] = 7
-    arr[2099] = pattern((1024, 1024), "uint16")
-    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
-                                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]
+    arr = write_sparse_stack(path, axes=[{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+                             datasets=[{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}])
     fs = vfs_for(str(path))
     size = fs.getattr("/s0.tif")["st_size"]
     plane = 1024 * 1024 * 2
