@@ -76,7 +76,7 @@ def image_dir(image: Image, engine) -> DirNode:
     offer("bdv.h5", bdv_reason, lambda: LazyFile(partial(bdv_views.bdv_h5, image, engine), image.mtime),
           lambda n: {"volumes": "tTTTTT/sSS/L/cells"})
     offer("crop/", crop_reason(image), lambda: CropDir(image, engine),
-          lambda n: {"levels": sorted(n.levels), "readme": "README.txt", "example": example_crop(image)})
+          lambda n: {"levels": list(n.levels), "readme": "README.txt", "example": example_crop(image)})
     offer("preview.png", preview.unsupported_reason(image), lambda: preview.PreviewFile(image, engine),
           lambda n: n.about)
     if image.labels:
