@@ -113,3 +113,20 @@ def test_imagej_shows_orthogonal_planes_with_their_pixel_sizes(tmp_path, http_se
     assert (yz["width"], yz["height"]) == (24, 9)
     assert (yz["pixelWidth"], yz["pixelHeight"]) == (0.5, 2.0)
     assert yz["pixel_1_23_8"] == data[8, 23, 30] and yz["pixel_1_2_1"] == data[1, 2, 30]
+
+
+@pytest.mark.integration
+def test_xz_scroll_in_a_real_mount_fetches_and_decodes_each_chunk_once(tmp_path, http_server, cache_args):
+    import json
+
+    data = pattern((20, 50, 70), "uint16", seed=12)
+    write_ome_zarr(http_server.www / "xz-scroll.zarr", data, "zyx", levels=1, chunks=(8, 16, 32))
+    n_chunks, chunk_bytes = 3 * 4 * 3, 8 * 16 * 32 * 2
+    with mounted(f"{http_server.url}/xz-scroll.zarr", tmp_path / "mnt", *cache_args) as mnt:
+        http_server.reset_counters()
+        for y in range(50):
+            np.testing.assert_array_equal(tifffile.imread(mnt / "s0.xz" / f"y{y:05d}.tif"), data[:, y, :])
+        stats = json.loads((mnt / ".ngffmount" / "stats.json").read_text())
+        chunk_requests = [p for p in http_server.paths if p.startswith("/xz-scroll.zarr/0/")]
+    assert stats["chunks_fetched"] == n_chunks and len(chunk_requests) == n_chunks, "one request per chunk"
+    assert data.nbytes <= stats["decoded_bytes"] <= n_chunks * chunk_bytes, "each chunk decoded at most once"
