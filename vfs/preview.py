@@ -22,6 +22,7 @@ STORED_BLOCK = 65535  # the most a stored deflate block holds
 # Colours for channels that have none, in OMERO's usual order.
 DEFAULT_COLORS = ("FF0000", "00FF00", "0000FF", "FF00FF", "FFFF00", "00FFFF", "FFFFFF")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BAND_ROWS = 256
 
 
 def preview_level(image) -> int:
@@ -71,10 +72,10 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def sampled_plane(src: PlaneSource, t: int, c: int, z: int, height: int, width: int) -> np.ndarray:
     """Plane (t, c, z) at the nearest pixels of a height x width grid, read one band of
-    chunk rows at a time (never the whole plane at once)."""
+    rows at a time (a chunk row, at most BAND_ROWS: never the whole plane at once)."""
     ys = ((np.arange(height) + 0.5) * src.height / height).astype(np.int64)
     xs = ((np.arange(width) + 0.5) * src.width / width).astype(np.int64)
-    band = src.level.chunk_shape[src.pos["y"]]
+    band = max(1, min(BAND_ROWS, src.level.chunk_shape[src.pos["y"]]))
     out = np.empty((height, width), src.dtype)
     for b in range(0, src.height, band):
         rows = np.flatnonzero((ys >= b) & (ys < b + band))
