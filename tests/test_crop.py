@@ -58,7 +58,7 @@ def test_parse_box_rules():
     assert parse_box("y3-4.tif", sizes) == {"y": (3, 4)}
     for bad in ["z0-0.tif", "z5-3.tif", "z0-11.tif", "x0-10_z0-1.tif", "z0-1_z1-2.tif", "t0-1.tif", "q0-1.tif",
                 "z0-1", "z0-1.tiff", ".tif", "_z0-1.tif", "z0-1_.tif", "z-1-2.tif", "z01.tif", "Z0-1.tif",
-                "z0-1__x0-1.tif", "z 0-1.tif", "z0-1.tif.tif"]:
+                "z0-1__x0-1.tif", "z 0-1.tif", "z0-1.tif.tif", "z\u0660-\u0661.tif"]:
         assert parse_box(bad, sizes) is None, bad
 
 

@@ -17,7 +17,7 @@ from .planes import PlaneSource
 from .tiff_views import IMAGEJ_DTYPES, TiffLayout, unsupported_reason
 
 AXIS_ORDER = "tczyx"
-_RANGE = re.compile(r"([tczyx])(\d{1,12})-(\d{1,12})")
+_RANGE = re.compile(r"([tczyx])([0-9]{1,12})-([0-9]{1,12})")  # ASCII digits only
 # Crop files looked up lately, kept so that a file's reads share one layout and readahead.
 KEEP_FILES = 256
 
