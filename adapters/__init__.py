@@ -6,7 +6,7 @@ import contextlib
 import posixpath
 from typing import Any, Mapping
 
-from . import bdv, n5, omezarr
+from . import bdv, n5, omezarr, precomputed
 from . import omezarr_groups as groups
 from .base import Axis, Channel, Group, Image, Level, inferred_axes
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
@@ -62,7 +62,10 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     keys = [*omezarr.ROOT_KEYS, ".zarray", n5.ATTRS, *LABEL_KEYS]
     # A BigDataViewer server answers its dataset URL itself (and every path under it) with the XML.
     http = has_scheme(url) and url.split("://", 1)[0].lower() in ("http", "https")
-    raw = _reach(store, keys + ([""] if http else []))
+    # A precomputed volume's `info` is asked for in the first batch where the name says so;
+    # elsewhere only once nothing else is found (other sources' first batch stays as it was).
+    named_precomputed = store.url.lower().endswith(".precomputed")
+    raw = _reach(store, keys + ([precomputed.INFO] if named_precomputed else []) + ([""] if http else []))
     if looks_like_spimdata(raw.get("")):
         with _malformed_is_bad_metadata(store.url):
             ctx = bdv.Context(url, storage_options, concurrency)
@@ -95,7 +98,12 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
             except n5.NotMultiscale:
                 return n5.open_container(store, name, store.mtime(n5.ATTRS) or 0.0)
     if all(v is None for v in root.values()):
-        raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs and attributes.json)")
+        info = raw[precomputed.INFO] if named_precomputed else _reach(store, [precomputed.INFO])[precomputed.INFO]
+        if info is not None:
+            with _malformed_is_bad_metadata(store.url):
+                doc = parse_json(info, f"{store.url}/{precomputed.INFO}")
+                return precomputed.open_precomputed(store, doc, name, store.mtime(precomputed.INFO) or 0.0)
+        raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs, attributes.json and info)")
     raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
 
 
