@@ -8,7 +8,6 @@ mmh3 for the shard hash); this module checks what those libraries would trust bl
 from __future__ import annotations
 
 import math
-import struct
 import zlib
 
 import numpy as np
@@ -56,11 +55,10 @@ def _decode_image(encoding: str, raw: bytes, shape, dtype: np.dtype) -> np.ndarr
     import imagecodecs
 
     channels = shape[0]
-    if encoding == "png":
-        _check_png_size(raw, math.prod(shape[1:]))
-        img = imagecodecs.png_decode(raw)
-    else:
-        img = imagecodecs.jpeg8_decode(raw)
+    decode = imagecodecs.png_decode if encoding == "png" else imagecodecs.jpeg8_decode
+    # Decoding into a buffer of the chunk's size: an image claiming more pixels fails before
+    # the decoder allocates them.
+    img = decode(raw, out=bytearray(math.prod(shape) * dtype.itemsize))
     components = img.shape[2] if img.ndim == 3 else 1
     if img.size != math.prod(shape) or components != channels:
         raise ChunkReadError(f"{encoding} image of {list(img.shape)} pixels does not hold a chunk of "
@@ -69,15 +67,6 @@ def _decode_image(encoding: str, raw: bytes, shape, dtype: np.dtype) -> np.ndarr
         raise ChunkReadError(f"{encoding} image has {img.dtype} samples, the volume {dtype}")
     zyxc = img.reshape(*shape[1:], channels)
     return np.moveaxis(zyxc, 3, 0).astype(dtype, copy=False)
-
-
-def _check_png_size(raw: bytes, pixels: int) -> None:
-    """The IHDR's width and height, before the decoder allocates what they claim."""
-    if len(raw) < 24 or raw[12:16] != b"IHDR":
-        raise ChunkReadError("png chunk has no IHDR header")
-    width, height = struct.unpack_from(">II", raw, 16)
-    if width * height != pixels:
-        raise ChunkReadError(f"png image of {width} x {height} pixels does not hold a chunk of {pixels} voxels")
 
 
 # Bits per value a compressed_segmentation block may use; the library decodes 32 wrongly.

@@ -20,10 +20,12 @@ SHARDINGS = {
                "minishard_bits": 1, "shard_bits": 1, "minishard_index_encoding": "gzip", "data_encoding": "gzip"},
 }
 DATA_TYPES = {"raw": "uint16", "jpeg": "uint8", "png": "uint8", "compressed_segmentation": "uint64"}
+# Several channels: other data types, so each encoding's every type is read somewhere.
+MULTICHANNEL_TYPES = {"raw": "float32", "jpeg": "uint8", "png": "uint16", "compressed_segmentation": "uint32"}
 
 
 def volume_pattern(size_xyz, channels: int, dtype: str, seed: int) -> np.ndarray:
-    """Smooth images (JPEG keeps them close) or few labels in blobs (segmentation), x, y, z, c."""
+    """Smooth images (JPEG keeps them close), or for uint32/uint64 few labels in blobs, x, y, z, c."""
     x, y, z = np.meshgrid(*(np.arange(n) for n in size_xyz), indexing="ij")
     planes = []
     for c in range(channels):
@@ -33,6 +35,8 @@ def volume_pattern(size_xyz, channels: int, dtype: str, seed: int) -> np.ndarray
             v = 40 + 3 * x + 2 * y + 5 * z + 20 * c + seed
             if dtype == "uint16":
                 v = v * 97 + 30000
+            elif dtype == "float32":
+                v = v / 7.0 - 3.5
         planes.append(v)
     return np.stack(planes, axis=-1).astype(dtype)
 
@@ -41,7 +45,7 @@ def write_volume(root: Path, encoding: str, sharding: str | None = None, channel
                  kind: str | None = None, voxel_offset=(0, 0, 0), seed: int = 0) -> list[np.ndarray]:
     """A two-scale volume at `root`; returns each scale as tensorstore reads it, as
     (c,) z, y, x arrays (the order ngffmount shows)."""
-    dtype = DATA_TYPES[encoding]
+    dtype = (MULTICHANNEL_TYPES if channels > 1 else DATA_TYPES)[encoding]
     kind = kind or ("segmentation" if encoding == "compressed_segmentation" else "image")
     kvstore = {"driver": "file", "path": str(root) + "/"}
     for i, size in enumerate(SIZES):

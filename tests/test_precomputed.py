@@ -353,12 +353,18 @@ def test_broken_shard_indices_fail_those_reads_only(tmp_path, damage):
     ("compressed_segmentation", struct.pack("<3I", 1, 5, 9)),
     ("compressed_segmentation", b"\x01\x00\x00\x00" + bytes(range(256)) * 8),
     ("jpeg", b"\xff\xd8\xff\xe0 not a jpeg"),
+    ("jpeg", "bomb"),
     ("png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", 60000, 60000) + b"\x08\x00\x00\x00\x00"),
     ("raw", b"short"),
 ])
 def test_corrupt_chunks_are_eio_for_that_read_only(tmp_path, encoding, garbage):
     path = tmp_path / f"corrupt-{encoding}.precomputed"
     levels = write_volume(path, encoding, None, 1)
+    if garbage == "bomb":  # a whole JPEG whose frame header claims 60000 x 60000 pixels
+        jpeg = bytearray((path / "4_4_40" / "0-16_0-16_0-4").read_bytes())
+        sof = jpeg.find(b"\xff\xc0")
+        struct.pack_into(">HH", jpeg, sof + 5, 60000, 60000)
+        garbage = bytes(jpeg)
     (path / "4_4_40" / "0-16_0-16_0-4").write_bytes(garbage)
     fs = vfs_for(str(path))
     for _ in range(2):  # and again: nothing half-decoded stays behind
