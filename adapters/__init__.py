@@ -6,7 +6,7 @@ import contextlib
 import posixpath
 from typing import Any, Mapping
 
-from . import bdv, n5, omezarr, precomputed
+from . import bdv, cellmap, n5, omezarr, precomputed
 from . import omezarr_groups as groups
 from .base import Axis, Channel, Group, Image, Level, inferred_axes
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
@@ -103,6 +103,9 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
             with _malformed_is_bad_metadata(store.url):
                 doc = parse_json(info, f"{store.url}/{precomputed.INFO}")
                 return precomputed.open_precomputed(store, doc, name, store.mtime(precomputed.INFO) or 0.0)
+        folder = cellmap.open_dataset_folder(store, name)
+        if folder is not None:
+            return folder
         raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs, attributes.json and info)")
     raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
 

@@ -394,3 +394,47 @@ def test_broken_shard_is_eio_through_fuse(tmp_path, http_server, cache_args):
                 results[z] = "eio"
         assert set(results.values()) == {"ok", "eio"}, results
         assert "corrupt" in log_file.read_text() or "past the end" in log_file.read_text()
+
+
+# -- a Cellmap dataset folder: N5 container beside neuroglancer/em/<name>.precomputed -------------
+
+
+def write_cellmap_dataset(root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """jrc_test.n5/em/fibsem-uint16 (z5py, s0 and s1) and neuroglancer/em/fibsem-uint8.precomputed
+    (tensorstore, jpeg) as Cellmap lays out a dataset; returns what each writer reads back."""
+    import z5py
+
+    f = z5py.File(str(root / "jrc_test.n5"), mode="a", use_zarr_format=False)
+    g = f.create_group("em").create_group("fibsem-uint16")
+    n5_levels = []
+    for i, shape in enumerate([(6, 20, 24), (3, 10, 12)]):
+        data = (np.arange(np.prod(shape)).reshape(shape) * (i + 3) % 60000).astype("uint16")
+        g.create_dataset(f"s{i}", data=data, chunks=(2, 8, 8), compression="gzip")
+        n5_levels.append(z5py.File(str(root / "jrc_test.n5"), mode="r")[f"em/fibsem-uint16/s{i}"][...])
+    g.attrs["downsamplingFactors"] = [[1, 1, 1], [2, 2, 2]]
+    g.attrs["pixelResolution"] = {"unit": "nm", "dimensions": [4.0, 4.0, 4.0]}
+    precomputed_levels = write_volume(root / "neuroglancer" / "em" / "fibsem-uint8.precomputed", "jpeg", "murmur", 1)
+    return n5_levels, precomputed_levels
+
+
+def test_cellmap_dataset_folder_shows_precomputed_beside_n5(tmp_path, s3_server):
+    root = tmp_path / "jrc_test"
+    n5_levels, pc_levels = write_cellmap_dataset(root)
+    s3_server.upload_dir(root, "cellmap", f"{tmp_path.name}/jrc_test", public=True)
+    for url, options in ((str(root), None), (f"s3://cellmap/{tmp_path.name}/jrc_test", s3_server.storage_options())):
+        fs = vfs_for(url, options)
+        assert sorted(fs.readdir("/")) == ["jrc_test.n5", "neuroglancer"]
+        assert assert_planes_equal(fs, pc_levels, "/neuroglancer/em/fibsem-uint8.precomputed") > 0
+        assert assert_planes_equal(fs, n5_levels, "/jrc_test.n5/em/fibsem-uint16") > 0
+        info = json.loads(read_all(fs, "/neuroglancer/em/fibsem-uint8.precomputed/info.json"))
+        assert info["format"] == "Neuroglancer precomputed image"
+
+
+def test_dataset_folder_over_http_needs_listing(tmp_path, http_server):
+    root = http_server.www / f"cellmap-{tmp_path.name}"
+    write_cellmap_dataset(root)
+    with pytest.raises(NotAnImage, match="no image metadata found"):
+        open_source(f"{http_server.url}/{root.name}")
+    # the volume itself mounts over HTTP
+    image = open_source(f"{http_server.url}/{root.name}/neuroglancer/em/fibsem-uint8.precomputed")
+    assert image.format == "Neuroglancer precomputed image"
