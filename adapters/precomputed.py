@@ -115,6 +115,7 @@ class PrecomputedLevel(Level):
         self.cache_token = make_cache_token(self.store.identity, {"scale": scale, "data_type": data_type,
                                                                   "num_channels": channels})
         self._indices = LoadOnce(INDEX_CACHE_BYTES)
+        self._gz_files = False
 
     # -- chunk keys --------------------------------------------------------------------
     def _cell(self, idx: tuple[int, ...]) -> tuple[int, int, int]:
@@ -135,7 +136,7 @@ class PrecomputedLevel(Level):
     # -- fetch -------------------------------------------------------------------------
     def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
         if self.sharding is None:
-            return self.store.get_many(list(keys))
+            return self._fetch_files(list(keys))
         out: dict[str, bytes | None] = {}
         requests, wanted = [], []
         for key in keys:
@@ -155,6 +156,23 @@ class PrecomputedLevel(Level):
                 raise ChunkReadError(f"minishard index of {self.store.url}/{req.key} points past the end of the "
                                      f"shard (bytes {req.start}-{req.end}, {len(data)} read)")
             out[key] = data
+        return out
+
+    def _fetch_files(self, keys: list[str]) -> dict[str, bytes | None]:
+        """Unsharded chunks. cloud-volume writes gzip-compressed chunks to local disks as
+        `<name>.gz`: a chunk not found under its name is looked for there too (and once one is
+        found, `.gz` is asked for first)."""
+        gz_first = self._gz_files  # one reading: other threads may change it meanwhile
+        first, second = (".gz", "") if gz_first else ("", ".gz")
+        found = self.store.get_many([k + first for k in keys])
+        out = {k: found[k + first] for k in keys}
+        missing = [k for k in keys if out[k] is None]
+        if missing:
+            again = self.store.get_many([k + second for k in missing])
+            for k in missing:
+                out[k] = again[k + second]
+                if out[k] is not None and second:
+                    self._gz_files = True
         return out
 
     def _load_minishard_index(self, shard: str, minishard: int) -> tuple[dict[int, tuple[int, int]] | None, int]:
@@ -179,12 +197,21 @@ class PrecomputedLevel(Level):
         return index, 64 * len(index) + 64
 
     # -- decode ------------------------------------------------------------------------
+    def _gzipped(self, raw: bytes, shape: tuple[int, ...]) -> bool:
+        """A gzip stream where an unsharded chunk should be: a `.gz` file, or an object stored
+        with Content-Encoding gzip that the client did not undo (S3). No JPEG, PNG or
+        compressed_segmentation stream starts with gzip's magic; a raw chunk is that only
+        when its length is not a raw chunk's."""
+        if raw[:2] != b"\x1f\x8b":
+            return False
+        return self.encoding != "raw" or len(raw) != math.prod(shape) * self.dtype.itemsize
+
     def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
         cell = self._cell(idx)
         stored = tuple(min(c, s - g * c) for g, c, s in zip(cell, self.chunk, self.size))
         shape = (self.channels, *stored[::-1])
         try:
-            if self.sharding is not None and self.sharding.data_gzip:
+            if (self.sharding is not None and self.sharding.data_gzip) or self._gzipped(raw, shape):
                 raw = gunzip(raw, 2 * self.chunk_nbytes + (1 << 20))
             arr = decode_chunk(self.encoding, raw, shape, self.dtype, self.block_size)
         except Exception as exc:  # codec libraries raise anything from RuntimeError to ValueError

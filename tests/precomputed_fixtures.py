@@ -76,3 +76,29 @@ def read_back(root: Path) -> list[np.ndarray]:
         czyx = np.transpose(xyzc, (3, 2, 1, 0))
         levels.append(czyx if czyx.shape[0] > 1 else czyx[0])
     return levels
+
+
+def write_cloudvolume(root: Path, encoding: str, channels: int = 1, seed: int = 0, dtype: str | None = None) -> list[np.ndarray]:
+    """The same two scales written by cloud-volume (its defaults: raw and compressed_segmentation
+    chunks gzip-compressed, as `<name>.gz` files on a local disk); returns what cloud-volume
+    reads back, as (c,) z, y, x arrays."""
+    from cloudvolume import CloudVolume
+
+    dtype = dtype or (MULTICHANNEL_TYPES if channels > 1 else DATA_TYPES)[encoding]
+    kind = "segmentation" if encoding == "compressed_segmentation" else "image"
+    info = CloudVolume.create_new_info(
+        num_channels=channels, layer_type=kind, data_type=dtype, encoding=encoding, resolution=[4, 4, 40],
+        voxel_offset=[6, 4, 2], chunk_size=list(CHUNK), volume_size=list(SIZES[0]),
+        compressed_segmentation_block_size=[8, 8, 2] if kind == "segmentation" else None)
+    url = f"file://{root}"
+    vol = CloudVolume(url, info=info, progress=False)
+    vol.add_scale([2, 2, 2], chunk_size=list(CHUNK), encoding=encoding)
+    vol.commit_info()
+    levels = []
+    for mip in range(2):
+        vol = CloudVolume(url, mip=mip, progress=False, fill_missing=False)
+        vol[vol.bounds] = volume_pattern(tuple(int(n) for n in vol.volume_size), channels, dtype, seed + mip)
+        xyzc = np.asarray(CloudVolume(url, mip=mip, progress=False)[vol.bounds])
+        czyx = np.transpose(xyzc, (3, 2, 1, 0))
+        levels.append(czyx if channels > 1 else czyx[0])
+    return levels

@@ -20,7 +20,9 @@ import tifffile
 
 from conftest import mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
 from faults import FaultyProxy
-from precomputed_fixtures import CHUNK, DATA_TYPES, SHARDINGS, SIZES, read_back, write_volume
+from precomputed_fixtures import (
+    CHUNK, DATA_TYPES, SHARDINGS, SIZES, volume_pattern, write_cloudvolume, write_volume,
+)
 
 from ngffmount.adapters import BadMetadata, ChunkReadError, NotAnImage, Unsupported, open_source
 
@@ -137,6 +139,66 @@ def test_missing_chunks_read_as_zero(volumes, tmp_path):
         else:  # a whole shard gone: its chunks are zeros, the other shard's are data
             assert (got == 0).any() and (got == levels[0][0]).any()
             assert np.logical_or(got == 0, got == levels[0][0]).all()
+
+
+# -- cloud-volume, the other writer: gzip-compressed chunks as <name>.gz on disk -------------------
+
+CLOUDVOLUME = [("raw", 1, None), ("raw", 3, None), ("jpeg", 1, None), ("png", 1, None),
+               ("compressed_segmentation", 1, None), ("compressed_segmentation", 1, "uint32")]
+
+
+@pytest.fixture(scope="module")
+def cloudvolumes(tmp_path_factory) -> dict[tuple, tuple[Path, list[np.ndarray]]]:
+    root = tmp_path_factory.mktemp("cloudvolume")
+    return {case: (root / f"{case[0]}-{case[1]}-{case[2]}", write_cloudvolume(root / f"{case[0]}-{case[1]}-{case[2]}",
+                                                                              *case[:2], seed=i, dtype=case[2]))
+            for i, case in enumerate(CLOUDVOLUME)}
+
+
+@pytest.mark.parametrize("case", CLOUDVOLUME, ids=[f"{e}-{c}c-{d or 'default'}" for e, c, d in CLOUDVOLUME])
+def test_cloudvolume_volumes_match_cloudvolume(cloudvolumes, case):
+    path, levels = cloudvolumes[case]
+    if case[0] in ("raw", "compressed_segmentation"):
+        assert any(p.suffix == ".gz" for p in (path / "4_4_40").iterdir())  # the case this covers
+    assert assert_planes_equal(vfs_for(str(path)), levels) > 0
+
+
+def test_cloudvolume_volumes_over_http_and_s3(cloudvolumes, http_server, s3_server):
+    path, levels = cloudvolumes["compressed_segmentation", 1, None]
+    assert assert_planes_equal(vfs_for(copy_to_http(http_server, path)), levels) > 0
+    path, levels = cloudvolumes["raw", 3, None]
+    s3_server.upload_dir(path, "precomputed", f"cv/{path.name}", public=True)
+    assert assert_planes_equal(vfs_for(f"s3://precomputed/cv/{path.name}", s3_server.storage_options()), levels) > 0
+
+
+def test_gzip_content_encoding_on_s3(volumes, s3_server):
+    """cloud-volume uploads raw and compressed_segmentation chunks gzipped, with
+    Content-Encoding gzip and no .gz suffix; S3 clients hand those bytes over as stored."""
+    import gzip
+
+    client = s3_server.client()
+    s3_server.create_bucket("precomputed")
+    for key in (("raw", None, 1), ("compressed_segmentation", None, 2)):
+        path, levels = volumes[key]
+        for f in path.rglob("*"):
+            if f.is_file():
+                body, extra = f.read_bytes(), {}
+                if f.name != "info":
+                    body, extra = gzip.compress(body), {"ContentEncoding": "gzip"}
+                client.put_object(Bucket="precomputed", Key=f"ce/{path.name}/{f.relative_to(path)}", Body=body,
+                                  ACL="public-read", **extra)
+        fs = vfs_for(f"s3://precomputed/ce/{path.name}", s3_server.storage_options())
+        assert assert_planes_equal(fs, levels) > 0
+
+
+def test_cloudvolume_multichannel_png_matches_what_was_written(tmp_path):
+    """cloud-volume's own reader lays several-channel PNG (and JPEG) chunks out channel-last
+    where its writer (like Neuroglancer and tensorstore) interleaves them; PNG is lossless, so
+    the written array is the reference."""
+    path = tmp_path / "png3.precomputed"
+    write_cloudvolume(path, "png", 3, seed=5, dtype="uint8")
+    written = [np.transpose(volume_pattern(size, 3, "uint8", 5 + i), (3, 2, 1, 0)) for i, size in enumerate(SIZES)]
+    assert assert_planes_equal(vfs_for(str(path)), written) > 0
 
 
 # -- remote: HTTP without listing, moto S3, real FUSE mounts ---------------------------------------
