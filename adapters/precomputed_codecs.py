@@ -22,7 +22,7 @@ ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation")
 # What each image encoding can hold (as Neuroglancer and tensorstore allow it).
 IMAGE_ENCODINGS = {"jpeg": (("uint8",), (1, 3)), "png": (("uint8", "uint16"), (1, 2, 3, 4))}
 SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
-MAX_INDEX_BYTES = 64 << 20  # one minishard index, decoded
+MAX_INDEX_BYTES = 8 << 20  # one minishard index, decoded (real ones hold a few hundred chunks)
 
 
 def check_encoding(encoding, data_type: str, channels: int, where: str) -> None:

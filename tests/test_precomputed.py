@@ -203,8 +203,9 @@ def test_cloudvolume_multichannel_png_matches_what_was_written(tmp_path):
 
 # -- remote: HTTP without listing, moto S3, real FUSE mounts ---------------------------------------
 
-REMOTE = [("raw", "identity", 3), ("jpeg", None, 1), ("png", "murmur", 3), ("compressed_segmentation", "murmur", 2),
-          ("compressed_segmentation", None, 1), ("jpeg", "identity", 3)]
+# every encoding, sharded and not
+REMOTE = [("raw", "identity", 3), ("raw", None, 1), ("jpeg", None, 1), ("jpeg", "identity", 3), ("png", "murmur", 3),
+          ("png", None, 3), ("compressed_segmentation", "murmur", 2), ("compressed_segmentation", None, 1)]
 
 
 @pytest.mark.parametrize("key", REMOTE, ids=[volume_name(*k) for k in REMOTE])
