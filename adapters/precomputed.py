@@ -85,7 +85,7 @@ class PrecomputedLevel(Level):
         sizes = scale.get("chunk_sizes")
         if not isinstance(sizes, list) or not sizes:
             raise BadMetadata(f"{where}: chunk_sizes must be a non-empty list of [x, y, z], got {sizes!r}")
-        self.chunk = _triple(sizes[0], "chunk_sizes[0]", where)  # any listed size names every chunk
+        self.chunk = _triple(sizes[0], "chunk_sizes[0]", where)  # further sizes are copies in other chunkings
         self.offset = offset
         self.encoding = scale.get("encoding")
         check_encoding(self.encoding, data_type, channels, where)
