@@ -3,6 +3,7 @@ and what that driver reads back (the reference every plane is compared with)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,22 +42,23 @@ def volume_pattern(size_xyz, channels: int, dtype: str, seed: int) -> np.ndarray
     return np.stack(planes, axis=-1).astype(dtype)
 
 
-def write_volume(root: Path, encoding: str, sharding: str | None = None, channels: int = 1,
-                 kind: str | None = None, voxel_offset=(0, 0, 0), seed: int = 0) -> list[np.ndarray]:
+def write_volume(root: Path, encoding: str, sharding: str | dict | None = None, channels: int = 1,
+                 kind: str | None = None, voxel_offset=(0, 0, 0), seed: int = 0, sizes=SIZES,
+                 chunk=CHUNK) -> list[np.ndarray]:
     """A two-scale volume at `root`; returns each scale as tensorstore reads it, as
     (c,) z, y, x arrays (the order ngffmount shows)."""
     dtype = (MULTICHANNEL_TYPES if channels > 1 else DATA_TYPES)[encoding]
     kind = kind or ("segmentation" if encoding == "compressed_segmentation" else "image")
     kvstore = {"driver": "file", "path": str(root) + "/"}
-    for i, size in enumerate(SIZES):
+    for i, size in enumerate(sizes):
         scale = {"size": list(size), "resolution": [4.0 * 2**i, 4.0 * 2**i, 40.0 * 2**i], "encoding": encoding,
-                 "chunk_size": list(CHUNK), "voxel_offset": [o // 2**i for o in voxel_offset]}
+                 "chunk_size": list(chunk), "voxel_offset": [o // 2**i for o in voxel_offset]}
         if encoding == "compressed_segmentation":
             scale["compressed_segmentation_block_size"] = [8, 8, 2]
         if encoding == "jpeg":
             scale["jpeg_quality"] = 90
         if sharding:
-            scale["sharding"] = SHARDINGS[sharding]
+            scale["sharding"] = SHARDINGS[sharding] if isinstance(sharding, str) else sharding
         store = ts.open({
             "driver": "neuroglancer_precomputed", "kvstore": kvstore, "scale_metadata": scale,
             "multiscale_metadata": {"type": kind, "data_type": dtype, "num_channels": channels},
@@ -69,7 +71,7 @@ def write_volume(root: Path, encoding: str, sharding: str | None = None, channel
 
 def read_back(root: Path) -> list[np.ndarray]:
     levels = []
-    for i in range(len(SIZES)):
+    for i in range(len(json.loads((root / "info").read_text())["scales"])):
         store = ts.open({"driver": "neuroglancer_precomputed", "kvstore": {"driver": "file", "path": str(root) + "/"},
                          "scale_index": i}, read=True).result()
         xyzc = store[ts.d[:].translate_to[0]].read().result()

@@ -20,6 +20,7 @@ import tifffile
 
 from conftest import mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
 from faults import FaultyProxy
+from imagej import describe_image_macro, ij_str, parse_kv, run_macro
 from precomputed_fixtures import (
     CHUNK, DATA_TYPES, SHARDINGS, SIZES, volume_pattern, write_cloudvolume, write_volume,
 )
@@ -121,6 +122,17 @@ def test_a_url_whose_info_is_a_volume_mounts_without_the_suffix(volumes, tmp_pat
     image = open_source(str(plain))
     assert image.format == "Neuroglancer precomputed image"
     assert assert_planes_equal(vfs_for(str(plain)), levels) > 0
+
+
+def test_sharded_grid_of_uneven_sides(tmp_path):
+    """A grid of 9 x 2 x 5 chunks: the compressed Morton code skips y's bits after the first,
+    and z keeps going after x ran out; many shards and minishards, no preshift."""
+    sharding = {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0, "hash": "identity",
+                "minishard_bits": 3, "shard_bits": 3, "minishard_index_encoding": "gzip", "data_encoding": "raw"}
+    path = tmp_path / "uneven.precomputed"
+    levels = write_volume(path, "raw", sharding, 1, sizes=[(70, 9, 19)], chunk=(8, 8, 4))
+    assert len(list((path / "4_4_40").iterdir())) > 4
+    assert assert_planes_equal(vfs_for(str(path)), levels) == 19
 
 
 def test_missing_chunks_read_as_zero(volumes, tmp_path):
@@ -233,6 +245,14 @@ def test_fuse_mount_over_http(volumes, http_server, tmp_path, cache_args):
                 np.testing.assert_array_equal(tifffile.imread(mnt / f"s{i}" / name), expected[c, z], err_msg=name)
         stack = tifffile.imread(mnt / "s0.tif")
         assert stack.size == levels[0].size
+        # ImageJ 1.x, as a Fiji user opens it: a 3-channel hyperstack in nanometers
+        channels, depth = levels[0].shape[:2]
+        positions = [(z * channels + c + 1, x, y) for c, z, x, y in ((0, 0, 0, 0), (2, 5, 30, 20), (1, 10, 44, 36))]
+        info = parse_kv(run_macro(describe_image_macro(f"open({ij_str(str(mnt / 's0.tif'))});", positions)))
+        assert (info["channels"], info["slices"], info["width"], info["height"]) == (3, depth, 45, 37)
+        assert info["unit"] == "nm" and (info["pixelWidth"], info["pixelHeight"], info["pixelDepth"]) == (4, 4, 40)
+        for (s, x, y), (c, z) in zip(positions, ((0, 0), (2, 5), (1, 10))):
+            assert info[f"pixel_{s}_{x}_{y}"] == levels[0][c, z, y, x]
 
 
 def test_fuse_mount_on_s3(volumes, s3_server, tmp_path, cache_args):
