@@ -1,6 +1,7 @@
-"""Neuroglancer precomputed volumes, written by tensorstore's neuroglancer_precomputed driver:
-every encoding, sharded (identity and murmurhash, raw and gzip) and not, one channel and
-several. Every plane of every level must equal what tensorstore itself reads back."""
+"""Neuroglancer precomputed volumes, written by tensorstore's neuroglancer_precomputed driver
+(every encoding, sharded with identity and murmurhash, raw and gzip, and not; one channel and
+several) and by cloud-volume. Every plane of every level must equal what the writer itself
+reads back, locally, over HTTP without listing, on moto S3 and in real FUSE mounts."""
 
 from __future__ import annotations
 
