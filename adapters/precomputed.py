@@ -116,6 +116,9 @@ class PrecomputedLevel(Level):
                                                                   "num_channels": channels})
         self._indices = LoadOnce(INDEX_CACHE_BYTES)
         self._gz_files = False
+        # No encoding (gzip over raw, JPEG of noise, compressed_segmentation) makes a chunk
+        # this large: a longer entry is a corrupt index, not a download to start.
+        self._max_encoded = 4 * self.chunk_nbytes + (1 << 20)
 
     # -- chunk keys --------------------------------------------------------------------
     def _cell(self, idx: tuple[int, ...]) -> tuple[int, int, int]:
@@ -147,6 +150,9 @@ class PrecomputedLevel(Level):
             if span is None:
                 out[key] = None
                 continue
+            if span[1] - span[0] > self._max_encoded:
+                raise ChunkReadError(f"minishard index of {self.store.url}/{shard} gives chunk {chunk_id} "
+                                     f"{span[1] - span[0]} bytes, more than any encoding of it takes")
             requests.append(RangeRequest(shard, *span))
             wanted.append(key)
         for key, req, data in zip(wanted, requests, self.store.get_ranges(requests)):
@@ -212,7 +218,7 @@ class PrecomputedLevel(Level):
         shape = (self.channels, *stored[::-1])
         try:
             if (self.sharding is not None and self.sharding.data_gzip) or self._gzipped(raw, shape):
-                raw = gunzip(raw, 2 * self.chunk_nbytes + (1 << 20))
+                raw = gunzip(raw, self._max_encoded)
             arr = decode_chunk(self.encoding, raw, shape, self.dtype, self.block_size)
         except Exception as exc:  # codec libraries raise anything from RuntimeError to ValueError
             raise ChunkReadError(f"cannot decode chunk {self.chunk_key(idx)} of {self.store.url}: {exc}") from None

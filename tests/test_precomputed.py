@@ -18,15 +18,18 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
 from faults import FaultyProxy
 from imagej import describe_image_macro, ij_str, parse_kv, run_macro
+from test_hostile import json_values
 from precomputed_fixtures import (
     CHUNK, DATA_TYPES, SHARDINGS, SIZES, volume_pattern, write_cloudvolume, write_volume,
 )
 
-from ngffmount.adapters import BadMetadata, ChunkReadError, NotAnImage, Unsupported, open_source
+from ngffmount.adapters import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, Unsupported, open_source
 
 OFFSET = (6, 4, 2)  # voxel_offset of s0 (x, y, z): chunk names and shard ids count from it
 CHANNELS = {"raw": 3, "jpeg": 3, "png": 3, "compressed_segmentation": 2}
@@ -370,6 +373,61 @@ def test_bad_info_fails_at_mount_with_one_line(tmp_path, doc, error, message):
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_info_never_crashes(tmp_path_factory, data):
+    """One node anywhere in a sharded volume's info replaced by arbitrary JSON: the mount
+    either works (and then each plane reads or fails with ChunkReadError) or fails with one
+    of our errors, on one line."""
+    root = tmp_path_factory.mktemp("fuzz") / "v.precomputed"
+    write_volume(root, "compressed_segmentation", "murmur", 1, sizes=[(20, 18, 3)])
+    doc = json.loads((root / "info").read_text())
+    parent, key, node = None, None, doc
+    while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        parent, key = node, data.draw(st.sampled_from(keys))
+        node = node[key]
+    value = data.draw(json_values)
+    if parent is None:
+        doc = value
+    else:
+        parent[key] = value
+    (root / "info").write_text(json.dumps(doc))
+    try:
+        fs = vfs_for(str(root))
+    except NgffMountError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    json.loads(read_all(fs, "/info.json"))
+    for name in fs.readdir("/s0")[:3] if "s0" in fs.readdir("/") else []:
+        try:
+            read_all(fs, f"/s0/{name}")
+        except ChunkReadError as exc:
+            assert "\n" not in str(exc)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(encoding=st.sampled_from(["compressed_segmentation", "raw"]), data=st.data())
+def test_fuzzed_shard_bytes_never_crash(tmp_path_factory, encoding, data):
+    """Random bytes of a shard (indices, gzip streams, chunk data) overwritten: every plane
+    reads, or fails with ChunkReadError on one line; nothing crashes or hangs."""
+    root = tmp_path_factory.mktemp("fuzz") / "v.precomputed"
+    write_volume(root, encoding, "murmur", 1, sizes=[(20, 18, 6)])
+    for shard in sorted((root / "4_4_40").iterdir()):
+        raw = bytearray(shard.read_bytes())
+        for _ in range(data.draw(st.integers(1, 6))):
+            at = data.draw(st.integers(0, len(raw) - 1))
+            chunk = data.draw(st.binary(min_size=1, max_size=8))
+            raw[at:at + len(chunk)] = chunk
+        shard.write_bytes(bytes(raw[:data.draw(st.integers(1, len(raw)))]))
+    fs = vfs_for(str(root))
+    for name in fs.readdir("/s0"):
+        try:
+            read_all(fs, f"/s0/{name}")
+        except ChunkReadError as exc:
+            assert str(exc) and "\n" not in str(exc)
+
+
 def test_bad_info_through_the_cli(tmp_path):
     root = tmp_path / "bad.precomputed"
     root.mkdir()
@@ -406,7 +464,7 @@ def _plane_errors(fs, level_planes: int) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.parametrize("damage", ["shard index past the end", "minishard index past the end", "chunk past the end",
-                                    "minishard index not 24-byte entries"])
+                                    "minishard index not 24-byte entries", "chunk of 1 GiB"])
 def test_broken_shard_indices_fail_those_reads_only(tmp_path, damage):
     path = tmp_path / "broken.precomputed"
     write_volume(path, "raw", "identity", 1)
@@ -422,6 +480,8 @@ def test_broken_shard_indices_fail_those_reads_only(tmp_path, damage):
         table = np.frombuffer(bytes(data[base + start:base + end]), "<u8").reshape(3, -1).copy()
         if damage == "minishard index past the end":
             table[1, 0] = 2**40  # the first chunk's offset
+        elif damage == "chunk of 1 GiB":
+            table[2, -1] = 2**30  # never asked for: the shard may well be that large
         else:
             table[2, -1] = len(data)  # the last chunk's size
         data[base + start:base + end] = table.tobytes()
@@ -429,7 +489,8 @@ def test_broken_shard_indices_fail_those_reads_only(tmp_path, damage):
     fs = vfs_for(str(path))
     failed, ok = _plane_errors(fs, SIZES[0][2])
     assert failed and ok, (failed, ok)  # the damage stays in its chunks
-    assert all(re.search(r"past the end|24-byte|corrupt", m) for m in failed), failed
+    expected = {"chunk of 1 GiB": "more than any encoding", "minishard index not 24-byte entries": "24-byte"}
+    assert all(re.search(expected.get(damage, "past the end|corrupt"), m) for m in failed), failed
 
 
 @pytest.mark.parametrize("encoding,garbage", [
