@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from conftest import mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
 from faults import FaultyProxy
 from imagej import describe_image_macro, ij_str, parse_kv, run_macro
-from test_hostile import json_values
 from precomputed_fixtures import (
     CHUNK, DATA_TYPES, SHARDINGS, SIZES, volume_pattern, write_cloudvolume, write_volume,
 )
+from test_hostile import replace_random_node
 
 from ngffmount.adapters import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, Unsupported, open_source
 
@@ -381,17 +381,7 @@ def test_fuzzed_info_never_crashes(tmp_path_factory, data):
     of our errors, on one line."""
     root = tmp_path_factory.mktemp("fuzz") / "v.precomputed"
     write_volume(root, "compressed_segmentation", "murmur", 1, sizes=[(20, 18, 3)])
-    doc = json.loads((root / "info").read_text())
-    parent, key, node = None, None, doc
-    while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
-        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-        parent, key = node, data.draw(st.sampled_from(keys))
-        node = node[key]
-    value = data.draw(json_values)
-    if parent is None:
-        doc = value
-    else:
-        parent[key] = value
+    doc = replace_random_node(json.loads((root / "info").read_text()), data)
     (root / "info").write_text(json.dumps(doc))
     try:
         fs = vfs_for(str(root))
