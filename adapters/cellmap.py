@@ -66,11 +66,7 @@ def _open(store: Store, path: str, raw: bytes | None, mtime: float) -> Image | G
     name = posixpath.basename(path)
     where = f"{store.url}/{_document(path)}"
     if _is_n5(path):
-        attrs = parse_json(raw, where) if raw is not None else {}
-        try:
-            return n5.open_n5(store, attrs, name, mtime)
-        except n5.NotMultiscale:
-            return n5.open_container(store, name, mtime)
+        return n5.open_group(store, parse_json(raw, where) if raw is not None else {}, name, mtime)
     if raw is None:
         raise NgffMountError(f"{store.url}: a .precomputed folder without info")
     return precomputed.open_precomputed(store, parse_json(raw, where), name, mtime)
