@@ -18,6 +18,7 @@ import zarr
 
 from bdv_fixtures import write_bdv_hdf5, write_bdv_n5, write_partitioned_bdv_hdf5
 from bdv_server import BdvServer
+from precomputed_fixtures import write_volume
 from conftest import read_all, tiff_array, vfs_for
 from zarr_fixtures import pattern
 
@@ -129,6 +130,17 @@ class TestN5Neuroglancer(AdapterContract):
         g.attrs["pixelResolution"] = {"unit": "nm", "dimensions": [4.0, 4.0, 40.0]}
         levels = [z5py.File(str(tmp_path / "vol.n5"), mode="r")[f"raw/s{i}"][...] for i in range(len(SHAPES))]
         return Expected(str(tmp_path / "vol.n5" / "raw"), {"": levels}, "N5 multiscale (Neuroglancer)",
+                        voxel_size=(40.0, 4.0, 4.0), unit="nanometer")
+
+
+class TestNeuroglancerPrecomputedSharded(AdapterContract):
+    """tensorstore writes a sharded (murmurhash, gzip) precomputed image; served over HTTP."""
+
+    @pytest.fixture
+    def source(self, tmp_path, http_server) -> Expected:
+        name = f"contract-{tmp_path.name}.precomputed"
+        levels = write_volume(http_server.www / name, "raw", "murmur", 1)
+        return Expected(f"{http_server.url}/{name}", {"": levels}, "Neuroglancer precomputed image",
                         voxel_size=(40.0, 4.0, 4.0), unit="nanometer")
 
 
