@@ -206,14 +206,16 @@ class DiskCache:
             volume, rows = _oldest_entries(self._db_path)
         except Exception:
             raise first from None
-        victims, freed = _remove_oldest(rows, self.directory, volume * (1 - FULL_SHRINK))
+        # Only files free room here: rows kept in SQLite go with their rows, once it opens.
+        rows = [row for row in rows if row[1]]
+        victims, freed = _remove_oldest(rows, self.directory, max(volume * (1 - FULL_SHRINK), FULL_MARGIN))
         if not freed:
             raise first
         cache = self._open()
         _delete_rows(cache, victims)
         self.evicted_to_open = len(victims)
         log.warning("disk cache %s: the file system is full: removed the %d oldest entries (%s) to open it",
-                    self.directory, len(victims), _human(freed))
+                    self.directory, len(victims), human(freed))
         return cache
 
     def _run(self, op, default, writing: bool = False, need: int = 0, on_entry_error=None):
@@ -348,7 +350,7 @@ class DiskCache:
             self._trouble.report(
                 "full", "disk cache %s: the file system is full: evicted the %d oldest entries (%s, now %s free); "
                 "the cache stays under %s while the file system has no more room%s", self.directory, len(victims),
-                _human(freed), _human(free), _human(limit), "" if room else f"; not writing for {FULL_PAUSE_S:.0f} s")
+                human(freed), human(free), human(limit), "" if room else f"; not writing for {FULL_PAUSE_S:.0f} s")
             return room
 
     def _review_bound(self, cache: _SerialCache) -> None:
@@ -371,7 +373,7 @@ class DiskCache:
                 self._review_at = None
             if free >= room * (1 - FULL_SHRINK):
                 self._trouble.ended("full", "disk cache %s: its file system has room again (%s free); the cache "
-                                    "stays under %s", self.directory, _human(free), _human(limit))
+                                    "stays under %s", self.directory, human(free), human(limit))
 
 
 def _log_bound(directory: str) -> dict:
@@ -390,9 +392,10 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
+def human(n: float) -> str:
+    """A byte count for people: 512 B, 1.5 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)

@@ -188,7 +188,8 @@ def test_full_cache_file_system(tmp_path, small_tmpfs, noise_store):
     assert f"removed {entries} entries" in cleared.stdout, (cleared.stdout, cleared.stderr)
     assert "Traceback" not in cleared.stderr
     assert entry_files(cache) == set()
-    assert "entries    0" in ngffmount_cmd("cache", "info", "--cache-dir", str(cache)).stdout
+    after = ngffmount_cmd("cache", "info", "--cache-dir", str(cache)).stdout
+    assert "entries    0" in after, (after, cleared.stdout, cleared.stderr)
 
 
 @pytest.mark.integration

@@ -10,19 +10,11 @@ import sys
 import time
 
 from ..adapters import Image, NgffMountError, open_source
-from ..cache.disk import FULL_MARGIN, CacheUnavailable, DiskCache, describe, remove_cache_files
+from ..cache.disk import FULL_MARGIN, CacheUnavailable, DiskCache, describe, human, remove_cache_files
 from ..cache.engine import ChunkEngine
 from ..cache.region import chunks_touching
 
 PREFETCH_BATCH = 64
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def stats_table(mountpoint: str) -> str:
