@@ -22,12 +22,13 @@ import sqlite3
 import struct
 import threading
 import time
-import urllib.parse
 from typing import NamedTuple
 
 import diskcache
 import google_crc32c
 
+from .diskfolder import (delete_rows, human, log_bound, oldest_entries, remove_entry_files, remove_oldest,
+                         remove_oldest_files)
 from .throttledlog import ThrottledLog
 
 log = logging.getLogger("ngffmount")
@@ -168,10 +169,10 @@ class DiskCache:
             if self._recover(exc) is None:
                 raise
             cache = self._usable()
-            _remove_entry_files(self.directory, keep=set())
+            remove_entry_files(self.directory, keep=set())
             count = cache.clear()
         keep = {name for (name,) in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
-        _remove_entry_files(self.directory, keep)
+        remove_entry_files(self.directory, keep)
         return count
 
     def close(self) -> None:
@@ -184,7 +185,7 @@ class DiskCache:
     def _open(self) -> _SerialCache:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        settings = {"eviction_policy": "least-recently-used", "statistics": False, **_log_bound(self.directory)}
+        settings = {"eviction_policy": "least-recently-used", "statistics": False, **log_bound(self.directory)}
         if self._size_limit is not None:
             settings["size_limit"] = int(self._size_limit)
         cache = _SerialCache(self.directory, disk=_PathDisk, **settings)
@@ -203,16 +204,20 @@ class DiskCache:
                 raise
             first = exc
         try:
-            volume, rows = _oldest_entries(self._db_path)
+            volume, rows = oldest_entries(self._db_path)
         except Exception:
-            raise first from None
+            volume, rows = 0, []
+        target = max(volume * (1 - FULL_SHRINK), FULL_MARGIN)
         # Only files free room here: rows kept in SQLite go with their rows, once it opens.
-        rows = [row for row in rows if row[1]]
-        victims, freed = _remove_oldest(rows, self.directory, max(volume * (1 - FULL_SHRINK), FULL_MARGIN))
+        victims, freed = remove_oldest([row for row in rows if row[1]], self.directory, target)
+        if freed < target:
+            # What the main database file names lags its log (a mount that ended on a full
+            # disk could not merge it back): the files on disk are the truth.
+            freed += remove_oldest_files(self.directory, target - freed)
         if not freed:
             raise first
         cache = self._open()
-        _delete_rows(cache, victims)
+        delete_rows(cache, victims)
         self.evicted_to_open = len(victims)
         log.warning("disk cache %s: the file system is full: removed the %d oldest entries (%s) to open it",
                     self.directory, len(victims), human(freed))
@@ -336,8 +341,8 @@ class DiskCache:
                 volume = cache.volume()
                 limit = min(int((volume + self._free_bytes()) * FULL_SHRINK), int(cache.size_limit))
                 rows = cache._sql("SELECT rowid, filename, size FROM Cache ORDER BY access_time").fetchall()
-                victims, freed = _remove_oldest(rows, self.directory, volume - limit)
-                _delete_rows(cache, victims)
+                victims, freed = remove_oldest(rows, self.directory, volume - limit)
+                delete_rows(cache, victims)
                 cache.reset("size_limit", limit, update=False)  # this process only: the folder keeps its own
                 cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except Exception:
@@ -376,85 +381,8 @@ class DiskCache:
                                     "stays under %s", self.directory, human(free), human(limit))
 
 
-def _log_bound(directory: str) -> dict:
-    """SQLite's write-ahead log takes ~20 KB per entry written, up to 1000 pages (4 MB)
-    before it starts over, and its file never shrinks: on a small file system that is
-    room taken from the entries. Keep it to about 1/64 of the file system."""
-    try:
-        st = os.statvfs(directory)
-        pages = max(16, min(1000, st.f_blocks * st.f_frsize // 64 // 4096))
-    except OSError:
-        pages = 1000
-    return {"sqlite_wal_autocheckpoint": pages, "sqlite_journal_size_limit": pages * 4096}
-
-
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-def human(n: float) -> str:
-    """A byte count for people: 512 B, 1.5 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _oldest_entries(db_path: str) -> tuple[int, list]:
-    """The volume and the (rowid, filename, size) rows, least recently used first, read
-    without writing anything (SQLite's immutable mode: what the main database file holds)."""
-    con = sqlite3.connect(f"file:{urllib.parse.quote(db_path)}?immutable=1", uri=True)
-    try:
-        (page_count,), = con.execute("PRAGMA page_count").fetchall()
-        (page_size,), = con.execute("PRAGMA page_size").fetchall()
-        (size,), = con.execute("SELECT value FROM Settings WHERE key = 'size'").fetchall()
-        rows = con.execute("SELECT rowid, filename, size FROM Cache ORDER BY access_time").fetchall()
-    finally:
-        con.close()
-    return page_count * page_size + size, rows
-
-
-def _remove_oldest(rows, directory: str, nbytes: float) -> tuple[list[int], int]:
-    """Remove the files of the first rows until `nbytes` are freed; returns (rowids, bytes)."""
-    victims, freed = [], 0
-    for rowid, filename, size in rows:
-        if freed >= nbytes:
-            break
-        victims.append(rowid)
-        freed += size
-        if filename:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, filename))
-    return victims, freed
-
-
-def _delete_rows(cache: diskcache.Cache, rowids: list[int]) -> None:
-    """Best effort: a row whose file is gone reads as a miss and is dropped then."""
-    try:
-        for i in range(0, len(rowids), 500):
-            batch = rowids[i:i + 500]
-            with cache._transact() as (sql, _):
-                sql(f"DELETE FROM Cache WHERE rowid IN ({','.join('?' * len(batch))})", batch)
-    except Exception:
-        pass
-
-
-def _remove_entry_files(directory: str, keep: set[str]) -> int:
-    """Remove entry files (diskcache's two levels of folders) whose names are not in `keep`."""
-    removed = 0
-    for root, dirs, files in os.walk(directory):
-        rel = os.path.relpath(root, directory)
-        if rel != "." and rel.count(os.sep) >= 2:
-            dirs[:] = []
-            continue
-        for name in files:
-            path = os.path.join(rel, name)
-            if name.endswith(".val") and rel != "." and path not in keep:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(root, name))
-                    removed += 1
-    return removed
 
 
 class _SerialCache(diskcache.Cache):
@@ -736,42 +664,3 @@ class FetchLocks:
 
 class CorruptEntry(Exception):
     """A cache entry failed its digest check; it has been removed."""
-
-
-def describe(directory: str) -> dict:
-    """What `cache info` shows, read without writing anything (so it works on a full file
-    system): entries, size, limit (as last stored by a mount), free bytes on its file system."""
-    db_path = os.path.join(directory, diskcache.core.DBNAME)
-    if not os.path.exists(db_path):
-        raise FileNotFoundError(db_path)
-    quoted = urllib.parse.quote(db_path)
-    try:  # read-only: SQLite's shared-memory file must exist or be made...
-        out = _settings(f"file:{quoted}?mode=ro")
-    except sqlite3.Error:  # ... which a full file system refuses: the main database file alone
-        out = _settings(f"file:{quoted}?immutable=1")
-    st = os.statvfs(directory)
-    out["free"] = st.f_bavail * st.f_frsize
-    return out
-
-
-def _settings(uri: str) -> dict:
-    con = sqlite3.connect(uri, uri=True)
-    try:
-        settings = dict(con.execute("SELECT key, value FROM Settings WHERE key IN ('count', 'size', 'size_limit')"))
-        (page_count,), = con.execute("PRAGMA page_count").fetchall()
-        (page_size,), = con.execute("PRAGMA page_size").fetchall()
-    finally:
-        con.close()
-    return {"entries": settings.get("count", 0), "size": page_count * page_size + settings.get("size", 0),
-            "limit": settings.get("size_limit", DEFAULT_SIZE)}
-
-
-def remove_cache_files(directory: str) -> None:
-    """Remove the database and every entry file of a cache folder that cannot be opened
-    (`cache clear` on a file system full of other files). Mounts using it make it again."""
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        if name.startswith(diskcache.core.DBNAME):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    _remove_entry_files(directory, keep=set())

@@ -6,7 +6,6 @@ Small file systems are real tmpfs mounts of a few MB (the tests run as root)."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json

@@ -10,7 +10,8 @@ import sys
 import time
 
 from ..adapters import Image, NgffMountError, open_source
-from ..cache.disk import FULL_MARGIN, CacheUnavailable, DiskCache, describe, human, remove_cache_files
+from ..cache.disk import FULL_MARGIN, CacheUnavailable, DiskCache
+from ..cache.diskfolder import describe, human, remove_cache_files
 from ..cache.engine import ChunkEngine
 from ..cache.region import chunks_touching
 
