@@ -354,6 +354,26 @@ def test_cache_on_a_full_file_system_cannot_be_opened(small_tmpfs):
         DiskCache(str(small_tmpfs / "cache"))
 
 
+def test_cache_commands_on_a_full_folder_with_nothing_to_evict(small_tmpfs):
+    """Entries kept inside SQLite only, and the file system full of other files: nothing to
+    evict, the database cannot be opened; `cache info` still reads it, `cache clear` removes it."""
+    cache = small_tmpfs / "cache"
+    disk = DiskCache(str(cache))
+    for i in range(60):
+        assert disk.put(f"k{i}", bytes([i]) * 20_000)
+    disk.close()
+    fill(small_tmpfs)
+    info = ngffmount_cmd("cache", "info", "--cache-dir", str(cache))
+    assert "entries    60" in info.stdout and "full" in info.stdout, info.stdout
+    cleared = ngffmount_cmd("cache", "clear", "--cache-dir", str(cache))
+    assert cleared.stdout.startswith(f"removed 60 entries from {cache} (cannot open"), cleared.stdout
+    assert "removed its database and files" in cleared.stdout and cleared.stderr == ""
+    assert not (cache / "cache.db").exists()
+    (small_tmpfs / "filler").unlink()
+    fresh = DiskCache(str(cache))  # a mount makes it again
+    assert len(fresh) == 0 and fresh.put("k", b"x")
+
+
 def test_removed_folder_is_made_again(tmp_path, caplog):
     """Lookups from threads that never used the cache (new SQLite connections) and from the
     thread that did: no exception, misses, then the folder made again and written."""
