@@ -360,7 +360,8 @@ def test_cache_commands_on_a_full_folder_with_nothing_to_evict(small_tmpfs):
     cache = small_tmpfs / "cache"
     disk = DiskCache(str(cache))
     for i in range(60):
-        assert disk.put(f"k{i}", bytes([i]) * 20_000)
+        disk.put(f"k{i}", bytes([i]) * 20_000)
+    assert len(disk) == 60
     disk.close()
     fill(small_tmpfs)
     info = ngffmount_cmd("cache", "info", "--cache-dir", str(cache))
