@@ -21,7 +21,8 @@ def log_bound(directory: str) -> dict:
         pages = max(16, min(1000, st.f_blocks * st.f_frsize // 64 // 4096))
     except OSError:
         pages = 1000
-    return {"sqlite_wal_autocheckpoint": pages, "sqlite_journal_size_limit": pages * 4096}
+    # SQLite's defaults (1000 pages, a log never cut) where the file system is large enough.
+    return {"sqlite_wal_autocheckpoint": pages, "sqlite_journal_size_limit": pages * 4096 if pages < 1000 else -1}
 
 
 def human(n: float) -> str:
