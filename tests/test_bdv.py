@@ -83,10 +83,11 @@ def test_remote_hdf5_is_read_chunk_by_chunk_never_whole(tmp_path, http_server):
 def test_errors_name_the_problem(tmp_path):
     xml, _ = write_bdv_hdf5(tmp_path, (4, 20, 20), setups=1, timepoints=1, chunks=(4, 16, 16))
     text = xml.read_text()
-    zarr_loader = tmp_path / "zarr.xml"
-    zarr_loader.write_text(re.sub(r'format="bdv.hdf5"', 'format="bdv.multimg.zarr"', text))
-    with pytest.raises(Unsupported, match="image loader 'bdv.multimg.zarr' is not supported"):
-        open_source(str(zarr_loader))
+    # bdv.multimg.zarr is read now (tests/test_bdv_loaders.py); BigStitcher's file-list loader is not.
+    unknown_loader = tmp_path / "filelist.xml"
+    unknown_loader.write_text(re.sub(r'format="bdv.hdf5"', 'format="spimreconstruction.filelist"', text))
+    with pytest.raises(Unsupported, match="image loader 'spimreconstruction.filelist' is not supported"):
+        open_source(str(unknown_loader))
     missing = tmp_path / "missing.xml"
     missing.write_text(re.sub(r">[^<]*\.h5<", ">nothere.h5<", text))
     with pytest.raises(SourceNotFound, match="HDF5 file not found.*nothere.h5"):
