@@ -1,0 +1,326 @@
+"""BigDataViewer XMLs whose loader points at an OME-Zarr or N5 container (bdv.n5.universe,
+bdv.ome.zarr(.s3), bdv.multimg.zarr), and the calibration rule for every BDV loader.
+
+The real XMLs (Mastodon, mobie-io, BigStitcher via pydantic-bigstitcher) are kept byte for
+byte in tests/data/samples/bdv; where one names a server on the internet, the test copy has
+that one URL pointed at a loopback server. Pixels are compared with zarr-python and z5py reads
+of the same stores."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import tifffile
+import z5py
+import zarr
+
+from bdv_zarr_fixtures import (
+    BIGSTITCHER_AIND_S3, BIGSTITCHER_MESOSPIM, MASTODON_IDR, MOBIE_MYOSIN, SAMPLES, copy_sample, with_text,
+    write_idr_13457227, write_mesospim, write_prospr_myosin, write_pyramid, zarr_view,
+)
+from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
+
+from ngffmount.adapters import BadMetadata, SourceNotFound, open_source
+from ngffmount.adapters.bdv import Calibration
+from ngffmount.adapters.bdv_xml import parse_spimdata
+
+MESOSPIM_VOXEL = (3.26, 3.26, 10.0)  # x, y, z in um, the setups' voxelSize
+
+
+def stack(fs, path: str, shape) -> np.ndarray:
+    return tiff_array(read_all(fs, path)).reshape(shape)
+
+
+def info(fs, path: str) -> dict:
+    return json.loads(read_all(fs, path))
+
+
+def expected_origin(xml_name: str, setup: int, voxel) -> list[float]:
+    """The calibration rule by hand: translation / the registration's scale * voxel (x, y, z)."""
+    data = parse_spimdata((SAMPLES / xml_name).read_bytes(), xml_name)
+    a = data.registrations[(0, setup)]
+    norms = [np.linalg.norm([a[c], a[4 + c], a[8 + c]]) for c in range(3)]
+    return [a[4 * i + 3] / norms[i] * voxel[i] for i in range(3)]
+
+
+# -- the calibration rule -------------------------------------------------------------------------
+
+
+def test_calibration_rule_on_real_xmls_of_bigstitcher_mobie_and_mastodon():
+    """BigStitcher: calibration 1, 1, 10/3.26 and a translation in pixels of x; the voxel is
+    the setup's voxelSize. MoBIE/Mastodon/platybrowser register in micrometers: unchanged."""
+    data = parse_spimdata((SAMPLES / BIGSTITCHER_MESOSPIM).read_bytes(), "x")
+    for setup in data.setups:
+        a = data.registrations[(0, setup.id)]
+        assert (a[0], a[5]) == (1.0, 1.0) and a[10] == pytest.approx(10.0 / 3.26)  # pixels of x
+        cal = Calibration(setup, a)
+        assert cal.voxel == pytest.approx(MESOSPIM_VOXEL)  # not 1 x 1 x 3.07
+        # the translation is in x pixels: times 3.26 um in every axis
+        assert cal.origin == pytest.approx([a[3] * 3.26, a[7] * 3.26, a[11] * 3.26])
+    setup0 = data.setups[0]
+    assert Calibration(setup0, data.registrations[(0, 0)]).origin == pytest.approx([-861.5031 * 3.26, 23895.71 * 3.26, 6145.0 * 3.26])
+
+    # a rotated/affine BigStitcher registration still places the view
+    aind = parse_spimdata((SAMPLES / BIGSTITCHER_AIND_S3).read_bytes(), "x")
+    cal = Calibration(aind.setups[0], aind.registrations[(0, 0)])
+    assert cal.voxel == pytest.approx([0.748, 0.748, 1.0])
+    assert cal.origin == pytest.approx(expected_origin(BIGSTITCHER_AIND_S3, 0, [0.7480000148631624, 0.7479999743009398, 1.0]))
+
+    for name, voxel in ((MASTODON_IDR, [0.21667, 0.21667, 0.4]), (MOBIE_MYOSIN, [0.55] * 3),
+                        ("platybrowser-sbem-6dpf-1-whole-raw.bdv-n5.xml", [0.01, 0.01, 0.025])):
+        data = parse_spimdata((SAMPLES / name).read_bytes(), name)
+        cal = Calibration(data.setups[0], data.registrations[(0, 0)])
+        assert cal.voxel == pytest.approx(voxel) and cal.origin == [0.0, 0.0, 0.0]
+
+
+def test_without_a_length_voxel_size_the_registration_is_the_voxel_size():
+    text = (SAMPLES / BIGSTITCHER_MESOSPIM).read_text().replace("<unit>um</unit>", "<unit>px</unit>")
+    data = parse_spimdata(text.encode(), "x")
+    cal = Calibration(data.setups[0], data.registrations[(0, 0)])
+    assert cal.voxel == pytest.approx([1.0, 1.0, 10.0 / 3.26])  # today's behaviour, kept
+    assert cal.origin == pytest.approx([-861.5031, 23895.71, 6145.0])
+    assert cal.axes[0].unit is None
+
+
+# -- bdv.multimg.zarr: BigStitcher / mesoSPIM ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mesospim(http_server):
+    """The real mesoSPIM XML (bdv.multimg.zarr 3.0, relative <zarr>) and its 16 OME-Zarr tiles,
+    in a folder the HTTP server serves (at /mesospim/)."""
+    root = http_server.www / "mesospim"
+    xml = copy_sample(BIGSTITCHER_MESOSPIM, root)
+    container = write_mesospim(root)
+    return xml, container
+
+
+def check_mesospim(fs, container, setups, zero_planes=True):
+    for s in setups:
+        view = f"/setup{s}/timepoint0"
+        tile = container / f"s{s}-t0.zarr"
+        expected = zarr_view(tile, 4, {})
+        np.testing.assert_array_equal(stack(fs, f"{view}/s4.tif", expected.shape), expected)  # every plane
+        for z in (0, 31) + ((32, 614) if zero_planes else ()):  # the written corner chunk, then missing chunks
+            plane = tiff_array(read_all(fs, f"{view}/s0/z{z:05d}.tif"))
+            np.testing.assert_array_equal(plane, zarr_view(tile, 0, {}, z=z)[0])
+        meta = info(fs, f"{view}/info.json")
+        origin = expected_origin(BIGSTITCHER_MESOSPIM, s, MESOSPIM_VOXEL)
+        assert meta["levels"][0]["shape"] == [615, 2048, 2048]
+        assert meta["levels"][0]["scale"] == pytest.approx([10.0, 3.26, 3.26])
+        assert meta["levels"][0]["translation"] == pytest.approx(origin[::-1])
+        assert meta["levels"][1]["scale"] == pytest.approx([20.0, 6.52, 6.52])  # factors 2, 2, 2 from the scales
+        assert meta["levels"][1]["translation"] == pytest.approx([o + v / 2 for o, v in zip(origin[::-1], (10.0, 3.26, 3.26))])
+        assert meta["axes"][2]["unit"] == "micrometer"
+
+
+def test_real_bigstitcher_multimg_zarr_over_http_without_listing(mesospim, http_server):
+    xml, container = mesospim
+    fs = vfs_for(f"{http_server.url}/mesospim/{xml.name}")
+    assert sorted(fs.readdir("/"), key=lambda n: int(n[5:])) == [f"setup{s}" for s in range(16)]
+    check_mesospim(fs, container, range(16))
+    # the ImageJ stack of a full-resolution tile: 3.26 x 3.26 x 10 um, placed in pixels
+    with tifffile.TiffFile(VirtualReader(fs, "/setup0/timepoint0/s0.tif")) as tif:
+        ij = tif.imagej_metadata
+        page = tif.pages[0]
+        assert (ij["unit"], ij["spacing"], ij["slices"]) == ("micron", pytest.approx(10.0), 615)
+        x_res = page.tags["XResolution"].value
+        assert x_res[1] / x_res[0] == pytest.approx(3.26, rel=1e-3)
+        origin = expected_origin(BIGSTITCHER_MESOSPIM, 0, MESOSPIM_VOXEL)
+        assert ij["xorigin"] == pytest.approx(-origin[0] / 3.26, abs=1e-3)
+        assert ij["zorigin"] == pytest.approx(-origin[2] / 10.0, abs=1e-3)
+
+
+def test_real_bigstitcher_multimg_zarr_from_s3(mesospim, s3_server, tmp_path):
+    xml, container = mesospim
+    prefix = f"meso-{tmp_path.name}"
+    s3_server.upload_dir(xml.parent, "bigstitcher", prefix)
+    fs = vfs_for(f"s3://bigstitcher/{prefix}/{xml.name}", s3_server.storage_options())
+    check_mesospim(fs, container, (0, 7, 15), zero_planes=False)
+
+
+def test_real_bigstitcher_s3bucket_xml_reads_the_bucket_it_names(s3_server, tmp_path):
+    """bdv.multimg.zarr 1.0 with <s3bucket>aind-open-data</s3bucket>: the XML read from S3 names
+    a bucket on the same service. 15 tiles of 14192 x 10640 x 28672, declared at full size."""
+    xml = copy_sample(BIGSTITCHER_AIND_S3, tmp_path / "xml")
+    root = ET.parse(xml).getroot()
+    prefix = root.findtext(".//ImageLoader/zarr")
+    tiles = tmp_path / "tiles"
+    for z in root.iter("zgroup"):
+        write_pyramid(tiles / z.findtext("path").strip(), "tczyx", (1, 1, 28672, 10640, 14192), [[1] * 5],
+                      (1, 1, 64, 256, 256), "uint16", full_from=1, seed=int(z.get("setup")))
+    s3_server.upload_dir(tiles, "aind-open-data", prefix)
+    s3_server.upload_dir(xml.parent, "aind-xml", tmp_path.name)
+    fs = vfs_for(f"s3://aind-xml/{tmp_path.name}/{xml.name}", s3_server.storage_options())
+    for s in (0, 14):
+        tile = tiles / root.find(f".//zgroup[@setup='{s}']").findtext("path").strip()
+        for z in (0, 63, 64):
+            with tifffile.TiffFile(VirtualReader(fs, f"/setup{s}/timepoint0/s0/z{z:05d}.tif")) as tif:
+                page = tif.pages[0]
+                assert page.shape == (10640, 14192)
+                start = page.dataoffsets[0]
+            got = np.frombuffer(fs.read(f"/setup{s}/timepoint0/s0/z{z:05d}.tif", 300 * 14192 * 2, start), "<u2")
+            np.testing.assert_array_equal(got.reshape(300, 14192), zarr.open_array(str(tile / "0"), mode="r")[0, 0, z, :300, :])
+        meta = info(fs, f"/setup{s}/timepoint0/info.json")
+        assert meta["levels"][0]["scale"] == pytest.approx([1.0, 0.7479999743009398, 0.7480000148631624])
+        origin = expected_origin(BIGSTITCHER_AIND_S3, s, [0.7480000148631624, 0.7479999743009398, 1.0])
+        assert meta["levels"][0]["translation"] == pytest.approx(origin[::-1])
+
+
+# -- bdv.n5.universe: Mastodon -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def idr(tmp_path_factory, http_server):
+    """The real Mastodon XML (bdv.n5.universe over IDR's 13457227.zarr, t,c,z,y,x) and the
+    image, served by the HTTP server at /idr/13457227.zarr."""
+    xml = copy_sample(MASTODON_IDR, tmp_path_factory.mktemp("idr"))
+    return xml, write_idr_13457227(http_server.www / "idr")
+
+
+def check_idr(fs, image):
+    assert sorted(fs.readdir("/")) == [f"setup{s}" for s in range(4)]
+    for s in range(4):
+        assert sorted(fs.readdir(f"/setup{s}"), key=lambda n: int(n[9:])) == [f"timepoint{t}" for t in range(18)]
+        for t in range(18):
+            view = f"/setup{s}/timepoint{t}"
+            expected = zarr_view(image, 5, {"t": t, "c": s})  # setup = channel, timepoint = t index
+            np.testing.assert_array_equal(stack(fs, f"{view}/s5.tif", expected.shape), expected)
+    for s, t in ((0, 0), (3, 0), (1, 17), (2, 9)):
+        for z in (0, 7, 8, 34):
+            plane = tiff_array(read_all(fs, f"/setup{s}/timepoint{t}/s0/z{z:05d}.tif"))
+            np.testing.assert_array_equal(plane, zarr_view(image, 0, {"t": t, "c": s}, z=z)[0])
+    meta = info(fs, "/setup2/timepoint5/info.json")
+    assert meta["levels"][0]["shape"] == [35, 2048, 2048] and meta["levels"][5]["shape"] == [35, 64, 64]
+    assert meta["levels"][0]["scale"] == pytest.approx([0.4, 0.21667, 0.21667])
+    assert meta["levels"][1]["scale"] == pytest.approx([0.4, 0.43334, 0.43334])  # factors 1, 2, 2 from the shapes
+    assert meta["levels"][1]["translation"] == pytest.approx([0.0, 0.108335, 0.108335])
+
+
+def test_real_mastodon_n5_universe_xml_over_http_without_listing(idr, http_server, tmp_path):
+    xml, image = idr
+    local = with_text(xml, "Url", f"{http_server.url}/idr/{image.name}", tmp_path / xml.name)
+    check_idr(vfs_for(str(local)), image)
+
+
+def test_real_mastodon_n5_universe_xml_from_s3(idr, s3_server, tmp_path):
+    """An s3:// Url in an XML read from S3: the same service, with the caller's options."""
+    xml, image = idr
+    s3_server.upload_dir(image, "idr", "zarr/v0.4/idr0101A/13457227.zarr")
+    up = tmp_path / "up"
+    up.mkdir()
+    with_text(xml, "Url", "s3://idr/zarr/v0.4/idr0101A/13457227.zarr", up / xml.name)
+    s3_server.upload_dir(up, "mastodon", tmp_path.name)
+    check_idr(vfs_for(f"s3://mastodon/{tmp_path.name}/{xml.name}", s3_server.storage_options()), image)
+
+
+def test_mastodon_n5_universe_over_an_n5_viewer_container(tmp_path):
+    """The N5 side of bdv.n5.universe: setup k is c<k>/s<level> (written by z5py), the XML as
+    XmlIoN5UniverseImgLoader.toXml writes a local path (a relative path element)."""
+    f = z5py.File(str(tmp_path / "cells.n5"), "w")
+    expected = {}
+    for c in range(2):
+        for lv, shape in enumerate([(20, 45, 70), (10, 23, 35)]):
+            data = (np.arange(np.prod(shape), dtype=np.uint32).reshape(shape) * (c + 3) + lv).astype("uint16")
+            f.create_dataset(f"c{c}/s{lv}", data=data, chunks=(8, 16, 16), compression="gzip")
+            expected[(c, lv)] = z5py.File(str(tmp_path / "cells.n5"), "r")[f"c{c}/s{lv}"][:]
+    text = (SAMPLES / MASTODON_IDR).read_text()
+    text = re.sub(r"<Url>[^<]*</Url>", '<Url type="relative">cells.n5</Url>', text)
+    text = re.sub(r"<Timepoints type=\"range\">\s*<first>0</first>\s*<last>17</last>", '<Timepoints type="range"><first>0</first><last>0</last>', text)
+    text = re.sub(r"<ViewSetup>\s*<id>[23]</id>.*?</ViewSetup>", "", text, flags=re.S)
+    (tmp_path / "cells.xml").write_text(text)
+    fs = vfs_for(str(tmp_path / "cells.xml"))
+    for c in range(2):
+        for lv in range(2):
+            exp = expected[(c, lv)]
+            np.testing.assert_array_equal(stack(fs, f"/setup{c}/timepoint0/s{lv}.tif", exp.shape), exp)
+        assert info(fs, f"/setup{c}/timepoint0/info.json")["levels"][1]["scale"] == pytest.approx([0.8, 0.43334, 0.43334])
+
+
+# -- MoBIE: bdv.ome.zarr.s3 and bdv.ome.zarr ---------------------------------------------------
+
+
+def test_real_mobie_ome_zarr_s3_xml(s3_server, tmp_path):
+    """mobie-io's prospr-myosin XML (format "ome.zarr.s3", bucket i2k-2020): read anonymously
+    from the endpoint it names (pointed at the loopback S3)."""
+    xml = copy_sample(MOBIE_MYOSIN, tmp_path / "orig")
+    image = write_prospr_myosin(tmp_path / "data")
+    s3_server.upload_dir(image, "i2k-2020", "prospr-myosin.ome.zarr")
+    local = with_text(xml, "ServiceEndpoint", s3_server.endpoint_url, tmp_path / xml.name)
+    fs = vfs_for(str(local))
+    meta = info(fs, "/info.json")  # one view: the image at the root
+    assert meta["format"] == "BigDataViewer ome.zarr.s3" and meta["levels"][0]["shape"] == [519, 471, 500]
+    assert meta["levels"][0]["scale"] == pytest.approx([0.55] * 3) and meta["levels"][2]["scale"] == pytest.approx([2.2] * 3)
+    for lv in range(3):
+        expected = zarr_view(image, lv, {})
+        np.testing.assert_array_equal(stack(fs, f"/s{lv}.tif", expected.shape), expected)  # every plane
+
+
+def test_mobie_bdv_ome_zarr_with_channels_and_labels(tmp_path):
+    """bdv.ome.zarr as mobie-io's XmlN5OmeZarrImageLoader.toXml writes it: setups 0 and 1 are
+    the channels, setup 2 the image's label."""
+    image = tmp_path / "cells.ome.zarr"
+    write_pyramid(image, "czyx", (2, 12, 40, 50), [[1, 1, 1, 1], [1, 1, 2, 2]], (1, 5, 16, 16), "uint16",
+                  full_from=0, seed=9, labels=["nuclei"])
+    write_pyramid(image / "labels" / "nuclei", "zyx", (12, 40, 50), [[1, 1, 1], [1, 2, 2]], (5, 16, 16), "uint16",
+                  full_from=0, seed=2)
+    text = (SAMPLES / MOBIE_MYOSIN).read_text()
+    text = re.sub(r'<ImageLoader format="ome.zarr.s3">.*?</ImageLoader>',
+                  '<ImageLoader format="bdv.ome.zarr" version="0.2"><ome.zarr type="relative">cells.ome.zarr</ome.zarr></ImageLoader>',
+                  text, flags=re.S)
+    setup = re.search(r"<ViewSetup>.*?</ViewSetup>", text, flags=re.S).group(0)
+    text = text.replace(setup, setup + setup.replace("<id>0</id>", "<id>1</id>") + setup.replace("<id>0</id>", "<id>2</id>"))
+    (tmp_path / "cells.xml").write_text(text)
+    fs = vfs_for(str(tmp_path / "cells.xml"))
+    for s, (path, index) in enumerate([(image, {"c": 0}), (image, {"c": 1}), (image / "labels" / "nuclei", {})]):
+        for lv in range(2):
+            expected = zarr_view(path, lv, index)
+            np.testing.assert_array_equal(stack(fs, f"/setup{s}/timepoint0/s{lv}.tif", expected.shape), expected)
+
+
+# -- a real mount, and bad XMLs ------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_mount_a_real_bigstitcher_xml_over_http(mesospim, http_server, tmp_path, cache_args):
+    xml, container = mesospim
+    with mounted(f"{http_server.url}/mesospim/{xml.name}", tmp_path / "mnt", *cache_args) as mnt:
+        view = mnt / "setup9" / "timepoint0"
+        expected = zarr_view(container / "s9-t0.zarr", 4, {})
+        for z in range(expected.shape[0]):
+            np.testing.assert_array_equal(tifffile.imread(view / "s4" / f"z{z:05d}.tif"), expected[z])
+        with tifffile.TiffFile(view / "s4.tif") as tif:
+            assert tif.imagej_metadata["spacing"] == pytest.approx(160.0)  # 10 um x 16
+            np.testing.assert_array_equal(tif.asarray(), expected)
+        plane = tifffile.imread(view / "s0" / "z00003.tif")
+        np.testing.assert_array_equal(plane, zarr_view(container / "s9-t0.zarr", 0, {}, z=3)[0])
+        meta = json.loads((view / "info.json").read_text())
+        assert meta["levels"][0]["scale"] == pytest.approx([10.0, 3.26, 3.26])
+
+
+def test_bad_xmls_give_one_clear_line(tmp_path):
+    text = (SAMPLES / MASTODON_IDR).read_text()
+    no_url = tmp_path / "no-url.xml"
+    no_url.write_text(re.sub(r"<Url>[^<]*</Url>", "", text))
+    with pytest.raises(BadMetadata, match=r"bdv.n5.universe loader without a <Url> container URL"):
+        open_source(str(no_url))
+    nothing = tmp_path / "nothing.xml"
+    nothing.write_text(re.sub(r"<Url>[^<]*</Url>", '<Url type="relative">missing.zarr</Url>', text))
+    with pytest.raises(SourceNotFound, match=r"no OME-Zarr image or N5 container found \(tried .*missing.zarr\)"):
+        open_source(str(nothing))
+    no_zarr = tmp_path / "no-zarr.xml"
+    no_zarr.write_text(re.sub(r"<zarr [^>]*>[^<]*</zarr>", "", (SAMPLES / BIGSTITCHER_MESOSPIM).read_text()))
+    with pytest.raises(BadMetadata, match=r"bdv.multimg.zarr loader without a <zarr> container path"):
+        open_source(str(no_zarr))
+    unknown = tmp_path / "unknown.xml"
+    unknown.write_text(text.replace('format="bdv.n5.universe"', 'format="bdv.n5.multiverse"'))
+    (tmp_path / "mnt").mkdir()
+    for xml, words in ((no_url, "without a <Url>"), (nothing, "no OME-Zarr image or N5 container"),
+                       (unknown, "image loader 'bdv.n5.multiverse' is not supported")):
+        result = ngffmount_cmd("mount", str(xml), str(tmp_path / "mnt"), check=False)
+        assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert words in result.stderr
