@@ -126,3 +126,60 @@ def zarr_view(path: Path, level: int, index: dict[str, int], z=slice(None)) -> n
     sel = tuple(index.get(a, 0) if a in "tc" else z if a == "z" else slice(None) for a in axes)
     out = np.asarray(arr[sel])
     return out if out.ndim == 3 else out[None]
+
+
+# -- small datasets for the adapter contract ------------------------------------------------------
+
+
+def spimdata_xml(loader: str, setups: int, timepoints: int, size_xyz, voxel_xyz, unit: str = "micrometer",
+                 affine=None) -> str:
+    """A SpimData 0.2 document around an <ImageLoader> element, laid out as spimdata writes it."""
+    setup_xml = "".join(
+        f"<ViewSetup><id>{s}</id><name>setup {s}</name><size>{' '.join(map(str, size_xyz))}</size>"
+        f"<voxelSize><unit>{unit}</unit><size>{' '.join(map(str, voxel_xyz))}</size></voxelSize></ViewSetup>"
+        for s in range(setups))
+    a = affine or [voxel_xyz[0], 0, 0, 0, 0, voxel_xyz[1], 0, 0, 0, 0, voxel_xyz[2], 0]
+    regs = "".join(
+        f'<ViewRegistration timepoint="{t}" setup="{s}"><ViewTransform type="affine">'
+        f"<affine>{' '.join(map(str, a))}</affine></ViewTransform></ViewRegistration>"
+        for s in range(setups) for t in range(timepoints))
+    return (f'<SpimData version="0.2"><BasePath type="relative">.</BasePath><SequenceDescription>{loader}'
+            f"<ViewSetups>{setup_xml}</ViewSetups><Timepoints type=\"range\"><first>0</first>"
+            f"<last>{timepoints - 1}</last></Timepoints></SequenceDescription>"
+            f"<ViewRegistrations>{regs}</ViewRegistrations></SpimData>")
+
+
+def write_small_n5_universe(dir: Path) -> tuple[Path, dict[str, list[np.ndarray]]]:
+    """A Mastodon bdv.n5.universe XML over a t,c,z,y,x OME-Zarr: 2 setups (channels) x 2
+    timepoints, 2 levels; returns the XML and each view's levels as zarr-python reads them."""
+    image = dir / "cells.ome.zarr"
+    write_pyramid(image, "tczyx", (2, 2, 9, 40, 50), [[1, 1, 1, 1, 1], [1, 1, 1, 2, 2]], (1, 1, 4, 16, 16),
+                  "uint16", full_from=0, seed=11)
+    loader = ('<ImageLoader format="bdv.n5.universe" version="1.0"><Url type="relative">cells.ome.zarr</Url>'
+              "<Dataset>/</Dataset></ImageLoader>")
+    xml = dir / "cells.xml"
+    xml.write_text(spimdata_xml(loader, 2, 2, (50, 40, 9), (0.5, 0.5, 2.0)))
+    images = {f"setup{s}/timepoint{t}": [zarr_view(image, lv, {"t": t, "c": s}) for lv in range(2)]
+              for s in range(2) for t in range(2)}
+    return xml, images
+
+
+def write_small_multimg(dir: Path) -> tuple[Path, dict[str, list[np.ndarray]]]:
+    """A BigStitcher bdv.multimg.zarr 3.0 XML: 3 tiles, each a 1,2,z,y,x OME-Zarr whose
+    channel 1 is the view (indicies "1 0"); registrations in pixels of x as BigStitcher
+    writes them (calibration 1, 1, 4)."""
+    root = dir / "tiles.ome.zarr"
+    zarr.open_group(str(root), mode="w", zarr_format=2)
+    groups_xml = ""
+    images = {}
+    for s in range(3):
+        write_pyramid(root / f"tile{s}.zarr", "tczyx", (1, 2, 7, 33, 45), [[1, 1, 1, 1, 1], [1, 1, 2, 2, 2]],
+                      (1, 1, 4, 16, 16), "uint8", full_from=0, seed=20 * s)
+        groups_xml += f'<zgroup setup="{s}" tp="0" path="tile{s}.zarr" indicies="1 0" />'
+        images[f"setup{s}"] = [zarr_view(root / f"tile{s}.zarr", lv, {"c": 1}) for lv in range(2)]
+    loader = ('<ImageLoader format="bdv.multimg.zarr" version="3.0"><zarr type="relative">tiles.ome.zarr</zarr>'
+              f"<zgroups>{groups_xml}</zgroups></ImageLoader>")
+    xml = dir / "tiles.xml"
+    xml.write_text(spimdata_xml(loader, 3, 1, (45, 33, 7), (0.25, 0.25, 1.0), "um",
+                                affine=[1, 0, 0, 100, 0, 1, 0, 40, 0, 0, 4, 8]))
+    return xml, images
