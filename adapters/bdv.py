@@ -68,6 +68,16 @@ class Context:
             opts["client_kwargs"] = {**(opts.get("client_kwargs") or {}), "region_name": region}
         return opts
 
+    def mobie_s3(self, data: SpimData, where: str) -> tuple[str, StorageOptions]:
+        """The container of a MoBIE S3 loader (ServiceEndpoint, SigningRegion, BucketName, Key)
+        and the options to read it with."""
+        bucket, key = (data.loader.findtext(tag, "").strip() for tag in ("BucketName", "Key"))
+        if not bucket:
+            raise BadMetadata(f"{where}: {data.loader_format} loader without a <BucketName>")
+        options = self.s3_options((data.loader.findtext("ServiceEndpoint") or "").strip() or None,
+                                  (data.loader.findtext("SigningRegion") or "").strip() or None)
+        return f"s3://{bucket}/{key.strip('/')}".rstrip("/"), options
+
     def container_store(self, url: str, options: Mapping[str, Any] | None = None) -> Store:
         """The store of a container an XML names by URL. An s3:// URL in an XML read from S3
         is on the same service, with the caller's options; from elsewhere it is AWS,
@@ -356,12 +366,8 @@ class _N5Loader:
     def __init__(self, ctx: Context, data: SpimData, where: str):
         options = None
         if data.loader_format == "bdv.n5.s3":
-            bucket, key = (data.loader.findtext(tag, "").strip() for tag in ("BucketName", "Key"))
-            if not bucket:
-                raise BadMetadata(f"{where}: bdv.n5.s3 loader without a <BucketName>")
-            candidates = [f"s3://{bucket}/{key.strip('/')}".rstrip("/")]
-            options = ctx.s3_options((data.loader.findtext("ServiceEndpoint") or "").strip() or None,
-                                     (data.loader.findtext("SigningRegion") or "").strip() or None)
+            url, options = ctx.mobie_s3(data, where)
+            candidates = [url]
         else:
             ref = data.path("n5")
             if ref is None:

@@ -167,12 +167,8 @@ class ContainerLoader:
         self.mobie = fmt != "bdv.n5.universe"
         group = ""
         if fmt in MOBIE_S3:
-            bucket, key = (data.loader.findtext(tag, "").strip() for tag in ("BucketName", "Key"))
-            if not bucket:
-                raise BadMetadata(f"{where}: {fmt} loader without a <BucketName>")
-            candidates = [f"s3://{bucket}/{key.strip('/')}".rstrip("/")]
-            options = ctx.s3_options((data.loader.findtext("ServiceEndpoint") or "").strip() or None,
-                                     (data.loader.findtext("SigningRegion") or "").strip() or None)
+            url, options = ctx.mobie_s3(data, where)
+            candidates = [url]
         elif fmt == "bdv.ome.zarr":
             candidates, options = self._paths("ome.zarr"), None
         else:
