@@ -19,6 +19,7 @@ ratios (bigdataviewer-omezarr). Pixels come through the OME-Zarr and N5 adapters
 
 from __future__ import annotations
 
+import logging
 import math
 import posixpath
 import threading
@@ -37,6 +38,13 @@ from .urls import has_scheme, redact
 MOBIE_S3 = ("bdv.ome.zarr.s3", "ome.zarr.s3")
 FORMATS = ("bdv.n5.universe", "bdv.ome.zarr", *MOBIE_S3, "bdv.multimg.zarr")
 MAX_N5_LEVELS = 16
+log = logging.getLogger("ngffmount")
+
+
+def _no_data(where: str, t: int, setup: int, why: str) -> list[Level]:
+    """A view the XML lists but the container does not hold: left out, with one log line."""
+    log.warning("%s: setup %d timepoint %d is left out: %s", redact(where), setup, t, why)
+    return []
 
 
 class SlicedLevel(Level):
@@ -139,10 +147,12 @@ class ZarrViews:
         self.channels = image.levels[0].shape[self.c] if self.c is not None else 1
         self.factors = shape_factors(image.levels, self.spatial)
 
-    def levels(self, channel: int, t: int, cal) -> list[Level]:
+    def levels(self, channel: int, t: int, cal, setup: int) -> list[Level]:
         shape = self.image.levels[0].shape
-        if channel >= self.channels or (self.t is not None and t >= shape[self.t]):
-            return []  # the loader has no data for this view
+        if channel >= self.channels:
+            return _no_data(self.where, t, setup, f"the image has {self.channels} channel(s)")
+        if self.t is not None and t >= shape[self.t]:
+            return _no_data(self.where, t, setup, f"the image has {shape[self.t]} timepoint(s)")
         fixed = {}
         if self.c is not None:
             fixed[self.c] = channel
@@ -223,12 +233,10 @@ class ContainerLoader:
         if self.n5 is not None:
             return self.n5.levels(t, setup.id, cal)
         views = self.views
-        if setup.id < views.channels:
-            return views.levels(setup.id, t, cal)
         label = setup.id - views.channels
-        if label < len(self.labels):
-            return self.labels[label].levels(0, t, cal)
-        return []
+        if 0 <= label < len(self.labels):
+            return self.labels[label].levels(0, t, cal, setup.id)
+        return views.levels(setup.id, t, cal, setup.id)
 
 
 class _N5Channels:
@@ -259,11 +267,11 @@ class _N5Channels:
     def levels(self, t: int, setup: int, cal) -> list[Level]:
         metas = self._metas(setup)
         if not metas:
-            return []
+            return _no_data(self.store.url, t, setup, f"no c{setup}/s0 dataset")
         dims0 = metas[0]["dimensions"]
         timed = len(dims0) == 4
         if timed and t >= dims0[3]:
-            return []
+            return _no_data(self.store.url, t, setup, f"c{setup} has {dims0[3]} timepoint(s)")
         axes = ((Axis("t", "time"),) if timed else ()) + tuple(cal.axes)
         out = []
         for lv, meta in enumerate(metas):
@@ -327,7 +335,7 @@ class MultiImageLoader:
     def levels(self, t: int, setup: Setup, cal) -> list[Level]:
         entry = self.zgroups.get((t, setup.id))
         if entry is None:
-            return []
+            return _no_data(self.where, t, setup.id, "no <zgroup> names it")
         path, indices = entry
         store = self._root_store(path).child(path)
         image = _required_image(store)

@@ -26,6 +26,7 @@ MASTODON_IDR = "mastodon-idr-13457227-tczyx.bdv-n5-universe.xml"
 MOBIE_MYOSIN = "mobie-io-prospr-myosin.ome-zarr-s3.xml"
 BIGSTITCHER_MESOSPIM = "pydantic-bigstitcher-6.multimg-zarr.xml"
 BIGSTITCHER_AIND_S3 = "pydantic-bigstitcher-2.multimg-zarr.xml"
+BIGSTITCHER_AIND_LOCAL = "pydantic-bigstitcher-1.multimg-zarr.xml"
 
 
 def copy_sample(name: str, dest_dir: Path) -> Path:
@@ -115,6 +116,20 @@ def write_mesospim(dir: Path, setups: int = 16) -> Path:
                       spatial_factors("tczyx", [(2 ** k, 2 ** k, 2 ** k) for k in range(5)]),
                       (1, 1, 32, 256, 256), "uint16", full_from=4, seed=100 * s)
     return root
+
+
+def write_exaspim_tiles(xml: Path, dest: Path) -> dict[int, Path]:
+    """The tiles an exaSPIM multimg XML names: t,c,z,y,x = 1, 1, 28672, 10640, 14192 uint16
+    each (its size), declared whole, one corner chunk written. Returns setup -> tile path."""
+    import xml.etree.ElementTree as ET
+
+    tiles = {}
+    for z in ET.parse(xml).getroot().iter("zgroup"):
+        tile = dest / z.findtext("path").strip()
+        write_pyramid(tile, "tczyx", (1, 1, 28672, 10640, 14192), [[1] * 5], (1, 1, 64, 256, 256), "uint16",
+                      full_from=1, seed=int(z.get("setup")))
+        tiles[int(z.get("setup"))] = tile
+    return tiles
 
 
 def zarr_view(path: Path, level: int, index: dict[str, int], z=slice(None)) -> np.ndarray:

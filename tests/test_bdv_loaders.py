@@ -19,12 +19,18 @@ import z5py
 import zarr
 
 from bdv_zarr_fixtures import (
-    BIGSTITCHER_AIND_S3, BIGSTITCHER_MESOSPIM, MASTODON_IDR, MOBIE_MYOSIN, SAMPLES, copy_sample, with_text,
-    write_idr_13457227, write_mesospim, write_prospr_myosin, write_pyramid, zarr_view,
+    BIGSTITCHER_AIND_LOCAL, BIGSTITCHER_AIND_S3, BIGSTITCHER_MESOSPIM, MASTODON_IDR, MOBIE_MYOSIN, SAMPLES, copy_sample, spimdata_xml,
+    with_text, write_exaspim_tiles, write_idr_13457227, write_mesospim, write_prospr_myosin, write_pyramid, write_small_multimg,
+    write_small_n5_universe, zarr_view,
 )
 from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ngffmount.adapters import BadMetadata, SourceNotFound, open_source
+from ngffmount.adapters import BadMetadata, NgffMountError, SourceNotFound, open_source
+from ngffmount.cache.engine import ChunkEngine
+from ngffmount.vfs.fs import VirtualFS
+from ngffmount.vfs.tree import build_tree
 from ngffmount.adapters.bdv import Calibration
 from ngffmount.adapters.bdv_xml import parse_spimdata
 
@@ -143,32 +149,43 @@ def test_real_bigstitcher_multimg_zarr_from_s3(mesospim, s3_server, tmp_path):
     check_mesospim(fs, container, (0, 7, 15), zero_planes=False)
 
 
+def check_exaspim(fs, tiles: dict, xml_name: str, setups=(0, 14)):
+    """Planes of tiles of 14192 x 10640 x 28672, declared whole: rows read by offset, as a
+    viewer reads them, inside and past the written corner chunk."""
+    for s in setups:
+        plane_shape = (10640, 14192)
+        for z in (0, 63, 64):
+            path = f"/setup{s}/timepoint0/s0/z{z:05d}.tif"
+            with tifffile.TiffFile(VirtualReader(fs, path)) as tif:
+                assert tif.pages[0].shape == plane_shape
+                start = tif.pages[0].dataoffsets[0]
+            got = np.frombuffer(fs.read(path, 300 * 14192 * 2, start), "<u2").reshape(300, 14192)
+            np.testing.assert_array_equal(got, zarr.open_array(str(tiles[s] / "0"), mode="r")[0, 0, z, :300, :])
+        meta = info(fs, f"/setup{s}/timepoint0/info.json")
+        voxel = [0.7480000148631624, 0.7479999743009398, 1.0]
+        assert meta["levels"][0]["scale"] == pytest.approx(voxel[::-1])
+        assert meta["levels"][0]["translation"] == pytest.approx(expected_origin(xml_name, s, voxel)[::-1])
+
+
 def test_real_bigstitcher_s3bucket_xml_reads_the_bucket_it_names(s3_server, tmp_path):
     """bdv.multimg.zarr 1.0 with <s3bucket>aind-open-data</s3bucket>: the XML read from S3 names
     a bucket on the same service. 15 tiles of 14192 x 10640 x 28672, declared at full size."""
     xml = copy_sample(BIGSTITCHER_AIND_S3, tmp_path / "xml")
-    root = ET.parse(xml).getroot()
-    prefix = root.findtext(".//ImageLoader/zarr")
-    tiles = tmp_path / "tiles"
-    for z in root.iter("zgroup"):
-        write_pyramid(tiles / z.findtext("path").strip(), "tczyx", (1, 1, 28672, 10640, 14192), [[1] * 5],
-                      (1, 1, 64, 256, 256), "uint16", full_from=1, seed=int(z.get("setup")))
-    s3_server.upload_dir(tiles, "aind-open-data", prefix)
+    prefix = ET.parse(xml).getroot().findtext(".//ImageLoader/zarr")
+    tiles = write_exaspim_tiles(xml, tmp_path / "tiles")
+    s3_server.upload_dir(tmp_path / "tiles", "aind-open-data", prefix)
     s3_server.upload_dir(xml.parent, "aind-xml", tmp_path.name)
-    fs = vfs_for(f"s3://aind-xml/{tmp_path.name}/{xml.name}", s3_server.storage_options())
-    for s in (0, 14):
-        tile = tiles / root.find(f".//zgroup[@setup='{s}']").findtext("path").strip()
-        for z in (0, 63, 64):
-            with tifffile.TiffFile(VirtualReader(fs, f"/setup{s}/timepoint0/s0/z{z:05d}.tif")) as tif:
-                page = tif.pages[0]
-                assert page.shape == (10640, 14192)
-                start = page.dataoffsets[0]
-            got = np.frombuffer(fs.read(f"/setup{s}/timepoint0/s0/z{z:05d}.tif", 300 * 14192 * 2, start), "<u2")
-            np.testing.assert_array_equal(got.reshape(300, 14192), zarr.open_array(str(tile / "0"), mode="r")[0, 0, z, :300, :])
-        meta = info(fs, f"/setup{s}/timepoint0/info.json")
-        assert meta["levels"][0]["scale"] == pytest.approx([1.0, 0.7479999743009398, 0.7480000148631624])
-        origin = expected_origin(BIGSTITCHER_AIND_S3, s, [0.7480000148631624, 0.7479999743009398, 1.0])
-        assert meta["levels"][0]["translation"] == pytest.approx(origin[::-1])
+    check_exaspim(vfs_for(f"s3://aind-xml/{tmp_path.name}/{xml.name}", s3_server.storage_options()), tiles,
+                  BIGSTITCHER_AIND_S3)
+
+
+def test_real_bigstitcher_absolute_zarr_path_falls_back_next_to_the_xml(http_server, tmp_path):
+    """<zarr type="absolute">/data/foo_dataset/SPIM.ome.zarr</zarr> from the writer's machine,
+    the XML served over HTTP: SPIM.ome.zarr next to the XML is read."""
+    www = http_server.www / f"aind-{tmp_path.name}"
+    xml = copy_sample(BIGSTITCHER_AIND_LOCAL, www)
+    tiles = write_exaspim_tiles(xml, www / "SPIM.ome.zarr")
+    check_exaspim(vfs_for(f"{http_server.url}/{www.name}/{xml.name}"), tiles, BIGSTITCHER_AIND_LOCAL, setups=(3,))
 
 
 # -- bdv.n5.universe: Mastodon -------------------------------------------------------------------
@@ -244,14 +261,17 @@ def test_mastodon_n5_universe_over_an_n5_viewer_container(tmp_path):
 # -- MoBIE: bdv.ome.zarr.s3 and bdv.ome.zarr ---------------------------------------------------
 
 
-def test_real_mobie_ome_zarr_s3_xml(s3_server, tmp_path):
-    """mobie-io's prospr-myosin XML (format "ome.zarr.s3", bucket i2k-2020): read anonymously
-    from the endpoint it names (pointed at the loopback S3)."""
+@pytest.mark.parametrize("xml_on", ["disk", "http"])
+def test_real_mobie_ome_zarr_s3_xml(s3_server, http_server, tmp_path, xml_on):
+    """mobie-io's prospr-myosin XML (format "ome.zarr.s3", bucket i2k-2020), on disk or served
+    over HTTP: the image is read anonymously from the endpoint it names (the loopback S3)."""
     xml = copy_sample(MOBIE_MYOSIN, tmp_path / "orig")
     image = write_prospr_myosin(tmp_path / "data")
     s3_server.upload_dir(image, "i2k-2020", "prospr-myosin.ome.zarr")
-    local = with_text(xml, "ServiceEndpoint", s3_server.endpoint_url, tmp_path / xml.name)
-    fs = vfs_for(str(local))
+    www = http_server.www / f"mobie-{tmp_path.name}"
+    www.mkdir()
+    local = with_text(xml, "ServiceEndpoint", s3_server.endpoint_url, www / xml.name)
+    fs = vfs_for(str(local) if xml_on == "disk" else f"{http_server.url}/{www.name}/{xml.name}")
     meta = info(fs, "/info.json")  # one view: the image at the root
     assert meta["format"] == "BigDataViewer ome.zarr.s3" and meta["levels"][0]["shape"] == [519, 471, 500]
     assert meta["levels"][0]["scale"] == pytest.approx([0.55] * 3) and meta["levels"][2]["scale"] == pytest.approx([2.2] * 3)
@@ -324,3 +344,63 @@ def test_bad_xmls_give_one_clear_line(tmp_path):
         result = ngffmount_cmd("mount", str(xml), str(tmp_path / "mnt"), check=False)
         assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert words in result.stderr
+
+
+def test_views_the_container_does_not_hold_are_left_out_with_a_log_line(tmp_path, caplog):
+    """The XML lists 3 setups and 3 timepoints; the image has 2 channels and 2 timepoints."""
+    xml, images = write_small_n5_universe(tmp_path)
+    loader = re.search(r"<ImageLoader.*?</ImageLoader>", xml.read_text(), flags=re.S).group(0)
+    xml.write_text(spimdata_xml(loader, 3, 3, (50, 40, 9), (0.5, 0.5, 2.0)))
+    with caplog.at_level("WARNING", logger="ngffmount"):
+        fs = vfs_for(str(xml))
+    assert sorted(fs.readdir("/")) == ["setup0", "setup1"]
+    assert sorted(fs.readdir("/setup1")) == ["timepoint0", "timepoint1"]
+    expected = images["setup1/timepoint1"][0]
+    np.testing.assert_array_equal(stack(fs, "/setup1/timepoint1/s0.tif", expected.shape), expected)
+    left_out = [r.getMessage() for r in caplog.records if "is left out" in r.getMessage()]
+    assert any("setup 2 timepoint 0 is left out: the image has 2 channel(s)" in m for m in left_out), left_out
+    assert any("setup 0 timepoint 2 is left out: the image has 2 timepoint(s)" in m for m in left_out), left_out
+
+
+@pytest.fixture(scope="module")
+def small_xmls(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    return [write_small_n5_universe(root / "universe")[0], write_small_multimg(root / "multimg")[0]]
+
+
+def _files(fs, path: str):
+    for name in fs.readdir(path):
+        child = f"{path.rstrip('/')}/{name}"
+        if fs.getattr(child)["st_mode"] & 0o040000:
+            yield from _files(fs, child)
+        else:
+            yield child
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_hostile_container_xml_gives_one_clear_error_never_a_crash(small_xmls, tmp_path_factory, data):
+    """Any element's text or attribute of an n5.universe or multimg.zarr XML replaced by
+    arbitrary text: the source opens, or fails with the project's own one-line error."""
+    original = data.draw(st.sampled_from(small_xmls))
+    root = ET.fromstring(original.read_bytes())
+    elements = list(root.iter())
+    elem = elements[data.draw(st.integers(0, len(elements) - 1))]
+    junk = data.draw(st.one_of(st.text(max_size=20), st.sampled_from(
+        ["-1", "0", "1e400", "nan", "99999999999", "0 0 0", "../../etc", "/", "s3://", "[]", "1 1 1 1", "http://"])))
+    if elem.attrib and data.draw(st.booleans()):
+        elem.set(data.draw(st.sampled_from(sorted(elem.attrib))), junk)
+    else:
+        elem.text = junk
+    xml = original.parent / f"hostile-{data.draw(st.integers(0, 10**9))}.xml"
+    xml.write_bytes(ET.tostring(root))
+    try:
+        source = open_source(str(xml))
+    except NgffMountError as exc:
+        assert "\n" not in str(exc)
+        return
+    finally:
+        xml.unlink()
+    fs = VirtualFS(build_tree(source, ChunkEngine(memory_bytes=16 << 20)))
+    for path in _files(fs, "/"):
+        fs.getattr(path)
