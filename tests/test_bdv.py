@@ -15,7 +15,7 @@ import zarr
 
 from bdv_fixtures import write_bdv_hdf5, write_sample_platy_hdf5, write_sample_platy_n5
 from bdv_server import BdvServer
-from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
+from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for, walk_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -182,17 +182,8 @@ def test_hostile_xml_gives_one_clear_error_never_a_crash(small_bdv, tmp_path_fac
         assert "\n" not in str(exc)
         return
     fs = VirtualFS(build_tree(source, ChunkEngine(memory_bytes=16 << 20)))
-    for path in _files(fs, "/"):
+    for path in walk_files(fs):
         fs.getattr(path)
-
-
-def _files(fs, path: str):
-    for name in fs.readdir(path):
-        child = f"{path.rstrip('/')}/{name}"
-        if fs.getattr(child)["st_mode"] & 0o040000:
-            yield from _files(fs, child)
-        else:
-            yield child
 
 
 def test_a_differing_timepoint_or_a_corrupt_chunk_fails_that_read_clearly(tmp_path):

@@ -19,11 +19,11 @@ import z5py
 import zarr
 
 from bdv_zarr_fixtures import (
-    BIGSTITCHER_AIND_LOCAL, BIGSTITCHER_AIND_S3, BIGSTITCHER_MESOSPIM, MASTODON_IDR, MOBIE_MYOSIN, SAMPLES, copy_sample, spimdata_xml,
-    with_text, write_exaspim_tiles, write_idr_13457227, write_mesospim, write_prospr_myosin, write_pyramid, write_small_multimg,
-    write_small_n5_universe, zarr_view,
+    BIGSTITCHER_AIND_LOCAL, BIGSTITCHER_AIND_S3, BIGSTITCHER_MESOSPIM, MASTODON_IDR, MOBIE_MYOSIN, SAMPLES,
+    copy_sample, spimdata_xml, with_text, write_exaspim_tiles, write_idr_13457227, write_mesospim,
+    write_prospr_myosin, write_pyramid, write_small_multimg, write_small_n5_universe, zarr_view,
 )
-from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
+from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for, walk_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -368,15 +368,6 @@ def small_xmls(tmp_path_factory):
     return [write_small_n5_universe(root / "universe")[0], write_small_multimg(root / "multimg")[0]]
 
 
-def _files(fs, path: str):
-    for name in fs.readdir(path):
-        child = f"{path.rstrip('/')}/{name}"
-        if fs.getattr(child)["st_mode"] & 0o040000:
-            yield from _files(fs, child)
-        else:
-            yield child
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_hostile_container_xml_gives_one_clear_error_never_a_crash(small_xmls, tmp_path_factory, data):
@@ -402,5 +393,5 @@ def test_hostile_container_xml_gives_one_clear_error_never_a_crash(small_xmls, t
     finally:
         xml.unlink()
     fs = VirtualFS(build_tree(source, ChunkEngine(memory_bytes=16 << 20)))
-    for path in _files(fs, "/"):
+    for path in walk_files(fs):
         fs.getattr(path)
