@@ -320,6 +320,19 @@ def test_mount_a_real_bigstitcher_xml_over_http(mesospim, http_server, tmp_path,
         np.testing.assert_array_equal(plane, zarr_view(container / "s9-t0.zarr", 0, {}, z=3)[0])
         meta = json.loads((view / "info.json").read_text())
         assert meta["levels"][0]["scale"] == pytest.approx([10.0, 3.26, 3.26])
+        # Fiji's view of level 1 (308 x 1024 x 1024), opened as a virtual stack
+        from imagej import describe_image_macro, ij_str, parse_kv, run_macro
+
+        s1 = str(view / "s1.tif")
+        positions = [(1, 5, 7), (32, 255, 100), (33, 5, 7)]
+        ij = parse_kv(run_macro(describe_image_macro(f'run("TIFF Virtual Stack...", "open=[" + {ij_str(s1)} + "]");',
+                                                     positions)))
+        assert (ij["width"], ij["height"], ij["nSlices"], ij["unit"]) == (1024, 1024, 308, "microns")
+        assert (ij["pixelWidth"], ij["pixelHeight"], ij["pixelDepth"]) == pytest.approx((6.52, 6.52, 20.0))
+        level1 = zarr_view(container / "s9-t0.zarr", 1, {}, z=slice(0, 33))
+        for z, x, y in positions:
+            assert ij[f"pixel_{z}_{x}_{y}"] == int(level1[z - 1, y, x])
+        assert ij["pixel_1_5_7"] != 0
 
 
 def test_bad_xmls_give_one_clear_line(tmp_path):
