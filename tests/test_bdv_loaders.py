@@ -408,3 +408,23 @@ def test_hostile_container_xml_gives_one_clear_error_never_a_crash(small_xmls, t
     fs = VirtualFS(build_tree(source, ChunkEngine(memory_bytes=16 << 20)))
     for path in walk_files(fs):
         fs.getattr(path)
+
+
+def test_a_view_cut_from_blosc_chunks_of_one_channel_decodes_only_the_blocks_it_reads(tmp_path):
+    """A chunk one channel wide is the view's own bytes: a plane decodes only its blosc blocks."""
+    import numcodecs
+
+    xml, _ = write_small_multimg(tmp_path)  # indicies "1 0": channel 1 of each tile
+    tile = zarr.open_group(str(tmp_path / "tiles.ome.zarr" / "tile0.zarr"), mode="a")
+    data = np.random.default_rng(0).integers(0, 50, (1, 2, 64, 512, 512)).astype("uint16")
+    del tile["0"]
+    tile.create_array("0", shape=data.shape, dtype="uint16", chunks=(1, 1, 64, 512, 512),
+                      compressors=numcodecs.Blosc(cname="lz4", blocksize=65536),
+                      chunk_key_encoding={"name": "v2", "separator": "/"})[...] = data
+    engine = ChunkEngine(memory_bytes=64 << 20)
+    fs = VirtualFS(build_tree(open_source(str(xml)), engine))
+    for z in (0, 17, 63):
+        plane = tiff_array(read_all(fs, f"/setup0/timepoint0/s0/z{z:05d}.tif"))
+        np.testing.assert_array_equal(plane, zarr.open_array(str(tmp_path / "tiles.ome.zarr" / "tile0.zarr" / "0"))[0, 1, z])
+    stats = engine.stats.snapshot()
+    assert stats["block_decodes"] > 0 and stats["decodes"] == 0, stats
