@@ -117,22 +117,22 @@ def scale_factors(levels: Sequence[Level], spatial: Sequence[int]) -> list[list[
     return out
 
 
-def open_ome_zarr(store: Store) -> tuple[Image, dict | None] | None:
-    """The multiscale image at a store root, and its attributes; None when no OME-Zarr is there."""
+def open_ome_zarr(store: Store) -> Image | None:
+    """The multiscale image at a store root; None when no OME-Zarr is there."""
     raw = store.get_many(list(omezarr.ROOT_KEYS))
     root = {k: None if raw[k] is None else parse_json(raw[k], f"{store.url}/{k}") for k in omezarr.ROOT_KEYS}
     found = omezarr.ome_attributes(root)
     if found is None:
         return None
     ome, version = found
-    return omezarr.open_image(store, ome, version, posixpath.basename(store.url), 0.0), ome
+    return omezarr.open_image(store, ome, version, posixpath.basename(store.url), 0.0)
 
 
 def _required_image(store: Store) -> Image:
-    found = open_ome_zarr(store)
-    if found is None:
+    image = open_ome_zarr(store)
+    if image is None:
         raise BadMetadata(f"{redact(store.url)}: no OME-Zarr multiscales")
-    return found[0]
+    return image
 
 
 class ZarrViews:
@@ -187,7 +187,7 @@ class ContainerLoader:
         if candidates[0].split("?", 1)[0].rstrip("/").lower().endswith((".h5", ".hdf5")):
             raise Unsupported(f"{where}: {fmt} over an HDF5 file is not supported (OME-Zarr and N5 are)")
         self.views: ZarrViews | None = None
-        self.labels: list[ZarrViews] = []
+        self.labels: list[ZarrViews] | None = None if self.mobie else []  # MoBIE's, opened when a setup needs them
         self.n5: _N5Channels | None = None
         tried = []
         for url in candidates:
@@ -210,31 +210,30 @@ class ContainerLoader:
         return self.ctx.resolve(self.data, PathRef(text, relative))
 
     def _open(self, store: Store) -> bool:
-        found = open_ome_zarr(store)
-        if found is not None:
-            image, attrs = found
-            self.views = ZarrViews(image, store.url)
-            if self.mobie:
-                self.labels = self._labels(store, image)
+        image = open_ome_zarr(store)
+        if image is not None:
+            self.views, self.store = ZarrViews(image, store.url), store
             return True
         if not self.mobie and store.get(n5.ATTRS) is not None:
             self.n5 = _N5Channels(store)
             return True
         return False
 
-    def _labels(self, store: Store, image: Image) -> list[ZarrViews]:
-        """MoBIE counts each label image as one more setup."""
-        zarr3 = image.format.endswith("0.5")
-        attrs = groups.read_group_attrs(store, ["labels"], zarr3)["labels"]
-        opened = groups.labels_of(store, attrs, zarr3, lambda s, a, name: _required_image(s))
-        return [ZarrViews(img, f"{store.url}/labels/{name}") for name, img in opened.items()]
+    def _labels(self) -> list[ZarrViews]:
+        """MoBIE counts each label image as one more setup, in the order labels/ lists them."""
+        if self.labels is None:
+            zarr3 = self.views.image.format.endswith("0.5")
+            attrs = groups.read_group_attrs(self.store, ["labels"], zarr3)["labels"]
+            opened = groups.labels_of(self.store, attrs, zarr3, lambda s, a, name: _required_image(s))
+            self.labels = [ZarrViews(img, f"{self.store.url}/labels/{name}") for name, img in opened.items()]
+        return self.labels
 
     def levels(self, t: int, setup: Setup, cal) -> list[Level]:
         if self.n5 is not None:
             return self.n5.levels(t, setup.id, cal)
         views = self.views
         label = setup.id - views.channels
-        if 0 <= label < len(self.labels):
+        if 0 <= label < len(self._labels()):
             return self.labels[label].levels(0, t, cal, setup.id)
         return views.levels(setup.id, t, cal, setup.id)
 
