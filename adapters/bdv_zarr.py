@@ -23,6 +23,7 @@ import logging
 import math
 import posixpath
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -314,30 +315,33 @@ class MultiImageLoader:
             self.zgroups[key] = (safe_key(path.strip()), _indices(z.get("indicies"), where))
         if not self.zgroups:
             raise BadMetadata(f"{where}: bdv.multimg.zarr loader without <zgroups>")
-        self._root: Store | None = None
-        self._lock = threading.Lock()
+        self._images: dict[str, Image] | None = None
 
-    def _root_store(self, path: str) -> Store:
-        """The first candidate root that holds the first view opened (an absolute path from the
-        writer's machine falls back to the folder next to the XML)."""
-        with self._lock:
-            if self._root is None:
-                for store in self.roots:
-                    if open_ome_zarr(store.child(path)) is not None:
-                        self._root = store
-                        break
-                else:
-                    tried = ", ".join(redact(f"{s.url}/{path}") for s in self.roots)
-                    raise SourceNotFound(f"{self.where}: OME-Zarr image not found (tried {tried})")
-            return self._root
+    def _image(self, path: str) -> Image:
+        """Every view's image, opened concurrently at the first call (a BigStitcher dataset has
+        hundreds of tiles), under the first candidate root that holds the first one (an
+        absolute path from the writer's machine falls back to the folder next to the XML)."""
+        if self._images is None:
+            first = next(iter(self.zgroups.values()))[0]
+            for root in self.roots:
+                image = open_ome_zarr(root.child(first))
+                if image is not None:
+                    break
+            else:
+                tried = ", ".join(redact(f"{r.url}/{first}") for r in self.roots)
+                raise SourceNotFound(f"{self.where}: OME-Zarr image not found (tried {tried})")
+            rest = sorted({p for p, _ in self.zgroups.values()} - {first})
+            with ThreadPoolExecutor(groups.OPEN_THREADS) as pool:
+                opened = dict(zip(rest, pool.map(lambda p: _required_image(root.child(p)), rest)))
+            self._images = {first: image, **opened}
+        return self._images[path]
 
     def levels(self, t: int, setup: Setup, cal) -> list[Level]:
         entry = self.zgroups.get((t, setup.id))
         if entry is None:
             return _no_data(self.where, t, setup.id, "no <zgroup> names it")
         path, indices = entry
-        store = self._root_store(path).child(path)
-        image = _required_image(store)
+        image = self._image(path)
         axes = image.levels[0].axes
         spatial = [i for i, a in enumerate(axes) if a.type == "space"]
         others = [i for i in range(len(axes)) if i not in spatial][::-1]  # Java order: c, then t
