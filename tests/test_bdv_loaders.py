@@ -428,3 +428,31 @@ def test_a_view_cut_from_blosc_chunks_of_one_channel_decodes_only_the_blocks_it_
         np.testing.assert_array_equal(plane, zarr.open_array(str(tmp_path / "tiles.ome.zarr" / "tile0.zarr" / "0"))[0, 1, z])
     stats = engine.stats.snapshot()
     assert stats["block_decodes"] > 0 and stats["decodes"] == 0, stats
+
+
+def test_n5_universe_over_a_2d_ome_zarr_and_a_4d_n5_with_time(tmp_path):
+    """A c,y,x OME-Zarr: each channel is a view one plane deep (z of size 1), its levels'
+    factors 1 in z. An N5-Viewer dataset with a 4th N5 dimension: that is time."""
+    write_pyramid(tmp_path / "flat.ome.zarr", "cyx", (3, 40, 50), [[1, 1, 1], [1, 2, 2]], (2, 16, 16), "uint8",
+                  full_from=0, seed=4)
+    loader = ('<ImageLoader format="bdv.n5.universe" version="1.0"><Url type="relative">flat.ome.zarr</Url>'
+              "<Dataset>/</Dataset></ImageLoader>")
+    (tmp_path / "flat.xml").write_text(spimdata_xml(loader, 3, 1, (50, 40, 1), (0.5, 0.5, 1.0)))
+    fs = vfs_for(str(tmp_path / "flat.xml"))
+    for c in range(3):
+        meta = info(fs, f"/setup{c}/timepoint0/info.json")
+        assert [lv["shape"] for lv in meta["levels"]] == [[1, 40, 50], [1, 20, 25]]
+        assert meta["levels"][1]["scale"] == pytest.approx([1.0, 1.0, 1.0])
+        for lv in range(2):
+            expected = zarr_view(tmp_path / "flat.ome.zarr", lv, {"c": c})
+            np.testing.assert_array_equal(stack(fs, f"/setup{c}/timepoint0/s{lv}.tif", expected.shape), expected)
+
+    f = z5py.File(str(tmp_path / "timed.n5"), "w")
+    data = (np.arange(3 * 6 * 20 * 30).reshape(3, 6, 20, 30) % 251).astype("uint8")  # t, z, y, x
+    f.create_dataset("c0/s0", data=data, chunks=(2, 4, 8, 8), compression="raw")
+    written = z5py.File(str(tmp_path / "timed.n5"), "r")["c0/s0"][:]
+    loader = loader.replace("flat.ome.zarr", "timed.n5")
+    (tmp_path / "timed.xml").write_text(spimdata_xml(loader, 1, 3, (30, 20, 6), (0.5, 0.5, 1.0)))
+    fs = vfs_for(str(tmp_path / "timed.xml"))
+    for t in range(3):
+        np.testing.assert_array_equal(stack(fs, f"/setup0/timepoint{t}/s0.tif", written[t].shape), written[t])
