@@ -96,8 +96,10 @@ def test_errors_name_the_problem(tmp_path):
     broken.write_text(text[: len(text) // 2])
     with pytest.raises(BadMetadata, match="broken XML"):
         open_source(str(broken))
+    (tmp_path / "mnt").mkdir()  # else the one line would be about the mountpoint, not the XML
     result = ngffmount_cmd("mount", str(broken), str(tmp_path / "mnt"), check=False)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "broken XML" in result.stderr
 
 
 @pytest.mark.integration
