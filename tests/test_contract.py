@@ -216,3 +216,31 @@ class TestBdvN5S3MoBIE(AdapterContract):
         remote = tmp_path / "remote.xml"
         remote.write_text(re.sub(r"<ImageLoader.*?</ImageLoader>", loader, xml.read_text(), flags=re.S))
         return Expected(str(remote), _bdv_images(expected), "BigDataViewer bdv.n5.s3", voxel_size=(2.0, 0.5, 0.5))
+
+
+class TestBdvN5UniverseOmeZarr(AdapterContract):
+    """Mastodon's bdv.n5.universe over an OME-Zarr (zarr-python): setups are channels,
+    timepoints the t index."""
+
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        from bdv_zarr_fixtures import write_small_n5_universe
+
+        xml, images = write_small_n5_universe(tmp_path)
+        return Expected(str(xml), images, "BigDataViewer bdv.n5.universe", voxel_size=(2.0, 0.5, 0.5),
+                        unit="micrometer", groups=["setup0", "setup1"])
+
+
+class TestBdvMultiImageZarrOnS3(AdapterContract):
+    """BigStitcher's bdv.multimg.zarr (one OME-Zarr per tile, a channel picked by `indicies`),
+    on S3, with BigStitcher's pixel-unit registrations: the voxel size is the setup's."""
+
+    @pytest.fixture
+    def source(self, tmp_path, s3_server) -> Expected:
+        from bdv_zarr_fixtures import write_small_multimg
+
+        xml, images = write_small_multimg(tmp_path / "up")
+        s3_server.upload_dir(tmp_path / "up", "multimg", tmp_path.name, public=True)
+        return Expected(f"s3://multimg/{tmp_path.name}/{xml.name}", {f"{k}/timepoint0": v for k, v in images.items()},
+                        "BigDataViewer bdv.multimg.zarr", storage_options=s3_server.storage_options(),
+                        voxel_size=(1.0, 0.25, 0.25), unit="micrometer", groups=["setup0", "setup1", "setup2"])
