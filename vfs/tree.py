@@ -7,7 +7,7 @@ from functools import partial
 from dataclasses import asdict
 
 from ..adapters import Group, Image
-from . import bdv_views, hdf5_views
+from . import bdv_views, hdf5_views, pyramid_views
 from .nodes import DirNode, DynamicFile, FileNode, LazyDir, LazyFile, PlaneDir, static_file
 from .planes import PlaneSource
 from .ome_xml import ome_xml
@@ -46,9 +46,11 @@ def image_dir(image: Image, engine) -> DirNode:
             views[name] = describe(node)
 
     calibrations = []
+    sources = []
     for i, level in enumerate(image.levels):
         name = f"s{i}"
         src = PlaneSource(level, engine)
+        sources.append(src)
         layout = TiffLayout(src)
         calibrations.append(layout.cal)
         planes = {"planes": src.plane_count}
@@ -61,6 +63,9 @@ def image_dir(image: Image, engine) -> DirNode:
               lambda n: {"size": n.size, **planes})
         offer(f"{name}.h5", hdf5_views.unsupported_reason(level),
               lambda: LazyFile(partial(hdf5_views.level_h5, level, engine), image.mtime), lambda n: {"dataset": "/data"})
+    offer("image.ome.tif", pyramid_views.unsupported_reason(sources),
+          lambda: FileNode(pyramid_views.pyramid_file(sources, ome_xml(image, sources[0], "")), image.mtime),
+          lambda n: {"size": n.size, "levels": len(sources), "planes": sources[0].plane_count})
     offer("image.h5", next(filter(None, (hdf5_views.unsupported_reason(lv) for lv in image.levels)), None),
           lambda: LazyFile(partial(hdf5_views.image_h5, image, engine), image.mtime),
           lambda n: {"datasets": [f"/s{i}" for i in range(len(image.levels))]})
