@@ -35,7 +35,7 @@ OME_TILE = 512
 # 32-bit int (as float) and float. It reads int8 as unsigned and uint32 as signed: left out.
 IMAGEJ_DTYPES = {"uint8", "uint16", "int16", "float32", "int32"}
 # ImageJ 1.x holds a plane in one Java array, and reads only strips: planes with more pixels
-# than this are tiled (slide tools and pipelines read them by region) and get no ImageJ stack.
+# than it reads are tiled (slide tools and pipelines read them by region) and get no stack.
 IMAGEJ_MAX_PIXELS = 2**31 - 1
 TIFF_DTYPES = IMAGEJ_DTYPES | {"int8", "uint32", "uint64", "int64", "float16", "float64"}
 
@@ -46,6 +46,21 @@ def _align(n: int, pixel_bytes: int, tiled: bool = False) -> int:
     if tiled and pixel_bytes >= READ_ALIGN_FROM:
         n += READAHEAD_GUARD
     return -(-n // step) * step
+
+
+def imagej_max_pixels(itemsize: int) -> int:
+    """The most pixels a plane ImageJ 1.x reads may have. Its 8-bit reader fills the plane in
+    reads of 1/25 of it (whole multiples of 8192 bytes) and adds the next read's length to
+    the bytes read so far in a Java int: that sum must stay below 2^31 (about 2.06e9 pixels)."""
+    if itemsize != 1:
+        return IMAGEJ_MAX_PIXELS
+    step, parts = 8192, 25
+    k = 2**31 // (parts * step + step)  # reads of k * step bytes
+    return min(2**31 - k * step, parts * step * (k + 1) - 1)
+
+
+def beyond_imagej(src: PlaneSource) -> bool:
+    return src.height * src.width > imagej_max_pixels(src.dtype.itemsize)
 
 
 def is_tiled(plan) -> bool:
@@ -89,9 +104,10 @@ def unsupported_reason(src: PlaneSource, kind: str) -> str | None:
     if name not in allowed:
         who = {"tiff": "TIFF", "imagej": "ImageJ 1.x", "ome": "OME-TIFF"}[kind]
         return f"{who} cannot hold dtype {src.level.dtype}"
-    if kind == "imagej" and src.height * src.width > IMAGEJ_MAX_PIXELS:
-        return (f"a plane of {src.width} x {src.height} pixels is more than ImageJ 1.x can hold "
-                f"(2^31 - 1 pixels); its planes are tiled TIFFs in the level's folder")
+    if kind == "imagej" and beyond_imagej(src):
+        limit = imagej_max_pixels(src.dtype.itemsize)
+        return (f"a plane of {src.width} x {src.height} pixels is more than ImageJ 1.x reads ({limit} pixels "
+                f"of {src.dtype.name}; 2^31 - 1 at most); its planes are tiled TIFFs in the level's folder")
     if kind == "imagej" and src.plane_bytes >= CLASSIC_LIMIT - 4096:
         return "a single plane is 4 GiB or more; ImageJ 1.x cannot read BigTIFF"
     return None
@@ -115,7 +131,7 @@ class TiffLayout:
         self.strips = plan_strips(src.height, src.row_bytes)
         # Plane files: strips while ImageJ can open them, else tiles the size of the chunks.
         self.plane_plan = self.strips
-        if src.height * src.width > IMAGEJ_MAX_PIXELS:
+        if beyond_imagej(src):
             self.plane_plan = self.tiles()
         res = (1.0 / self.cal.pixel_width if self.cal.pixel_width else 1.0,
                1.0 / self.cal.pixel_height if self.cal.pixel_height else 1.0)
@@ -142,10 +158,12 @@ class TiffLayout:
         """Header, tables and pixel offset, identical for every plane file of the level."""
         desc = imagej_description(self.src, self.cal, stack=False)
         plan = self.plane_plan
-        for fmt in (TiffFormat(False), TiffFormat(True)):
+        # Classic TIFF (ImageJ reads no other) while it holds the plane, if need be without
+        # aligning its pixels to 1 MiB.
+        for fmt, aligned in ((TiffFormat(False), True), (TiffFormat(False), False), (TiffFormat(True), True)):
             ifd_at = fmt.header_len
             tables_at = ifd_at + fmt.ifd_len(self._tags(fmt, plan, 0, desc, tables_at=0))
-            pixel_offset = _align(tables_at + plan.tables_len(fmt), plan.nbytes, is_tiled(plan))
+            pixel_offset = _align(tables_at + plan.tables_len(fmt), plan.nbytes if aligned else 0, is_tiled(plan))
             if fmt.big or pixel_offset + plan.nbytes < CLASSIC_LIMIT:
                 break
         tags = self._tags(fmt, plan, pixel_offset, desc, tables_at)
@@ -228,7 +246,7 @@ class TiffLayout:
         if table_len:
             segments.append(TableSegment(tables_at, n if per_plane_ifds else 1, table_len, lambda i: plane_tags(i, None)))
         # Planes ImageJ could hold are read whole, plane after plane; larger ones by region.
-        readahead = src.readahead(src.czt) if src.height * src.width <= IMAGEJ_MAX_PIXELS else None
+        readahead = None if beyond_imagej(src) else src.readahead(src.czt)
         read = self.plane_reader(plan)
 
         def read_plane(i: int, a: int, b: int, out=None):
