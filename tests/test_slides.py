@@ -127,6 +127,27 @@ def test_image_ome_tif_holds_every_level_as_subifds(small_pyramid):
     assert info["views"]["image.ome.tif"] == {"size": len(raw), "levels": 3, "planes": 6}
 
 
+def test_image_ome_tif_levels_with_fewer_planes_show_the_nearest(tmp_path):
+    """A pyramid downsampled in z too: under each plane of level 0, a reduced level shows its
+    nearest plane (OME-TIFF reduces only x and y)."""
+    path = tmp_path / "z.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    shapes = [(6, 64, 96), (3, 32, 48), (1, 16, 24)]
+    arrays = []
+    for k, shape in enumerate(shapes):
+        arr = root.create_array(str(k), shape=shape, dtype="uint8", chunks=(1, 32, 32))
+        arr[...] = np.random.default_rng(k).integers(0, 255, shape, dtype="uint8")
+        arrays.append(arr[...])
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space"} for a in "zyx"],
+                                  "datasets": [{"path": str(k)} for k in range(3)]}]
+    fs = vfs_for(str(path))
+    with tifffile.TiffFile(io.BytesIO(read_all(fs, "/image.ome.tif"))) as tif:
+        levels = tif.series[0].levels
+        assert [lv.shape for lv in levels] == [(6, 64, 96), (6, 32, 48), (6, 16, 24)]
+        for level, arr in zip(levels, arrays):
+            np.testing.assert_array_equal(level.asarray(), arr[[z * len(arr) // 6 for z in range(6)]])
+
+
 def test_image_ome_tif_of_a_type_ome_cannot_hold_is_missing(tmp_path):
     path = tmp_path / "i64.zarr"
     sparse_pyramid(path, (40, 50), "int64", "yx", (16, 16), factors=[1, 2])
