@@ -10,7 +10,7 @@ allows it. Like raw2ometiff: PlanarConfiguration 1, Software, the old SubfileTyp
 2 reduced), resolution in pixels per centimeter.
 
     header | IFD of plane 0 (OME-XML) | IFDs of planes 1.. | SubIFDs of each plane
-           | strip of tables of each plane | pixels of level 0 (all planes) | level 1 | ...
+           | tables of each plane | pixels of level 0 (all planes) | level 1 | ...
 
 Tables (tile offsets and byte counts) are made only when read. A reduced level whose t, c or
 z sizes differ from level 0's (z downsampled too) shows, under each plane, its nearest plane.
@@ -21,8 +21,8 @@ from __future__ import annotations
 from .planes import LENGTH_IN_METERS, PlaneSource
 from .tiff import (ASCII, CLASSIC_LIMIT, IFD, IFD8, LONG, NEW_SUBFILE_TYPE, PLANAR_CONFIGURATION, RATIONAL,
                    RESOLUTION_UNIT, SHORT, SOFTWARE, SUB_IFDS, SUBFILE_TYPE, X_RESOLUTION, Y_RESOLUTION, Tag,
-                   TiffFormat, TilePlan, image_tags, plan_tiles, rational)
-from .tiff_views import _align, read_tiles, unsupported_reason as tiff_unsupported_reason
+                   TiffFormat, image_tags, rational)
+from .tiff_views import _align, chunk_tiles, read_tiles, unsupported_reason as tiff_unsupported_reason
 from .virtualfile import PixelSegment, RecordSegment, StaticSegment, TableSegment, VirtualFile
 
 SOFTWARE_NAME = b"ngffmount\0"
@@ -32,11 +32,6 @@ CENTIMETER = 3
 def unsupported_reason(sources: list[PlaneSource]) -> str | None:
     """Why an image cannot have image.ome.tif (the reason its sN.ome.tif files are missing)."""
     return next(filter(None, (tiff_unsupported_reason(src, "ome") for src in sources)), None)
-
-
-def chunk_tiles(src: PlaneSource) -> TilePlan:
-    chunk = src.level.chunk_shape
-    return plan_tiles(src.height, src.width, src.dtype.itemsize, (chunk[src.pos["y"]], chunk[src.pos["x"]]))
 
 
 def resolution_tags(src: PlaneSource) -> list[Tag]:

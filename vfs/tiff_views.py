@@ -34,10 +34,10 @@ OME_TILE = 512
 # What ImageJ 1.x reads exactly: 8/16-bit, 16-bit signed (via the description's calibration),
 # 32-bit int (as float) and float. It reads int8 as unsigned and uint32 as signed: left out.
 IMAGEJ_DTYPES = {"uint8", "uint16", "int16", "float32", "int32"}
+TIFF_DTYPES = IMAGEJ_DTYPES | {"int8", "uint32", "uint64", "int64", "float16", "float64"}
 # ImageJ 1.x holds a plane in one Java array, and reads only strips: planes with more pixels
 # than it reads are tiled (slide tools and pipelines read them by region) and get no stack.
 IMAGEJ_MAX_PIXELS = 2**31 - 1
-TIFF_DTYPES = IMAGEJ_DTYPES | {"int8", "uint32", "uint64", "int64", "float16", "float64"}
 
 
 def _align(n: int, pixel_bytes: int, tiled: bool = False) -> int:
@@ -65,6 +65,12 @@ def beyond_imagej(src: PlaneSource) -> bool:
 
 def is_tiled(plan) -> bool:
     return isinstance(plan, TilePlan)
+
+
+def chunk_tiles(src: PlaneSource) -> TilePlan:
+    """Tiles the size of the source chunks where TIFF allows it (tiff.tile_side)."""
+    chunk = src.level.chunk_shape
+    return plan_tiles(src.height, src.width, src.dtype.itemsize, (chunk[src.pos["y"]], chunk[src.pos["x"]]))
 
 
 def _fmt(value: float) -> str:
@@ -144,10 +150,7 @@ class TiffLayout:
                           tables_at=tables_at)
 
     def tiles(self) -> TilePlan:
-        """Tiles the size of the source chunks where TIFF allows it (tiff.tile_side)."""
-        src = self.src
-        chunk = self.src.level.chunk_shape
-        return plan_tiles(src.height, src.width, src.dtype.itemsize, (chunk[src.pos["y"]], chunk[src.pos["x"]]))
+        return chunk_tiles(self.src)
 
     def plane_reader(self, plan):
         """read(t, c, z, start, stop, out=None): bytes of a plane as `plan` stores them."""
@@ -263,7 +266,7 @@ def read_tiles(src: PlaneSource, plan: TilePlan, t: int, c: int, z: int, start: 
     """Bytes [start, stop) of a tiled plane: of each tile, only the rows the range touches are
     read from the level, zero-padded past the plane's edges. With `out`, written there."""
     buf = out if out is not None else memoryview(bytearray(stop - start))
-    rows, cols = plan.grid
+    cols = plan.grid[1]
     row_bytes = plan.tile_width * plan.itemsize
     pos = start
     while pos < stop:
