@@ -249,10 +249,12 @@ def tile_side(chunk: int, size: int) -> int:
     """A tile side that covers whole chunks, or lies within one, wherever TIFF allows it
     (a multiple of 16): then a tile read fetches only the chunks under it. Never much larger
     than the plane."""
-    if chunk % 16 == 0 and MIN_TILE <= chunk <= MAX_TILE:
-        side = chunk
-    elif chunk % 16 == 0 and 0 < chunk < MIN_TILE:
+    if chunk <= 0 or chunk % 16:
+        side = DEFAULT_TILE
+    elif chunk < MIN_TILE:
         side = chunk * -(-MIN_TILE // chunk)  # whole chunks
+    elif chunk <= MAX_TILE:
+        side = chunk
     else:
         # Within one chunk: the largest multiple of 16 up to MAX_TILE that divides it.
         side = next((t for t in range(MAX_TILE, MIN_TILE - 1, -16) if chunk % t == 0), DEFAULT_TILE)
