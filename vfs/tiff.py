@@ -198,13 +198,15 @@ class StripPlan:
 
 @dataclass(frozen=True)
 class TilePlan:
-    """A plane cut into tiles (edge tiles padded to full size), stored tile row by tile row."""
+    """A plane cut into tiles (edge tiles padded to full size), stored tile row by tile row,
+    each at least `gap` bytes after the end of the one before (strides of whole 4 KiB pages)."""
 
     height: int
     width: int
     itemsize: int
     tile_length: int  # multiples of 16 (TIFF)
     tile_width: int
+    gap: int = 0
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -220,11 +222,17 @@ class TilePlan:
         return self.tile_length * self.tile_width * self.itemsize
 
     @property
+    def stride(self) -> int:
+        """From one tile's start to the next one's."""
+        return self.tile_bytes if not self.gap else -(-self.tile_bytes // PAGE) * PAGE + self.gap
+
+    @property
     def nbytes(self) -> int:
-        return self.count * self.tile_bytes
+        """Through the end of the last tile (no gap after it)."""
+        return (self.count - 1) * self.stride + self.tile_bytes
 
     def tags(self, fmt: "TiffFormat", pixel_offset: int, tables_at: int | None = None) -> list["Tag"]:
-        offsets = Table(self.count, pixel_offset, self.tile_bytes)
+        offsets = Table(self.count, pixel_offset, self.stride)
         counts = Table(self.count, self.tile_bytes, 0)
         return [Tag(TILE_WIDTH, LONG, [self.tile_width]), Tag(TILE_LENGTH, LONG, [self.tile_length]),
                 *table_tags(fmt, (TILE_OFFSETS, TILE_BYTE_COUNTS), offsets, counts, tables_at)]
@@ -233,6 +241,7 @@ class TilePlan:
         return tables_len(fmt, self.count)
 
 
+PAGE = 4096
 STRIP_TARGET_BYTES = 256 << 10
 # Tiles smaller than this make tables of millions of entries that readers load whole; larger
 # ones make readers of a small region read (and hold) far more than it.
@@ -261,8 +270,8 @@ def tile_side(chunk: int, size: int) -> int:
     return min(side, -(-size // 16) * 16)
 
 
-def plan_tiles(height: int, width: int, itemsize: int, chunk_yx: tuple[int, int]) -> TilePlan:
-    return TilePlan(height, width, itemsize, tile_side(chunk_yx[0], height), tile_side(chunk_yx[1], width))
+def plan_tiles(height: int, width: int, itemsize: int, chunk_yx: tuple[int, int], gap: int = 0) -> TilePlan:
+    return TilePlan(height, width, itemsize, tile_side(chunk_yx[0], height), tile_side(chunk_yx[1], width), gap)
 
 
 def image_tags(
