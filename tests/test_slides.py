@@ -186,6 +186,30 @@ def test_planes_past_imagejs_reach_are_tiled_and_get_no_stack(tmp_path, dtype, s
         np.testing.assert_array_equal(got[y:y + 1024, x:x + 1024], arrays[0][y:y + 1024, x:x + 1024])
 
 
+def test_image_ome_tif_resolution_tags_are_those_of_each_sn_ome_tif(small_pyramid, tmp_path):
+    """Each level of image.ome.tif states its pixel size as sN.ome.tif does: pixels per cm with
+    ResolutionUnit 3 when x and y have a length unit, else pixels per unit with none."""
+    half = tmp_path / "x-unit-only.zarr"  # y has no unit: no centimeters for either axis
+    root = zarr.open_group(str(half), mode="w", zarr_format=2)
+    for k in range(2):
+        root.create_array(str(k), shape=(40 >> k, 50 >> k), dtype="uint8", chunks=(16, 16))
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space", "unit": "micrometer"}]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [0.5 * 2**k, 0.25 * 2**k]}]}
+        for k in range(2)]}]
+    for path, unit, x_res in ((small_pyramid[0], 3, [(40000, 1), (40000, 3), (40000, 7)]), (half, 1, [(4, 1), (2, 1)])):
+        fs = vfs_for(str(path))
+        with tifffile.TiffFile(VirtualReader(fs, "/image.ome.tif")) as tif:
+            pyramid = [level.pages[0].tags for level in tif.series[0].levels]
+        assert [tags["ResolutionUnit"].value for tags in pyramid] == [unit] * len(x_res)
+        assert [tags["XResolution"].value for tags in pyramid] == x_res
+        for k, tags in enumerate(pyramid):
+            with tifffile.TiffFile(VirtualReader(fs, f"/s{k}.ome.tif")) as tif:
+                own = tif.pages[0].tags
+            for name in ("XResolution", "YResolution", "ResolutionUnit"):
+                assert tags[name].value == own[name].value, (path.name, k, name)
+
+
 # -- real mounts of slide-size stores ---------------------------------------------------------
 
 

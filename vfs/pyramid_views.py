@@ -7,7 +7,7 @@ SubIFDs (tag 330), largest first, chained to one another and left out of the mai
 with NewSubfileType 1 (the specification's value; raw2ometiff also sets the page bit when
 there are several planes). Every level is tiled, in tiles the size of its chunks where TIFF
 allows it. Like raw2ometiff: PlanarConfiguration 1, Software, the old SubfileType (1 full,
-2 reduced), resolution in pixels per centimeter.
+2 reduced), resolution in pixels per centimeter (the tags of sN.ome.tif, tiff_views.ome_resolution).
 
     header | IFD of plane 0 (OME-XML) | IFDs of planes 1.. | SubIFDs of each plane
            | tables of each plane | pixels of level 0 (all planes) | level 1 | ...
@@ -18,15 +18,13 @@ z sizes differ from level 0's (z downsampled too) shows, under each plane, its n
 
 from __future__ import annotations
 
-from .planes import LENGTH_IN_METERS, PlaneSource
-from .tiff import (ASCII, CLASSIC_LIMIT, IFD, IFD8, LONG, NEW_SUBFILE_TYPE, PLANAR_CONFIGURATION, RATIONAL,
-                   RESOLUTION_UNIT, SHORT, SOFTWARE, SUB_IFDS, SUBFILE_TYPE, X_RESOLUTION, Y_RESOLUTION, Tag,
-                   TiffFormat, image_tags, rational)
-from .tiff_views import _align, chunk_tiles, read_tiles, unsupported_reason as tiff_unsupported_reason
+from .planes import PlaneSource
+from .tiff import (ASCII, CLASSIC_LIMIT, IFD, IFD8, LONG, NEW_SUBFILE_TYPE, PLANAR_CONFIGURATION, SHORT, SOFTWARE,
+                   SUB_IFDS, SUBFILE_TYPE, Tag, TiffFormat, image_tags)
+from .tiff_views import _align, chunk_tiles, ome_resolution, read_tiles, unsupported_reason as tiff_unsupported_reason
 from .virtualfile import PixelSegment, RecordSegment, StaticSegment, TableSegment, VirtualFile
 
 SOFTWARE_NAME = b"ngffmount\0"
-CENTIMETER = 3
 
 
 def unsupported_reason(sources: list[PlaneSource]) -> str | None:
@@ -34,27 +32,10 @@ def unsupported_reason(sources: list[PlaneSource]) -> str | None:
     return next(filter(None, (tiff_unsupported_reason(src, "ome") for src in sources)), None)
 
 
-def resolution_tags(src: PlaneSource) -> list[Tag]:
-    """Pixels per centimeter when x and y have a length unit (as raw2ometiff writes them), else
-    pixels per unit with no unit."""
-    level = src.level
-    values, unit = [], CENTIMETER
-    for axis in ("x", "y"):
-        p = src.pos[axis]
-        scale, name = level.scale[p], level.axes[p].unit
-        if name in LENGTH_IN_METERS and scale > 0:
-            values.append(0.01 / (scale * LENGTH_IN_METERS[name]))
-        else:
-            values.append(1.0 / scale if scale > 0 else 1.0)
-            unit = 1
-    return [Tag(X_RESOLUTION, RATIONAL, [rational(values[0])]), Tag(Y_RESOLUTION, RATIONAL, [rational(values[1])]),
-            Tag(RESOLUTION_UNIT, SHORT, [unit])]
-
-
 class _Level:
     def __init__(self, src: PlaneSource, top: PlaneSource):
         self.src, self.plan = src, chunk_tiles(src)
-        self.resolution = resolution_tags(src)
+        self.resolution, self.resolution_unit = ome_resolution(src)  # as in sN.ome.tif
         self.nbytes = self.plan.nbytes
         self.sizes = ((src.nt, top.nt), (src.nc, top.nc), (src.nz, top.nz))
 
@@ -132,13 +113,13 @@ class _Layout:
         tables_at = self.tables_at + plane * self.table_len + sum(self.table_lens[:lv])
         pixel_offset = self.pixels_at[lv] + plane * level.nbytes
         tags = [t for t in image_tags(fmt, src.width, src.height, src.dtype, level.plan, pixel_offset, description,
-                                      tables_at=tables_at) if t.code != NEW_SUBFILE_TYPE]
+                                      level.resolution, level.resolution_unit, tables_at=tables_at)
+                if t.code != NEW_SUBFILE_TYPE]
         tags += [
             Tag(NEW_SUBFILE_TYPE, LONG, [1 if lv else 0]),
             Tag(SUBFILE_TYPE, SHORT, [2 if lv else 1]),
             Tag(PLANAR_CONFIGURATION, SHORT, [1]),
             Tag(SOFTWARE, ASCII, SOFTWARE_NAME),
-            *level.resolution,
         ]
         if lv == 0 and len(self.levels) > 1:
             subs = [self.sub_at(k, plane) for k in range(1, len(self.levels))]

@@ -43,6 +43,7 @@ TIFF_DTYPES = IMAGEJ_DTYPES | {"int8", "uint32", "uint64", "int64", "float16", "
 # ImageJ 1.x holds a plane in one Java array, and reads only strips: planes with more pixels
 # than it reads are tiled (slide tools and pipelines read them by region) and get no stack.
 IMAGEJ_MAX_PIXELS = 2**31 - 1
+RESOLUTION_NONE, RESOLUTION_CENTIMETER = 1, 3  # TIFF ResolutionUnit values
 
 
 def _align(n: int, pixel_bytes: int, tiled: bool = False) -> int:
@@ -124,6 +125,32 @@ def unsupported_reason(src: PlaneSource, kind: str) -> str | None:
     return None
 
 
+def per_unit(cal: Calibration) -> tuple[float, float]:
+    """Pixels per calibrated unit in x and y (ImageJ's resolution tags, ResolutionUnit 1)."""
+    return (1.0 / cal.pixel_width if cal.pixel_width else 1.0, 1.0 / cal.pixel_height if cal.pixel_height else 1.0)
+
+
+def per_cm(src: PlaneSource) -> tuple[float, float] | None:
+    """Pixels per centimeter in x and y, when both axes have a length unit; else None."""
+    out = []
+    for name in ("x", "y"):
+        p = src.pos[name]
+        unit, scale = src.level.axes[p].unit, src.level.scale[p]
+        if unit not in LENGTH_IN_METERS or not scale > 0:
+            return None
+        out.append(1e-2 / (scale * LENGTH_IN_METERS[unit]))
+    return (out[0], out[1]) if all(0 < v < 2**32 for v in out) else None  # a TIFF RATIONAL holds it
+
+
+def ome_resolution(src: PlaneSource, cal: Calibration | None = None) -> tuple[tuple[float, float], int]:
+    """Resolution tags of OME-TIFF images (sN.ome.tif, image.ome.tif): pixels per centimeter
+    with ResolutionUnit 3 (centimeter) as Bio-Formats and raw2ometiff write them, when x and y
+    have a length unit; else pixels per unit with ResolutionUnit 1 (none)."""
+    if (values := per_cm(src)) is not None:
+        return values, RESOLUTION_CENTIMETER
+    return per_unit(cal or src.calibration()), RESOLUTION_NONE
+
+
 class PlaneHeader(NamedTuple):
     """What every plane file of a level shares: the segments before the pixels, where the
     pixels start, and the file size."""
@@ -136,7 +163,7 @@ class PlaneHeader(NamedTuple):
 class TiffLayout:
     """Shared geometry of the TIFF views of one level."""
 
-    resolution_unit = 1  # none: ImageJ takes the unit from the description
+    resolution_unit = RESOLUTION_NONE  # ImageJ takes the unit from the description
 
     def __init__(self, src: PlaneSource):
         self.src = src
@@ -146,26 +173,13 @@ class TiffLayout:
         self.plane_plan = self.strips
         if beyond_imagej(src):
             self.plane_plan = self.tiles()
-        res = (1.0 / self.cal.pixel_width if self.cal.pixel_width else 1.0,
-               1.0 / self.cal.pixel_height if self.cal.pixel_height else 1.0)
-        self.resolution = res
+        self.resolution = per_unit(self.cal)
 
     def _tags(self, fmt: TiffFormat, plan, pixel_offset: int, description: bytes | None,
               tables_at: int | None = None):
         s = self.src
         return image_tags(fmt, s.width, s.height, s.dtype, plan, pixel_offset, description, self.resolution,
                           self.resolution_unit, tables_at=tables_at)
-
-    def per_cm(self) -> tuple[float, float] | None:
-        """Pixels per centimeter in x and y, when both axes have a length unit; else None."""
-        out = []
-        for name in ("x", "y"):
-            p = self.src.pos[name]
-            unit, scale = self.src.level.axes[p].unit, self.src.level.scale[p]
-            if unit not in LENGTH_IN_METERS or not scale > 0:
-                return None
-            out.append(1e-2 / (scale * LENGTH_IN_METERS[unit]))
-        return (out[0], out[1]) if all(0 < v < 2**32 for v in out) else None  # a TIFF RATIONAL holds it
 
     def tiles(self) -> TilePlan:
         return chunk_tiles(self.src)
@@ -224,12 +238,10 @@ class TiffLayout:
         plan = self.strips
         if src.plane_bytes > TILE_ABOVE_BYTES or src.width > TILE_ABOVE_WIDTH:
             plan = TilePlan(src.height, src.width, src.dtype.itemsize, OME_TILE, OME_TILE, TILE_GAP)
-        # Resolution in pixels per cm (ResolutionUnit 3), as Bio-Formats writes it, for
-        # readers of the tags alone; the OME-XML stays the source of truth.
-        layout = self
-        if (per_cm := self.per_cm()) is not None:
-            layout = copy.copy(self)
-            layout.resolution, layout.resolution_unit = per_cm, 3
+        # Resolution in pixels per cm (ResolutionUnit 3) where it can be, for readers of the
+        # tags alone; the OME-XML stays the source of truth.
+        layout = copy.copy(self)
+        layout.resolution, layout.resolution_unit = ome_resolution(src, self.cal)
         return layout._multipage(ome_xml, plan, big_allowed=True)
 
     def _multipage(self, description: bytes, plan, big_allowed: bool) -> VirtualFile:
