@@ -29,6 +29,7 @@ from ngffmount.adapters.storage import TRANSFERS
 from ngffmount.vfs.tiff import LONG, LONG8, Table, Tag, tile_side
 from ngffmount.vfs.tiff_views import imagej_max_pixels
 from ngffmount.vfs.virtualfile import TableSegment
+from zarr_fixtures import pattern
 from slide_fixtures import (COURSE_HEIGHT, COURSE_WIDTH, course_slide, daemon_rss_mib, run, sparse_pyramid,
                             tiff_end, tiff_levels, windows)
 
@@ -208,6 +209,51 @@ def test_image_ome_tif_resolution_tags_are_those_of_each_sn_ome_tif(small_pyrami
                 own = tif.pages[0].tags
             for name in ("XResolution", "YResolution", "ResolutionUnit"):
                 assert tags[name].value == own[name].value, (path.name, k, name)
+
+
+def test_orthogonal_planes_past_imagejs_reach_are_tiled_by_z_and_x_chunks(tmp_path):
+    """An XZ plane of 46000 z x 46000 x (uint8, more than ImageJ reads) is a tiled plane
+    file, in tiles of the z and x chunk sides; a YZ plane of 3 y stays in strips."""
+    depth = width = 46000
+    path = tmp_path / "deep.zarr"
+    arr = sparse_pyramid(path, (depth, 3, width), "uint8", "zyx", (1024, 1, 1024), factors=[1])[0]
+    for seed, (z, x) in enumerate([(0, 0), (depth // 2 - 512, width // 2 + 100), (depth - 1024, width - 1024)]):
+        arr[z:z + 1024, 1, x:x + 1024] = pattern((1024, 1024), "uint8", seed=seed + 1)
+    fs = vfs_for(str(path))
+    before = TRANSFERS.requests
+    info = json.loads(read_all(fs, "/info.json"))
+    size = fs.getattr("/s0.xz/y00001.tif")["st_size"]
+    assert TRANSFERS.requests == before, "listing and stat read no chunk"
+    assert info["views"]["s0.xz/"]["file_size"] == size and "s0.tif" in info["views"]
+    with tifffile.TiffFile(VirtualReader(fs, "/s0.xz/y00001.tif")) as tif:
+        page = tif.pages[0]
+        assert page.shape == (depth, width) and page.is_tiled and (page.tilelength, page.tilewidth) == (1024, 1024)
+        assert size == max(o + n for o, n in zip(page.dataoffsets, page.databytecounts))
+    got = tiff_levels(VirtualReader(fs, "/s0.xz/y00001.tif"))[0]
+    for z, x in windows(depth, width):
+        np.testing.assert_array_equal(got[z:z + 1024, x:x + 1024], arr[z:z + 1024, 1, x:x + 1024])
+    with tifffile.TiffFile(VirtualReader(fs, "/s0.yz/x23100.tif")) as tif:
+        assert not tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.pages[0].asarray(), arr[:, :, 23100])
+
+
+def test_crops_of_a_tiled_level_within_imagejs_reach_are_stacks(tmp_path):
+    """A level past ImageJ's reach has no sN.tif, but its crops whose planes ImageJ reads are
+    ImageJ stacks of the box; a box past that reach is not found."""
+    side = 46000
+    path = tmp_path / "slide.zarr"
+    arr = sparse_pyramid(path, (side, side), "uint8", "yx", (1024, 1024), factors=[1],
+                         written=[(0, side // 2, side // 2)])[0]
+    fs = vfs_for(str(path))
+    assert "s0.tif" not in fs.readdir("/") and "crop" in fs.readdir("/")
+    box = f"y{side // 2 - 100}-{side // 2 + 900}_x{side // 2 + 24}-{side // 2 + 1024}"
+    with tifffile.TiffFile(io.BytesIO(read_all(fs, f"/crop/s0/{box}.tif"))) as tif:
+        assert tif.is_imagej and not tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.asarray(), arr[side // 2 - 100:side // 2 + 900, side // 2 + 24:side // 2 + 1024])
+    assert fs.getattr("/crop/s0/y0-45000_x0-45000.tif")["st_size"] > 45000 * 45000  # 2.025e9 pixels: ImageJ's
+    for past in ("y0-45500_x0-45500", f"y0-{side}_x0-{side}"):
+        with pytest.raises(FileNotFoundError):
+            fs.getattr(f"/crop/s0/{past}.tif")
 
 
 # -- real mounts of slide-size stores ---------------------------------------------------------
