@@ -35,8 +35,8 @@ def test_tree_names_and_sizes_come_from_metadata(czyx_store):
     fs = vfs_for(str(path))
     before = TRANSFERS.requests
     assert fs.readdir("/") == ["info.json", "s0", "s0.tif", "s0.ome.tif", "s0.h5", "s0.xz", "s0.yz", "s1", "s1.tif",
-                               "s1.ome.tif", "s1.h5", "s1.xz", "s1.yz", "image.h5", "bdv.xml", "bdv.h5", "crop",
-                               "preview.png"]
+                               "s1.ome.tif", "s1.h5", "s1.xz", "s1.yz", "image.ome.tif", "image.h5", "bdv.xml", "bdv.h5",
+                               "crop", "preview.png"]
     names = fs.readdir("/s0")
     assert names == sorted(names) and len(names) == 6
     assert names[0] == "t00000_c000_z00000.tif" and names[-1] == "t00000_c001_z00002.tif"

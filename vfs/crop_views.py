@@ -94,8 +94,9 @@ def crop_readme(image) -> bytes:
         "",
         "A box name lists ranges in t, c, z, y, x order as <axis><start>-<stop>, joined by _.",
         "Ranges are half-open, in voxels of that level; a left-out axis spans its whole extent.",
-        f"This image's axes: {', '.join(axes)}. A name that does not parse, an empty range or",
-        "a range outside the level is not found (ENOENT).",
+        f"This image's axes: {', '.join(axes)}. A name that does not parse, an empty range,",
+        "a range outside the level or a box whose planes hold more pixels than ImageJ 1.x",
+        "reads is not found (ENOENT).",
         "",
         "Levels (sizes per axis):",
     ]

@@ -118,7 +118,7 @@ class PlaneDir(DirNode):
         self._header = layout.plane_header()
         # Image Sequence readers open the files in name order: read ahead across files.
         self._readahead = src.readahead(src.tcz)
-        self.file_size = self._header[1] + src.plane_bytes
+        self.file_size = self._header.size
 
     def plane_name(self, t: int, c: int, z: int) -> str:
         wt, wc, wz = self.widths
