@@ -31,3 +31,8 @@ class Unsupported(NgffMountError):
 
 class ChunkReadError(NgffMountError):
     """A chunk could not be fetched or decoded (turns into EIO for one read)."""
+
+
+class SourceChanged(ChunkReadError):
+    """An array's metadata changed at the source under a mount: its reads fail until a remount
+    (logged once where it was found, not per read)."""

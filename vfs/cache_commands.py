@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from ..adapters import Image, NgffMountError, open_source
+from ..adapters import Image, NgffMountError, normalize_url, open_source
 from ..cache.disk import DiskCache
 from ..cache.engine import ChunkEngine
 from ..cache.region import chunks_touching
@@ -56,12 +56,16 @@ def cache_info(directory: str) -> str:
         disk.close()
 
 
-def cache_clear(directory: str) -> str:
+def cache_clear(directory: str, source: str | None = None) -> str:
+    """Empty the cache folder, or with `source`, drop only the entries fetched through it."""
     if not os.path.isdir(directory):
         return f"cache directory {directory} does not exist: nothing to clear"
     disk = DiskCache(directory, size_limit=None)
     try:
-        return f"removed {disk.clear()} entries from {directory}"
+        if source is None:
+            return f"removed {disk.clear()} entries from {directory}"
+        url = normalize_url(source)
+        return f"removed {disk.clear_source(url)} entries of {url} from {directory}"
     finally:
         disk.close()
 
@@ -115,7 +119,7 @@ def prefetch(source: str, storage_options: dict, concurrency: int, cache_dir: st
         for name, level in zip(names, image.levels):
             if level_name is None or name == level_name:
                 targets.append((f"{prefix}{name}", level, parse_region(region, level)))
-    engine = ChunkEngine(disk=DiskCache(cache_dir, cache_size), memory_bytes=0)
+    engine = ChunkEngine(disk=DiskCache(cache_dir, cache_size, source=normalize_url(source)), memory_bytes=0)
     total = sum(len(chunks_touching(level, lo, hi)) for _, level, (lo, hi) in targets)
     done = fetched = nbytes = 0
     started = time.monotonic()
