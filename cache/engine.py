@@ -324,7 +324,7 @@ class ChunkEngine:
             deliver(idx, exc)
             return
         deliver(idx, data)
-        if isinstance(data, (bytes, bytearray, memoryview)):
+        if isinstance(data, (bytes, bytearray, memoryview)) and (meta is not None or entry is None):
             self._disk_put(level, idx, dkey, data, slots, meta)
         else:
             if data is None and entry is not None:
@@ -341,6 +341,10 @@ class ChunkEngine:
             self.stats.add("revalidated")
             return previous[0], {**previous[1], "validated": time.time()}
         except BaseException as exc:
+            if previous is not None and isinstance(exc, Exception):
+                # The source cannot be asked now: the cached chunk serves, still past its age.
+                self.stats.add("revalidation_failures")
+                return previous[0], None
             return exc, None
         if previous is not None:
             self.stats.add("revalidated")

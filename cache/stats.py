@@ -22,6 +22,7 @@ COUNTERS = (
     "prefetched",  # chunks queued by readahead
     "revalidated",  # cached chunks checked against the source again (--revalidate)
     "chunks_changed",  # of those, chunks whose bytes had changed at the source
+    "revalidation_failures",  # the source could not be asked: the cached chunk was served
     "errors",
 )
 

@@ -83,7 +83,9 @@ class _RangeHandler(BaseHTTPRequestHandler):
         # Not urlsplit(): it would read "//etc/passwd" as a network location.
         urlpath = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
         status = srv.fail_paths.get(urlpath)
-        srv._record(self.command, urlpath, self.headers.get("If-None-Match"))
+        srv._record(self.command, urlpath)
+        if "If-None-Match" in self.headers or "If-Modified-Since" in self.headers:
+            srv._count_conditional(urlpath)
         if status is not None:
             return self._error(status, body)
         full = srv.resolve(urlpath)
@@ -223,8 +225,7 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
 
 class RequestCounters:
     """Requests seen, bytes served and a log of recent requests, for tests to assert on.
-    Each log entry is the tuple the server passes to _record, starting (method, url_path)
-    (RangeHTTPServer adds the request's If-None-Match header, or None)."""
+    Each log entry is the tuple the server passes to _record, starting (method, url_path)."""
 
     log_size = 10_000  # how many recent requests .log keeps
 
@@ -236,6 +237,12 @@ class RequestCounters:
     def requests(self) -> int:
         with self._lock:
             return self._requests
+
+    @property
+    def conditional_paths(self) -> list[str]:
+        """Paths of the requests that carried If-None-Match or If-Modified-Since, oldest first."""
+        with self._lock:
+            return list(self._conditional)
 
     @property
     def not_modified(self) -> int:
@@ -263,12 +270,17 @@ class RequestCounters:
             self._requests = 0
             self._bytes = 0
             self._not_modified = 0
+            self._conditional = collections.deque(maxlen=self.log_size)
             self._log = collections.deque(maxlen=self.log_size)
 
     def _record(self, *entry) -> None:
         with self._lock:
             self._requests += 1
             self._log.append(entry)
+
+    def _count_conditional(self, path: str) -> None:
+        with self._lock:
+            self._conditional.append(path)
 
     def _count_not_modified(self) -> None:
         with self._lock:

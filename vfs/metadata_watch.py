@@ -45,9 +45,9 @@ def changed_arrays(old: Image | Group, new: Image | Group) -> dict[str, str]:
     """Cache tokens of `old`'s arrays whose metadata differs in `new` (or that are gone), each
     with a line saying what changed. Only arrays whose token is known without a request are
     compared (a BigDataViewer file is opened when first read)."""
-    fresh = {(path, i): level for path, image in _images(new) for i, level in enumerate(image.levels)}
+    fresh = {(path, i): level for path, image in _with_labels(new) for i, level in enumerate(image.levels)}
     changes = {}
-    for path, image in _images(old):
+    for path, image in _with_labels(old):
         for i, level in enumerate(image.levels):
             token = _known_token(level)
             if token is None:
@@ -59,6 +59,13 @@ def changed_arrays(old: Image | Group, new: Image | Group) -> dict[str, str]:
             elif other.cache_token != token:
                 changes[token] = f"{name} changed at the source ({_describe_change(level, other)})"
     return changes
+
+
+def _with_labels(node: Image | Group):
+    for path, image in _images(node):
+        yield path, image
+        for name, label in image.labels.items():
+            yield f"{path}labels/{name}/", label
 
 
 def _known_token(level) -> str | None:
