@@ -56,6 +56,15 @@ class Level:
             data = self.fetch_many([key])[key]
         return data, None if seen.version is None else asdict(seen.version)
 
+    # Where chunks lie is read once per mount (a BigDataViewer HDF5 file's chunk index): a
+    # changed chunk means the level can only be read again after a remount.
+    layout_fixed = False
+
+    def forget_layout(self) -> bool:
+        """Forget where chunks lie, where that was read from the source (shard indices), so the
+        next fetches read it again. Whether there was anything to forget."""
+        return False
+
     def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
         """Decode one chunk's bytes into an array of exactly `chunk_shape`."""
         raise NotImplementedError

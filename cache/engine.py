@@ -55,6 +55,7 @@ class ChunkEngine:
         self._loaded_at: dict[tuple, float] = {}  # with revalidate: when each resident chunk came in
         self._loads = itertools.count()  # with revalidate: names each load's decoded blocks apart
         self._stale: set[str] = set()  # cache tokens of arrays whose metadata changed at the source
+        self._layout_read_at: dict[str, float] = {}  # with revalidate: per cache token, see _layout_due
         self.memory = MemoryLRU(memory_bytes, on_evict=self._evicted)
         # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
@@ -335,6 +336,8 @@ class ChunkEngine:
         """(bytes | None | the exception that stopped the fetch, the entry metadata to store).
         With `previous` (a disk entry past its age), the fetch is conditional on its version."""
         old_version = (previous[1] or {}).get("version") if previous is not None else None
+        if self.revalidate and self._layout_due(level):
+            level.forget_layout()  # shard indices are revalidated too: read again, once per AGE
         try:
             data, version = level.fetch_versioned(key, old_version)
         except NotModified:
@@ -351,13 +354,36 @@ class ChunkEngine:
             if data != previous[0]:
                 self.stats.add("chunks_changed")
                 self._log_changed(level, key, old_version, version, data is None)
+                if level.layout_fixed:
+                    if self.mark_stale([level.cache_token]):
+                        log.error("%s: array %s changed at the source; its reads fail with EIO: remount to see "
+                                  "the new data", self._source_name(), level.path or ".")
+                    return SourceChanged(f"the array {level.path or '.'} changed at the source: remount to read it"), None
+                try:
+                    if level.forget_layout():  # the bytes came from where the chunk lay before
+                        data, version = level.fetch_versioned(key)
+                except BaseException as exc:
+                    return exc, None
         return data, {"version": version, "validated": time.time()}
 
+    def _layout_due(self, level) -> bool:
+        """Whether the level's chunk layout was read AGE ago (the first call starts the clock)."""
+        now = time.monotonic()
+        with self._lock:
+            since = self._layout_read_at.setdefault(level.cache_token, now)
+            if now - since < self.revalidate:
+                return False
+            self._layout_read_at[level.cache_token] = now
+            return True
+
+    def _source_name(self) -> str:
+        return (self.disk.source if self.disk is not None else None) or "the source"
+
     def _log_changed(self, level, key: str, old: dict | None, new: dict | None, gone: bool) -> None:
-        source = (self.disk.source if self.disk is not None else None) or "the source"
         what = "is gone" if gone else "changed"
         log.warning("%s: chunk %s of array %s %s at the source (ETag %s -> %s); planes read before may mix "
-                    "old and new chunks", source, key, level.path or ".", what, _etag_of(old), _etag_of(new))
+                    "old and new chunks", self._source_name(), key, level.path or ".", what, _etag_of(old),
+                    _etag_of(new))
 
     def _fresh(self, meta: dict | None) -> bool:
         """Whether a disk entry may be served without asking the source."""
@@ -375,13 +401,13 @@ class ChunkEngine:
         self._loaded_at.pop(memory_key, None)
         self._memory_changed(memory_key)
 
-    def mark_stale(self, tokens) -> None:
-        """Arrays (cache tokens) whose metadata changed at the source: their reads fail from now on."""
-        self._stale.update(tokens)
-
-    @property
-    def stale_tokens(self) -> frozenset[str]:
-        return frozenset(self._stale)
+    def mark_stale(self, tokens) -> set[str]:
+        """Arrays (cache tokens) that changed at the source in a way this mount cannot follow:
+        their reads fail from now on. Returns the tokens not marked before (to log once)."""
+        with self._lock:
+            new = set(tokens) - self._stale
+            self._stale.update(new)
+        return new
 
     def _disk_put(self, level, idx, key: str, data: bytes, slots: list[int], meta: dict | None = None) -> None:
         """Hand fetched bytes to the write-behind (its thread lets go of their fetch slots),

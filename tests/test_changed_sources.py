@@ -247,6 +247,12 @@ def test_disk_entries_of_the_old_format_still_read(tmp_path):
     disk.close()
 
 
+def settle(engine) -> None:
+    """Fetches done (each hands its bytes to the disk after the reader), then written."""
+    assert engine.wait_idle(10)
+    engine.flush_disk()
+
+
 def test_decoded_blocks_of_a_changed_chunk_are_not_reused(tmp_path, caplog):
     """A chunk kept encoded (Blosc blocks decoded as read) and rewritten at the source: past
     the age, the reader gets blocks of the new bytes, never blocks decoded from the old."""
@@ -264,7 +270,7 @@ def test_decoded_blocks_of_a_changed_chunk_are_not_reused(tmp_path, caplog):
     level = open_source(str(path)).levels[0]
     np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (1, 256, 256))[0], data[0])
     assert engine.stats.snapshot()["block_decodes"] >= 1
-    engine.flush_disk()
+    settle(engine)
     zarr.open_array(str(path / "0"), mode="r+")[...] = 65535 - data
     np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (1, 256, 256))[0], data[0])  # within age
     time.sleep(0.4)
@@ -273,7 +279,7 @@ def test_decoded_blocks_of_a_changed_chunk_are_not_reused(tmp_path, caplog):
     s = engine.stats.snapshot()
     assert s["chunks_changed"] == 1 and s["revalidated"] == 1
     assert "chunk 0/0/0 of array 0 changed at the source (ETag none -> none)" in caplog.text
-    engine.flush_disk()
+    settle(engine)
     assert engine.disk.get(f"{level.cache_token}/0/0/0") == level.fetch_many(["0/0/0"])["0/0/0"]
 
 
@@ -287,7 +293,7 @@ def test_revalidation_that_cannot_reach_the_source_serves_the_cached_chunk(tmp_p
     engine = ChunkEngine(DiskCache(str(tmp_path / "cache")), revalidate=0.2)
     level = open_source(f"{http_server.url}/{name}").levels[0]
     np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (1, 32, 32))[0], data[0, :32, :32])
-    engine.flush_disk()
+    settle(engine)
     time.sleep(0.3)
     http_server.fail_paths[f"/{name}/0/0/0/0"] = 403
     try:
@@ -314,3 +320,63 @@ def test_revalidate_option_from_fstab_and_cli():
     assert build_parser().parse_args(["mount", "src", "mnt"]).revalidate is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["mount", "src", "mnt", "--revalidate", "soon"])
+
+
+def test_changed_chunk_of_a_shard_is_read_from_the_new_shard_index(tmp_path, caplog):
+    """A rewritten shard moves its inner chunks: past the age, the changed chunk is read
+    through the new shard index, never from where it lay in the old shard."""
+    from ngffmount.adapters import open_source
+    from ngffmount.cache.engine import ChunkEngine
+    from ngffmount.cache.region import read_region
+
+    path = tmp_path / "sharded.zarr"
+    data = np.full((2, 64, 64), 5, np.uint16)  # one shard of 8 inner chunks, all compressing small
+    write_ome_zarr(path, data, "zyx", version="0.5", levels=1, chunks=(1, 32, 32), shards=(2, 64, 64))
+    engine = ChunkEngine(DiskCache(str(tmp_path / "cache")), revalidate=0.3)
+    level = open_source(str(path)).levels[0]
+    np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (2, 64, 64)), data)
+    settle(engine)
+    new = data.copy()
+    new[0, :32, :32] = np.random.default_rng(1).integers(0, 65535, (32, 32), dtype=np.uint16)  # grows: the rest move
+    new[1, 32:, 32:] = 7
+    zarr.open_array(str(path / "0"), mode="r+")[...] = new
+    time.sleep(0.4)
+    with caplog.at_level("WARNING", logger="ngffmount"):
+        np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (2, 64, 64)), new)
+    assert engine.stats.snapshot()["chunks_changed"] >= 2
+
+
+def test_rewritten_bigdataviewer_hdf5_fails_reads_until_remount(tmp_path, http_server, caplog):
+    """A BigDataViewer HDF5 file's chunk index is read once per mount: when --revalidate finds
+    its chunks changed, the level's reads fail with EIO and the log says to remount."""
+    import h5py
+
+    from bdv_fixtures import write_bdv_hdf5
+    from conftest import read_all, tiff_array, vfs_for
+    from ngffmount.adapters.errors import SourceChanged
+    from ngffmount.cache.engine import ChunkEngine
+
+    name = f"bdv-{tmp_path.name}"
+    xml, expected = write_bdv_hdf5(http_server.www / name, (4, 64, 64), setups=1, timepoints=1, chunks=(2, 32, 32),
+                                   levels=1, compression=None)
+    engine = ChunkEngine(DiskCache(str(tmp_path / "cache")), revalidate=0.3)
+    fs = vfs_for(f"{http_server.url}/{name}/{xml.name}", engine=engine)
+    np.testing.assert_array_equal(tiff_array(read_all(fs, "/s0/z00001.tif")), expected[(0, 0, 0)][1])
+    settle(engine)
+    time.sleep(0.01)
+    h5 = next((http_server.www / name).glob("*.h5"))
+    with h5py.File(h5, "a") as f:
+        cells = f["t00000/s00/0/cells"]
+        cells[...] = cells[...] + 1  # in place: same layout, new bytes (and a new ETag)
+    # Later than the write it replaces, as a real rewrite is: Last-Modified counts seconds, and
+    # the remount below names the file by its size and Last-Modified.
+    os.utime(h5, (h5.stat().st_atime, h5.stat().st_mtime + 5))
+    time.sleep(0.4)
+    with caplog.at_level("ERROR", logger="ngffmount"), pytest.raises(SourceChanged):
+        read_all(fs, "/s0/z00001.tif")
+    with pytest.raises(SourceChanged):
+        read_all(fs, "/s0/z00003.tif")
+    assert len([r for r in caplog.records if "remount" in r.getMessage()]) == 1, caplog.text
+    fresh = vfs_for(f"{http_server.url}/{name}/{xml.name}", engine=ChunkEngine(DiskCache(str(tmp_path / "cache"))))
+    plane = tiff_array(read_all(fresh, "/s0/z00001.tif"))
+    np.testing.assert_array_equal(plane, expected[(0, 0, 0)][1] + 1)

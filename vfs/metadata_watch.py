@@ -31,11 +31,8 @@ def watch_metadata(reopen: Callable[[], Image | Group], tree: Image | Group, eng
                 failing = True
                 continue
             failing = False
-            new = {token: why for token, why in changes.items() if token not in engine.stale_tokens}
-            if new:
-                engine.mark_stale(new)
-                for why in new.values():
-                    log.error("%s; its reads fail with EIO: remount to see the new array", why)
+            for token in engine.mark_stale(changes):
+                log.error("%s; its reads fail with EIO: remount to see the new array", changes[token])
 
     threading.Thread(target=run, name="metadata-watch", daemon=True).start()
     return stop
