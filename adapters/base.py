@@ -56,9 +56,10 @@ class Level:
             data = self.fetch_many([key])[key]
         return data, None if seen.version is None else asdict(seen.version)
 
-    # Where chunks lie is read once per mount (a BigDataViewer HDF5 file's chunk index): a
-    # changed chunk means the level can only be read again after a remount.
-    layout_fixed = False
+    # Whether where chunks lie is read once per mount (an HDF5 file's chunk index), so that a
+    # chunk found changed means the level can only be read again after a remount. Levels whose
+    # chunks are whole objects, or that re-read their layout (forget_layout), say False.
+    layout_fixed = True
 
     def forget_layout(self) -> bool:
         """Forget where chunks lie, where that was read from the source (shard indices), so the

@@ -267,7 +267,6 @@ class Hdf5CellsLevel(Level):
     def chunk_key(self, idx: tuple[int, ...]) -> str:
         return "/".join(str(i) for i in idx)
 
-    layout_fixed = True  # the file's chunk index and HDF5 metadata are read once per mount
 
     def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
         index = self._index()

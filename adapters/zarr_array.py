@@ -142,6 +142,8 @@ class ZarrLevel(Level):
             out[key] = data
         return out
 
+    layout_fixed = False  # chunks are objects, or shard ranges whose index forget_layout drops
+
     def forget_layout(self) -> bool:
         if self.sharding is None:
             return False
