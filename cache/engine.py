@@ -247,9 +247,9 @@ class ChunkEngine:
             fut.set_exception(exc)
             return
         with self._lock:
-            if self.revalidate:
-                self._loaded_at[key] = time.monotonic()
             self.memory.put(key, arr)
+            if self.revalidate and self.memory.peek(key) is arr:  # kept (not larger than the bound)
+                self._loaded_at[key] = time.monotonic()
             self._inflight.pop(key, None)
         self._memory_changed(key)
         fut.set_result(arr)
