@@ -267,7 +267,6 @@ class Hdf5CellsLevel(Level):
     def chunk_key(self, idx: tuple[int, ...]) -> str:
         return "/".join(str(i) for i in idx)
 
-
     def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
         index = self._index()
         wanted = [(k, index.get(tuple(int(v) for v in k.split("/")))) for k in keys]

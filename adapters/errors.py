@@ -34,5 +34,6 @@ class ChunkReadError(NgffMountError):
 
 
 class SourceChanged(ChunkReadError):
-    """An array's metadata changed at the source under a mount: its reads fail until a remount
-    (logged once where it was found, not per read)."""
+    """An array changed at the source in a way the mount cannot follow (its metadata, or a
+    chunk of a file indexed once): its reads fail until a remount (logged once where it was
+    found, not per read)."""
