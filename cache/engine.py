@@ -24,7 +24,10 @@ from .disk import CorruptEntry, DiskCache
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .memory import MemoryLRU
 from .stats import Stats
+from .throttledlog import ThrottledLog
 from .writeback import Pending, WriteBehind
+
+log = logging.getLogger("ngffmount")
 
 # Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
 DEFAULT_MEMORY = 768 << 20
@@ -32,8 +35,6 @@ DEFAULT_READAHEAD = 256 << 20
 # Fetched bytes that wait for their disk write (see writeback.py) and that nothing else
 # holds: past this, the fetch thread writes them itself.
 DISK_BACKLOG_BYTES = 256 << 20
-
-log = logging.getLogger("ngffmount")
 
 
 class ChunkEngine:
@@ -67,6 +68,7 @@ class ChunkEngine:
         self._queue = FetchQueue(fetch_threads)
         self._writes = WriteBehind(self._disk_write, self._holds_bytes, DISK_BACKLOG_BYTES) if disk is not None else None
         self.stats = Stats()
+        self._trouble = ThrottledLog(log)
         self._inflight: dict[tuple, Future] = {}
         self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
         self._lock = threading.Lock()
@@ -420,10 +422,14 @@ class ChunkEngine:
             self._disk_write(Pending(key, data, slots, None, 0.0, meta), downgraded=False)
 
     def _disk_write(self, entry: Pending, downgraded: bool = True) -> None:
+        """A full or broken cache disk costs speed, never a read. The disk cache logs its
+        own trouble; what it did not foresee is logged here, once, then counted."""
         try:
-            self.disk.put(entry.key, entry.data, entry.meta)
-        except Exception:
-            self.stats.add("errors")  # a full or broken cache disk costs speed, never a read
+            if not self.disk.put(entry.key, entry.data, entry.meta):
+                self.stats.add("disk_write_failures")
+        except Exception as exc:
+            self.stats.add("disk_write_failures")
+            self._trouble.report("disk-write", "disk cache write failed: %r", exc)
         finally:
             self.disk.locks.release(entry.slots, downgraded=downgraded)
 
@@ -469,7 +475,8 @@ class ChunkEngine:
         return f"{level.cache_token}/{chunk_key}"
 
     def _on_disk(self, level, chunk_key: str) -> bool:
-        """In the disk cache, or on its way there."""
+        """In the disk cache, or on its way there. Never raises: a disk cache in trouble
+        answers no (DiskCache), and the chunk comes from the source."""
         if self.disk is None:
             return False
         key = self._disk_key(level, chunk_key)

@@ -3,12 +3,15 @@
 
     python scripts/benchmark.py --size small --out /tmp/bench/report.md   # smoke run (128 MiB level)
     python scripts/benchmark.py                                         # full run (1 GiB level)
+    python scripts/benchmark.py --size small --xz-only --repeats 1      # the XZ scroll alone
 
 Everything runs on loopback: moto_server (S3) <- latency_proxy.py (+30 ms per request,
 counts requests and bytes) <- every client. One generated OME-Zarr (NGFF 0.4, zarr v2, '/'
 keys, blosc lz4) is stored in two chunkings, and for each chunking these readers are timed
 on the same proxy and data: zarr-python direct from S3, zarr-python through `rclone mount
 --vfs-cache-mode full`, ngffmount cold / warm / hot, and zarr-python on a local-disk copy.
+An XZ scroll (s0.xz/ file by file, against zarr-python's arr[:, y, :] for the same y)
+records requests and decodes per chunk. NGFFBENCH_DIR moves /tmp/bench elsewhere.
 
 Each timed read runs in a fresh worker process (`benchmark.py _worker SPEC`): "cold" never
 reuses a client's connections or caches, and a hung FUSE read ends in a timeout, not a
@@ -41,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
-BENCH = Path("/tmp/bench")
+BENCH = Path(os.environ.get("NGFFBENCH_DIR", "/tmp/bench"))  # data, mounts, caches and logs
 BUCKET = "ngffbench"
 KEY, SECRET, REGION = "testing", "testing", "us-east-1"  # moto accepts any credentials
 SIZES = {"small": (64, 1024, 1024), "full": (128, 2048, 2048)}  # z, y, x uint16: 128 MiB, 1 GiB
@@ -86,11 +89,31 @@ def worker(spec: dict) -> dict:
         arr = zarr.open_array(spec["url"], mode="r", zarr_format=2, storage_options=so)
         before = proxy_counters()
         t0 = time.perf_counter()
+        if spec.get("ys") is not None:  # XZ planes, one after the other, as a viewer scrolls
+            slices = [arr[:, y, :] for y in spec["ys"]]
+            seconds = time.perf_counter() - t0
+            return {"seconds": seconds, "before": before, "nbytes": sum(p.nbytes for p in slices),
+                    "hashes": [sha1(p.tobytes()) for p in slices]}
         data = arr[spec["z"]] if spec["z"] is not None else arr[...]
         seconds = time.perf_counter() - t0
         planes = data[None] if spec["z"] is not None else data
         return {"seconds": seconds, "before": before, "nbytes": data.nbytes,
                 "hashes": [sha1(p.tobytes()) for p in planes]}
+
+    if spec["kind"] == "files":  # plane files one after the other, each whole, in 1 MiB reads
+        before = proxy_counters()
+        t0 = time.perf_counter()
+        blobs = []
+        for path in spec["paths"]:
+            with open(path, "rb", buffering=0) as f:
+                blobs.append(f.read())
+        seconds = time.perf_counter() - t0
+        import io
+
+        import tifffile
+
+        return {"seconds": seconds, "before": before, "nbytes": sum(map(len, blobs)),
+                "hashes": [sha1(tifffile.imread(io.BytesIO(b)).tobytes()) for b in blobs]}
 
     # kind == "file": read a mounted file in order, in fixed-size reads, like ImageJ does.
     size = os.stat(spec["path"]).st_size
@@ -188,6 +211,20 @@ def chunk_bytes(local: Path) -> dict[int, list[int]]:
         if zdir.is_dir():
             out[int(zdir.name)] = [f.stat().st_size for f in zdir.rglob("*") if f.is_file()]
     return out
+
+
+def xz_truth(local: Path, ys: list[int]) -> tuple[list[str], int, int]:
+    """Hashes of the XZ planes at `ys` (from the local copy), and the number and compressed
+    bytes of the chunks they lie in."""
+    import zarr
+
+    arr = zarr.open_array(str(local / "0"), mode="r")
+    block = arr[:, min(ys):max(ys) + 1, :]
+    hashes = [sha1(block[:, y - min(ys), :].tobytes()) for y in ys]
+    cy = arr.chunks[1]
+    rows = {y // cy for y in ys}
+    files = [f for f in (local / "0").glob("*/*/*") if f.is_file() and int(f.parent.name) in rows]
+    return hashes, len(files), sum(f.stat().st_size for f in files)
 
 
 def upload(moto, local: Path, prefix: str) -> None:
@@ -505,6 +542,49 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
         attempt(f"{key}_all", lambda: best_of(
             f"{key}_all", f"{label}, arr[...]", lambda c: run(None, c), all_chunks, all_needed, all_hashes, first=1))
 
+    def ngff_session(cache_dir: Path, phase: str, body, drop: bool = False):
+        mnt, pid, log = h.ngff_mount(url, cache_dir)
+        try:
+            if drop:
+                h.drop_caches()  # after the mount: metadata reads must not refill it
+            return body(mnt)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nngffmount daemon log {log}:\n{tail(log, 40)}") from None
+        finally:
+            hwm = peak_rss_mib(pid)
+            if hwm is not None:
+                rss[phase] = max(rss.get(phase, 0), hwm)
+            h.ngff_unmount(mnt, pid)
+
+    # XZ scroll: ngffmount reads s0.xz/ file after file (cold: empty cache, new mount);
+    # zarr-python reads arr[:, y, :] for the same y, one after the other.
+    xz_ys = list(range(min(ny, args.xz_planes)))
+    if xz_ys:
+        xz_hashes, xz_chunks, xz_needed = xz_truth(local, xz_ys)
+
+        def ngff_cold_xz():
+            spec = lambda m: {"kind": "files", "paths": [f"{m}/s0.xz/y{y:05d}.tif" for y in xz_ys]}  # noqa: E731
+            runs = [ngff_session(h.fresh("ngff"), "cold xz scroll", lambda m: h.measure(spec(m), m))
+                    for _ in range(reps)]
+            row = rows["ngff_cold_xz"] = summarize(f"ngffmount cold, s0.xz/ y0..{xz_ys[-1]} file by file", runs,
+                                                   xz_chunks, xz_needed)
+            # Readahead fetches chunks of the planes after the last one read: per chunk fetched,
+            # how often it was requested and decoded.
+            st, raw = row["stats"], math.prod(CHUNKINGS[ch]) * 2
+            if st.get("chunks_fetched"):
+                row["note"] = (f"per chunk fetched: {row['requests'] / st['chunks_fetched']:.2f} requests, "
+                               f"{st.get('decoded_bytes', 0) / (st['chunks_fetched'] * raw):.2f} decodes;")
+            check("ngff_cold_xz", runs, xz_hashes)
+
+        attempt("ngff_cold_xz", ngff_cold_xz)
+        attempt("zarr_s3_xz", lambda: best_of(
+            "zarr_s3_xz", f"zarr-python, S3 direct, arr[:, y, :] for y0..{xz_ys[-1]}",
+            lambda c: h.measure({**zarr_spec(url, c, None), "ys": xz_ys}), xz_chunks, xz_needed, xz_hashes, first=1))
+    comp = {"chunk_shape": CHUNKINGS[ch], "z": z, "plane_chunks": plane_chunks, "plane_needed": plane_needed,
+            "all_chunks": all_chunks, "all_needed": all_needed, "raw_bytes": nz * ny * nx * 2, "xz_planes": len(xz_ys)}
+    if args.xz_only:
+        return {"rows": rows, "rss": rss, "info": comp}
+
     # (a) zarr-python straight from S3 through the proxy: a plane here, the whole level below
     # in turns with ngffmount's cold scroll.
     zarr_s3 = lambda zsel, c: h.measure(zarr_spec(url, c, zsel))  # noqa: E731
@@ -524,20 +604,6 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
     stack_spec = lambda mnt, verify=True: {  # noqa: E731
         "kind": "file", "path": f"{mnt}/s0.tif", "block": ny * nx * 2,  # plane-sized reads, in order
         "verify": "stack" if verify else None, "planes": nz, "plane_bytes": ny * nx * 2}
-
-    def ngff_session(cache_dir: Path, phase: str, body, drop: bool = False):
-        mnt, pid, log = h.ngff_mount(url, cache_dir)
-        try:
-            if drop:
-                h.drop_caches()  # after the mount: metadata reads must not refill it
-            return body(mnt)
-        except BenchError as exc:
-            raise BenchError(f"{exc}\nngffmount daemon log {log}:\n{tail(log, 40)}") from None
-        finally:
-            hwm = peak_rss_mib(pid)
-            if hwm is not None:
-                rss[phase] = max(rss.get(phase, 0), hwm)
-            h.ngff_unmount(mnt, pid)
 
     # (c) ngffmount cold: empty cache dir, new mount, one plane file
     def ngff_cold_plane():
@@ -606,8 +672,6 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
 
     plane_and_level("local", "zarr-python, local disk", local_run)
 
-    comp = {"chunk_shape": CHUNKINGS[ch], "z": z, "plane_chunks": plane_chunks, "plane_needed": plane_needed,
-            "all_chunks": all_chunks, "all_needed": all_needed, "raw_bytes": nz * ny * nx * 2}
     return {"rows": rows, "rss": rss, "info": comp}
 
 
@@ -687,6 +751,9 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
           "- Plane: z = middle. ngffmount reads `s0/zNNNNN.tif` whole (1 MiB reads); zarr reads `arr[z]`. "
           "Scroll: ngffmount reads `s0.tif` from start to end in plane-sized reads (what ImageJ's virtual stack "
           "does); zarr reads `arr[...]`.",
+          f"- XZ scroll: ngffmount reads `s0.xz/y00000.tif`, `y00001.tif`, ... ({args.xz_planes} files, each whole, "
+          "cold: empty cache, new mount); zarr-python reads `arr[:, y, :]` for the same y, one after the other "
+          "(it keeps no chunks between reads). Chunks under the read are those of the chunk rows these y lie in.",
           f"- Medians of {args.repeats} runs (for zarr-python and rclone on a whole level: one run per concurrency, "
           f"then {args.repeats} in all for the best). zarr-python's whole-level reads from S3 and ngffmount's cold "
           "scrolls run in turns (zarr, ngffmount, zarr, ...; the concurrency picked on one run each before), because "
@@ -724,7 +791,8 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
     order = [("cold plane", ["zarr_s3_plane", "rclone_plane", "ngff_cold_plane"]),
              ("warm plane", ["ngff_warm_plane", "local_plane"]),
              ("scroll / whole level", ["zarr_s3_all", "rclone_all", "ngff_cold_all", "ngff_warm_all", "local_all"]),
-             ("hot re-read", ["ngff_hot_all"])]
+             ("hot re-read", ["ngff_hot_all"]),
+             ("XZ scroll", ["zarr_s3_xz", "ngff_cold_xz"])]
     for ch, res in results.items():
         rows, info = res["rows"], res["info"]
         raw_chunk = math.prod(info["chunk_shape"]) * 2
@@ -827,6 +895,9 @@ def main() -> int:
     ap.add_argument("--concurrency", default="10,64", help="zarr-python async.concurrency values to try (best wins)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per plane and hot measurement (median)")
     ap.add_argument("--skip-rclone", action="store_true")
+    ap.add_argument("--xz-planes", type=int, default=32,
+                    help="XZ planes (y = 0, 1, ...) read by the XZ scroll workload (0: none; default 32)")
+    ap.add_argument("--xz-only", action="store_true", help="run the XZ scroll workload only")
     ap.add_argument("--warm-gib", type=int, default=6,
                     help="memory touched right before each whole-level run in turns (0: none; default 6)")
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report (default %(default)s)")
@@ -836,7 +907,7 @@ def main() -> int:
     unknown = set(chunkings) - set(CHUNKINGS)
     if unknown:
         ap.error(f"unknown chunkings {sorted(unknown)}; choose from {list(CHUNKINGS)}")
-    if not args.skip_rclone and not shutil.which("rclone"):
+    if not args.skip_rclone and not args.xz_only and not shutil.which("rclone"):
         ap.error("rclone not found: apt-get install -y rclone, or pass --skip-rclone")
 
     # SIGTERM takes the same way out as Ctrl-C, through every cleanup below.
@@ -878,8 +949,9 @@ def main() -> int:
         for ch in chunkings:
             upload(moto, BENCH / "data" / args.size / f"{ch}.ome.zarr", f"{args.size}/{ch}.ome.zarr")
         print(f"uploaded to moto in {time.time() - t0:.0f} s; proxy {proxy.url} +{args.latency_ms:g} ms", flush=True)
-        facts["machine"]["memory warm-up"] = touch_memory()
-        facts["machine"]["page-cache read baseline"] = page_cache_baseline(h, meta)
+        if not args.xz_only:
+            facts["machine"]["memory warm-up"] = touch_memory()
+            facts["machine"]["page-cache read baseline"] = page_cache_baseline(h, meta)
         for ch in chunkings:
             results[ch] = bench_chunking(h, meta, ch)
         facts["machine"]["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])

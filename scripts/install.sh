@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(fuse3 libfuse3-3 libfuse2)
 extras=""
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(imagej xvfb x11-utils libtiff-tools hdf5-tools procps systemd)
+  packages+=(imagej xvfb x11-utils libtiff-tools hdf5-tools procps systemd pngcheck gdal-bin)
   extras="[test]"
 fi
 

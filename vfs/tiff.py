@@ -177,6 +177,7 @@ def image_tags(
     pixel_offset: int,
     description: bytes | None = None,
     resolution: tuple[float, float] | None = None,
+    resolution_unit: int = 1,
 ) -> list[Tag]:
     """The tags of one uncompressed grayscale image (FORMATS.md, TIFF)."""
     tags = [
@@ -193,10 +194,11 @@ def image_tags(
     if description is not None:
         tags.append(Tag(IMAGE_DESCRIPTION, ASCII, description + b"\0"))
     if resolution is not None:
-        # ResolutionUnit 1 (none): ImageJ then takes the unit from the description.
+        # ResolutionUnit 1 (none): ImageJ then takes the unit from the description;
+        # 3 (centimeter): pixels per cm, which readers of the tags alone understand.
         tags += [
             Tag(X_RESOLUTION, RATIONAL, [rational(resolution[0])]),
             Tag(Y_RESOLUTION, RATIONAL, [rational(resolution[1])]),
-            Tag(RESOLUTION_UNIT, SHORT, [1]),
+            Tag(RESOLUTION_UNIT, SHORT, [resolution_unit]),
         ]
     return tags

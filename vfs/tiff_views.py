@@ -6,12 +6,13 @@ region of the level. FORMATS.md ("ImageJ 1.x reading TIFF") has the rules follow
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import numpy as np
 
 from .ome_xml import OME_PIXEL_TYPE
-from .planes import Calibration, PlaneSource
+from .planes import LENGTH_IN_METERS, Calibration, PlaneSource
 from .tiff import CLASSIC_LIMIT, StripPlan, TiffFormat, TilePlan, image_tags, plan_strips
 from .virtualfile import PixelSegment, RecordSegment, StaticSegment, VirtualFile
 
@@ -83,6 +84,8 @@ def unsupported_reason(src: PlaneSource, kind: str) -> str | None:
 class TiffLayout:
     """Shared geometry of the TIFF views of one level."""
 
+    resolution_unit = 1  # none: ImageJ takes the unit from the description
+
     def __init__(self, src: PlaneSource):
         self.src = src
         self.cal = src.calibration()
@@ -93,7 +96,19 @@ class TiffLayout:
 
     def _tags(self, fmt: TiffFormat, plan, pixel_offset: int, description: bytes | None):
         s = self.src
-        return image_tags(fmt, s.width, s.height, s.dtype, plan, pixel_offset, description, self.resolution)
+        return image_tags(fmt, s.width, s.height, s.dtype, plan, pixel_offset, description, self.resolution,
+                          self.resolution_unit)
+
+    def per_cm(self) -> tuple[float, float] | None:
+        """Pixels per centimeter in x and y, when both axes have a length unit; else None."""
+        out = []
+        for name in ("x", "y"):
+            p = self.src.pos[name]
+            unit, scale = self.src.level.axes[p].unit, self.src.level.scale[p]
+            if unit not in LENGTH_IN_METERS or not scale > 0:
+                return None
+            out.append(1e-2 / (scale * LENGTH_IN_METERS[unit]))
+        return (out[0], out[1]) if all(0 < v < 2**32 for v in out) else None  # a TIFF RATIONAL holds it
 
     # -- one plane per file -------------------------------------------------------------
     def plane_header(self) -> tuple[bytes, int]:
@@ -133,7 +148,13 @@ class TiffLayout:
         plan = self.strips
         if src.plane_bytes > TILE_ABOVE_BYTES or src.width > TILE_ABOVE_WIDTH:
             plan = TilePlan(src.height, src.width, src.dtype.itemsize, OME_TILE)
-        return self._multipage(ome_xml, plan, big_allowed=True)
+        # Resolution in pixels per cm (ResolutionUnit 3), as Bio-Formats writes it, for
+        # readers of the tags alone; the OME-XML stays the source of truth.
+        layout = self
+        if (per_cm := self.per_cm()) is not None:
+            layout = copy.copy(self)
+            layout.resolution, layout.resolution_unit = per_cm, 3
+        return layout._multipage(ome_xml, plan, big_allowed=True)
 
     def _multipage(self, description: bytes, plan, big_allowed: bool) -> VirtualFile:
         src = self.src
