@@ -380,3 +380,26 @@ def test_rewritten_bigdataviewer_hdf5_fails_reads_until_remount(tmp_path, http_s
     fresh = vfs_for(f"{http_server.url}/{name}/{xml.name}", engine=ChunkEngine(DiskCache(str(tmp_path / "cache"))))
     plane = tiff_array(read_all(fresh, "/s0/z00001.tif"))
     np.testing.assert_array_equal(plane, expected[(0, 0, 0)][1] + 1)
+
+
+def test_rewritten_precomputed_shard_is_read_through_its_new_index(tmp_path):
+    """A sharded Neuroglancer precomputed volume rewritten by tensorstore (gzip data: the
+    chunks move in the shard): past the age, planes come from the new shards."""
+    from precomputed_fixtures import write_volume
+
+    from ngffmount.adapters import open_source
+    from ngffmount.cache.engine import ChunkEngine
+    from ngffmount.cache.region import read_region
+
+    root = tmp_path / "vol.precomputed"
+    before = write_volume(root, "raw", "murmur", seed=0)[0]
+    engine = ChunkEngine(DiskCache(str(tmp_path / "cache")), revalidate=0.3)
+    level = open_source(str(root)).levels[0]
+    whole = ((0,) * len(level.shape), level.shape)
+    np.testing.assert_array_equal(read_region(engine, level, *whole), before)
+    settle(engine)
+    after = write_volume(root, "raw", "murmur", seed=1000)[0]
+    assert not np.array_equal(before, after)
+    time.sleep(0.4)
+    np.testing.assert_array_equal(read_region(engine, level, *whole), after)
+    assert engine.stats.snapshot()["chunks_changed"] >= 1
