@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -45,6 +45,26 @@ class Level:
         Raises ChunkReadError when a fetch fails for another reason.
         """
         raise NotImplementedError
+
+    def fetch_versioned(self, key: str, condition: dict | None = None) -> tuple[bytes | None, dict | None]:
+        """One chunk's bytes (None if missing) and the version the store gave them (see
+        storage.SourceVersion, as a dict; None when nothing was fetched). With `condition`
+        (such a dict), the fetch is conditional on it: raises storage.NotModified on a 304."""
+        from .storage import SourceVersion, observe
+
+        with observe(SourceVersion(**condition) if condition else None) as seen:
+            data = self.fetch_many([key])[key]
+        return data, None if seen.version is None else asdict(seen.version)
+
+    # Whether where chunks lie is read once per mount (an HDF5 file's chunk index), so that a
+    # chunk found changed means the level can only be read again after a remount. Levels whose
+    # chunks are whole objects, or that re-read their layout (forget_layout), say False.
+    layout_fixed = True
+
+    def forget_layout(self) -> bool:
+        """Forget where chunks lie, where that was read from the source (shard indices), so the
+        next fetches read it again. Whether there was anything to forget."""
+        return False
 
     def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
         """Decode one chunk's bytes into an array of exactly `chunk_shape`."""
@@ -103,7 +123,8 @@ class Group:
 
 
 def make_cache_token(source_identity: str, array_metadata: Mapping) -> str:
-    """Hash of (source URL without credentials, array metadata): a changed array gets a new token."""
+    """Hash of (source URL without credentials, array metadata): a changed array gets a new token.
+    Chunks rewritten under unchanged metadata keep it (they are revalidated, see --revalidate)."""
     doc = json.dumps({"url": source_identity, "meta": array_metadata}, sort_keys=True, default=str)
     return hashlib.sha256(doc.encode()).hexdigest()[:32]
 

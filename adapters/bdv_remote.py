@@ -91,6 +91,8 @@ class RemoteCellLevel(Level):
         self.fill_value = 0
         self.cache_token = make_cache_token(store.identity, {"view": self.path, "dims": self.dims_xyz, "cell": self.cell_xyz})
 
+    layout_fixed = False  # each cell is its own request
+
     def _cell(self, idx: tuple[int, ...]) -> tuple[list[int], list[int]]:
         """Minimum and clipped size of cell `idx` (z, y, x), in x, y, z."""
         pos = list(idx[::-1])

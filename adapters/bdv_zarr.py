@@ -84,6 +84,13 @@ class SlicedLevel(Level):
     def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
         return self.inner.fetch_many(keys)
 
+    @property
+    def layout_fixed(self) -> bool:
+        return self.inner.layout_fixed
+
+    def forget_layout(self) -> bool:
+        return self.inner.forget_layout()
+
     def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
         arr = self.inner.decode(self._source_index(idx), raw)
         arr = arr[tuple(self._within.get(i, slice(None)) for i in range(arr.ndim))]

@@ -31,3 +31,9 @@ class Unsupported(NgffMountError):
 
 class ChunkReadError(NgffMountError):
     """A chunk could not be fetched or decoded (turns into EIO for one read)."""
+
+
+class SourceChanged(ChunkReadError):
+    """An array changed at the source in a way the mount cannot follow (its metadata, or a
+    chunk of a file indexed once): its reads fail until a remount (logged once where it was
+    found, not per read)."""

@@ -124,6 +124,8 @@ class N5Level(Level):
         self.compression = N5Compression(attrs, where)
         self.cache_token = make_cache_token(store.identity, attrs)
 
+    layout_fixed = False  # each block is an object
+
     def chunk_key(self, idx: tuple[int, ...]) -> str:
         return "/".join(str(i) for i in reversed(idx))
 

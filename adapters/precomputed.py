@@ -137,6 +137,14 @@ class PrecomputedLevel(Level):
         return "_".join(box)
 
     # -- fetch -------------------------------------------------------------------------
+    layout_fixed = False  # chunks are objects, or shard ranges whose indices forget_layout drops
+
+    def forget_layout(self) -> bool:
+        if self.sharding is None:
+            return False
+        self._indices.clear()
+        return True
+
     def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
         if self.sharding is None:
             return self._fetch_files(list(keys))
@@ -266,3 +274,9 @@ class LoadOnce:
                 self._nbytes -= self._values.popitem(last=False)[1][1]
         fut.set_result(value)
         return value
+
+    def clear(self) -> None:
+        """Forget the values kept (loads under way finish for their callers)."""
+        with self._lock:
+            self._values.clear()
+            self._nbytes = 0

@@ -12,6 +12,9 @@ seconds per request. A request returns its complete bytes, None (missing), or fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import datetime
 import email.utils
 import itertools
 import json
@@ -28,8 +31,8 @@ from fsspec.asyn import AsyncFileSystem, sync
 
 from .errors import BadMetadata, ChunkReadError, SourceNotFound
 from .retry import (
-    _ABANDONED, MISSING_ERRORS, RETRY, Abandoned, GaveUp, IncompleteBody, backoff_delay, classify,
-    describe_error,
+    _ABANDONED, MISSING_ERRORS, RETRY, Abandoned, GaveUp, IncompleteBody, _chain, _status_and_code, backoff_delay,
+    classify, describe_error,
 )
 from .urls import has_scheme, normalize_url, redact
 
@@ -70,6 +73,55 @@ class RangeRequest:
     key: str
     start: int  # negative: a suffix of -start bytes
     end: int | None = None
+
+
+@dataclass(frozen=True)
+class SourceVersion:
+    """Which bytes a request got: the request, and the ETag and Last-Modified (an HTTP date)
+    the store sent with them. Taken from the response itself, never from another request."""
+
+    key: str
+    start: int
+    end: int | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def matches(self, req: RangeRequest) -> bool:
+        return (self.key, self.start, self.end) == (req.key, req.start, req.end)
+
+    @property
+    def validated(self) -> bool:
+        """Whether a store can answer a conditional request on it."""
+        return bool(self.etag or self.last_modified)
+
+
+class NotModified(Exception):
+    """A conditional request answered 304: the bytes are those of the given version."""
+
+
+class FetchObserver:
+    """Around one chunk fetch (`observe`): the version of the bytes its last request got, and
+    optionally a version to make the matching request conditional on."""
+
+    def __init__(self, condition: SourceVersion | None = None):
+        self.condition = condition
+        self.version: SourceVersion | None = None
+
+
+_OBSERVER: contextvars.ContextVar[FetchObserver | None] = contextvars.ContextVar("ngffmount_fetch", default=None)
+
+
+@contextlib.contextmanager
+def observe(condition: SourceVersion | None = None):
+    """Record what the store says about the bytes fetched in this block; with `condition`, the
+    request for the same range is conditional (If-None-Match, else If-Modified-Since) and a 304
+    raises NotModified."""
+    observer = FetchObserver(condition)
+    token = _OBSERVER.set(observer)
+    try:
+        yield observer
+    finally:
+        _OBSERVER.reset(token)
 
 
 class StorageOptions(dict):
@@ -251,16 +303,26 @@ class Store:
     def _run(self, requests: list[RangeRequest]) -> list[bytes | None]:
         if not requests:
             return []
+        observer = _OBSERVER.get()
+        condition = observer.condition if observer is not None else None
+        conditions = [condition if condition is not None and condition.validated and condition.matches(req) else None
+                      for req in requests]
         TRANSFERS.begin(len(requests))
         raw = []
         try:
             if self._is_async:
-                raw = sync(self.fs.loop, self._gather, requests)
+                raw = sync(self.fs.loop, self._gather, requests, conditions)
             else:
                 abort = threading.Event()
                 raw = list(self._pool.map(partial(self._fetch_sync, abort=abort), requests))
         finally:
-            TRANSFERS.end(len(requests), sum(len(v) for v in raw if isinstance(v, (bytes, bytearray))))
+            TRANSFERS.end(len(requests), sum(len(v[0]) for v in raw if isinstance(v, tuple)))
+        if any(isinstance(value, NotModified) for value in raw):
+            raise NotModified()
+        if observer is not None and raw and isinstance(raw[-1], tuple):
+            req = requests[-1]
+            observer.version = SourceVersion(req.key, req.start, req.end, *raw[-1][1:])
+        raw = [value[0] if isinstance(value, tuple) else value for value in raw]
         failed = [(req, value) for req, value in zip(requests, raw)
                   if isinstance(value, BaseException) and not isinstance(value, MISSING_ERRORS)]
         # Report the request that failed, not those abandoned because of it.
@@ -270,13 +332,13 @@ class Store:
         return [None if isinstance(value, MISSING_ERRORS) else trim_range(value, req)
                 for req, value in zip(requests, raw)]
 
-    async def _gather(self, requests):
+    async def _gather(self, requests, conditions):
         sem = asyncio.Semaphore(self.concurrency)
         tasks: list[asyncio.Task] = []
 
-        async def one(req: RangeRequest):
+        async def one(req: RangeRequest, condition: SourceVersion | None):
             async with sem:
-                result = await self._retrying_async(partial(self._attempt_async, req))
+                result = await self._retrying_async(partial(self._attempt_async, req, condition))
             if isinstance(result, BaseException) and not isinstance(result, MISSING_ERRORS):
                 # The whole batch fails with this request: stop spending time on the others.
                 for task in tasks:
@@ -284,36 +346,41 @@ class Store:
                         task.cancel()
             return result
 
-        tasks.extend(asyncio.ensure_future(one(r)) for r in requests)
+        tasks.extend(asyncio.ensure_future(one(r, c)) for r, c in zip(requests, conditions))
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     def _fetch_sync(self, req: RangeRequest, abort: threading.Event | None = None):
         return self._retrying_sync(partial(self._attempt_sync, req), abort)
 
-    # One attempt: the complete bytes of a request, or an exception.
-    async def _attempt_async(self, req: RangeRequest, left: float):
+    # One attempt: (the complete bytes of a request, ETag, Last-Modified), or an exception.
+    async def _attempt_async(self, req: RangeRequest, condition: SourceVersion | None, left: float):
         path, kw = self._path(req.key), self._attempt_kwargs(left)
         start, end = _range_args(req)
-        data = await self.fs._cat_file(path, start=start, end=end, **kw)
+        if self._http == "aiohttp":
+            data, etag, modified = await _http_get(self.fs, path, start, end, condition, kw)
+        elif type(self.fs).__module__ == "s3fs.core":
+            data, etag, modified = await _s3_get(self.fs, path, start, end, condition)
+        else:  # other stores: their validators would cost a request per chunk; none is recorded
+            data, etag, modified = await self.fs._cat_file(path, start=start, end=end, **kw), None, None
         if not _short(req, data):
-            return data
+            return data, etag, modified
         try:
             size = (await self.fs._info(path, **kw)).get("size")
         except Exception as exc:
             raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)}, and no size: {describe_error(exc)}") from exc
-        return check_length(req, data, size)
+        return check_length(req, data, size), etag, modified
 
     def _attempt_sync(self, req: RangeRequest, left: float):
         path, kw = self._path(req.key), self._attempt_kwargs(left)
         start, end = _range_args(req)
         data = self.fs.cat_file(path, start=start, end=end, **kw)
         if not _short(req, data):
-            return data
+            return data, None, None
         try:
             size = self.fs.info(path, **kw).get("size")
         except Exception as exc:
             raise IncompleteBody(f"{len(data)} bytes for {_describe_range(req)}, and no size: {describe_error(exc)}") from exc
-        return check_length(req, data, size)
+        return check_length(req, data, size), None, None
 
     def _attempt_kwargs(self, left: float) -> dict:
         """Per-request client options: stall timeouts, and a total that ends with the budget."""
@@ -374,6 +441,63 @@ class Store:
         return pause
 
 
+
+
+def _condition_headers(condition: SourceVersion | None) -> dict:
+    if condition is None:
+        return {}
+    if condition.etag:
+        return {"If-None-Match": condition.etag}
+    return {"If-Modified-Since": condition.last_modified}
+
+
+async def _http_get(fs, path: str, start, end, condition: SourceVersion | None, kw: dict):
+    """fsspec's HTTPFileSystem._cat_file, keeping the response's validators and sending a
+    condition: (bytes, ETag, Last-Modified); a 304 raises NotModified."""
+    options = {**fs.kwargs, **kw}
+    headers = dict(options.pop("headers", None) or {})
+    if start is not None or end is not None:
+        if start == end:
+            return b"", None, None
+        headers["Range"] = await fs._process_limits(path, start, end)
+    headers.update(_condition_headers(condition))
+    session = await fs.set_session()
+    url = fs.encode_url(path) if hasattr(fs, "encode_url") else path  # older fsspec has none
+    async with session.get(url, headers=headers, **options) as r:
+        if r.status == 304:
+            raise NotModified()
+        data = await r.read()
+        fs._raise_not_found_for_status(r, path)
+        return data, r.headers.get("ETag"), r.headers.get("Last-Modified")
+
+
+async def _s3_get(fs, path: str, start, end, condition: SourceVersion | None):
+    """s3fs's _cat_file as one GetObject, keeping its ETag and LastModified and sending a
+    condition; a 304 raises NotModified."""
+    bucket, key, version_id = fs.split_path(path)
+    kwargs = {"Bucket": bucket, "Key": key}
+    if version_id:
+        kwargs["VersionId"] = version_id
+    if start is not None or end is not None:
+        kwargs["Range"] = await fs._process_limits(path, start, end)
+    if condition is not None and condition.etag:
+        kwargs["IfNoneMatch"] = condition.etag
+    elif condition is not None:
+        kwargs["IfModifiedSince"] = email.utils.parsedate_to_datetime(condition.last_modified)
+    try:
+        resp = await fs._call_s3("get_object", **kwargs)
+    except Exception as exc:
+        if any(_status_and_code(node)[0] == 304 for node in _chain(exc)):
+            raise NotModified() from None
+        raise
+    try:
+        data = await resp["Body"].read()
+    finally:
+        resp["Body"].close()
+    modified = resp.get("LastModified")
+    if hasattr(modified, "timestamp"):
+        modified = email.utils.format_datetime(modified.astimezone(datetime.timezone.utc), usegmt=True)
+    return data, resp.get("ETag"), modified if isinstance(modified, str) else None
 
 
 def _short(req: RangeRequest, data: bytes) -> bool:

@@ -142,6 +142,15 @@ class ZarrLevel(Level):
             out[key] = data
         return out
 
+    layout_fixed = False  # chunks are objects, or shard ranges whose index forget_layout drops
+
+    def forget_layout(self) -> bool:
+        if self.sharding is None:
+            return False
+        with self._shard_lock:
+            self._shard_index_cache.clear()
+        return True
+
     def _shard_indices(self, shards: set[str]) -> dict[str, np.ndarray | None]:
         """Each shard's decoded index: cached, or fetched once even when many chunks of one
         shard are fetched at the same time (the others wait for that request)."""

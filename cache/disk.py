@@ -14,6 +14,7 @@ import errno
 import fcntl
 import hashlib
 import itertools
+import json
 import logging
 import mmap
 import os
@@ -37,6 +38,11 @@ log = logging.getLogger("ngffmount")
 # (blake2b, tried first, cost 0.16 s per 84 MB warm plane); it catches damage, not attacks.
 ENTRY_FORMAT = b"\x01"
 HEADER_BYTES = 5
+# Format 2 adds the entry's metadata (JSON: the source version of its bytes, when they were
+# last validated): format byte, CRC32C of metadata + data, metadata length (u16), metadata,
+# data. Format 1 entries still read (with no metadata).
+ENTRY_FORMAT_META = b"\x02"
+META_HEADER_BYTES = 7
 DEFAULT_SIZE = 10 << 30
 # A full file system: the cache is cut to this share of its volume, and stays there.
 FULL_SHRINK = 0.8
@@ -55,8 +61,17 @@ def default_cache_dir() -> str:
     return os.path.join(base, "ngffmount")
 
 
-def _checksum(data) -> bytes:
-    return struct.pack("<I", google_crc32c.value(data))
+def _checksum(data, meta: bytes | None = None) -> bytes:
+    crc = google_crc32c.value(data) if meta is None else google_crc32c.extend(google_crc32c.value(meta), data)
+    return struct.pack("<I", crc)
+
+
+def _split_entry(value: bytes) -> tuple[bytes, bytes, bytes]:
+    """An entry's header, metadata and data (metadata empty in format 1)."""
+    if value[:1] == ENTRY_FORMAT_META and len(value) >= META_HEADER_BYTES:
+        end = META_HEADER_BYTES + struct.unpack_from("<H", value, 5)[0]
+        return value[:META_HEADER_BYTES], value[META_HEADER_BYTES:end], value[end:]
+    return value[:HEADER_BYTES], b"", value[HEADER_BYTES:]
 
 
 class CacheUnavailable(Exception):
@@ -68,10 +83,12 @@ class DiskCache:
     and pause writing, a folder removed while in use is made again, and each kind of
     trouble is logged once, then counted (see throttledlog.py)."""
 
-    def __init__(self, directory: str, size_limit: int | None = DEFAULT_SIZE):
+    def __init__(self, directory: str, size_limit: int | None = DEFAULT_SIZE, source: str | None = None):
         """`size_limit=None` keeps the bound stored in the folder. Raises CacheUnavailable
-        when the folder cannot be opened for writing, even after evicting to make room."""
+        when the folder cannot be opened for writing, even after evicting to make room.
+        `source` (a URL without credentials) tags the entries put, for `cache clear SOURCE`."""
         self.directory = directory
+        self.source = source
         self._size_limit = size_limit
         self._db_path = os.path.join(directory, diskcache.core.DBNAME)
         self._db_id: tuple[int, int] | None = None
@@ -93,38 +110,54 @@ class DiskCache:
 
     def get(self, key: str) -> bytes | None:
         """The stored bytes, or None on a miss or a damaged entry (which is then dropped)."""
+        entry = self.get_entry(key)
+        return None if entry is None else entry[0]
+
+    def get_entry(self, key: str) -> tuple[bytes, dict | None] | None:
+        """The stored bytes and metadata (None for an entry written without), or None on a
+        miss or a damaged entry (which is then dropped)."""
         def read(cache):
             value = cache.get(key, default=None, read=True)
             if value is None:
                 return None
             if isinstance(value, _EntryPath):
                 return _read_entry_file(value.path)
-            return value[:HEADER_BYTES], value[HEADER_BYTES:]  # small: kept in SQLite itself
+            return _split_entry(value)  # small: kept in SQLite itself
 
         got = self._run(read, None, on_entry_error=lambda: self.delete(key))
         if got is None:
             return None
-        head, data = got
-        if len(head) < HEADER_BYTES or head[:1] != ENTRY_FORMAT or _checksum(data) != head[1:]:
-            self.delete(key)
-            raise CorruptEntry(key)
-        return data
+        head, meta, data = got
+        if head[:1] == ENTRY_FORMAT and len(head) == HEADER_BYTES and _checksum(data) == head[1:]:
+            return data, None
+        if head[:1] == ENTRY_FORMAT_META and len(head) == META_HEADER_BYTES and _checksum(data, meta) == head[1:5]:
+            try:
+                return data, json.loads(meta)
+            except ValueError:
+                pass
+        self.delete(key)
+        raise CorruptEntry(key)
 
-    def put(self, key: str, data: bytes) -> bool:
-        """Store an entry. False when it was not written: the file system is full (the
-        oldest entries were evicted, or writes pause), or the folder is broken; never raises."""
-        head = ENTRY_FORMAT + _checksum(data)
+    def put(self, key: str, data: bytes, meta: dict | None = None) -> bool:
+        """Store an entry, with `meta` (JSON-able) when given. False when it was not written:
+        the file system is full (the oldest entries were evicted, or writes pause), or the
+        folder is broken; never raises."""
+        if meta is None:
+            head = ENTRY_FORMAT + _checksum(data)
+        else:
+            doc = json.dumps(meta, separators=(",", ":")).encode()
+            head = ENTRY_FORMAT_META + _checksum(data, doc) + struct.pack("<H", len(doc)) + doc
 
         def write(cache):
-            if len(data) + HEADER_BYTES < cache.disk_min_file_size:
-                cache.set(key, head + data)
+            if len(data) + len(head) < cache.disk_min_file_size:
+                cache.set(key, head + data, tag=self.source)
                 return True
             # Not as bytes: diskcache would join them first, then write them through
             # io.BytesIO line by line (~20,000 write calls per MB of pixels).
             written = cache.disk.written
             written.path = None
             try:
-                cache.set(key, _Entry(head, data), read=True)
+                cache.set(key, _Entry(head, data), read=True, tag=self.source)
             except BaseException:
                 if written.path is not None:  # its row was not committed: nothing points to it
                     with contextlib.suppress(OSError):
@@ -132,7 +165,7 @@ class DiskCache:
                 raise
             return True
 
-        return self._run(write, False, writing=True, need=len(data) + HEADER_BYTES,
+        return self._run(write, False, writing=True, need=len(data) + len(head),
                          on_entry_error=lambda: False)
 
     def __contains__(self, key: str) -> bool:
@@ -174,6 +207,16 @@ class DiskCache:
         keep = {name for (name,) in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
         remove_entry_files(self.directory, keep)
         return count
+
+    def clear_source(self, source: str) -> int:
+        """Remove the entries put for `source` and for sources under it (`source/...`)."""
+        cache = self._usable()
+        if cache is None:
+            raise CacheUnavailable(f"the disk cache at {self.directory} is gone")
+        source = source.rstrip("/")
+        tags = [tag for (tag,) in cache._sql("SELECT DISTINCT tag FROM Cache WHERE tag IS NOT NULL")]
+        return sum(cache.evict(tag) for tag in tags
+                   if isinstance(tag, str) and (tag == source or tag.startswith(source + "/")))
 
     def close(self) -> None:
         cache = self._cache
@@ -448,16 +491,21 @@ class _PathDisk(diskcache.Disk):
         return super().fetch(mode, filename, value, read)
 
 
-def _read_entry_file(path: str) -> tuple[bytes, bytes]:
-    """An entry file's header and data, each read straight into its own bytes object."""
+def _read_entry_file(path: str) -> tuple[bytes, bytes, bytes]:
+    """An entry file's header, metadata and data, the data read straight into its own bytes object."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        head = os.pread(fd, HEADER_BYTES, 0)
-        data = os.pread(fd, max(0, size - HEADER_BYTES), HEADER_BYTES)
+        head = os.pread(fd, META_HEADER_BYTES, 0)
+        if head[:1] == ENTRY_FORMAT_META and len(head) == META_HEADER_BYTES:
+            start = META_HEADER_BYTES + struct.unpack_from("<H", head, 5)[0]
+            meta = os.pread(fd, start - META_HEADER_BYTES, META_HEADER_BYTES)
+        else:
+            head, meta, start = head[:HEADER_BYTES], b"", HEADER_BYTES
+        data = os.pread(fd, max(0, size - start), start)
     finally:
         os.close(fd)
-    return head, data
+    return head, meta, data
 
 
 def _write_entry_file(path: str, parts) -> int:

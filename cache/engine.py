@@ -6,6 +6,7 @@ Fetches run on a FetchQueue by priority: a reader's chunks before readahead.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -16,6 +17,8 @@ from typing import Iterable
 
 import numpy as np
 
+from ..adapters.errors import SourceChanged
+from ..adapters.storage import NotModified
 from .blocked import MIN_BLOCKS, BlockedChunk
 from .disk import CorruptEntry, DiskCache
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
@@ -43,9 +46,18 @@ class ChunkEngine:
         readahead_bytes: int | None = None,
         fetch_threads: int = 32,
         stage_bytes: int | None = None,
+        revalidate: float | None = None,
     ):
+        """`revalidate`: seconds after which a chunk (in memory or on disk) is checked against
+        the source again (a conditional request); None: chunks are immutable while the
+        metadata is unchanged."""
         self.disk = disk
-        self.memory = MemoryLRU(memory_bytes, on_evict=self._memory_changed)
+        self.revalidate = revalidate
+        self._loaded_at: dict[tuple, float] = {}  # with revalidate: when each resident chunk came in
+        self._loads = itertools.count()  # with revalidate: names each load's decoded blocks apart
+        self._stale: set[str] = set()  # cache tokens of arrays whose metadata changed at the source
+        self._layout_read_at: dict[str, float] = {}  # with revalidate: per cache token, see _layout_due
+        self.memory = MemoryLRU(memory_bytes, on_evict=self._evicted)
         # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
         # Beyond that, readahead fetches encoded chunks into the disk cache only (no memory
@@ -67,6 +79,8 @@ class ChunkEngine:
     def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
         """The given chunks of a level, each sliceable like a read-only array of the full
         chunk shape: a decoded array, or a BlockedChunk that decodes the blocks a slice needs."""
+        if level.cache_token in self._stale:
+            raise SourceChanged(f"the array {level.path or '.'} changed at the source: remount to read it")
         with self._writes.reading() if self._writes is not None else nullcontext():
             result, mine, waiting = self._claim(level, indices)
             self.stats.add("memory_hits", len(result))
@@ -89,6 +103,8 @@ class ChunkEngine:
                  cancelled: threading.Event | None = None) -> None:
         """Load chunks into the memory cache in the background. `urgent`: the rest of a plane
         a reader is in, ahead of readahead; `cancelled`: set it to drop what has not started."""
+        if level.cache_token in self._stale:
+            return
         _, mine, waiting = self._claim(level, indices)
         if urgent:
             for idx, _ in waiting:
@@ -99,7 +115,7 @@ class ChunkEngine:
 
     def stage(self, level, indices: Iterable[tuple[int, ...]], cancelled: threading.Event | None = None) -> None:
         """Readahead to the disk cache only: fetch chunks that are neither on disk nor coming."""
-        if self.disk is None:
+        if self.disk is None or level.cache_token in self._stale:
             return
         token = level.cache_token
         with self._lock:
@@ -129,6 +145,11 @@ class ChunkEngine:
             for idx in dict.fromkeys(indices):
                 key = (level.cache_token, idx)
                 arr = self.memory.get(key)
+                if arr is not None and self._expired(key):
+                    arr = None
+                    self.memory.discard(key)
+                    self._loaded_at.pop(key, None)
+                    self._memory_changed(key)
                 if arr is not None:
                     result[idx] = arr
                     continue
@@ -175,10 +196,11 @@ class ChunkEngine:
         futures = dict(owned)
         try:
             keys = {idx: level.chunk_key(idx) for idx in futures}
-            on_disk = {idx for idx in futures if self._on_disk(level, keys[idx])}
+            # With revalidate, disk entries are read where their age is checked: in _fetch_one.
+            on_disk = set() if self.revalidate else {idx for idx in futures if self._on_disk(level, keys[idx])}
             remote = {idx: keys[idx] for idx in futures if idx not in on_disk}
             if remote:
-                if self.disk is not None:
+                if self.disk is not None and not self.revalidate:
                     self.stats.add("disk_misses", len(remote))
                 self._fetch_each(level, remote, lambda idx, data: self._decoders.submit(
                     self._settle, level, idx, futures[idx], lambda: data), priority, cancelled)
@@ -207,7 +229,10 @@ class ChunkEngine:
                 self.stats.add("chunks_missing")
                 arr = self._fill_chunk(level)
             elif (frame := level.blosc_frame(raw)) is not None and frame.nblocks >= MIN_BLOCKS:
-                arr = BlockedChunk(frame, level.chunk_shape, level.dtype, key, self.memory, self.stats,
+                # With revalidate the bytes of a chunk may change: blocks decoded from the old
+                # ones must never be taken for blocks of the new.
+                blocks_key = (*key, next(self._loads)) if self.revalidate else key
+                arr = BlockedChunk(frame, level.chunk_shape, level.dtype, blocks_key, self.memory, self.stats,
                                    self._in_background)
             else:
                 self.stats.add("decodes")
@@ -225,6 +250,8 @@ class ChunkEngine:
             return
         with self._lock:
             self.memory.put(key, arr)
+            if self.revalidate and self.memory.peek(key) is arr:  # kept (not larger than the bound)
+                self._loaded_at[key] = time.monotonic()
             self._inflight.pop(key, None)
         self._memory_changed(key)
         fut.set_result(arr)
@@ -275,7 +302,7 @@ class ChunkEngine:
         coming for a staged chunk takes them from the queue)."""
         if self.disk is None:
             self.stats.add("chunks_fetched")
-            deliver(idx, self._fetch_source(level, key))
+            deliver(idx, self._fetch_source(level, key)[0])
             return
         dkey = self._disk_key(level, key)
         slots = self.disk.locks.slots([dkey])
@@ -285,46 +312,120 @@ class ChunkEngine:
             deliver(idx, exc)
             return
         try:
-            data = self._disk_get(level, key, count=False)  # written while we waited?
-            if data is not None:
+            entry = self._disk_entry(level, key)  # written while we waited?
+            if entry is not None and self._fresh(entry[1]):
                 self.stats.add("disk_hits")
-                deliver(idx, data)
+                deliver(idx, entry[0])
                 self.disk.locks.release(slots)
                 return
+            if self.revalidate and entry is None:
+                self.stats.add("disk_misses")
             self.stats.add("chunks_fetched")
-            data = self._fetch_source(level, key)
+            data, meta = self._fetch_source(level, key, entry)
         except BaseException as exc:
             self.disk.locks.release(slots)
             deliver(idx, exc)
             return
         deliver(idx, data)
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            self._disk_put(level, idx, dkey, data, slots)
+        if isinstance(data, (bytes, bytearray, memoryview)) and (meta is not None or entry is None):
+            self._disk_put(level, idx, dkey, data, slots, meta)
         else:
+            if data is None and entry is not None:
+                self.disk.delete(dkey)  # gone at the source since it was cached
             self.disk.locks.release(slots)
 
-    @staticmethod
-    def _fetch_source(level, key: str):
+    def _fetch_source(self, level, key: str, previous: tuple[bytes, dict | None] | None = None):
+        """(bytes | None | the exception that stopped the fetch, the entry metadata to store).
+        With `previous` (a disk entry past its age), the fetch is conditional on its version."""
+        old_version = (previous[1] or {}).get("version") if previous is not None else None
+        if self.revalidate and self._layout_due(level):
+            level.forget_layout()  # shard indices are revalidated too: read again, once per AGE
         try:
-            return level.fetch_many([key])[key]
+            data, version = level.fetch_versioned(key, old_version)
+        except NotModified:
+            self.stats.add("revalidated")
+            return previous[0], {**previous[1], "validated": time.time()}
         except BaseException as exc:
-            return exc
+            if previous is not None and isinstance(exc, Exception):
+                # The source cannot be asked now: the cached chunk serves, still past its age.
+                self.stats.add("revalidation_failures")
+                return previous[0], None
+            return exc, None
+        if previous is not None:
+            self.stats.add("revalidated")
+            if data != previous[0]:
+                self.stats.add("chunks_changed")
+                self._log_changed(level, key, old_version, version, data is None)
+                if level.layout_fixed:
+                    if self.mark_stale([level.cache_token]):
+                        log.error("%s: array %s changed at the source; its reads fail with EIO: remount to see "
+                                  "the new data", self._source_name(), level.path or ".")
+                    return SourceChanged(f"the array {level.path or '.'} changed at the source: remount to read it"), None
+                try:
+                    if level.forget_layout():  # the bytes came from where the chunk lay before
+                        data, version = level.fetch_versioned(key)
+                except BaseException as exc:
+                    return exc, None
+        return data, {"version": version, "validated": time.time()}
 
-    def _disk_put(self, level, idx, key: str, data: bytes, slots: list[int]) -> None:
+    def _layout_due(self, level) -> bool:
+        """Whether the level's chunk layout was read AGE ago (the first call starts the clock)."""
+        now = time.monotonic()
+        with self._lock:
+            since = self._layout_read_at.setdefault(level.cache_token, now)
+            if now - since < self.revalidate:
+                return False
+            self._layout_read_at[level.cache_token] = now
+            return True
+
+    def _source_name(self) -> str:
+        return (self.disk.source if self.disk is not None else None) or "the source"
+
+    def _log_changed(self, level, key: str, old: dict | None, new: dict | None, gone: bool) -> None:
+        what = "is gone" if gone else "changed"
+        log.warning("%s: chunk %s of array %s %s at the source (ETag %s -> %s); planes read before may mix "
+                    "old and new chunks", self._source_name(), key, level.path or ".", what, _etag_of(old),
+                    _etag_of(new))
+
+    def _fresh(self, meta: dict | None) -> bool:
+        """Whether a disk entry may be served without asking the source."""
+        if not self.revalidate:
+            return True
+        return meta is not None and time.time() - meta.get("validated", 0) < self.revalidate
+
+    def _expired(self, memory_key) -> bool:
+        if not self.revalidate:
+            return False
+        loaded = self._loaded_at.get(memory_key)
+        return loaded is not None and time.monotonic() - loaded >= self.revalidate
+
+    def _evicted(self, memory_key) -> None:
+        self._loaded_at.pop(memory_key, None)
+        self._memory_changed(memory_key)
+
+    def mark_stale(self, tokens) -> set[str]:
+        """Arrays (cache tokens) that changed at the source in a way this mount cannot follow:
+        their reads fail from now on. Returns the tokens not marked before (to log once)."""
+        with self._lock:
+            new = set(tokens) - self._stale
+            self._stale.update(new)
+        return new
+
+    def _disk_put(self, level, idx, key: str, data: bytes, slots: list[int], meta: dict | None = None) -> None:
         """Hand fetched bytes to the write-behind (its thread lets go of their fetch slots),
         or past its bound, write them here and now."""
-        if self._writes.add(key, data, slots, (level.cache_token, idx)):
+        if self._writes.add(key, data, slots, (level.cache_token, idx), meta):
             # This process's readers take the bytes from the queue. (Should the write and its
             # release come first, this only ends the claim the release left to it.)
             self.disk.locks.downgrade(slots)
         else:
-            self._disk_write(Pending(key, data, slots, None, 0.0), downgraded=False)
+            self._disk_write(Pending(key, data, slots, None, 0.0, meta), downgraded=False)
 
     def _disk_write(self, entry: Pending, downgraded: bool = True) -> None:
         """A full or broken cache disk costs speed, never a read. The disk cache logs its
         own trouble; what it did not foresee is logged here, once, then counted."""
         try:
-            if not self.disk.put(entry.key, entry.data):
+            if not self.disk.put(entry.key, entry.data, entry.meta):
                 self.stats.add("disk_write_failures")
         except Exception as exc:
             self.stats.add("disk_write_failures")
@@ -382,19 +483,22 @@ class ChunkEngine:
         return key in self._writes or key in self.disk
 
     def _disk_get(self, level, chunk_key: str, count: bool = True) -> bytes | None:
+        entry = self._disk_entry(level, chunk_key)
+        if count:
+            self.stats.add("disk_hits" if entry is not None else "disk_misses")
+        return None if entry is None else entry[0]
+
+    def _disk_entry(self, level, chunk_key: str) -> tuple[bytes, dict | None] | None:
+        """(bytes, metadata) from the write-behind queue or the disk cache, or None."""
         if self.disk is None:
             return None
         key = self._disk_key(level, chunk_key)
         try:
-            data = self._writes.get(key)
-            if data is None:
-                data = self.disk.get(key)
+            entry = self._writes.get_entry(key)
+            return entry if entry is not None else self.disk.get_entry(key)
         except CorruptEntry:
             self.stats.add("disk_corrupt")
-            data = None
-        if count:
-            self.stats.add("disk_hits" if data is not None else "disk_misses")
-        return data
+            return None
 
     def _fill_chunk(self, level) -> np.ndarray:
         arr = self._fill.get(level.cache_token)
@@ -403,3 +507,9 @@ class ChunkEngine:
             arr = np.broadcast_to(np.array(level.fill_value, dtype=level.dtype), tuple(level.chunk_shape))
             self._fill[level.cache_token] = arr
         return arr
+
+
+def _etag_of(version: dict | None) -> str:
+    if not version:
+        return "none"
+    return version.get("etag") or version.get("last_modified") or "none"

@@ -21,6 +21,9 @@ COUNTERS = (
     "block_decodes",  # Blosc blocks decoded alone (BlockedChunk)
     "decoded_bytes",  # by both: decoded bytes / chunk bytes is how often each chunk was decoded
     "prefetched",  # chunks queued by readahead
+    "revalidated",  # cached chunks checked against the source again (--revalidate)
+    "chunks_changed",  # of those, chunks whose bytes had changed at the source
+    "revalidation_failures",  # the source could not be asked: the cached chunk was served
     "errors",
 )
 

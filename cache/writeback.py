@@ -31,6 +31,7 @@ class Pending(NamedTuple):
     slots: list[int]  # fetch slots to let go of once written
     memory_key: Hashable  # the chunk's key in the memory cache
     queued: float
+    meta: dict | None = None  # the entry's metadata (DiskCache.put)
 
 
 class WriteBehind:
@@ -56,6 +57,10 @@ class WriteBehind:
         entry = self._queue.get(key)
         return None if entry is None else entry.data
 
+    def get_entry(self, key: str) -> tuple[bytes, dict | None] | None:
+        entry = self._queue.get(key)
+        return None if entry is None else (entry.data, entry.meta)
+
     def __contains__(self, key: str) -> bool:
         return key in self._queue
 
@@ -71,13 +76,13 @@ class WriteBehind:
                 self._readers -= 1
                 self._last_read = time.monotonic()
 
-    def add(self, key: str, data: bytes, slots: list[int], memory_key: Hashable) -> bool:
+    def add(self, key: str, data: bytes, slots: list[int], memory_key: Hashable, meta: dict | None = None) -> bool:
         """Queue bytes for the disk; False (nothing queued) when bytes held by nothing else
         are past the bound, or the key waits already: the caller writes them itself."""
         with self._cond:
             if key in self._queue or (self.alone_bytes > self.bound and not self._held_in_memory(memory_key, data)):
                 return False
-            self._queue[key] = Pending(key, data, slots, memory_key, time.monotonic())
+            self._queue[key] = Pending(key, data, slots, memory_key, time.monotonic(), meta)
             self._by_memory_key[memory_key] = key
             self.nbytes += len(data)
             self._refresh(key)

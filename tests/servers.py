@@ -84,6 +84,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
         urlpath = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
         status = srv.fail_paths.get(urlpath)
         srv._record(self.command, urlpath)
+        if "If-None-Match" in self.headers or "If-Modified-Since" in self.headers:
+            srv._count_conditional(urlpath)
         if status is not None:
             return self._error(status, body)
         full = srv.resolve(urlpath)
@@ -102,11 +104,18 @@ class _RangeHandler(BaseHTTPRequestHandler):
         with f:
             st = os.fstat(f.fileno())
             size = st.st_size
+            # As nginx does: the ETag names the file's modification time and size.
+            etag = f'"{st.st_mtime_ns:x}-{size:x}"'
             headers = {
                 "Content-Type": mimetypes.guess_type(full)[0] or "application/octet-stream",
                 "Last-Modified": email.utils.formatdate(st.st_mtime, usegmt=True),
+                "ETag": etag,
                 "Accept-Ranges": "bytes",
             }
+            if _not_modified(self.headers, etag, st.st_mtime):
+                srv._count_not_modified()
+                return self._reply(304, {"ETag": etag, "Last-Modified": headers["Last-Modified"],
+                                         "Content-Length": "0"}, b"", body)
             rng = _parse_range(self.headers.get("Range"), size)
             if rng == "unsatisfiable":
                 headers["Content-Range"] = f"bytes */{size}"
@@ -128,6 +137,21 @@ class _RangeHandler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk)
                     srv._count_bytes(len(chunk))
                     left -= len(chunk)
+
+
+def _not_modified(request_headers, etag: str, mtime: float) -> bool:
+    """RFC 9110 13.1: If-None-Match decides when present, else If-Modified-Since."""
+    match = request_headers.get("If-None-Match")
+    if match is not None:
+        tags = [t.strip().removeprefix("W/") for t in match.split(",")]
+        return "*" in tags or etag in tags
+    since = request_headers.get("If-Modified-Since")
+    if since is None:
+        return False
+    try:
+        return int(mtime) <= email.utils.parsedate_to_datetime(since).timestamp()
+    except (TypeError, ValueError):
+        return False
 
 
 def _parse_range(value: str | None, size: int):
@@ -215,6 +239,18 @@ class RequestCounters:
             return self._requests
 
     @property
+    def conditional_paths(self) -> list[str]:
+        """Paths of the requests that carried If-None-Match or If-Modified-Since, oldest first."""
+        with self._lock:
+            return list(self._conditional)
+
+    @property
+    def not_modified(self) -> int:
+        """Conditional requests answered 304 Not Modified."""
+        with self._lock:
+            return self._not_modified
+
+    @property
     def bytes_served(self) -> int:
         with self._lock:
             return self._bytes
@@ -233,12 +269,22 @@ class RequestCounters:
         with self._lock:
             self._requests = 0
             self._bytes = 0
+            self._not_modified = 0
+            self._conditional = collections.deque(maxlen=self.log_size)
             self._log = collections.deque(maxlen=self.log_size)
 
     def _record(self, *entry) -> None:
         with self._lock:
             self._requests += 1
             self._log.append(entry)
+
+    def _count_conditional(self, path: str) -> None:
+        with self._lock:
+            self._conditional.append(path)
+
+    def _count_not_modified(self) -> None:
+        with self._lock:
+            self._not_modified += 1
 
     def _count_bytes(self, n: int) -> None:
         with self._lock:

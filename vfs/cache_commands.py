@@ -9,7 +9,7 @@ import sqlite3
 import sys
 import time
 
-from ..adapters import Image, NgffMountError, open_source
+from ..adapters import Image, NgffMountError, normalize_url, open_source
 from ..cache.disk import FULL_MARGIN, CacheUnavailable, DiskCache
 from ..cache.diskfolder import describe, human, remove_cache_files
 from ..cache.engine import ChunkEngine
@@ -55,12 +55,15 @@ def cache_info(directory: str) -> str:
     ])
 
 
-def cache_clear(directory: str) -> str:
+def cache_clear(directory: str, source: str | None = None) -> str:
+    """Empty the cache folder, or with `source`, drop only the entries fetched through it."""
     if not os.path.isdir(directory):
         return f"cache directory {directory} does not exist: nothing to clear"
     try:
         disk = DiskCache(directory, size_limit=None)
     except CacheUnavailable as exc:
+        if source is not None:
+            raise NgffMountError(f"{exc}; `ngffmount cache clear` without a source empties it") from None
         # Not even room to open it: drop its files, which mounts using it make again.
         try:
             entries = describe(directory)["entries"]
@@ -69,6 +72,9 @@ def cache_clear(directory: str) -> str:
         remove_cache_files(directory)
         return f"removed {entries} entries from {directory} ({exc}: removed its database and files)"
     try:
+        if source is not None:
+            url = normalize_url(source)
+            return f"removed {disk.clear_source(url)} entries of {url} from {directory}"
         return f"removed {disk.evicted_to_open + disk.clear()} entries from {directory}"
     except (OSError, sqlite3.Error) as exc:
         raise NgffMountError(f"cannot clear the cache at {directory}: {exc}") from None
@@ -126,7 +132,7 @@ def prefetch(source: str, storage_options: dict, concurrency: int, cache_dir: st
             if level_name is None or name == level_name:
                 targets.append((f"{prefix}{name}", level, parse_region(region, level)))
     try:
-        disk = DiskCache(cache_dir, cache_size)
+        disk = DiskCache(cache_dir, cache_size, source=normalize_url(source))
     except CacheUnavailable as exc:
         raise NgffMountError(str(exc)) from None
     engine = ChunkEngine(disk=disk, memory_bytes=0)

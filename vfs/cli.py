@@ -26,6 +26,22 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G, 512M)") from None
 
 
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> float:
+    """`30s`, `5m`, `1h`, `2d`, or plain seconds."""
+    t = text.strip().lower()
+    unit = t[-1] if t and t[-1] in AGE_UNITS else "s"
+    try:
+        value = float(t[:-1] if t and t[-1] in AGE_UNITS else t) * AGE_UNITS[unit]
+    except ValueError:
+        value = -1
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"not an age: {text!r} (e.g. 30s, 10m, 1h)")
+    return value
+
+
 def parse_option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -63,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--memory-cache", type=parse_size, default=DEFAULT_MEMORY, help="decoded-chunk memory bound (default 768M)")
     m.add_argument("--allow-other", action="store_true", help="let other users read the mount (FUSE allow_other)")
     m.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/ngffmount)")
+    m.add_argument("--revalidate", type=parse_age, metavar="AGE",
+                   help="check cached chunks older than AGE (30s, 1h, ...) against the source, and re-read "
+                        "the metadata every AGE (default: chunks are immutable while the metadata is unchanged)")
     m.add_argument("--debug", action="store_true")
 
     st = sub.add_parser("stats", help="print the live counters of a mount")
@@ -71,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cache", help="look at or manage the persistent chunk cache")
     csub = c.add_subparsers(dest="cache_command", required=True)
     csub.add_parser("info", parents=[cache_opts], help="where the cache is and how full")
-    csub.add_parser("clear", parents=[cache_opts], help="remove every cached chunk")
+    cc = csub.add_parser("clear", parents=[cache_opts], help="remove every cached chunk, or one source's")
+    cc.add_argument("source", nargs="?", help="only the chunks fetched through this source URL (and sources under it)")
     pf = csub.add_parser("prefetch", parents=[source_opts, cache_opts], help="fetch chunks into the cache ahead of use")
     pf.add_argument("source")
     pf.add_argument("--level", help="only this level (s0, s1, ...); default: all")
@@ -130,6 +150,7 @@ def config_from_args(args):
         allow_other=args.allow_other,
         log_file=args.log_file,
         debug=args.debug,
+        revalidate=args.revalidate,
     )
 
 
@@ -196,7 +217,7 @@ def cmd_cache(args) -> int:
     if args.cache_command == "info":
         print(cache_commands.cache_info(args.cache_dir))
     elif args.cache_command == "clear":
-        print(cache_commands.cache_clear(args.cache_dir))
+        print(cache_commands.cache_clear(args.cache_dir, args.source))
     else:
         print(cache_commands.prefetch(args.source, source_options(args), args.concurrency, args.cache_dir,
                                       args.cache_size, args.level, args.region))

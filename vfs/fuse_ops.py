@@ -14,6 +14,7 @@ import threading
 from typing import Callable
 
 from ..adapters import NgffMountError, redact
+from ..adapters.errors import SourceChanged
 from .fs import VirtualFS
 from .virtualfile import read_bytes
 from .libfuse import load_mfusepy
@@ -38,8 +39,11 @@ def _errno_of(exc: BaseException) -> int:
 class FuseOps(fuse.Operations):
     use_ns = True
 
-    def __init__(self, vfs: VirtualFS, on_ready: Callable[[], None] | None = None):
+    def __init__(self, vfs: VirtualFS, on_ready: Callable[[], None] | None = None, keep_cache: bool = True):
+        """`keep_cache=False` (with --revalidate): the kernel drops a file's pages when it is
+        opened again, so a reopened file shows revalidated chunks."""
         self.vfs = vfs
+        self.keep_cache = keep_cache
         self.on_ready = on_ready
         self._handles: dict[int, object] = {}
         self._next_fh = itertools.count(1)
@@ -52,6 +56,8 @@ class FuseOps(fuse.Operations):
             raise fuse.FuseOSError(_errno_of(exc)) from None
         except fuse.FuseOSError:
             raise
+        except SourceChanged:  # logged once where the change was found
+            raise fuse.FuseOSError(errno.EIO) from None
         except NgffMountError as exc:
             log.error("%s %s: %s", what, path, redact(str(exc)))
             raise fuse.FuseOSError(errno.EIO) from None
@@ -80,7 +86,7 @@ class FuseOps(fuse.Operations):
             fh = next(self._next_fh)
             self._handles[fh] = vfile
         fi.fh = fh
-        fi.keep_cache = 0 if node.dynamic else 1
+        fi.keep_cache = 0 if node.dynamic or not self.keep_cache else 1
         fi.direct_io = 1 if node.dynamic else 0
         return 0
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from ..adapters import NgffMountError, normalize_url, open_source, storage_options_for
 from ..adapters.storage import TRANSFERS
@@ -26,6 +27,7 @@ from ..adapters.zarr_codecs import warm_up_codecs
 from ..cache.disk import DEFAULT_SIZE, CacheUnavailable, DiskCache, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY, ChunkEngine
 from .heap import keep_freed_memory
+from .metadata_watch import watch_metadata
 from .libfuse import fuse_class, load_mfusepy, raise_readahead
 
 log = logging.getLogger("ngffmount")
@@ -52,6 +54,7 @@ class MountConfig:
     allow_other: bool = False
     log_file: str | None = None
     debug: bool = False
+    revalidate: float | None = None  # seconds; None: chunks are immutable while the metadata is unchanged
 
 
 # -- checks -----------------------------------------------------------------------------
@@ -100,10 +103,11 @@ def build_engine(config: MountConfig) -> ChunkEngine:
     disk = None
     if config.disk_cache:
         try:
-            disk = DiskCache(config.cache_dir, config.cache_size)
+            disk = DiskCache(config.cache_dir, config.cache_size, source=normalize_url(config.source))
         except CacheUnavailable as exc:
             log.warning("%s: serving without a disk cache until the next mount", exc)
-    return ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency)
+    return ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency,
+                       revalidate=config.revalidate)
 
 
 def stats_renderer(engine: ChunkEngine, source_url: str):
@@ -155,7 +159,11 @@ def serve(config: MountConfig, on_ready) -> None:
     # mount: out of the collector's sight, each full collection stops walking it (6% of the
     # daemon's CPU on a cold plane went to the collector).
     gc.freeze()
-    ops = FuseOps(VirtualFS(root), on_ready=lambda: _when_mounted(mountpoint, on_ready))
+    if config.revalidate:
+        watch_metadata(partial(open_source, config.source, options, config.concurrency), source, engine,
+                       config.revalidate)
+    ops = FuseOps(VirtualFS(root), on_ready=lambda: _when_mounted(mountpoint, on_ready),
+                  keep_cache=not config.revalidate)
     options = dict(
         foreground=True,
         nothreads=False,

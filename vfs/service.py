@@ -41,7 +41,7 @@ MOUNT_ONLY = {"ro", "rw", "defaults", "auto", "noauto", "user", "nouser", "users
               "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync", "atime", "noatime", "relatime"}
 FLAG_OPTIONS = {"anon": "--anon", "allow_other": "--allow-other", "no_disk_cache": "--no-disk-cache", "debug": "--debug"}
 VALUE_OPTIONS = {"endpoint_url", "cache_dir", "cache_size", "memory_cache", "concurrency", "timeout", "retries",
-                 "log_file"}
+                 "log_file", "revalidate"}
 
 
 def ngffmount_command() -> str:
