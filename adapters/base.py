@@ -139,17 +139,3 @@ def inferred_axes(ndim: int) -> list[Axis]:
     kinds = {"t": "time", "c": "channel"}
     return [Axis(n, kinds.get(n, "space")) for n in names]
 
-
-UNIT_NAMES = {
-    "nm": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer", "micron": "micrometer",
-    "microns": "micrometer", "mm": "millimeter", "m": "meter", "s": "second", "ms": "millisecond",
-}
-NO_UNIT = ("pixel", "pixels", "px")
-
-
-def unit_name(u) -> str | None:
-    """A unit as NGFF names it (UDUNITS-2), from the abbreviations other formats use."""
-    if not isinstance(u, str) or not u.strip() or u.strip().lower() in NO_UNIT:
-        return None
-    u = u.strip()
-    return UNIT_NAMES.get(u, u)

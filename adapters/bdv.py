@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import n5
-from .base import Axis, Channel, Group, Image, Level, make_cache_token, unit_name
+from .base import Axis, Channel, Group, Image, Level, make_cache_token
 from .bdv_remote import RemoteLoader
 from .bdv_zarr import FORMATS as CONTAINER_LOADERS
 from .bdv_zarr import loader_for as container_loader
@@ -28,6 +28,7 @@ from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
 from .storage import (
     DEFAULT_RETRIES, DEFAULT_TIMEOUT, RangeRequest, StorageOptions, Store, endpoint_of, parse_json, storage_options_for,
 )
+from .units import SAMPLE_TYPES, is_length, unit_name
 from .urls import has_scheme, join_url, normalize_url, parent_url, redact
 
 LOADERS = ("bdv.hdf5", "bdv.n5", "bdv.n5.s3", "bdv.remote", *CONTAINER_LOADERS)
@@ -144,15 +145,6 @@ def open_bdv(ctx: Context, raw_xml: bytes, name: str, mtime: float, server_url: 
     return group
 
 
-# Length units a setup's voxelSize may carry (NGFF names, and the abbreviations XMLs use).
-LENGTH_UNITS = {
-    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
-    "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter", "nanometer",
-    "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer", "yottameter", "zeptometer",
-    "zettameter", "cm", "km", "pm", "Å",
-}
-
-
 class Calibration:
     """Voxel size and origin (x, y, z) of a view, and each level's scale and translation.
 
@@ -167,7 +159,7 @@ class Calibration:
         unit = unit_name(setup.unit)
         voxel = list(setup.voxel_size or (1.0, 1.0, 1.0))
         origin = [0.0, 0.0, 0.0]
-        if unit in LENGTH_UNITS and setup.voxel_size is not None and all(v > 0 for v in voxel):
+        if is_length(unit) and setup.voxel_size is not None and all(v > 0 for v in voxel):
             scales = _column_norms(affine) if affine is not None else None
             if scales is not None and all(s > 0 for s in scales):
                 origin = [affine[i * 4 + 3] / scales[i] * voxel[i] for i in range(3)]
@@ -279,14 +271,12 @@ class _Hdf5Loader:
         return self._setups[s]
 
 
-BDV_TYPES = {"uint8": "u1", "int8": "i1", "uint16": "u2", "int16": "i2", "uint32": "u4", "int32": "i4",
-             "uint64": "u8", "int64": "i8", "float32": "f4", "float64": "f8"}
 MASK = struct.Struct("<I")  # each fetched chunk carries its HDF5 filter mask in front
 
 
 def visible_dtype(stored: np.dtype, data_type: str | None) -> np.dtype:
     """The dtype users see: the setup's dataType, or uint16 for legacy int16 cells."""
-    kind = BDV_TYPES.get(data_type) if data_type is not None else ("u2" if stored.kind == "i" and stored.itemsize == 2 else None)
+    kind = SAMPLE_TYPES.get(data_type) if data_type is not None else ("u2" if stored.kind == "i" and stored.itemsize == 2 else None)
     if kind is None or np.dtype(kind).itemsize != stored.itemsize:
         return stored
     return np.dtype(kind).newbyteorder(stored.byteorder) if stored.byteorder in "<>" else np.dtype(kind)

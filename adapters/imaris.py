@@ -20,11 +20,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .base import Axis, Channel, Image, Level, make_cache_token, unit_name
-from .bdv import BDV_TYPES, Hdf5CellsLevel
+from .base import Axis, Channel, Image, Level, make_cache_token
+from .bdv import Hdf5CellsLevel
 from .errors import BadMetadata, ChunkReadError, NotAnImage
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters
 from .storage import Store
+from .units import SAMPLE_TYPES, unit_name
 from .urls import normalize_url, parent_url, redact
 
 FORMAT = "Imaris"
@@ -196,7 +197,7 @@ class ImarisLevel(Level):
         with self._lock:
             view = self._views.get((t, c))
             if view is None:
-                data_type = self.dtype.name if self.dtype.name in BDV_TYPES else None
+                data_type = self.dtype.name if self.dtype.name in SAMPLE_TYPES else None
                 view = self._views[(t, c)] = Hdf5CellsLevel(
                     lambda: self.file, f"{_channel_path(self.r, t, c)}/Data", self.layout, data_type,
                     self.axes[-3:], self.scale[-3:], self.translation[-3:], is_template=(t, c) == (0, 0))

@@ -18,15 +18,13 @@ from typing import Sequence
 import numcodecs
 import numpy as np
 
-from .base import Axis, Group, Image, Level, inferred_axes, make_cache_token, unit_name
+from .base import Axis, Group, Image, Level, inferred_axes, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, Unsupported
 from .storage import Store, parse_json, safe_key
+from .units import sample_types, unit_name
 from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
 
-N5_DTYPES = {
-    "uint8": "u1", "int8": "i1", "uint16": ">u2", "int16": ">i2", "uint32": ">u4", "int32": ">i4",
-    "uint64": ">u8", "int64": ">i8", "float32": ">f4", "float64": ">f8",
-}
+N5_DTYPES = sample_types(">")  # N5 blocks are big-endian
 ATTRS = "attributes.json"
 log = logging.getLogger("ngffmount")
 MAX_PROBED_LEVELS = 16
