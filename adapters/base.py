@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
 AXIS_TYPES = ("time", "channel", "space")
+
+# -- limits every adapter applies to a level -----------------------------------------------
+# Bounds that keep every offset a 64-bit number and every chunk decodable in memory.
+MAX_ARRAY_BYTES = 2**60
+MAX_CHUNK_BYTES = 2**31
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,14 @@ class Level:
         for c in self.chunk_shape:  # Python ints: a hostile chunk shape must not overflow
             n *= c
         return n * self.dtype.itemsize
+
+    @property
+    def array_nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def beyond_limits(self) -> bool:
+        """Larger than MAX_ARRAY_BYTES, or chunks larger than MAX_CHUNK_BYTES."""
+        return self.array_nbytes > MAX_ARRAY_BYTES or self.chunk_nbytes > MAX_CHUNK_BYTES
 
 
 @dataclass

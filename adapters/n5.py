@@ -22,7 +22,6 @@ from .base import Axis, Group, Image, Level, inferred_axes, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, Unsupported
 from .storage import Store, parse_json, safe_key
 from .units import sample_types, unit_name
-from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
 
 N5_DTYPES = sample_types(">")  # N5 blocks are big-endian
 ATTRS = "attributes.json"
@@ -114,7 +113,7 @@ class N5Level(Level):
         self.chunk_shape = tuple(reversed(block))
         self.dtype = np.dtype(N5_DTYPES[attrs["dataType"]])
         self.fill_value = 0
-        if math.prod(self.shape) * self.dtype.itemsize > MAX_ARRAY_BYTES or self.chunk_nbytes > MAX_CHUNK_BYTES:
+        if self.beyond_limits():
             raise Unsupported(f"{where}: N5 dataset {dims} with blocks {block} is larger than ngffmount serves")
         if len(axes) != len(self.shape):
             raise BadMetadata(f"{where}: {len(self.shape)} dimensions but {len(axes)} axes")

@@ -22,7 +22,6 @@ from .precomputed_codecs import (
     DTYPES, MAX_INDEX_BYTES, Sharding, check_encoding, compressed_morton_code, decode_chunk, gunzip, morton_bits,
 )
 from .storage import RangeRequest, Store, safe_key
-from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
 
 INFO = "info"
 VOLUME_TYPE = "neuroglancer_multiscale_volume"
@@ -109,7 +108,7 @@ class PrecomputedLevel(Level):
         self.scale = (1.0,) * len(lead) + tuple(float(r) for r in resolution[::-1])
         self.translation = (0.0,) * len(lead) + tuple(float(o * r) for o, r in zip(offset[::-1], resolution[::-1]))
         self.fill_value = 0
-        if math.prod(self.shape) * self.dtype.itemsize > MAX_ARRAY_BYTES or self.chunk_nbytes > MAX_CHUNK_BYTES:
+        if self.beyond_limits():
             raise Unsupported(f"{where}: a volume of {list(self.size)} in chunks of {list(self.chunk)} is larger "
                               "than ngffmount serves")
         self.cache_token = make_cache_token(self.store.identity, {"scale": scale, "data_type": data_type,
