@@ -22,8 +22,9 @@ from .base import Axis, Channel, Group, Image, Level, make_cache_token
 from .bdv_remote import RemoteLoader
 from .bdv_zarr import FORMATS as CONTAINER_LOADERS
 from .bdv_zarr import loader_for as container_loader
-from .bdv_xml import PathRef, Setup, SpimData, parse_spimdata
+from .bdv_xml import PathRef, Setup, SpimData, looks_like_spimdata, parse_spimdata
 from .errors import BadMetadata, ChunkReadError, NgffMountError, SourceNotFound, Unsupported
+from .format import Format, Source, is_http
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
 from .storage import (
     DEFAULT_RETRIES, DEFAULT_TIMEOUT, RangeRequest, StorageOptions, Store, endpoint_of, parse_json, storage_options_for,
@@ -424,3 +425,34 @@ class CheckedN5Level(n5.N5Level):
                                              f"({ {f: own.get(f) for f in fields[:3]} })")
                     self._checked = True
         return super().fetch_many(keys)
+
+
+# -- registry entries --------------------------------------------------------------------
+
+
+def _is_xml(url: str) -> bool:
+    return url.split("?", 1)[0].rstrip("/").lower().endswith(".xml")
+
+
+def _open_xml(source: Source) -> Image | Group:
+    """A dataset XML (local, HTTP or S3); the data files are found from it."""
+    raw = source.reach([""])[""]
+    if raw is None:
+        raise SourceNotFound(f"{source.store.url}: not found")
+    name = source.name[:-4] if source.name.lower().endswith(".xml") else source.name
+    return open_bdv(Context(source.url, source.storage_options, source.concurrency), raw, name, source.mtime(""))
+
+
+def _server_documents(url: str) -> tuple[str, ...]:
+    # A BigDataViewer server answers its dataset URL itself (and every path under it) with the XML.
+    return ("",) if is_http(url) else ()
+
+
+def _open_server(source: Source) -> Image | Group:
+    ctx = Context(source.url, source.storage_options, source.concurrency)
+    return open_bdv(ctx, source.raw(""), source.name, 0.0, server_url=source.url)
+
+
+BDV_XML = Format("BigDataViewer XML", lambda s: _is_xml(s.url), _open_xml)
+BDV_SERVER = Format("BigDataViewer server", lambda s: is_http(s.url) and looks_like_spimdata(s.raw("")), _open_server,
+                    raw_documents=_server_documents)

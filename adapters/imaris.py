@@ -23,6 +23,7 @@ import numpy as np
 from .base import Axis, Channel, Image, Level, make_cache_token
 from .bdv import Hdf5CellsLevel
 from .errors import BadMetadata, ChunkReadError, NotAnImage
+from .format import Format
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters
 from .storage import Store
 from .units import SAMPLE_TYPES, unit_name
@@ -230,3 +231,10 @@ class ImarisLevel(Level):
             raise ChunkReadError(f"{self.file.where}: no view t{t} c{c} in {self.path}")
         arr = self._view(t, c).decode(zyx, raw)
         return arr.reshape(self.chunk_shape)
+
+
+IMARIS_FILE = Format(
+    "Imaris", lambda s: claims(s.url),
+    lambda s: open_imaris(s.url, s.storage_options, s.concurrency),
+    errors_at=lambda s: redact(s.url),  # no store is made for the file's own URL
+)

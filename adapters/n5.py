@@ -20,6 +20,7 @@ import numpy as np
 
 from .base import Axis, Group, Image, Level, inferred_axes, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, Unsupported
+from .format import Format, Source
 from .storage import Store, parse_json, safe_key
 from .units import sample_types, unit_name
 
@@ -435,3 +436,18 @@ def open_container(store: Store, name: str, mtime: float) -> Group:
     if not found:
         raise NotAnImage(f"{store.url}: N5 container with no images in it")
     return group
+
+
+# -- registry entries --------------------------------------------------------------------
+
+
+def _is_n5_root(source: Source) -> bool:
+    docs = source.docs
+    return docs[ATTRS] is not None and docs["zarr.json"] is None and docs[".zattrs"] is None
+
+
+N5_GROUP = Format("N5", _is_n5_root,
+                  lambda s: open_group(s.store, s.docs[ATTRS], s.name, s.mtime(ATTRS)),
+                  documents=(ATTRS, "zarr.json", ".zattrs"))
+N5_WITHOUT_ATTRIBUTES = Format("N5 without attributes.json", lambda s: not s.has_documents,
+                               lambda s: open_without_attributes(s.store, s.name))
