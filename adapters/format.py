@@ -29,7 +29,9 @@ class Source:
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None, concurrency: int,
                  documents: Iterable[str], raw_documents: Iterable[str]):
         self.url, self.storage_options, self.concurrency = url, storage_options, concurrency
-        self._json_keys = list(dict.fromkeys(documents))
+        # The root's own documents parse before its children's (labels/...): with two broken
+        # documents, the error names the same one whichever formats are listed.
+        self._json_keys = sorted(dict.fromkeys(documents), key=lambda k: k.count("/"))
         self._raw_keys = [k for k in dict.fromkeys(raw_documents) if k not in self._json_keys]
 
     @cached_property

@@ -13,6 +13,7 @@ import zarr
 from bdv_fixtures import write_bdv_hdf5
 from bdv_server import BdvServer
 from imaris_fixtures import write_ims
+from ngffmount.adapters import BadMetadata
 from ngffmount.adapters.registry import FORMATS, open_with_format
 from precomputed_fixtures import write_volume
 from zarr_fixtures import pattern, write_ome_zarr
@@ -121,3 +122,12 @@ def test_bigdataviewer_server_is_recognised_by_what_it_answers(tmp_path):
 
 def test_every_entry_is_reached_by_a_test():
     assert set(BUILDERS) | {"BigDataViewer server"} == {f.name for f in FORMATS}
+
+
+def test_the_roots_own_broken_document_is_named_before_its_childrens(tmp_path):
+    root = tmp_path / "b.n5"
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / ".zattrs").write_text("{")
+    (root / "attributes.json").write_text("{")
+    with pytest.raises(BadMetadata, match=r"b\.n5/attributes\.json: "):
+        open_with_format(str(root))
