@@ -28,7 +28,8 @@ class Axis:
 class Level:
     """One array of a pyramid. Data comes in whole chunks, padded to `chunk_shape`.
 
-    Subclasses set the attributes in __init__ and implement the three chunk methods.
+    Subclasses set the attributes in __init__ and implement the three chunk methods. This is
+    what cache/level.ChunkedLevel, the engine's view of a level, asks for.
     """
 
     path: str  # relative path of the array in the source
