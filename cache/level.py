@@ -3,7 +3,7 @@ the engine and read_region name it. cache/ imports nothing from adapters/ or vfs
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -11,11 +11,13 @@ import numpy as np
 class ChunkedLevel(Protocol):
     """One array read in whole chunks, padded to `chunk_shape`."""
 
+    path: str  # within the source, for messages
     shape: tuple[int, ...]
     dtype: np.dtype  # as decoded
     chunk_shape: tuple[int, ...]
     fill_value: object  # what a missing chunk holds
     cache_token: str  # changes when the array's metadata changes: names its chunks in every cache
+    layout_fixed: bool  # where chunks lie is read once per mount: a changed chunk needs a remount
 
     @property
     def chunk_nbytes(self) -> int: ...
@@ -24,8 +26,13 @@ class ChunkedLevel(Protocol):
         """A key naming the encoded bytes of chunk `idx`, unique within this level."""
         ...
 
-    def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
-        """Encoded bytes for each key, fetched concurrently; None where the chunk is missing."""
+    def fetch_versioned(self, key: str, condition: dict | None = None) -> tuple[bytes | None, dict | None]:
+        """One chunk's bytes (None if missing) and the version the source gave them; with
+        `condition`, only if changed since (else the adapter's NotModified)."""
+        ...
+
+    def forget_layout(self) -> bool:
+        """Read where chunks lie again on the next fetch; whether there was anything to forget."""
         ...
 
     def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
