@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
 AXIS_TYPES = ("time", "channel", "space")
+
+# -- limits every adapter applies to a level -----------------------------------------------
+# Bounds that keep every offset a 64-bit number and every chunk decodable in memory.
+MAX_ARRAY_BYTES = 2**60
+MAX_CHUNK_BYTES = 2**31
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,8 @@ class Axis:
 class Level:
     """One array of a pyramid. Data comes in whole chunks, padded to `chunk_shape`.
 
-    Subclasses set the attributes in __init__ and implement the three chunk methods.
+    Subclasses set the attributes in __init__ and implement the three chunk methods. This is
+    what cache/level.ChunkedLevel, the engine's view of a level, asks for.
     """
 
     path: str  # relative path of the array in the source
@@ -82,6 +89,14 @@ class Level:
             n *= c
         return n * self.dtype.itemsize
 
+    @property
+    def array_nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def beyond_limits(self) -> bool:
+        """Larger than MAX_ARRAY_BYTES, or chunks larger than MAX_CHUNK_BYTES."""
+        return self.array_nbytes > MAX_ARRAY_BYTES or self.chunk_nbytes > MAX_CHUNK_BYTES
+
 
 @dataclass
 class Channel:
@@ -139,17 +154,3 @@ def inferred_axes(ndim: int) -> list[Axis]:
     kinds = {"t": "time", "c": "channel"}
     return [Axis(n, kinds.get(n, "space")) for n in names]
 
-
-UNIT_NAMES = {
-    "nm": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer", "micron": "micrometer",
-    "microns": "micrometer", "mm": "millimeter", "m": "meter", "s": "second", "ms": "millisecond",
-}
-NO_UNIT = ("pixel", "pixels", "px")
-
-
-def unit_name(u) -> str | None:
-    """A unit as NGFF names it (UDUNITS-2), from the abbreviations other formats use."""
-    if not isinstance(u, str) or not u.strip() or u.strip().lower() in NO_UNIT:
-        return None
-    u = u.strip()
-    return UNIT_NAMES.get(u, u)

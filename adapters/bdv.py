@@ -18,16 +18,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import n5
-from .base import Axis, Channel, Group, Image, Level, make_cache_token, unit_name
+from .base import Axis, Channel, Group, Image, Level, make_cache_token
 from .bdv_remote import RemoteLoader
 from .bdv_zarr import FORMATS as CONTAINER_LOADERS
 from .bdv_zarr import loader_for as container_loader
-from .bdv_xml import PathRef, Setup, SpimData, parse_spimdata
+from .bdv_xml import PathRef, Setup, SpimData, looks_like_spimdata, parse_spimdata
 from .errors import BadMetadata, ChunkReadError, NgffMountError, SourceNotFound, Unsupported
+from .format import Format, Source, is_http
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
 from .storage import (
     DEFAULT_RETRIES, DEFAULT_TIMEOUT, RangeRequest, StorageOptions, Store, endpoint_of, parse_json, storage_options_for,
 )
+from .units import SAMPLE_TYPES, is_length, unit_name
 from .urls import has_scheme, join_url, normalize_url, parent_url, redact
 
 LOADERS = ("bdv.hdf5", "bdv.n5", "bdv.n5.s3", "bdv.remote", *CONTAINER_LOADERS)
@@ -144,15 +146,6 @@ def open_bdv(ctx: Context, raw_xml: bytes, name: str, mtime: float, server_url: 
     return group
 
 
-# Length units a setup's voxelSize may carry (NGFF names, and the abbreviations XMLs use).
-LENGTH_UNITS = {
-    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
-    "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter", "nanometer",
-    "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer", "yottameter", "zeptometer",
-    "zettameter", "cm", "km", "pm", "Å",
-}
-
-
 class Calibration:
     """Voxel size and origin (x, y, z) of a view, and each level's scale and translation.
 
@@ -167,7 +160,7 @@ class Calibration:
         unit = unit_name(setup.unit)
         voxel = list(setup.voxel_size or (1.0, 1.0, 1.0))
         origin = [0.0, 0.0, 0.0]
-        if unit in LENGTH_UNITS and setup.voxel_size is not None and all(v > 0 for v in voxel):
+        if is_length(unit) and setup.voxel_size is not None and all(v > 0 for v in voxel):
             scales = _column_norms(affine) if affine is not None else None
             if scales is not None and all(s > 0 for s in scales):
                 origin = [affine[i * 4 + 3] / scales[i] * voxel[i] for i in range(3)]
@@ -279,14 +272,12 @@ class _Hdf5Loader:
         return self._setups[s]
 
 
-BDV_TYPES = {"uint8": "u1", "int8": "i1", "uint16": "u2", "int16": "i2", "uint32": "u4", "int32": "i4",
-             "uint64": "u8", "int64": "i8", "float32": "f4", "float64": "f8"}
 MASK = struct.Struct("<I")  # each fetched chunk carries its HDF5 filter mask in front
 
 
 def visible_dtype(stored: np.dtype, data_type: str | None) -> np.dtype:
     """The dtype users see: the setup's dataType, or uint16 for legacy int16 cells."""
-    kind = BDV_TYPES.get(data_type) if data_type is not None else ("u2" if stored.kind == "i" and stored.itemsize == 2 else None)
+    kind = SAMPLE_TYPES.get(data_type) if data_type is not None else ("u2" if stored.kind == "i" and stored.itemsize == 2 else None)
     if kind is None or np.dtype(kind).itemsize != stored.itemsize:
         return stored
     return np.dtype(kind).newbyteorder(stored.byteorder) if stored.byteorder in "<>" else np.dtype(kind)
@@ -434,3 +425,34 @@ class CheckedN5Level(n5.N5Level):
                                              f"({ {f: own.get(f) for f in fields[:3]} })")
                     self._checked = True
         return super().fetch_many(keys)
+
+
+# -- registry entries --------------------------------------------------------------------
+
+
+def _is_xml(url: str) -> bool:
+    return url.split("?", 1)[0].rstrip("/").lower().endswith(".xml")
+
+
+def _open_xml(source: Source) -> Image | Group:
+    """A dataset XML (local, HTTP or S3); the data files are found from it."""
+    raw = source.reach([""])[""]
+    if raw is None:
+        raise SourceNotFound(f"{source.store.url}: not found")
+    name = source.name[:-4] if source.name.lower().endswith(".xml") else source.name
+    return open_bdv(Context(source.url, source.storage_options, source.concurrency), raw, name, source.mtime(""))
+
+
+def _server_documents(url: str) -> tuple[str, ...]:
+    # A BigDataViewer server answers its dataset URL itself (and every path under it) with the XML.
+    return ("",) if is_http(url) else ()
+
+
+def _open_server(source: Source) -> Image | Group:
+    ctx = Context(source.url, source.storage_options, source.concurrency)
+    return open_bdv(ctx, source.raw(""), source.name, 0.0, server_url=source.url)
+
+
+BDV_XML = Format("BigDataViewer XML", lambda s: _is_xml(s.url), _open_xml)
+BDV_SERVER = Format("BigDataViewer server", lambda s: is_http(s.url) and looks_like_spimdata(s.raw("")), _open_server,
+                    raw_documents=_server_documents)

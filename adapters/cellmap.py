@@ -13,6 +13,7 @@ import posixpath
 from . import n5, precomputed
 from .base import Group, Image
 from .errors import NgffMountError
+from .format import Format
 from .storage import Store, parse_json
 
 log = logging.getLogger("ngffmount")
@@ -81,3 +82,8 @@ def _place(group: Group, path: str, node: Image | Group) -> None:
         group = group.groups.setdefault(part, Group(part))
     node.name = leaf
     group.groups[leaf] = node
+
+
+# Found by listing: errors of single containers are logged and skipped above, not raised.
+CELLMAP_FOLDER = Format("Cellmap dataset folder", lambda s: not s.has_documents,
+                        lambda s: open_dataset_folder(s.store, s.name), errors_at=None)

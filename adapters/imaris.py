@@ -20,11 +20,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .base import Axis, Channel, Image, Level, make_cache_token, unit_name
-from .bdv import BDV_TYPES, Hdf5CellsLevel
+from .base import Axis, Channel, Image, Level, make_cache_token
+from .bdv import Hdf5CellsLevel
 from .errors import BadMetadata, ChunkReadError, NotAnImage
+from .format import Format
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters
 from .storage import Store
+from .units import SAMPLE_TYPES, unit_name
 from .urls import normalize_url, parent_url, redact
 
 FORMAT = "Imaris"
@@ -196,7 +198,7 @@ class ImarisLevel(Level):
         with self._lock:
             view = self._views.get((t, c))
             if view is None:
-                data_type = self.dtype.name if self.dtype.name in BDV_TYPES else None
+                data_type = self.dtype.name if self.dtype.name in SAMPLE_TYPES else None
                 view = self._views[(t, c)] = Hdf5CellsLevel(
                     lambda: self.file, f"{_channel_path(self.r, t, c)}/Data", self.layout, data_type,
                     self.axes[-3:], self.scale[-3:], self.translation[-3:], is_template=(t, c) == (0, 0))
@@ -229,3 +231,10 @@ class ImarisLevel(Level):
             raise ChunkReadError(f"{self.file.where}: no view t{t} c{c} in {self.path}")
         arr = self._view(t, c).decode(zyx, raw)
         return arr.reshape(self.chunk_shape)
+
+
+IMARIS_FILE = Format(
+    "Imaris", lambda s: claims(s.url),
+    lambda s: open_imaris(s.url, s.storage_options, s.concurrency),
+    errors_at=lambda s: redact(s.url),  # no store is made for the file's own URL
+)

@@ -18,15 +18,13 @@ from typing import Sequence
 import numcodecs
 import numpy as np
 
-from .base import Axis, Group, Image, Level, inferred_axes, make_cache_token, unit_name
+from .base import Axis, Group, Image, Level, inferred_axes, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, Unsupported
+from .format import Format, Source
 from .storage import Store, parse_json, safe_key
-from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
+from .units import sample_types, unit_name
 
-N5_DTYPES = {
-    "uint8": "u1", "int8": "i1", "uint16": ">u2", "int16": ">i2", "uint32": ">u4", "int32": ">i4",
-    "uint64": ">u8", "int64": ">i8", "float32": ">f4", "float64": ">f8",
-}
+N5_DTYPES = sample_types(">")  # N5 blocks are big-endian
 ATTRS = "attributes.json"
 log = logging.getLogger("ngffmount")
 MAX_PROBED_LEVELS = 16
@@ -116,7 +114,7 @@ class N5Level(Level):
         self.chunk_shape = tuple(reversed(block))
         self.dtype = np.dtype(N5_DTYPES[attrs["dataType"]])
         self.fill_value = 0
-        if math.prod(self.shape) * self.dtype.itemsize > MAX_ARRAY_BYTES or self.chunk_nbytes > MAX_CHUNK_BYTES:
+        if self.beyond_limits():
             raise Unsupported(f"{where}: N5 dataset {dims} with blocks {block} is larger than ngffmount serves")
         if len(axes) != len(self.shape):
             raise BadMetadata(f"{where}: {len(self.shape)} dimensions but {len(axes)} axes")
@@ -438,3 +436,18 @@ def open_container(store: Store, name: str, mtime: float) -> Group:
     if not found:
         raise NotAnImage(f"{store.url}: N5 container with no images in it")
     return group
+
+
+# -- registry entries --------------------------------------------------------------------
+
+
+def _is_n5_root(source: Source) -> bool:
+    docs = source.docs
+    return docs[ATTRS] is not None and docs["zarr.json"] is None and docs[".zattrs"] is None
+
+
+N5_GROUP = Format("N5", _is_n5_root,
+                  lambda s: open_group(s.store, s.docs[ATTRS], s.name, s.mtime(ATTRS)),
+                  documents=(ATTRS, "zarr.json", ".zattrs"))
+N5_WITHOUT_ATTRIBUTES = Format("N5 without attributes.json", lambda s: not s.has_documents,
+                               lambda s: open_without_attributes(s.store, s.name))

@@ -6,8 +6,10 @@ from __future__ import annotations
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
+from . import omezarr
 from .base import Group, Image
 from .errors import BadMetadata, NotAnImage
+from .format import Format, Source
 from .storage import Store, parse_json, safe_key
 
 OPEN_THREADS = 8
@@ -94,3 +96,57 @@ def bioformats2raw(store: Store, zarr3: bool, open_image, name: str) -> Group:
     for path, image in open_images(store, paths, zarr3, open_image).items():
         group.add(path, image)
     return group
+
+
+# -- registry entries --------------------------------------------------------------------
+
+LABEL_KEYS = ("labels/.zattrs", "labels/zarr.json")
+
+
+def opener(zarr3: bool, mtime: float):
+    """Opens the images a group points to (fields, series, labels) as OME-Zarr images."""
+
+    def open_image(store: Store, attrs: dict, name: str) -> Image:
+        ms = attrs.get("multiscales")
+        first = ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else {}
+        version = str(attrs.get("version", "0.5")) if zarr3 else str(first.get("version", "0.4"))
+        return omezarr.open_image(store, attrs, version, name, mtime)
+
+    return open_image
+
+
+def _zarr3(source: Source) -> bool:
+    return source.docs["zarr.json"] is not None
+
+
+def _group_key(source: Source) -> str:
+    return "zarr.json" if _zarr3(source) else ".zattrs"
+
+
+def _root_attrs(source: Source) -> dict:
+    return _attrs_of(source.docs[_group_key(source)], _zarr3(source)) or {}
+
+
+def _open_image(source: Source) -> Image:
+    ome, version = omezarr.ome_attributes(source.docs)
+    zarr3, mtime = _zarr3(source), source.mtime(_group_key(source))
+    image = omezarr.open_image(source.store, ome, version, source.name, mtime)
+    labels_doc = source.docs["labels/zarr.json" if zarr3 else "labels/.zattrs"]
+    image.labels = labels_of(source.store, _attrs_of(labels_doc, zarr3), zarr3, opener(zarr3, mtime))
+    return image
+
+
+def _images_opener(source: Source):
+    return opener(_zarr3(source), source.mtime(_group_key(source)))
+
+
+OME_ZARR_IMAGE = Format("OME-Zarr image", lambda s: omezarr.ome_attributes(s.docs) is not None, _open_image,
+                        documents=(*omezarr.ROOT_KEYS, *LABEL_KEYS))
+OME_ZARR_PLATE = Format(
+    "OME-Zarr plate", lambda s: "plate" in _root_attrs(s),
+    lambda s: plate(s.store, _root_attrs(s), _zarr3(s), _images_opener(s), s.name), documents=omezarr.ROOT_KEYS,
+)
+BIOFORMATS2RAW = Format(
+    "OME-Zarr bioformats2raw", lambda s: "bioformats2raw.layout" in _root_attrs(s),
+    lambda s: bioformats2raw(s.store, _zarr3(s), _images_opener(s), s.name), documents=omezarr.ROOT_KEYS,
+)

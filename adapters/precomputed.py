@@ -18,11 +18,12 @@ import numpy as np
 
 from .base import Axis, Image, Level, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NotAnImage, Unsupported
+from .format import Format, Source
 from .precomputed_codecs import (
     DTYPES, MAX_INDEX_BYTES, Sharding, check_encoding, compressed_morton_code, decode_chunk, gunzip, morton_bits,
 )
-from .storage import RangeRequest, Store, safe_key
-from .zarr_array import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES
+from .storage import RangeRequest, Store, parse_json, safe_key
+from .urls import normalize_url
 
 INFO = "info"
 VOLUME_TYPE = "neuroglancer_multiscale_volume"
@@ -109,7 +110,7 @@ class PrecomputedLevel(Level):
         self.scale = (1.0,) * len(lead) + tuple(float(r) for r in resolution[::-1])
         self.translation = (0.0,) * len(lead) + tuple(float(o * r) for o, r in zip(offset[::-1], resolution[::-1]))
         self.fill_value = 0
-        if math.prod(self.shape) * self.dtype.itemsize > MAX_ARRAY_BYTES or self.chunk_nbytes > MAX_CHUNK_BYTES:
+        if self.beyond_limits():
             raise Unsupported(f"{where}: a volume of {list(self.size)} in chunks of {list(self.chunk)} is larger "
                               "than ngffmount serves")
         self.cache_token = make_cache_token(self.store.identity, {"scale": scale, "data_type": data_type,
@@ -280,3 +281,23 @@ class LoadOnce:
         with self._lock:
             self._values.clear()
             self._nbytes = 0
+
+
+# -- registry entry ----------------------------------------------------------------------
+
+
+def _documents(url: str) -> tuple[str, ...]:
+    # Asked for in the first batch where the name says so; elsewhere only once nothing else
+    # is found (other sources' first batch stays as it was).
+    return (INFO,) if normalize_url(url).lower().endswith(".precomputed") else ()
+
+
+def _open(source: Source) -> Image:
+    doc = parse_json(source.raw(INFO), f"{source.store.url}/{INFO}")
+    return open_precomputed(source.store, doc, source.name, source.mtime(INFO))
+
+
+PRECOMPUTED_VOLUME = Format(
+    "Neuroglancer precomputed", lambda s: not s.has_documents and s.raw(INFO) is not None, _open,
+    raw_documents=_documents,
+)

@@ -13,11 +13,9 @@ import zlib
 import numpy as np
 
 from .errors import BadMetadata, ChunkReadError, Unsupported
+from .units import SAMPLE_TYPES, sample_types
 
-DTYPES = {
-    "uint8": "u1", "int8": "i1", "uint16": "<u2", "int16": "<i2", "uint32": "<u4", "int32": "<i4",
-    "uint64": "<u8", "int64": "<i8", "float32": "<f4",
-}
+DTYPES = sample_types("<", [n for n in SAMPLE_TYPES if n != "float64"])  # as Neuroglancer reads them
 ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation")
 # What each image encoding can hold (as Neuroglancer and tensorstore allow it).
 IMAGE_ENCODINGS = {"jpeg": (("uint8",), (1, 3)), "png": (("uint8", "uint16"), (1, 2, 3, 4))}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from concurrent.futures import Future
 from threading import Lock
@@ -10,15 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import Axis, Level, make_cache_token
+from .base import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES, Axis, Level, make_cache_token
 from .blosc_frames import BloscFrame
 from .errors import BadMetadata, ChunkReadError, NgffMountError, Unsupported
 from .storage import RangeRequest, Store
 from .zarr_codecs import V2ChunkDecoder, V3ChunkDecoder, parse_fill_value, v2_dtype
 
 MISSING = np.uint64(2**64 - 1)
-MAX_ARRAY_BYTES = 2**60
-MAX_CHUNK_BYTES = 2**31
 SHARD_INDEX_CACHE_BYTES = 64 << 20
 
 
@@ -58,8 +55,7 @@ class ZarrLevel(Level):
             raise BadMetadata(f"{where}: chunk shape {list(self.chunk_shape)} has a non-positive entry")
         if any(n == 0 for n in self.shape):
             raise BadMetadata(f"{where}: shape {list(self.shape)} has an empty dimension")
-        # Bounds that keep every offset a 64-bit number and every chunk decodable in memory.
-        if math.prod(self.shape) * self.dtype.itemsize > MAX_ARRAY_BYTES:
+        if self.array_nbytes > MAX_ARRAY_BYTES:
             raise Unsupported(f"{where}: shape {list(self.shape)} is larger than the 2**60 bytes ngffmount serves")
         if self.chunk_nbytes > MAX_CHUNK_BYTES:
             raise Unsupported(f"{where}: chunks of {self.chunk_nbytes} bytes are larger than the 2 GiB ngffmount decodes")

@@ -16,15 +16,11 @@ import numpy as np
 
 from .blosc_frames import HEADER as BLOSC_HEADER
 from .errors import BadMetadata, ChunkReadError, Unsupported
+from .units import SAMPLE_TYPES
 
 # -- dtypes and fill values --------------------------------------------------------------
 
-V3_DTYPES = {
-    name: name
-    for name in (
-        "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 complex64 complex128"
-    ).split()
-}
+V3_DTYPES = frozenset({"bool", *SAMPLE_TYPES, "float16", "complex64", "complex128"})
 
 
 def v2_dtype(spec) -> np.dtype:

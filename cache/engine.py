@@ -22,6 +22,7 @@ from ..adapters.storage import NotModified
 from .blocked import MIN_BLOCKS, BlockedChunk
 from .disk import CorruptEntry, DiskCache
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
+from .level import ChunkedLevel
 from .memory import MemoryLRU
 from .stats import Stats
 from .throttledlog import ThrottledLog
@@ -76,7 +77,7 @@ class ChunkEngine:
         self._background: set[Future] = set()  # blocks decoded ahead of a reader
         self._fill: dict[str, np.ndarray] = {}
 
-    def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
+    def get(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
         """The given chunks of a level, each sliceable like a read-only array of the full
         chunk shape: a decoded array, or a BlockedChunk that decodes the blocks a slice needs."""
         if level.cache_token in self._stale:
@@ -99,7 +100,7 @@ class ChunkEngine:
                 result.update(self.get(level, dropped))
             return result
 
-    def prefetch(self, level, indices: Iterable[tuple[int, ...]], urgent: bool = False,
+    def prefetch(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]], urgent: bool = False,
                  cancelled: threading.Event | None = None) -> None:
         """Load chunks into the memory cache in the background. `urgent`: the rest of a plane
         a reader is in, ahead of readahead; `cancelled`: set it to drop what has not started."""
@@ -113,7 +114,7 @@ class ChunkEngine:
             self.stats.add("prefetched", len(mine))
             self._load(level, mine, PLANE if urgent else AHEAD, None if urgent else cancelled)
 
-    def stage(self, level, indices: Iterable[tuple[int, ...]], cancelled: threading.Event | None = None) -> None:
+    def stage(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]], cancelled: threading.Event | None = None) -> None:
         """Readahead to the disk cache only: fetch chunks that are neither on disk nor coming."""
         if self.disk is None or level.cache_token in self._stale:
             return
@@ -162,7 +163,7 @@ class ChunkEngine:
                 mine.append((idx, fut))
         return result, mine, waiting
 
-    def fill_disk(self, level, indices: Iterable[tuple[int, ...]]) -> tuple[int, int]:
+    def fill_disk(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]]) -> tuple[int, int]:
         """Fetch chunks into the disk cache only (no decode): `cache prefetch`. Returns (chunks, bytes)."""
         if self.disk is None:
             raise ValueError("fill_disk needs a disk cache")

@@ -7,13 +7,15 @@ from typing import Sequence
 
 import numpy as np
 
+from .level import ChunkedLevel
 
-def chunks_touching(level, start: Sequence[int], stop: Sequence[int]) -> list[tuple[int, ...]]:
+
+def chunks_touching(level: ChunkedLevel, start: Sequence[int], stop: Sequence[int]) -> list[tuple[int, ...]]:
     ranges = [range(a // c, (b - 1) // c + 1) for a, b, c in zip(start, stop, level.chunk_shape)]
     return list(itertools.product(*ranges))
 
 
-def read_region(engine, level, start: Sequence[int], stop: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+def read_region(engine, level: ChunkedLevel, start: Sequence[int], stop: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
     """level[start:stop] as an array of the level's dtype (a view when one chunk holds it
     all), or written into `out`, an array of that shape."""
     start, stop = tuple(int(s) for s in start), tuple(int(s) for s in stop)

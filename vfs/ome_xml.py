@@ -4,21 +4,9 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
+from ..adapters.units import OME_LENGTH_UNIT, OME_PIXEL_TYPE, OME_TIME_UNIT
+
 OME_NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
-OME_PIXEL_TYPE = {
-    "int8": "int8", "int16": "int16", "int32": "int32", "uint8": "uint8", "uint16": "uint16",
-    "uint32": "uint32", "float32": "float", "float64": "double",
-}
-# NGFF (UDUNITS-2) names to the OME UnitsLength / UnitsTime symbols.
-OME_LENGTH_UNIT = {
-    "angstrom": "Å", "attometer": "am", "centimeter": "cm", "decimeter": "dm", "femtometer": "fm", "foot": "ft",
-    "inch": "in", "kilometer": "km", "meter": "m", "micrometer": "µm", "mile": "mi", "millimeter": "mm",
-    "nanometer": "nm", "parsec": "pc", "picometer": "pm", "yard": "yd",
-}
-OME_TIME_UNIT = {
-    "second": "s", "millisecond": "ms", "microsecond": "µs", "nanosecond": "ns", "minute": "min", "hour": "h",
-    "day": "d",
-}
 
 
 def ome_color(hex6: str | None) -> int | None:

@@ -9,26 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..adapters.units import IMAGEJ_LENGTH_UNIT, IMAGEJ_TIME_UNIT, LENGTH_IN_METERS
 from ..cache.readahead import Readahead
 from ..cache.region import byte_view, chunks_touching, read_region
-
-# Length units of NGFF (UDUNITS-2 names) in meters, and how ImageJ writes them.
-LENGTH_IN_METERS = {
-    "angstrom": 1e-10, "attometer": 1e-18, "centimeter": 1e-2, "decimeter": 1e-1, "exameter": 1e18,
-    "femtometer": 1e-15, "foot": 0.3048, "gigameter": 1e9, "hectometer": 1e2, "inch": 0.0254,
-    "kilometer": 1e3, "megameter": 1e6, "meter": 1.0, "micrometer": 1e-6, "mile": 1609.344,
-    "millimeter": 1e-3, "nanometer": 1e-9, "parsec": 3.0857e16, "petameter": 1e15, "picometer": 1e-12,
-    "terameter": 1e12, "yard": 0.9144, "yoctometer": 1e-24, "yottameter": 1e24, "zeptometer": 1e-21,
-    "zettameter": 1e21,
-}
-IMAGEJ_LENGTH_UNIT = {
-    "micrometer": "micron", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm", "meter": "m",
-    "kilometer": "km", "picometer": "pm", "angstrom": "angstrom", "inch": "inch",
-}
-IMAGEJ_TIME_UNIT = {
-    "second": "sec", "millisecond": "ms", "microsecond": "us", "nanosecond": "ns", "minute": "min", "hour": "hour",
-    "day": "day",
-}
 
 
 @dataclass(frozen=True)
