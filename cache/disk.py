@@ -260,8 +260,8 @@ class DiskCache:
         if not freed:
             raise first
         cache = self._open()
-        delete_rows(cache, victims)
-        self.evicted_to_open = len(victims)
+        # Rows a full disk would not let go are still entries: `clear` counts them then.
+        self.evicted_to_open = delete_rows(cache, victims)
         log.warning("disk cache %s: the file system is full: removed the %d oldest entries (%s) to open it",
                     self.directory, len(victims), human(freed))
         return cache

@@ -83,15 +83,19 @@ def remove_oldest_files(directory: str, nbytes: float) -> int:
     return freed
 
 
-def delete_rows(cache: diskcache.Cache, rowids: list[int]) -> None:
-    """Best effort: a row whose file is gone reads as a miss and is dropped then."""
+def delete_rows(cache: diskcache.Cache, rowids: list[int]) -> int:
+    """Best effort: a row whose file is gone reads as a miss and is dropped then. Returns
+    how many rows went (a full file system can refuse the deletes)."""
+    deleted = 0
     try:
         for i in range(0, len(rowids), 500):
             batch = rowids[i:i + 500]
             with cache._transact() as (sql, _):
-                sql(f"DELETE FROM Cache WHERE rowid IN ({','.join('?' * len(batch))})", batch)
+                n = sql(f"DELETE FROM Cache WHERE rowid IN ({','.join('?' * len(batch))})", batch).rowcount
+            deleted += n  # counted once the transaction is in
     except Exception:
         pass
+    return deleted
 
 
 def entry_files(directory: str) -> list[str]:
