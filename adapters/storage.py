@@ -115,8 +115,10 @@ def storage_options_for(
         # whether to split it; chunks are small, so one GET per chunk is enough.
         opts["max_concurrency"] = 1
         # botocore keeps 10 connections unless told otherwise, whatever concurrency we ask for.
+        # Readahead may hold `concurrency` of them (on a silent remote, until they time out):
+        # readers get as many again, so they never wait for a connection behind readahead.
         opts["config_kwargs"] = {
-            "max_pool_connections": max(10, concurrency),
+            "max_pool_connections": max(10, 2 * concurrency),
             "connect_timeout": stall,
             "read_timeout": stall,
             "retries": dict(NO_BOTOCORE_RETRIES),

@@ -45,7 +45,7 @@ def served_image(http_server, tmp_path_factory):
     write_ome_zarr(path, data, "zyx", levels=1, chunks=(1, CHUNK, CHUNK))
     shutil.copytree(path, http_server.www / "net.zarr")
     pixels_at = pixel_offset(str(path))  # where s0.tif's pixels start, from the local copy
-    return "net.zarr", data, pixels_at
+    return "net.zarr", data, pixels_at, path
 
 
 def timed(fn, *args):
@@ -66,14 +66,24 @@ def read_failing(path: Path, results: list, lock: threading.Lock) -> None:
         results.append((path.name, err, started, time.monotonic() - started))
 
 
-def test_silent_remote_fails_reads_in_time_and_never_stalls_metadata(tmp_path, http_server, served_image, cache_args):
+@pytest.mark.parametrize("remote", ["http", "s3"])
+def test_silent_remote_fails_reads_in_time_and_never_stalls_metadata(tmp_path, request, served_image, cache_args,
+                                                                      remote):
     """16 readers blocked on different chunks, readahead queued behind them: stat of a path
     never seen, ls, info.json and stats.json answer at once; each read fails with EIO within
     --timeout of its arrival; after the outage every plane reads back exact."""
-    name, data, _ = served_image
-    with FaultyProxy(http_server.url) as proxy:
-        url = f"{proxy.url}/{name}"
-        with mounted(url, tmp_path / "mnt", "--timeout", str(TIMEOUT), *cache_args) as mnt:
+    name, data, _, path = served_image
+    if remote == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        s3.upload_dir(path, "outage", name, public=True)
+        origin = s3.endpoint_url
+    else:
+        origin = request.getfixturevalue("http_server").url
+    with FaultyProxy(origin) as proxy:
+        url, extra = f"{proxy.url}/{name}", []
+        if remote == "s3":
+            url, extra = f"s3://outage/{name}", ["--anon", "--endpoint-url", proxy.url]
+        with mounted(url, tmp_path / "mnt", "--timeout", str(TIMEOUT), *extra, *cache_args) as mnt:
             proxy.blackhole()
             results: list = []
             lock = threading.Lock()
@@ -122,7 +132,7 @@ def test_silent_remote_fails_reads_in_time_and_never_stalls_metadata(tmp_path, h
 def test_readahead_backs_off_while_fetches_fail_and_resumes(http_server, served_image):
     """Without FUSE: after READAHEAD_BACKOFF_AFTER failed fetches in a row, reads queue no
     readahead (only their own chunks reach the remote); one success brings readahead back."""
-    name, data, offset = served_image
+    name, data, offset, _ = served_image
     with FaultyProxy(http_server.url) as proxy:
         url = f"{proxy.url}/{name}"
         engine = chunk_engine.ChunkEngine(memory_bytes=64 << 20, readahead_bytes=8 * CHUNK * CHUNK * 2 * 4)  # 8 planes
@@ -173,7 +183,7 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
 def test_stop_signal_flushes_unmounts_and_exits_0(tmp_path, http_server, served_image, signum):
     """As under systemd (`mount -f`): a stop signal right after a scroll writes the chunks
     still waiting for the disk cache, unmounts, and exits 0."""
-    name, data, _ = served_image
+    name, data, *_ = served_image
     mnt, cache_dir = tmp_path / "mnt", str(tmp_path / "cache")
     mnt.mkdir()
     with open(tmp_path / "daemon.log", "wb") as log:
@@ -201,7 +211,7 @@ def test_stop_signal_flushes_unmounts_and_exits_0(tmp_path, http_server, served_
 def test_sighup_reopens_the_log_and_keeps_serving(tmp_path, http_server, served_image, cache_args):
     """logrotate: rename the log, SIGHUP; new lines go to a new file at the old path, and
     the mount keeps serving."""
-    name, data, _ = served_image
+    name, data, *_ = served_image
     log_path = tmp_path / "logs" / "mount.log"
     with mounted(f"{http_server.url}/{name}", tmp_path / "mnt", "--log-file", str(log_path), *cache_args) as mnt:
         pid = json.loads((mnt / ".ngffmount" / "stats.json").read_text())["pid"]
