@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from contextlib import nullcontext
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Iterable
@@ -86,6 +86,8 @@ class ChunkEngine:
     def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
         """The given chunks of a level, each sliceable like a read-only array of the full
         chunk shape: a decoded array, or a BlockedChunk that decodes the blocks a slice needs."""
+        if self._queue.closed:
+            raise ChunkReadError("the mount is stopping")
         indices = list(dict.fromkeys(indices))
         deadline = self._read_deadline()
         self._fail_if_timed_out(level, indices)
@@ -108,11 +110,12 @@ class ChunkEngine:
                 except FutureTimeout:
                     why = (f"no answer from the source within {self.timeout:g} s" if self.timeout
                            else "no answer from the source by the read's deadline")
-                    self._remember_timeout(level, idx, why)
+                    self._remember_timeout(level, [idx] + [i for i, f in mine + waiting if not f.done()], why)
                     raise ReadTimedOut(f"chunk {level.chunk_key(idx)} of {level.path or 'the image'}: {why}") from None
                 except Exception as exc:
                     if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S:
-                        self._remember_timeout(level, idx, str(exc))  # its fetch ran out of time
+                        # its fetch ran out of time, and so will the others
+                        self._remember_timeout(level, [idx] + [i for i, f in mine + waiting if not f.done()], str(exc))
                     raise
             if dropped:
                 result.update(self.get(level, dropped))
@@ -125,12 +128,13 @@ class ChunkEngine:
             deadline = time.monotonic() + self.timeout
         return deadline
 
-    def _remember_timeout(self, level, idx, why: str) -> None:
+    def _remember_timeout(self, level, indices, why: str) -> None:
         now = time.monotonic()
         with self._lock:
             if len(self._timed_out) > 4096:
                 self._timed_out = {k: v for k, v in self._timed_out.items() if now - v[0] < RECENT_FAILURE_S}
-            self._timed_out[(level.cache_token, idx)] = (now, why)
+            for idx in indices:
+                self._timed_out[(level.cache_token, idx)] = (now, why)
 
     def _fail_if_timed_out(self, level, indices) -> None:
         if not self._timed_out:
@@ -302,13 +306,19 @@ class ChunkEngine:
                 self.stats.add("errors")
             with self._lock:
                 self._inflight.pop(key, None)
-            fut.set_exception(exc)
+            try:
+                fut.set_exception(exc)
+            except InvalidStateError:
+                pass  # failed by stop_fetching meanwhile
             return
         with self._lock:
             self.memory.put(key, arr)
             self._inflight.pop(key, None)
         self._memory_changed(key)
-        fut.set_result(arr)
+        try:
+            fut.set_result(arr)
+        except InvalidStateError:
+            pass  # failed by stop_fetching meanwhile
 
     def _in_background(self, fn, *args) -> None:
         """Run fn(*args) on a decode thread; its failure is left to the read that needs it."""
@@ -454,8 +464,16 @@ class ChunkEngine:
         return True
 
     def stop_fetching(self) -> None:
-        """Drop every queued fetch and take no new ones (the mount is going away)."""
+        """The mount is going away: drop every queued fetch, take no new ones, and fail the
+        reads still waiting (a fetch already out runs on until its own deadline)."""
         self._queue.close()
+        with self._lock:
+            waiting = list(self._inflight.values())
+        for fut in waiting:
+            try:
+                fut.set_exception(ChunkReadError("the mount is stopping"))
+            except InvalidStateError:
+                pass  # settled meanwhile
 
     def _disk_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"

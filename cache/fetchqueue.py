@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Hashable
 
 from ..adapters.retry import deadline_at
@@ -40,8 +40,10 @@ class FetchQueue:
     def __init__(self, max_threads: int, reserved: int | None = None):
         self.max_threads = max(1, max_threads)
         self.reserved = self.max_threads if reserved is None else max(1, reserved)
-        # Threads are only handed tasks they can start at once; they end with the interpreter.
-        self._pool = ThreadPoolExecutor(self.max_threads + self.reserved, thread_name_prefix="fetch")
+        # Workers are only handed tasks they can start at once. They are daemon threads: a
+        # fetch waiting on a silent remote must not hold up the exit of a stopped mount.
+        self._ready: queue.SimpleQueue[Task] = queue.SimpleQueue()
+        self._workers = 0
         self._heap: list[tuple[int, int, Task]] = []
         self._queued: dict[Hashable, Task] = {}
         self._seq = itertools.count()
@@ -80,7 +82,7 @@ class FetchQueue:
     def _dispatch(self) -> None:
         """Start what may start, most urgent first: readers' fetches while any thread is free,
         readahead only within `max_threads`. Once closed, drop what waits."""
-        start, drop = [], []
+        start, drop, spawn = [], [], 0
         with self._lock:
             while self._heap:
                 priority, _, task = self._heap[0]
@@ -98,9 +100,14 @@ class FetchQueue:
                 heapq.heappop(self._heap)
                 self._take(task)
                 self._running += 1
+                if self._workers < self._running:  # every running task has a worker of its own
+                    self._workers += 1
+                    spawn += 1
                 start.append(task)
+        for _ in range(spawn):
+            threading.Thread(target=self._work, name="fetch", daemon=True).start()
         for task in start:
-            self._pool.submit(self._run, task)
+            self._ready.put(task)
         for task in drop:
             try:
                 task.drop()
@@ -117,6 +124,14 @@ class FetchQueue:
         task.started = True
         if self._queued.get(task.key) is task:
             del self._queued[task.key]
+
+    def _work(self) -> None:
+        while True:
+            task = self._ready.get()
+            try:
+                self._run(task)
+            except Exception:  # noqa: BLE001 - a task reports its own failures; the worker lives on
+                pass
 
     def _run(self, task: Task) -> None:
         try:
@@ -135,6 +150,10 @@ class FetchQueue:
             self._unfinished -= 1
             if self._unfinished == 0:
                 self._done.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def unfinished(self) -> int:

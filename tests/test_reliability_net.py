@@ -4,6 +4,7 @@ HTTP server, every byte checked against the written array."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -179,33 +180,72 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_flushes_unmounts_and_exits_0(tmp_path, http_server, served_image, signum):
-    """As under systemd (`mount -f`): a stop signal right after a scroll writes the chunks
-    still waiting for the disk cache, unmounts, and exits 0."""
-    name, data, *_ = served_image
-    mnt, cache_dir = tmp_path / "mnt", str(tmp_path / "cache")
-    mnt.mkdir()
-    with open(tmp_path / "daemon.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.cli", "mount", "-f", f"{http_server.url}/{name}",
-                                 str(mnt), "--cache-dir", cache_dir], stdout=log, stderr=log)
+@contextlib.contextmanager
+def foreground_mount(url: str, mnt: Path, log_path: Path, *extra: str):
+    """`ngffmount mount -f`, as a systemd unit runs it: the test owns the daemon and its exit code."""
+    mnt.mkdir(exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.cli", "mount", "-f", url, str(mnt), *extra],
+                                stdout=log, stderr=log)
     try:
-        assert wait_for(lambda: os.path.ismount(mnt) and (mnt / "info.json").exists())
-        with tifffile.TiffFile(mnt / "s0.tif") as tif:
-            np.testing.assert_array_equal(tif.asarray(), data)
-        stats = json.loads((mnt / ".ngffmount" / "stats.json").read_text())
-        assert stats["disk_write_backlog_bytes"] > 0, "chunks wait for the disk cache (write-behind)"
-        proc.send_signal(signum)
-        assert proc.wait(30) == 0, (tmp_path / "daemon.log").read_text()
+        assert wait_for(lambda: os.path.ismount(mnt) and (mnt / "info.json").exists()), log_path.read_text()
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         subprocess.run(["fusermount", "-uz", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_flushes_unmounts_and_exits_0(tmp_path, http_server, served_image, signum):
+    """As under systemd (`mount -f`): a stop signal right after a scroll writes the chunks
+    still waiting for the disk cache, unmounts, and exits 0."""
+    name, data, *_ = served_image
+    mnt, cache_dir, log_path = tmp_path / "mnt", str(tmp_path / "cache"), tmp_path / "daemon.log"
+    with foreground_mount(f"{http_server.url}/{name}", mnt, log_path, "--cache-dir", cache_dir) as proc:
+        with tifffile.TiffFile(mnt / "s0.tif") as tif:
+            np.testing.assert_array_equal(tif.asarray(), data)
+        stats = json.loads((mnt / ".ngffmount" / "stats.json").read_text())
+        assert stats["disk_write_backlog_bytes"] > 0, "chunks wait for the disk cache (write-behind)"
+        proc.send_signal(signum)
+        assert proc.wait(30) == 0, log_path.read_text()
     assert not os.path.ismount(mnt)
     keys = cache_keys(cache_dir)
     assert len(keys) == stats["chunks_fetched"] == PLANES * 4, "every fetched chunk reached the disk cache"
-    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+    assert "Traceback" not in log_path.read_text()
+
+
+# EIO from the daemon; or, for the kernel's retry of the page once the loop stopped taking
+# requests, what the kernel answers when the mount goes away.
+STOPPED_ERRORS = (errno.EIO, errno.ECONNABORTED, errno.ENOTCONN)
+
+
+def test_stop_during_an_outage_ends_within_seconds(tmp_path, http_server, served_image, cache_args):
+    """SIGTERM while reads wait on a silent remote with a long --timeout: the reads fail, the
+    mount goes away and the daemon exits 0 within seconds, not after the timeout."""
+    name, data, *_ = served_image
+    timeout, results, lock = 40.0, [], threading.Lock()
+    with FaultyProxy(http_server.url) as proxy:
+        with foreground_mount(f"{proxy.url}/{name}", tmp_path / "mnt", tmp_path / "daemon.log",
+                              "--timeout", str(timeout), *cache_args) as proc:
+            mnt = tmp_path / "mnt"
+            np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / "z00000.tif"), data[0])
+            proxy.blackhole()
+            readers = [threading.Thread(target=read_failing, args=(mnt / "s0" / f"z{z:05d}.tif", results, lock))
+                       for z in range(10, 14)]
+            for t in readers:
+                t.start()
+            assert wait_for(lambda: proxy.counts["blackholed"] >= 4, 10)
+            started = time.monotonic()
+            proc.terminate()
+            code = proc.wait(timeout)
+            took = time.monotonic() - started
+            for t in readers:
+                t.join(timeout)
+    assert code == 0 and took < 10, f"exit {code} after {took:.1f} s"
+    assert not os.path.ismount(tmp_path / "mnt")
+    assert len(results) == 4 and all(err in STOPPED_ERRORS for _, err, _, _ in results), results
 
 
 def test_sighup_reopens_the_log_and_keeps_serving(tmp_path, http_server, served_image, cache_args):

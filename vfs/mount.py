@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -33,6 +34,7 @@ from .libfuse import fuse_class, load_mfusepy, raise_readahead
 log = logging.getLogger("ngffmount")
 
 STOP_FLUSH_S = 5.0  # on a stop, fetched chunks still waiting for the disk cache get this long
+STOP_GRACE_S = 2.0  # and reads under way this long before they fail (the remote may be silent)
 
 
 class MountError(NgffMountError):
@@ -170,20 +172,24 @@ def serve(config: MountConfig, on_ready) -> None:
     if config.allow_other:
         options["allow_other"] = True
     log.info("serving %s at %s", url, mountpoint)
-    FUSE(ops, mountpoint, raw_fi=True, read_timeout=config.timeout,
-         on_signal=lambda signum: _on_signal(signum, config.log_file), **options)
+    # After a stop signal, libfuse's loop waits for the requests under way before it unmounts.
+    grace = threading.Timer(STOP_GRACE_S, engine.stop_fetching)
+    grace.daemon = True
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGHUP:
+            reopen_log(config.log_file)
+        else:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            grace.start()
+
+    FUSE(ops, mountpoint, raw_fi=True, read_timeout=config.timeout, on_signal=on_signal, **options)
+    grace.cancel()
     engine.stop_fetching()
     # Fetched chunks still waiting for the disk cache: written now, within a bound.
     if not engine.flush_disk(STOP_FLUSH_S):
         log.warning("stopped before every fetched chunk reached the disk cache (%.0f s)", STOP_FLUSH_S)
     log.info("unmounted %s", mountpoint)
-
-
-def _on_signal(signum: int, log_file: str | None) -> None:
-    if signum == signal.SIGHUP:
-        reopen_log(log_file)
-    else:
-        log.info("%s: unmounting", signal.Signals(signum).name)
 
 
 def reopen_log(log_file: str | None) -> None:
