@@ -197,7 +197,7 @@ def reopen_log(log_file: str | None) -> None:
     they write to a file there (the detached daemon); elsewhere (a service's journal) leave them."""
     try:
         if not log_file or not stat.S_ISREG(os.fstat(2).st_mode):
-            log.info("SIGHUP: logging to %s, nothing to reopen", "a pipe or terminal" if not log_file else "stderr")
+            log.info("SIGHUP: the log goes to stderr, not to a file: nothing to reopen")
             return
         fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
