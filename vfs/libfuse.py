@@ -71,7 +71,7 @@ def fuse_class():
                      on_signal: Callable[[int], None] | None = None, **kwargs):
             self.read_timeout = read_timeout
             lib = mfusepy._libfuse
-            if not hasattr(lib, "fuse_loop_cfg_set_max_threads"):  # libfuse2, or libfuse3 before 3.12
+            if not all(hasattr(lib, f) for f in _LOOP_FUNCTIONS):  # libfuse2, or libfuse3 before 3.12
                 super().__init__(operations, mountpoint, **kwargs)
                 return
             # mfusepy has no hook into the loop: for this call, its fuse_main_real is ours.
@@ -96,6 +96,11 @@ def fuse_class():
                 return self.operations.read_into(name, out, offset, fh)
 
     return FUSE
+
+
+# What _serve_loop calls (the versions fuse_main of libfuse 3.12 and later calls).
+_LOOP_FUNCTIONS = ("fuse_new_31", "fuse_mount", "fuse_loop_cfg_create", "fuse_loop_cfg_set_max_threads",
+                   "fuse_loop_mt_312", "fuse_loop_cfg_destroy", "fuse_unmount", "fuse_destroy", "fuse_exit")
 
 
 class _FuseArgs(ctypes.Structure):
