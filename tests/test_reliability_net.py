@@ -105,7 +105,9 @@ def test_silent_remote_fails_reads_in_time_and_never_stalls_metadata(tmp_path, r
             stats, stats_s = timed(lambda: json.loads((mnt / ".ngffmount" / "stats.json").read_text()))
             assert st.st_size > SIDE * SIDE * 2 and len(listing) == PLANES
             assert info["levels"][0]["shape"] == [PLANES, SIDE, SIDE]
-            assert stats["in_flight"] >= 16 and stats["fetches_pending"] >= 16
+            assert stats["in_flight"] >= 16
+            # More fetches than all the readers' chunks: readahead is queued (and stuck) too.
+            assert stats["fetches_pending"] > 16 * 4 + 2 * 4, stats["fetches_pending"]
             for what, took in (("stat", stat_s), ("ls", ls_s), ("info.json", info_s), ("stats.json", stats_s)):
                 assert took < METADATA_BOUND_S, f"{what} took {took:.1f} s while readers were blocked"
 
