@@ -88,7 +88,7 @@ def test_silent_remote_fails_reads_in_time_and_never_stalls_metadata(tmp_path, r
             proxy.blackhole()
             results: list = []
             lock = threading.Lock()
-            # Two neighbouring planes of the stack start readahead over the rest of the level.
+            # A whole read of the stack walks its planes in order: readahead over the rest of the level.
             stack = [threading.Thread(target=read_failing, args=(mnt / "s0.tif", results, lock))]
             stack[0].start()
             time.sleep(0.3)
