@@ -27,7 +27,8 @@ from test_engine import pixel_offset
 from zarr_fixtures import pattern, write_ome_zarr
 
 from ngffmount.adapters.errors import ChunkReadError
-from ngffmount.adapters.storage import storage_options_for
+from ngffmount.adapters.retry import deadline_at
+from ngffmount.adapters.storage import Store, storage_options_for
 from ngffmount.cache import engine as chunk_engine
 
 pytestmark = pytest.mark.integration
@@ -130,6 +131,29 @@ def test_silent_remote_fails_reads_in_time_and_never_stalls_metadata(tmp_path, r
             with tifffile.TiffFile(mnt / "s0.tif") as tif:
                 np.testing.assert_array_equal(tif.asarray(), data)
             assert json.loads((mnt / ".ngffmount" / "stats.json").read_text())["readahead_paused"] is False
+
+
+@pytest.mark.parametrize("sync_client", [False, True])
+def test_a_reads_deadline_cuts_the_retry_budget_short(http_server, served_image, sync_client):
+    """Store requests made under `deadline_at` give up at that deadline, not after --timeout:
+    the reader's clock started before its fetch did."""
+    import fsspec.implementations.http_sync as http_sync
+
+    name, data, *_ = served_image
+    http_sync.unregister()  # importing it took over http://; keep only sync-http:// for it
+    with FaultyProxy(http_server.url, delay=30) as proxy:
+        proxy.fail_permanently(f"/{name}/0/0/0/0", "delay")
+        url = ("sync-" if sync_client else "") + f"{proxy.url}/{name}"
+        store = Store(url, storage_options_for(url, timeout=20.0))
+        assert store._is_async is not sync_client
+        started = time.monotonic()
+        with deadline_at(started + 1.0), pytest.raises(ChunkReadError):
+            store.get("0/0/0/0")
+        assert time.monotonic() - started < 2.5
+        with deadline_at(time.monotonic() - 0.1), pytest.raises(ChunkReadError, match="deadline passed"):
+            store.get("0/0/0/1")  # out of time before it was sent: never sent
+        assert proxy.requests_for(f"/{name}/0/0/0/1") == 0
+        assert store.get("0/0/1/0") == (http_server.www / name / "0" / "0" / "1" / "0").read_bytes()
 
 
 def test_readahead_backs_off_while_fetches_fail_and_resumes(http_server, served_image):
