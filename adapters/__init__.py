@@ -6,7 +6,7 @@ import contextlib
 import posixpath
 from typing import Any, Mapping
 
-from . import bdv, n5, omezarr
+from . import bdv, cellmap, imaris, n5, omezarr, precomputed
 from . import omezarr_groups as groups
 from .base import Axis, Channel, Group, Image, Level, inferred_axes
 from .errors import BadMetadata, ChunkReadError, NgffMountError, NotAnImage, SourceNotFound, Unsupported
@@ -58,11 +58,17 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
     """Open a source by its metadata alone: an Image when the URL is an image, else a Group."""
     if url.split("?", 1)[0].rstrip("/").lower().endswith(".xml"):
         return _open_bdv_xml(url, storage_options, concurrency)
+    if imaris.claims(url):
+        with _malformed_is_bad_metadata(redact(url)):
+            return imaris.open_imaris(url, storage_options, concurrency)
     store = Store(url, storage_options, concurrency)
     keys = [*omezarr.ROOT_KEYS, ".zarray", n5.ATTRS, *LABEL_KEYS]
     # A BigDataViewer server answers its dataset URL itself (and every path under it) with the XML.
     http = has_scheme(url) and url.split("://", 1)[0].lower() in ("http", "https")
-    raw = _reach(store, keys + ([""] if http else []))
+    # A precomputed volume's `info` is asked for in the first batch where the name says so;
+    # elsewhere only once nothing else is found (other sources' first batch stays as it was).
+    named_precomputed = store.url.lower().endswith(".precomputed")
+    raw = _reach(store, keys + ([precomputed.INFO] if named_precomputed else []) + ([""] if http else []))
     if looks_like_spimdata(raw.get("")):
         with _malformed_is_bad_metadata(store.url):
             ctx = bdv.Context(url, storage_options, concurrency)
@@ -90,12 +96,20 @@ def open_source(url: str, storage_options: Mapping[str, Any] | None = None, conc
                                        or array_meta.get("node_type") == "array"):
             return _plain_zarr_array(store, array_meta, name, store.mtime(".zarray" if root.get(".zarray") else "zarr.json"))
         if root.get(n5.ATTRS) is not None and root.get("zarr.json") is None and root.get(".zattrs") is None:
-            try:
-                return n5.open_n5(store, root[n5.ATTRS], name, store.mtime(n5.ATTRS) or 0.0)
-            except n5.NotMultiscale:
-                return n5.open_container(store, name, store.mtime(n5.ATTRS) or 0.0)
+            return n5.open_group(store, root[n5.ATTRS], name, store.mtime(n5.ATTRS) or 0.0)
     if all(v is None for v in root.values()):
-        raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs and attributes.json)")
+        info = raw[precomputed.INFO] if named_precomputed else _reach(store, [precomputed.INFO])[precomputed.INFO]
+        with _malformed_is_bad_metadata(store.url):
+            if info is not None:
+                doc = parse_json(info, f"{store.url}/{precomputed.INFO}")
+                return precomputed.open_precomputed(store, doc, name, store.mtime(precomputed.INFO) or 0.0)
+            found = n5.open_without_attributes(store, name)
+        if found is not None:
+            return found
+        folder = cellmap.open_dataset_folder(store, name)
+        if folder is not None:
+            return folder
+        raise NotAnImage(f"{store.url}: no image metadata found (looked for zarr.json, .zattrs, attributes.json and info)")
     raise NotAnImage(f"{store.url}: Zarr metadata found, but no OME-Zarr multiscales in it")
 
 

@@ -68,6 +68,7 @@ class Channel:
     label: str | None = None
     color: str | None = None  # 6 hex digits
     window: Mapping[str, float] | None = None
+    active: bool | None = None  # OMERO: shown by default
 
 
 @dataclass

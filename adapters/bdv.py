@@ -1,9 +1,9 @@
-"""BigDataViewer datasets: the XML plus a bdv.hdf5, bdv.n5, bdv.n5.s3 or bdv.remote image loader.
+"""BigDataViewer datasets: the XML plus a bdv.hdf5, bdv.n5, bdv.n5.s3 or bdv.remote image loader,
+or one that points at an OME-Zarr or N5 container (bdv_zarr).
 
 Each (timepoint, setup) view becomes an image at `setup<S>/timepoint<T>` (a single view is
 the image itself). Levels come from the loader's resolutions or downsampling factors; the
-voxel size comes from the view registration when it is axis-aligned, else from the
-setup's voxelSize. Per setup, the first view's level metadata stands for every timepoint
+voxel size and origin follow `Calibration`. Per setup, the first view's level metadata stands for every timepoint
 (BDV writes them alike); a view whose data differs fails its reads with a clear error.
 """
 
@@ -20,6 +20,8 @@ import numpy as np
 from . import n5
 from .base import Axis, Channel, Group, Image, Level, make_cache_token, unit_name
 from .bdv_remote import RemoteLoader
+from .bdv_zarr import FORMATS as CONTAINER_LOADERS
+from .bdv_zarr import loader_for as container_loader
 from .bdv_xml import PathRef, Setup, SpimData, parse_spimdata
 from .errors import BadMetadata, ChunkReadError, NgffMountError, SourceNotFound, Unsupported
 from .hdf5_chunks import DatasetLayout, Hdf5File, check_filters, decode_chunk
@@ -28,7 +30,7 @@ from .storage import (
 )
 from .urls import has_scheme, join_url, normalize_url, parent_url, redact
 
-LOADERS = ("bdv.hdf5", "bdv.n5", "bdv.n5.s3", "bdv.remote")
+LOADERS = ("bdv.hdf5", "bdv.n5", "bdv.n5.s3", "bdv.remote", *CONTAINER_LOADERS)
 
 
 class Context:
@@ -66,6 +68,32 @@ class Context:
             opts["client_kwargs"] = {**(opts.get("client_kwargs") or {}), "region_name": region}
         return opts
 
+    def mobie_s3(self, data: SpimData, where: str) -> tuple[str, StorageOptions]:
+        """The container of a MoBIE S3 loader (ServiceEndpoint, SigningRegion, BucketName, Key)
+        and the options to read it with."""
+        bucket, key = (data.loader.findtext(tag, "").strip() for tag in ("BucketName", "Key"))
+        if not bucket:
+            raise BadMetadata(f"{where}: {data.loader_format} loader without a <BucketName>")
+        options = self.s3_options((data.loader.findtext("ServiceEndpoint") or "").strip() or None,
+                                  (data.loader.findtext("SigningRegion") or "").strip() or None)
+        return f"s3://{bucket}/{key.strip('/')}".rstrip("/"), options
+
+    def container_store(self, url: str, options: Mapping[str, Any] | None = None) -> Store:
+        """The store of a container an XML names by URL. An s3:// URL in an XML read from S3
+        is on the same service, with the caller's options; from elsewhere it is AWS,
+        anonymous. Another protocol than the XML's gets that protocol's defaults."""
+        if options is None:
+            scheme = url.split("://", 1)[0].lower() if has_scheme(url) else "file"
+            own = self.xml_url.split("://", 1)[0].lower() if has_scheme(self.xml_url) else "file"
+            if scheme == "s3" and own != "s3":
+                options = self.s3_options(None, None)
+            elif scheme != own:
+                own_options = self.options or {}
+                options = storage_options_for(url, concurrency=self.concurrency,
+                                              timeout=getattr(own_options, "timeout", DEFAULT_TIMEOUT),
+                                              retries=getattr(own_options, "retries", DEFAULT_RETRIES))
+        return self.store(url, options)
+
     def resolve(self, data: SpimData, ref: PathRef) -> list[str]:
         """Candidate URLs for a loader path, most likely first. An absolute path from the
         machine that wrote the XML (e.g. /g/arendt/x.h5) falls back to the same name next
@@ -91,6 +119,8 @@ def open_bdv(ctx: Context, raw_xml: bytes, name: str, mtime: float, server_url: 
         levels_of = _Hdf5Loader(ctx, data, where).levels
     elif data.loader_format in ("bdv.n5", "bdv.n5.s3"):
         levels_of = _N5Loader(ctx, data, where).levels
+    elif data.loader_format in CONTAINER_LOADERS:
+        levels_of = container_loader(ctx, data, where).levels
     else:
         levels_of = RemoteLoader(ctx, data, where, server_url).levels
     setups = {s.id: s for s in data.setups}
@@ -114,17 +144,37 @@ def open_bdv(ctx: Context, raw_xml: bytes, name: str, mtime: float, server_url: 
     return group
 
 
+# Length units a setup's voxelSize may carry (NGFF names, and the abbreviations XMLs use).
+LENGTH_UNITS = {
+    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter",
+    "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter", "nanometer",
+    "parsec", "petameter", "picometer", "terameter", "yard", "yoctometer", "yottameter", "zeptometer",
+    "zettameter", "cm", "km", "pm", "Å",
+}
+
+
 class Calibration:
-    """Voxel size and origin (x, y, z) of a view, and each level's scale and translation."""
+    """Voxel size and origin (x, y, z) of a view, and each level's scale and translation.
+
+    A setup's voxelSize in a length unit is the voxel size; the registration only places the
+    view (BigStitcher registers in pixels of x: a `1, 1, z/x` calibration, then translations
+    in those pixels). Its translation over its own scale, times the voxel size, is the origin.
+    Without a length voxelSize, an axis-aligned registration is taken as voxel size and origin
+    (MoBIE and Mastodon XMLs register in the physical unit).
+    """
 
     def __init__(self, setup: Setup, affine: list[float] | None):
+        unit = unit_name(setup.unit)
         voxel = list(setup.voxel_size or (1.0, 1.0, 1.0))
         origin = [0.0, 0.0, 0.0]
-        if affine is not None and _axis_aligned(affine):
+        if unit in LENGTH_UNITS and setup.voxel_size is not None and all(v > 0 for v in voxel):
+            scales = _column_norms(affine) if affine is not None else None
+            if scales is not None and all(s > 0 for s in scales):
+                origin = [affine[i * 4 + 3] / scales[i] * voxel[i] for i in range(3)]
+        elif affine is not None and _axis_aligned(affine):
             voxel = [affine[0], affine[5], affine[10]]
             origin = [affine[3], affine[7], affine[11]]
         self.voxel, self.origin = voxel, origin
-        unit = unit_name(setup.unit)
         self.axes = tuple(Axis(a, "space", unit) for a in "zyx")
 
     def level(self, factors_xyz: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -138,6 +188,11 @@ class Calibration:
 def _axis_aligned(a: list[float]) -> bool:
     off_diagonal = (a[1], a[2], a[4], a[6], a[8], a[9])
     return all(abs(v) < 1e-12 for v in off_diagonal) and all(d > 0 for d in (a[0], a[5], a[10]))
+
+
+def _column_norms(a: list[float]) -> list[float]:
+    """The scale a registration applies along each source axis (its diagonal when axis-aligned)."""
+    return [float(np.hypot.reduce([a[c], a[4 + c], a[8 + c]])) for c in range(3)]
 
 
 def _factor_rows(value, where: str) -> list[list[float]]:
@@ -311,12 +366,8 @@ class _N5Loader:
     def __init__(self, ctx: Context, data: SpimData, where: str):
         options = None
         if data.loader_format == "bdv.n5.s3":
-            bucket, key = (data.loader.findtext(tag, "").strip() for tag in ("BucketName", "Key"))
-            if not bucket:
-                raise BadMetadata(f"{where}: bdv.n5.s3 loader without a <BucketName>")
-            candidates = [f"s3://{bucket}/{key.strip('/')}".rstrip("/")]
-            options = ctx.s3_options((data.loader.findtext("ServiceEndpoint") or "").strip() or None,
-                                     (data.loader.findtext("SigningRegion") or "").strip() or None)
+            url, options = ctx.mobie_s3(data, where)
+            candidates = [url]
         else:
             ref = data.path("n5")
             if ref is None:

@@ -3,13 +3,14 @@
 h5py reads the file's metadata (object headers, chunk B-trees) through `RangeFile`, a
 read-only file object over a Store key with a small block cache. Each dataset's chunk
 offsets are indexed once; after that a chunk is one range request, and its bytes are
-decoded here (deflate, shuffle, fletcher32, blosc, zstd), so the whole file is never
+decoded here (deflate, shuffle, fletcher32, blosc, lz4, zstd), so the whole file is never
 downloaded and chunk bytes can go through the shared chunk cache.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import zlib
 from collections import OrderedDict
@@ -25,8 +26,8 @@ from .storage import RangeRequest, Store, mtime_of, size_of
 BLOCK = 64 * 1024
 MAX_BLOCKS = 512  # 32 MiB of metadata blocks per open file
 
-DEFLATE, SHUFFLE, FLETCHER32, BLOSC, ZSTD = 1, 2, 3, 32001, 32015
-FILTER_NAMES = {4: "szip", 5: "nbit", 6: "scaleoffset", 32000: "lzf", 32004: "lz4", 32008: "bitshuffle"}
+DEFLATE, SHUFFLE, FLETCHER32, BLOSC, LZ4, ZSTD = 1, 2, 3, 32001, 32004, 32015
+FILTER_NAMES = {4: "szip", 5: "nbit", 6: "scaleoffset", 32000: "lzf", 32008: "bitshuffle"}
 
 
 class RangeFile(io.RawIOBase):
@@ -170,7 +171,7 @@ class Hdf5File:
             return index
 
 
-NATIVE = (DEFLATE, SHUFFLE, FLETCHER32, BLOSC, ZSTD)
+NATIVE = (DEFLATE, SHUFFLE, FLETCHER32, BLOSC, LZ4, ZSTD)
 LIBRARY = (4, 5, 6)  # szip, n-bit and scale-offset (what BigDataViewer's Java exporter writes)
 
 
@@ -227,12 +228,38 @@ def decode_chunk(raw: bytes, layout: DatasetLayout, filter_mask: int, where: str
             data = data[:-4]
         elif fid == BLOSC:
             data = numcodecs.Blosc().decode(data)
+        elif fid == LZ4:
+            data = _lz4_blocks(data, nbytes)
         else:  # ZSTD: other filters went to the library decoder above
             data = numcodecs.Zstd().decode(data)
     data = bytes(data)
     if len(data) != nbytes:
         raise ChunkReadError(f"{where}: an HDF5 chunk decodes to {len(data)} bytes, expected {nbytes}")
     return np.frombuffer(data, layout.dtype).reshape(layout.chunks)
+
+
+LZ4_HEAD = struct.Struct(">QI")
+LZ4_BLOCK = struct.Struct(">I")
+
+
+def _lz4_blocks(raw, limit: int) -> bytes:
+    """The HDF5 LZ4 filter (32004, which Imaris writes): the decoded size and block size (big
+    endian), then per block its stored size and bytes; a block stored at full size is raw."""
+    raw = memoryview(raw)
+    total, block = LZ4_HEAD.unpack_from(raw, 0)
+    if total > limit or (block == 0 and total):
+        raise ChunkReadError(f"an LZ4 chunk claims {total} bytes in blocks of {block}, more than the chunk")
+    out, pos = bytearray(), LZ4_HEAD.size
+    while len(out) < total:
+        want = min(block, total - len(out))
+        (stored,) = LZ4_BLOCK.unpack_from(raw, pos)
+        pos += LZ4_BLOCK.size
+        chunk = raw[pos:pos + stored]
+        pos += stored
+        if len(chunk) != stored:
+            raise ChunkReadError("an LZ4 chunk ends inside a block")
+        out += chunk if stored == want else numcodecs.LZ4().decode(struct.pack("<I", want) + bytes(chunk))
+    return bytes(out)
 
 
 def check_filters(layout: DatasetLayout, where: str) -> None:

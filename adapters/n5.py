@@ -170,37 +170,41 @@ class NotMultiscale(BadMetadata):
 # -- multiscale conventions -----------------------------------------------------------------
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _numbers(value, n: int, where: str, what: str) -> list[float]:
-    if not isinstance(value, list) or len(value) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, list) or len(value) != n or not all(_is_number(v) for v in value):
         raise BadMetadata(f"{where}: {what} must list {n} numbers, got {value!r}")
     return [float(v) for v in value]
 
 
-def open_n5(store: Store, attrs: dict, name: str, mtime: float) -> Image:
-    """An N5 dataset or multiscale group (COSEM, Neuroglancer or bare s0..sN) as an image."""
+def open_n5(store: Store, attrs: dict, name: str, mtime: float, fmt: str = "N5 multiscale (Neuroglancer)") -> Image:
+    """An N5 dataset or multiscale group (COSEM, Neuroglancer, N5 Viewer or bare s0..sN) as an image."""
     where = store.url
     if is_dataset(attrs):
         ndim = len(attrs["dimensions"])
-        level = N5Level(store, "", attrs, inferred_axes(ndim), [1.0] * ndim, [0.0] * ndim)
+        axes, scale, translation = own_calibration(attrs, ndim, where)
+        level = N5Level(store, "", attrs, axes, scale, translation)
         return Image(name, [level], source_url=store.url, format="N5 dataset", mtime=mtime)
     if isinstance(attrs.get("multiscales"), list) and attrs["multiscales"]:
         return _cosem(store, attrs, name, mtime)
-    paths = _level_paths(store, attrs)
-    if not paths:
+    found = _levels(store, attrs)
+    if not found:
         raise NotMultiscale(f"{where}: N5 group has no multiscale metadata and no s0 dataset")
-    metas = _dataset_attrs(store, paths)
+    paths, metas = [p for p, _ in found], [m for _, m in found]
     ndim = len(metas[0]["dimensions"])
-    units, base = _resolution(attrs, ndim, where)
-    axes = _named_axes(attrs.get("axes"), units, ndim)
+    # The voxel size is the group's, else (N5 Viewer, n5-spark) the one s0 carries itself.
+    own = attrs if any(k in attrs for k in RESOLUTION_KEYS) else metas[0]
+    units, base = _resolution(own, ndim, where)
+    axes = _named_axes(attrs.get("axes", metas[0].get("axes")), units, ndim)
+    affine = _axis_aligned_affine(attrs.get("affineTransform", metas[0].get("affineTransform")), ndim, where)
     levels = []
     for i, (p, meta) in enumerate(zip(paths, metas)):
-        factors = _factors(attrs, meta, i, ndim, where)
-        scale = [b * f for b, f in zip(base, factors)]
-        # Neuroglancer's convention: a downsampled voxel's centre sits half a voxel in.
-        translation = [(f - 1) / 2 * b for b, f in zip(base, factors)]
-        # Resolution and factors are in N5 order: reverse them into numpy order.
-        levels.append(N5Level(store.child(p), p, meta, axes, scale[::-1], translation[::-1]))
-    return Image(name, levels, source_url=store.url, format="N5 multiscale (Neuroglancer)", mtime=mtime)
+        scale, translation = _level_transform(base, _factors(attrs, meta, i, ndim, where), affine)
+        levels.append(N5Level(store.child(p), p, meta, axes, scale, translation))
+    return Image(name, levels, source_url=store.url, format=fmt, mtime=mtime)
 
 
 def _cosem(store: Store, attrs: dict, name: str, mtime: float) -> Image:
@@ -213,33 +217,96 @@ def _cosem(store: Store, attrs: dict, name: str, mtime: float) -> Image:
     metas = _dataset_attrs(store, paths)
     levels = []
     for d, p, meta in zip(datasets, paths, metas):
-        ndim = len(meta["dimensions"])
         transform = d.get("transform") or meta.get("transform")
         if not isinstance(transform, dict):
             raise BadMetadata(f"{where}/{p}: COSEM dataset has no transform")
-        names = transform.get("axes") or [a for a in "zyx"][-ndim:]
-        scale = _numbers(transform.get("scale"), ndim, f"{where}/{p}", "transform.scale")
-        translate = _numbers(transform.get("translate", [0.0] * ndim), ndim, f"{where}/{p}", "transform.translate")
-        units = transform.get("units") or [None] * ndim
-        if transform.get("order", "C") == "F":  # lists in N5 order: reverse into numpy order
-            names, scale, translate, units = names[::-1], scale[::-1], translate[::-1], units[::-1]
-        axes = [Axis(str(n), {"t": "time", "c": "channel"}.get(str(n), "space"), unit_name(u)) for n, u in zip(names, units)]
+        axes, scale, translate = _cosem_transform(transform, len(meta["dimensions"]), f"{where}/{p}")
         levels.append(N5Level(store.child(p), p, meta, axes, scale, translate))
     return Image(str(ms.get("name") or name), levels, source_url=store.url, format="N5 multiscale (COSEM)", mtime=mtime)
 
 
-def _level_paths(store: Store, attrs: dict) -> list[str]:
-    """s0..sN, from `scales` when the group lists them, else by probing (no listing needed)."""
-    if isinstance(attrs.get("scales"), list) and attrs["scales"]:
-        return [f"s{i}" for i in range(len(attrs["scales"]))]
-    probe = [f"s{i}" for i in range(MAX_PROBED_LEVELS)]
+def _cosem_transform(transform: dict, ndim: int, where: str) -> tuple[list[Axis], list[float], list[float]]:
+    """Axes, scale and translation in numpy order from a COSEM `transform`. Its lists are in C
+    order unless `ordering` (or `order`, as some writers spell it) says F."""
+    names = transform.get("axes") or [a.name for a in inferred_axes(ndim)]
+    scale = _numbers(transform.get("scale"), ndim, where, "transform.scale")
+    translate = _numbers(transform.get("translate", [0.0] * ndim), ndim, where, "transform.translate")
+    units = transform.get("units") or [None] * ndim
+    if not isinstance(names, list) or len(names) != ndim or not isinstance(units, list) or len(units) != ndim:
+        raise BadMetadata(f"{where}: transform.axes and transform.units must list {ndim} entries")
+    if transform.get("ordering", transform.get("order", "C")) == "F":
+        names, scale, translate, units = names[::-1], scale[::-1], translate[::-1], units[::-1]
+    axes = [Axis(str(n), {"t": "time", "c": "channel"}.get(str(n), "space"), unit_name(u)) for n, u in zip(names, units)]
+    return axes, scale, translate
+
+
+RESOLUTION_KEYS = ("pixelResolution", "resolution")
+
+
+def own_calibration(attrs: dict, ndim: int, where: str) -> tuple[list[Axis], list[float], list[float]]:
+    """Axes, scale and translation (numpy order) of a dataset from its own attributes: a COSEM
+    `transform`, else `pixelResolution` or `resolution` + `units`, times its own
+    `downsamplingFactors` (a downsampled voxel's centre sits (f - 1) / 2 voxels in), then an
+    axis-aligned `affineTransform`. Without any of them: 1 per axis, inferred axes."""
+    if isinstance(attrs.get("transform"), dict):
+        return _cosem_transform(attrs["transform"], ndim, where)
+    units, base = _resolution(attrs, ndim, where)
+    factors = _numbers(attrs["downsamplingFactors"], ndim, where, "downsamplingFactors") \
+        if "downsamplingFactors" in attrs else [1.0] * ndim
+    scale, translation = _level_transform(base, factors, _axis_aligned_affine(attrs.get("affineTransform"), ndim, where))
+    return _named_axes(attrs.get("axes"), units, ndim), scale, translation
+
+
+def _level_transform(base: list[float], factors: list[float], affine) -> tuple[list[float], list[float]]:
+    """Scale and translation in numpy order from N5-ordered voxel size and factors (Neuroglancer
+    and n5-viewer: a downsampled voxel's centre sits half a voxel in), then the affine."""
+    scale = [b * f for b, f in zip(base, factors)]
+    translation = [(f - 1) / 2 * b for b, f in zip(base, factors)]
+    if affine is not None:
+        diagonal, offset = affine
+        scale = [d * s for d, s in zip(diagonal, scale)]
+        translation = [d * t + o for d, t, o in zip(diagonal, translation, offset)]
+    return scale[::-1], translation[::-1]
+
+
+def _axis_aligned_affine(value, ndim: int, where: str) -> tuple[list[float], list[float]] | None:
+    """n5-viewer's `affineTransform` (rows of a 3 x 4 matrix over x, y, z, applied after the
+    voxel size) as (diagonal, offset) in N5 order, when it only scales and shifts. A rotation or
+    shear has no place in a per-axis calibration: it is left out, with a log line."""
+    if value is None:
+        return None
+    rows = value if isinstance(value, list) else None
+    if (rows is None or len(rows) != 3 or ndim < 3
+            or not all(isinstance(r, list) and len(r) == 4 and all(_is_number(v) for v in r) for r in rows)):
+        log.warning("%s: affineTransform %r is not a 3 x 4 matrix over x, y, z; left out", where, value)
+        return None
+    if any(rows[i][j] != 0 for i in range(3) for j in range(3) if i != j) or any(rows[i][i] <= 0 for i in range(3)):
+        log.warning("%s: affineTransform rotates or shears; only the voxel size is shown", where)
+        return None
+    extra = ndim - 3  # dimensions past x, y, z (c, t) are left as they are
+    return ([float(rows[i][i]) for i in range(3)] + [1.0] * extra, [float(rows[i][3]) for i in range(3)] + [0.0] * extra)
+
+
+def _levels(store: Store, attrs: dict) -> list[tuple[str, dict]]:
+    """(path, attributes) of s0..sN: the levels `scales` names, else probed (no listing
+    needed). Either way only those held, up to the first missing one: a root that names more
+    levels than it holds still mounts."""
+    scales = attrs.get("scales")
+    count = len(scales) if isinstance(scales, list) and scales else MAX_PROBED_LEVELS
+    probe = [f"s{i}" for i in range(count)]
     found = store.get_many([posixpath.join(p, ATTRS) for p in probe])
-    paths = []
+    levels = []
     for p in probe:
-        if found[posixpath.join(p, ATTRS)] is None:
+        raw = found[posixpath.join(p, ATTRS)]
+        if raw is None:
             break
-        paths.append(p)
-    return paths
+        meta = parse_json(raw, f"{store.url}/{p}/{ATTRS}")
+        if not is_dataset(meta):
+            raise BadMetadata(f"{store.url}/{p}: not an N5 dataset (no dimensions/dataType)")
+        levels.append((p, meta))
+    if levels and len(levels) < count and count != MAX_PROBED_LEVELS:
+        log.info("%s: scales names %d levels, the store holds %d", store.url, count, len(levels))
+    return levels
 
 
 def _dataset_attrs(store: Store, paths: list[str]) -> list[dict]:
@@ -251,11 +318,13 @@ def _dataset_attrs(store: Store, paths: list[str]) -> list[dict]:
 
 
 def _resolution(attrs: dict, ndim: int, where: str) -> tuple[list[str | None], list[float]]:
-    """Voxel size of s0 and the unit of each axis, in N5 order: pixelResolution (one unit), or
-    resolution + units (one per axis)."""
+    """Voxel size of s0 and the unit of each axis, in N5 order: pixelResolution (an object with
+    one unit, or a bare list without one), or resolution + units (one per axis)."""
     pr = attrs.get("pixelResolution")
     if isinstance(pr, dict):
         return [unit_name(pr.get("unit"))] * ndim, _numbers(pr.get("dimensions"), ndim, where, "pixelResolution.dimensions")
+    if isinstance(pr, list):
+        return [None] * ndim, _numbers(pr, ndim, where, "pixelResolution")
     units = attrs.get("units")
     units = [unit_name(u) for u in units] if isinstance(units, list) and len(units) == ndim else [None] * ndim
     if "resolution" in attrs:
@@ -287,6 +356,55 @@ def _factors(group: dict, meta: dict, i: int, ndim: int, where: str) -> list[flo
 
 MAX_CONTAINER_DEPTH = 4
 MAX_CONTAINER_IMAGES = 512
+CHANNEL_PROBE = 8  # channel groups probed per batch, until one is missing
+MAX_CHANNELS = 256
+
+
+def open_group(store: Store, attrs: dict, name: str, mtime: float) -> Image | Group:
+    """Whatever an N5 root holds: an image (dataset or multiscale group), an N5 Viewer
+    container (c0/, c1/, ... each with s0..sN), else every image found by listing."""
+    try:
+        return open_n5(store, attrs, name, mtime)
+    except NotMultiscale:
+        pass
+    viewer = open_viewer_channels(store, attrs, name, mtime)
+    return viewer if viewer is not None else open_container(store, name, mtime)
+
+
+def open_without_attributes(store: Store, name: str) -> Image | Group | None:
+    """An N5 group need not have an attributes.json (z5py and n5-spark leave it out of the
+    groups they make): s0/ or c0/s0/ under it still make it an image or an N5 Viewer container.
+    None when neither is there."""
+    docs = store.get_many([f"s0/{ATTRS}", f"c0/s0/{ATTRS}"])
+    key = next((k for k, v in docs.items() if v is not None), None)
+    return None if key is None else open_group(store, {}, name, store.mtime(key) or 0.0)
+
+
+def open_viewer_channels(store: Store, attrs: dict, name: str, mtime: float) -> Group | None:
+    """The N5 Viewer layout: the root's attributes (scales, pixelResolution, affineTransform,
+    ...) are defaults that each channel group's own attributes override. Channels are probed
+    as c0, c1, ... up to the first missing one, so no listing is needed. None when there is
+    no c0/s0."""
+    channels: list[tuple[str, dict]] = []
+    while len(channels) < MAX_CHANNELS:
+        batch = [f"c{i}" for i in range(len(channels), len(channels) + CHANNEL_PROBE)]
+        docs = store.get_many([k for c in batch for k in (f"{c}/s0/{ATTRS}", f"{c}/{ATTRS}")])
+        for c in batch:
+            if docs[f"{c}/s0/{ATTRS}"] is None:
+                break
+            own = docs[f"{c}/{ATTRS}"]
+            channels.append((c, parse_json(own, f"{store.url}/{c}/{ATTRS}") if own is not None else {}))
+        else:
+            continue
+        break
+    if not channels:
+        return None
+    group = Group(name, format="N5 Viewer container")
+    for c, own in channels:
+        inherited = {**attrs, **own}
+        group.add(c, open_n5(store.child(c), inherited, c, mtime, fmt="N5 multiscale (N5 Viewer)"))
+    return group
+
 
 
 def open_container(store: Store, name: str, mtime: float) -> Group:

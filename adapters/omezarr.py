@@ -123,7 +123,8 @@ def parse_channels(omero) -> list[Channel]:
     for ch in omero["channels"]:
         ch = ch if isinstance(ch, dict) else {}
         window = ch.get("window") if isinstance(ch.get("window"), dict) else None
-        out.append(Channel(label=ch.get("label"), color=ch.get("color"), window=window))
+        active = ch.get("active") if isinstance(ch.get("active"), bool) else None
+        out.append(Channel(label=ch.get("label"), color=ch.get("color"), window=window, active=active))
     return out
 
 

@@ -54,6 +54,8 @@ class BlockedChunk:
         last = sum((b - 1) * st for b, st in zip(stops, self._elem_strides))
         per_block = self.frame.block_bytes // self.dtype.itemsize
         b0, b1 = first // per_block, last // per_block
+        if b0 != b1 and not _walks_in_order(starts, stops, self.shape):
+            return self._sparse(starts, stops, first, last, per_block)
         if b0 == b1:
             flat = self._block(b0)[first - b0 * per_block:]
         else:
@@ -64,6 +66,29 @@ class BlockedChunk:
         self._follow(b0, b1)
         itemsize = self.dtype.itemsize
         # The box from its first element, with the chunk's strides (read-only, as flat is).
+        return np.ndarray([b - a for a, b in zip(starts, stops)], self.dtype, flat,
+                          strides=[st * itemsize for st in self._elem_strides])
+
+    def _sparse(self, starts, stops, first: int, last: int, per_block: int) -> np.ndarray:
+        """A box that is no walk in C order (a row of each z of the chunk, for an XZ
+        plane): only the blocks its rows lie in are decoded. Nothing is dropped or decoded
+        ahead, since such reads do not walk the chunk in order."""
+        # The first and last element of each row of the box, relative to the chunk.
+        row_starts = np.zeros(1, np.int64)
+        for a, b, st in zip(starts[:-1], stops[:-1], self._elem_strides[:-1]):
+            row_starts = (row_starts[:, None] + np.arange(a, b, dtype=np.int64) * st).ravel()
+        row_starts += starts[-1]
+        row_ends = row_starts + (stops[-1] - starts[-1] - 1)
+        # Blocks covered by any row: +1 where a row's blocks begin, -1 after they end.
+        marks = np.zeros(self.frame.nblocks + 1, np.int64)
+        np.add.at(marks, row_starts // per_block, 1)
+        np.add.at(marks, row_ends // per_block + 1, -1)
+        flat = np.empty(last + 1 - first, self.dtype)
+        for b in np.flatnonzero(np.cumsum(marks)[:-1] > 0).tolist():
+            lo, hi = max(first, b * per_block), min(last + 1, (b + 1) * per_block)
+            flat[lo - first:hi - first] = self._block(b)[lo - b * per_block:hi - b * per_block]
+        flat.flags.writeable = False
+        itemsize = self.dtype.itemsize
         return np.ndarray([b - a for a, b in zip(starts, stops)], self.dtype, flat,
                           strides=[st * itemsize for st in self._elem_strides])
 
@@ -99,3 +124,16 @@ class BlockedChunk:
                     self._stats.add("decoded_bytes", arr.nbytes)
                     self._memory.put(key, arr, part=True)
         return arr
+
+
+def _walks_in_order(starts, stops, shape) -> bool:
+    """Whether reads of boxes like [starts, stops) walk the chunk in C order: rows of one
+    plane of the chunk from its first column (maybe cut short at the level's edge). A box
+    across planes of the chunk that takes one row of each (an XZ plane), or one column of
+    rows (a YZ plane), is no such walk: planes next to it read the same blocks again."""
+    dims = [b - a for a, b in zip(starts, stops)]
+    for i, n in enumerate(dims[:-1]):
+        if n > 1:
+            middle_whole = all(starts[j] == 0 and stops[j] == shape[j] for j in range(i + 1, len(dims) - 1))
+            return middle_whole and starts[-1] == 0 and (dims[-1] > 1 or shape[-1] == 1)
+    return True

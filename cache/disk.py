@@ -2,6 +2,8 @@
 
 diskcache keeps it process-safe (SQLite) and size-bounded (least-recently-used eviction).
 Each entry carries a checksum, so a damaged entry is a miss, never wrong pixels.
+The tier's own trouble (a full file system, a folder removed while in use) costs speed,
+never a read: see DiskCache.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import errno
 import fcntl
 import hashlib
 import itertools
+import logging
 import mmap
 import os
 import random
+import sqlite3
 import struct
 import threading
 import time
@@ -23,11 +27,27 @@ from typing import NamedTuple
 import diskcache
 import google_crc32c
 
+from .diskfolder import (delete_rows, human, log_bound, oldest_entries, remove_entry_files, remove_oldest,
+                         remove_oldest_files)
+from .throttledlog import ThrottledLog
+
+log = logging.getLogger("ngffmount")
+
 # An entry is a format byte, the CRC32C of the data, then the data. CRC32C runs at ~10 GB/s
 # (blake2b, tried first, cost 0.16 s per 84 MB warm plane); it catches damage, not attacks.
 ENTRY_FORMAT = b"\x01"
 HEADER_BYTES = 5
 DEFAULT_SIZE = 10 << 30
+# A full file system: the cache is cut to this share of its volume, and stays there.
+FULL_SHRINK = 0.8
+# Free bytes a write needs beyond its entry (SQLite's log grows by ~20 KB per entry).
+FULL_MARGIN = 256 << 10
+FULL_PAUSE_S = 30.0  # full with nothing left to evict: writes wait this long
+# A removed folder is made again once it is gone entirely (looked at every GONE_CHECK_S),
+# or GONE_WAIT_S after only its database went; if that fails, tried again after REOPEN_RETRY_S.
+GONE_CHECK_S = 1.0
+GONE_WAIT_S = 30.0
+REOPEN_RETRY_S = 30.0
 
 
 def default_cache_dir() -> str:
@@ -39,54 +59,93 @@ def _checksum(data) -> bytes:
     return struct.pack("<I", google_crc32c.value(data))
 
 
+class CacheUnavailable(Exception):
+    """The cache folder cannot be opened for writing (the message says why)."""
+
+
 class DiskCache:
+    """The disk tier. Its own trouble never fails a read: a full file system makes it evict
+    and pause writing, a folder removed while in use is made again, and each kind of
+    trouble is logged once, then counted (see throttledlog.py)."""
+
     def __init__(self, directory: str, size_limit: int | None = DEFAULT_SIZE):
-        """`size_limit=None` keeps the bound stored in the folder (for `cache info`)."""
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
+        """`size_limit=None` keeps the bound stored in the folder. Raises CacheUnavailable
+        when the folder cannot be opened for writing, even after evicting to make room."""
         self.directory = directory
-        settings = {"eviction_policy": "least-recently-used", "statistics": False}
-        if size_limit is not None:
-            settings["size_limit"] = int(size_limit)
-        self._cache = _SerialCache(directory, disk=_PathDisk, **settings)
-        self.locks = FetchLocks(directory)
+        self._size_limit = size_limit
+        self._db_path = os.path.join(directory, diskcache.core.DBNAME)
+        self._db_id: tuple[int, int] | None = None
+        self._lock = threading.RLock()  # reopening and making room: one thread at a time
+        self._trouble = ThrottledLog(log)
+        self._paused_until = 0.0  # full, and nothing left to evict: no writes until then
+        self._review_at: float | None = None  # bounded by a full file system: when to look again
+        self._retry_at = 0.0  # gone, and not made again: no new try until then
+        self._gone_since = 0.0
+        self.evicted_to_open = 0  # entries removed to make room for opening a full folder
+        try:
+            self._cache: _SerialCache | None = self._open_or_make_room()
+            self.locks = FetchLocks(directory)
+        except Exception as exc:
+            reason = "its file system is full" if self._full(exc) else _reason(exc)
+            raise CacheUnavailable(f"cannot open the disk cache at {directory} for writing: {reason}") from None
+
+    # -- entries
 
     def get(self, key: str) -> bytes | None:
         """The stored bytes, or None on a miss or a damaged entry (which is then dropped)."""
-        try:
-            value = self._cache.get(key, default=None, read=True)
+        def read(cache):
+            value = cache.get(key, default=None, read=True)
             if value is None:
                 return None
             if isinstance(value, _EntryPath):
-                head, data = _read_entry_file(value.path)
-            else:  # small: kept in SQLite itself
-                head, data = value[:HEADER_BYTES], value[HEADER_BYTES:]
-        except Exception:
-            self.delete(key)
+                return _read_entry_file(value.path)
+            return value[:HEADER_BYTES], value[HEADER_BYTES:]  # small: kept in SQLite itself
+
+        got = self._run(read, None, on_entry_error=lambda: self.delete(key))
+        if got is None:
             return None
+        head, data = got
         if len(head) < HEADER_BYTES or head[:1] != ENTRY_FORMAT or _checksum(data) != head[1:]:
             self.delete(key)
             raise CorruptEntry(key)
         return data
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes) -> bool:
+        """Store an entry. False when it was not written: the file system is full (the
+        oldest entries were evicted, or writes pause), or the folder is broken; never raises."""
         head = ENTRY_FORMAT + _checksum(data)
-        if len(data) + HEADER_BYTES < self._cache.disk_min_file_size:
-            self._cache.set(key, head + data)
-        else:
+
+        def write(cache):
+            if len(data) + HEADER_BYTES < cache.disk_min_file_size:
+                cache.set(key, head + data)
+                return True
             # Not as bytes: diskcache would join them first, then write them through
             # io.BytesIO line by line (~20,000 write calls per MB of pixels).
-            self._cache.set(key, _Entry(head, data), read=True)
+            written = cache.disk.written
+            written.path = None
+            try:
+                cache.set(key, _Entry(head, data), read=True)
+            except BaseException:
+                if written.path is not None:  # its row was not committed: nothing points to it
+                    with contextlib.suppress(OSError):
+                        os.unlink(written.path)
+                raise
+            return True
+
+        return self._run(write, False, writing=True, need=len(data) + HEADER_BYTES,
+                         on_entry_error=lambda: False)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._cache
+        return self._run(lambda cache: key in cache, False)
 
     def __len__(self) -> int:
-        return len(self._cache)
+        cache = self._cache
+        return len(cache) if cache is not None else 0
 
     @property
     def size_limit(self) -> int:
-        return int(self._cache.size_limit)
+        cache = self._cache
+        return int(cache.size_limit) if cache is not None else self._configured_limit
 
     def delete(self, key: str) -> None:
         try:
@@ -95,13 +154,235 @@ class DiskCache:
             pass
 
     def volume(self) -> int:
-        return self._cache.volume()
+        cache = self._cache
+        return cache.volume() if cache is not None else 0
 
     def clear(self) -> int:
-        return self._cache.clear()
+        """Remove every entry, and entry files that no entry names (left by a crash or by an
+        older version). On a full file system the files go first: deleting rows needs room."""
+        cache = self._usable()
+        if cache is None:
+            raise CacheUnavailable(f"the disk cache at {self.directory} is gone")
+        try:
+            count = cache.clear()
+        except Exception as exc:
+            if self._recover(exc) is None:
+                raise
+            cache = self._usable()
+            remove_entry_files(self.directory, keep=set())
+            count = cache.clear()
+        keep = {name for (name,) in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+        remove_entry_files(self.directory, keep)
+        return count
 
     def close(self) -> None:
-        self._cache.close()
+        cache = self._cache
+        if cache is not None:
+            cache.close()
+
+    # -- keeping the tier usable
+
+    def _open(self) -> _SerialCache:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        settings = {"eviction_policy": "least-recently-used", "statistics": False, **log_bound(self.directory)}
+        if self._size_limit is not None:
+            settings["size_limit"] = int(self._size_limit)
+        cache = _SerialCache(self.directory, disk=_PathDisk, **settings)
+        self._configured_limit = int(cache.size_limit)
+        st = os.stat(self._db_path)
+        self._db_id = (st.st_dev, st.st_ino)
+        return cache
+
+    def _open_or_make_room(self) -> _SerialCache:
+        """Opening writes diskcache's settings (and SQLite's shared-memory file): on a full
+        file system, evict the least recently used entry files first, then open."""
+        try:
+            return self._open()
+        except Exception as exc:
+            if not self._full(exc):
+                raise
+            first = exc
+        try:
+            volume, rows = oldest_entries(self._db_path)
+        except Exception:
+            volume, rows = 0, []
+        target = max(volume * (1 - FULL_SHRINK), FULL_MARGIN)
+        # Only files free room here: rows kept in SQLite go with their rows, once it opens.
+        victims, freed = remove_oldest([row for row in rows if row[1]], self.directory, target)
+        if freed < target:
+            # What the main database file names lags its log (a mount that ended on a full
+            # disk could not merge it back): the files on disk are the truth.
+            freed += remove_oldest_files(self.directory, target - freed)
+        if not freed:
+            raise first
+        cache = self._open()
+        delete_rows(cache, victims)
+        self.evicted_to_open = len(victims)
+        log.warning("disk cache %s: the file system is full: removed the %d oldest entries (%s) to open it",
+                    self.directory, len(victims), human(freed))
+        return cache
+
+    def _run(self, op, default, writing: bool = False, need: int = 0, on_entry_error=None):
+        """op(cache), once more after the tier repaired itself; `default` when it cannot be
+        used. An error that is the entry's own (not the tier's) calls `on_entry_error`."""
+        for attempt in range(2):
+            cache = self._usable(writing)
+            if cache is None:
+                return default
+            try:
+                return op(cache)
+            except Exception as exc:
+                repaired = self._recover(exc, need)
+                if repaired is None:
+                    if on_entry_error is not None:
+                        on_entry_error()
+                    if writing:
+                        self._trouble.report("write", "disk cache %s: cannot write an entry: %s",
+                                             self.directory, _reason(exc))
+                    return default
+                if not repaired:
+                    return default
+        return default
+
+    def _usable(self, writing: bool = False) -> _SerialCache | None:
+        """The cache to use now, or None (gone and not made again yet, or writing paused).
+        Before a write, check the folder is still the one opened: writing into a folder
+        made again by someone else's mkdir would leave files nothing tracks."""
+        cache = self._cache
+        if cache is None:  # gone: not made again yet
+            return self._reopen() if time.monotonic() >= self._retry_at else None
+        if writing:
+            if self._folder_changed():
+                return self._reopen()
+            self._review_bound(cache)
+            if time.monotonic() < self._paused_until:
+                self._trouble.report("full", "disk cache %s: the file system is still full: not writing",
+                                     self.directory)
+                return None
+        return cache
+
+    def _recover(self, exc: BaseException, need: int = 0) -> bool | None:
+        """After an error: True when the tier was repaired (the folder made again, or room
+        made) and the operation may be tried again; False when it is in trouble that was not
+        repaired; None when the tier is fine and the error is the entry's own."""
+        if self._folder_changed():
+            return self._reopen() is not None
+        if self._full(exc):
+            return self._make_room(need)
+        return None
+
+    def _folder_changed(self) -> bool:
+        try:
+            st = os.stat(self._db_path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._db_id
+
+    def _reopen(self) -> _SerialCache | None:
+        """The folder is not the one opened: go on without it, and open the one there now
+        (another process made it again), or make it again once it is gone entirely (an
+        `rm -rf` still at work must not meet new files), or GONE_WAIT_S after only its
+        database went."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cache is not None:
+                if not self._folder_changed():
+                    return self._cache  # another thread saw to it
+                self._cache = None  # the old one's connections close when the last thread lets go
+                self._gone_since = now
+                self._retry_at = 0.0
+                self._trouble.report("gone", "disk cache %s was removed while in use: going on without it "
+                                     "(reads come from the source) until it is made again", self.directory)
+            if now < self._retry_at:
+                return None
+            if (os.path.isdir(self.directory) and not os.path.exists(self._db_path)
+                    and now - self._gone_since < GONE_WAIT_S):
+                self._retry_at = now + GONE_CHECK_S
+                return None
+            try:
+                cache = self._open()
+                self.locks.reopen(self.directory)
+            except Exception as exc:
+                self._retry_at = now + REOPEN_RETRY_S
+                self._trouble.report("reopen", "disk cache %s cannot be made again (%s): going on without it, "
+                                     "trying again every %.0f s", self.directory, _reason(exc), REOPEN_RETRY_S)
+                return None
+            self._trouble.ended("reopen")
+            self._trouble.ended("gone", "disk cache %s: made again, in use", self.directory)
+            self._cache = cache
+            return cache
+
+    def _full(self, exc: BaseException) -> bool:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.Error):
+            # SQLITE_FULL, or an I/O error from a shared-memory file that could not grow
+            return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or self._free_bytes() < FULL_MARGIN
+        return False
+
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    def _make_room(self, need: int) -> bool:
+        """The file system is full: bound the cache to a fifth under the room it has (its
+        volume and what is free), and evict the least recently used entries down to that
+        (their files first, as freeing space needs no write). The bound follows the room
+        from then on (_review_bound). False when too little room was made: writes pause."""
+        with self._lock:
+            if self._free_bytes() >= need + FULL_MARGIN:
+                return True  # another thread made room meanwhile
+            cache = self._cache
+            try:
+                volume = cache.volume()
+                limit = min(int((volume + self._free_bytes()) * FULL_SHRINK), int(cache.size_limit))
+                rows = cache._sql("SELECT rowid, filename, size FROM Cache ORDER BY access_time").fetchall()
+                victims, freed = remove_oldest(rows, self.directory, volume - limit)
+                delete_rows(cache, victims)
+                cache.reset("size_limit", limit, update=False)  # this process only: the folder keeps its own
+                cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except Exception:
+                victims, freed, limit = [], 0, 0
+            self._review_at = time.monotonic() + FULL_PAUSE_S
+            free = self._free_bytes()
+            room = free >= need + FULL_MARGIN
+            if not room:
+                self._paused_until = time.monotonic() + FULL_PAUSE_S
+            self._trouble.report(
+                "full", "disk cache %s: the file system is full: evicted the %d oldest entries (%s, now %s free); "
+                "the cache stays under %s while the file system has no more room%s", self.directory, len(victims),
+                human(freed), human(free), human(limit), "" if room else f"; not writing for {FULL_PAUSE_S:.0f} s")
+            return room
+
+    def _review_bound(self, cache: _SerialCache) -> None:
+        """Bounded by a full file system: every FULL_PAUSE_S, let the bound follow the room
+        there is, up to the configured bound. The trouble is over once a fifth of that room
+        is free again."""
+        now = time.monotonic()
+        if self._review_at is None or now < self._review_at:
+            return
+        with self._lock:
+            self._review_at = now + FULL_PAUSE_S
+            try:
+                free = self._free_bytes()
+                room = cache.volume() + free
+            except Exception:
+                return
+            limit = min(int(room * FULL_SHRINK), self._configured_limit)
+            cache.reset("size_limit", limit, update=False)
+            if limit == self._configured_limit:
+                self._review_at = None
+            if free >= room * (1 - FULL_SHRINK):
+                self._trouble.ended("full", "disk cache %s: its file system has room again (%s free); the cache "
+                                    "stays under %s", self.directory, human(free), human(limit))
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 class _SerialCache(diskcache.Cache):
@@ -114,7 +395,19 @@ class _SerialCache(diskcache.Cache):
 
     def __init__(self, *args, **kwargs):
         self._txn_lock = threading.RLock()  # re-entrant: diskcache nests transactions in a thread
+        self._made = False
         super().__init__(*args, **kwargs)
+        self._made = True
+
+    @property
+    def _con(self):
+        # Each thread connects on first use, and SQLite makes a missing database file: once
+        # the folder is removed, that would put a new, empty database in its place (or in the
+        # way of an `rm -rf` still at work). Fail instead: DiskCache sees to a removed folder.
+        if self._made and getattr(self._local, "con", None) is None and not os.path.exists(
+                os.path.join(self._directory, diskcache.core.DBNAME)):
+            raise sqlite3.OperationalError("the cache database was removed")
+        return super()._con
 
     @contextlib.contextmanager
     def _transact(self, retry=False, filename=None):
@@ -132,13 +425,22 @@ class _PathDisk(diskcache.Disk):
 
     diskcache fetches a value inside its write transaction (an LRU get updates the entry):
     opening, let alone reading, a file there would hold every other thread's lookup up
-    behind a cold disk. The caller reads the file after the transaction."""
+    behind a cold disk. The caller reads the file after the transaction.
+
+    `written.path` (per thread) names the last entry file written, for the caller to remove
+    should its row not be committed."""
+
+    def __init__(self, directory, **kwargs):
+        super().__init__(directory, **kwargs)
+        self.written = threading.local()
 
     def store(self, value, read, key=diskcache.core.UNKNOWN):
         if not (read and isinstance(value, _Entry)):
             return super().store(value, read, key)
         filename, full_path = self.filename(key, value)
-        return _write_entry_file(full_path, value), diskcache.core.MODE_BINARY, filename, None
+        size = _write_entry_file(full_path, value)
+        self.written.path = full_path
+        return size, diskcache.core.MODE_BINARY, filename, None
 
     def fetch(self, mode, filename, value, read):
         if read and mode == diskcache.core.MODE_BINARY:
@@ -159,15 +461,19 @@ def _read_entry_file(path: str) -> tuple[bytes, bytes]:
 
 
 def _write_entry_file(path: str, parts) -> int:
-    """Write a new entry file; returns its size. O_DIRECT where the file system allows it:
-    the bytes are in the memory cache already, and a third copy in the page cache (670 MB
-    in one cold scroll of a 1 GiB level) would cost new memory and push out other files."""
+    """Write a new entry file; returns its size. A write that fails (a full file system)
+    leaves no file behind. O_DIRECT where the file system allows it: the bytes are in the
+    memory cache already, and a third copy in the page cache (670 MB in one cold scroll of
+    a 1 GiB level) would cost new memory and push out other files."""
     directory = os.path.dirname(path)
     size = sum(len(p) for p in parts)
     direct = bool(_O_DIRECT)
     for attempt in range(10):  # as diskcache: another thread may remove the folder meanwhile
-        with contextlib.suppress(OSError):
-            os.makedirs(directory)
+        # The two levels of folders under the cache folder, never the cache folder itself:
+        # if it was removed, that is the tier's trouble (FileNotFoundError), not ours to hide.
+        for sub in (os.path.dirname(directory), directory):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sub)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | (_O_DIRECT if direct else 0), 0o600)
             break
@@ -186,8 +492,12 @@ def _write_entry_file(path: str, parts) -> int:
             for part in parts:
                 _write_all(fd, part, pos)
                 pos += len(part)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
     return size
 
 
@@ -288,6 +598,16 @@ class FetchLocks:
         self._claimed: set[int] = set()  # slots a thread of ours is fetching
         self._holders: collections.Counter[int] = collections.Counter()  # per slot our file lock stands for
         self._cond = threading.Condition()
+
+    def reopen(self, directory: str) -> None:
+        """The folder was made again: lock its new lock file, under the same descriptor
+        number (threads may be using it). Locks held on the old, removed file lapse: at
+        worst two daemons fetch a chunk that was in flight then."""
+        fd = os.open(os.path.join(directory, "fetch.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.dup2(fd, self._fd)
+        finally:
+            os.close(fd)
 
     def slots(self, keys) -> list[int]:
         return sorted({int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "little") % self.SLOTS

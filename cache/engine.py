@@ -29,7 +29,10 @@ from .disk import CorruptEntry, DiskCache
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .memory import MemoryLRU
 from .stats import Stats
+from .throttledlog import ThrottledLog
 from .writeback import Pending, WriteBehind
+
+log = logging.getLogger("ngffmount")
 
 # Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
 DEFAULT_MEMORY = 768 << 20
@@ -42,8 +45,6 @@ READAHEAD_BACKOFF_AFTER = 3  # fetches failed in a row that pause readahead
 # a failed page read right away, and would double the reader's wait.
 RECENT_FAILURE_S = 1.0
 DEADLINE_SLACK_S = 0.25  # a fetch that failed this close to its deadline ran out of time
-
-log = logging.getLogger("ngffmount")
 
 
 class ReadTimedOut(ChunkReadError):
@@ -74,6 +75,7 @@ class ChunkEngine:
         self._queue = FetchQueue(fetch_threads)
         self._writes = WriteBehind(self._disk_write, self._holds_bytes, DISK_BACKLOG_BYTES) if disk is not None else None
         self.stats = Stats()
+        self._trouble = ThrottledLog(log)
         self._inflight: dict[tuple, Future] = {}
         self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
         self._lock = threading.Lock()
@@ -416,10 +418,14 @@ class ChunkEngine:
             self._disk_write(Pending(key, data, slots, None, 0.0), downgraded=False)
 
     def _disk_write(self, entry: Pending, downgraded: bool = True) -> None:
+        """A full or broken cache disk costs speed, never a read. The disk cache logs its
+        own trouble; what it did not foresee is logged here, once, then counted."""
         try:
-            self.disk.put(entry.key, entry.data)
-        except Exception:
-            self.stats.add("errors")  # a full or broken cache disk costs speed, never a read
+            if not self.disk.put(entry.key, entry.data):
+                self.stats.add("disk_write_failures")
+        except Exception as exc:
+            self.stats.add("disk_write_failures")
+            self._trouble.report("disk-write", "disk cache write failed: %r", exc)
         finally:
             self.disk.locks.release(entry.slots, downgraded=downgraded)
 
@@ -479,7 +485,8 @@ class ChunkEngine:
         return f"{level.cache_token}/{chunk_key}"
 
     def _on_disk(self, level, chunk_key: str) -> bool:
-        """In the disk cache, or on its way there."""
+        """In the disk cache, or on its way there. Never raises: a disk cache in trouble
+        answers no (DiskCache), and the chunk comes from the source."""
         if self.disk is None:
             return False
         key = self._disk_key(level, chunk_key)

@@ -16,6 +16,7 @@ COUNTERS = (
     "disk_hits",
     "disk_misses",
     "disk_corrupt",
+    "disk_write_failures",  # chunks not written to the disk cache (full, removed, broken): see the log
     "decodes",  # whole chunks decoded
     "block_decodes",  # Blosc blocks decoded alone (BlockedChunk)
     "decoded_bytes",  # by both: decoded bytes / chunk bytes is how often each chunk was decoded

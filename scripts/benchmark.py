@@ -3,12 +3,23 @@
 
     python scripts/benchmark.py --size small --out /tmp/bench/report.md   # smoke run (128 MiB level)
     python scripts/benchmark.py                                         # full run (1 GiB level)
+    python scripts/benchmark.py --size small --xz-only --repeats 1      # the XZ scroll alone
+    python scripts/benchmark.py --workloads slide --slide-size small --out /tmp/bench/slide.md
+
+Workloads: "stack" (below) and "slide": a viewer's reads of 16 random 1024 x 1024 windows of
+level 0 of a slide (uint8, 1024 x 1024 chunks, the NGFF course's 921600 x 380928 at
+--slide-size course; only the chunks under the windows are written), through a fresh
+ngffmount's image.ome.tif (tifffile, tile by tile), and by zarr-python and tensorstore
+straight from S3: time, time to the first window, requests per chunk and bytes fetched
+against the compressed bytes of the chunks under the windows.
 
 Everything runs on loopback: moto_server (S3) <- latency_proxy.py (+30 ms per request,
 counts requests and bytes) <- every client. One generated OME-Zarr (NGFF 0.4, zarr v2, '/'
 keys, blosc lz4) is stored in two chunkings, and for each chunking these readers are timed
 on the same proxy and data: zarr-python direct from S3, zarr-python through `rclone mount
 --vfs-cache-mode full`, ngffmount cold / warm / hot, and zarr-python on a local-disk copy.
+An XZ scroll (s0.xz/ file by file, against zarr-python's arr[:, y, :] for the same y)
+records requests and decodes per chunk. NGFFBENCH_DIR moves /tmp/bench elsewhere.
 
 Each timed read runs in a fresh worker process (`benchmark.py _worker SPEC`): "cold" never
 reuses a client's connections or caches, and a hung FUSE read ends in a timeout, not a
@@ -41,11 +52,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
-BENCH = Path("/tmp/bench")
+BENCH = Path(os.environ.get("NGFFBENCH_DIR", "/tmp/bench"))  # data, mounts, caches and logs
 BUCKET = "ngffbench"
 KEY, SECRET, REGION = "testing", "testing", "us-east-1"  # moto accepts any credentials
 SIZES = {"small": (64, 1024, 1024), "full": (128, 2048, 2048)}  # z, y, x uint16: 128 MiB, 1 GiB
 CHUNKINGS = {"64x256x256": (64, 256, 256), "1x512x512": (1, 512, 512)}
+SLIDE_SIZES = {"small": (20480, 30720), "course": (380928, 921600)}  # y, x of level 0, uint8
+SLIDE_CHUNK, SLIDE_WINDOW, SLIDE_WINDOWS = 1024, 1024, 16
 
 
 class BenchError(Exception):
@@ -86,11 +99,34 @@ def worker(spec: dict) -> dict:
         arr = zarr.open_array(spec["url"], mode="r", zarr_format=2, storage_options=so)
         before = proxy_counters()
         t0 = time.perf_counter()
+        if spec.get("ys") is not None:  # XZ planes, one after the other, as a viewer scrolls
+            slices = [arr[:, y, :] for y in spec["ys"]]
+            seconds = time.perf_counter() - t0
+            return {"seconds": seconds, "before": before, "nbytes": sum(p.nbytes for p in slices),
+                    "hashes": [sha1(p.tobytes()) for p in slices]}
         data = arr[spec["z"]] if spec["z"] is not None else arr[...]
         seconds = time.perf_counter() - t0
         planes = data[None] if spec["z"] is not None else data
         return {"seconds": seconds, "before": before, "nbytes": data.nbytes,
                 "hashes": [sha1(p.tobytes()) for p in planes]}
+
+    if spec["kind"] == "files":  # plane files one after the other, each whole, in 1 MiB reads
+        before = proxy_counters()
+        t0 = time.perf_counter()
+        blobs = []
+        for path in spec["paths"]:
+            with open(path, "rb", buffering=0) as f:
+                blobs.append(f.read())
+        seconds = time.perf_counter() - t0
+        import io
+
+        import tifffile
+
+        return {"seconds": seconds, "before": before, "nbytes": sum(map(len, blobs)),
+                "hashes": [sha1(tifffile.imread(io.BytesIO(b)).tobytes()) for b in blobs]}
+
+    if spec["kind"] == "windows":
+        return read_windows(spec, proxy_counters)
 
     # kind == "file": read a mounted file in order, in fixed-size reads, like ImageJ does.
     size = os.stat(spec["path"]).st_size
@@ -122,6 +158,45 @@ def worker(spec: dict) -> dict:
         pb = spec["plane_bytes"]
         out["hashes"] = [sha1(view[off + i * pb: off + (i + 1) * pb]) for i in range(spec["planes"])]
     return out
+
+
+def read_windows(spec: dict, proxy_counters) -> dict:
+    """A viewer's reads of square windows of level 0, one after the other, by one reader:
+    "tiff" (a mounted image.ome.tif through tifffile's zarr store, opened on the clock),
+    "zarr" (zarr-python, s3fs) or "tensorstore" (its zarr driver on S3)."""
+    import numpy as np
+
+    size, reader = spec["size"], spec["reader"]
+    if reader == "zarr":
+        import zarr
+
+        so = {"key": KEY, "secret": SECRET, "endpoint_url": spec["endpoint"], "client_kwargs": {"region_name": REGION}}
+        arr = zarr.open_array(spec["url"], mode="r", zarr_format=2, storage_options=so)
+        read = lambda y, x: arr[0, 0, 0, y:y + size, x:x + size]  # noqa: E731
+    elif reader == "tensorstore":
+        import tensorstore as ts
+
+        bucket, key = spec["url"][len("s3://"):].split("/", 1)
+        arr = ts.open({"driver": "zarr", "kvstore": {
+            "driver": "s3", "bucket": bucket, "path": key + "/", "endpoint": spec["endpoint"], "aws_region": REGION,
+            "aws_credentials": {"type": "anonymous"}}}, read=True).result()
+        read = lambda y, x: arr[0, 0, 0, y:y + size, x:x + size].read().result()  # noqa: E731
+    before = proxy_counters()
+    t0 = time.perf_counter()
+    if reader == "tiff":
+        import tifffile
+        import zarr
+
+        store = tifffile.imread(spec["path"], aszarr=True)
+        level0 = zarr.open(store, mode="r")["0"]
+        read = lambda y, x: level0[y:y + size, x:x + size]  # noqa: E731
+    hashes, first = [], None
+    for y, x in spec["windows"]:
+        hashes.append(sha1(np.ascontiguousarray(read(y, x)).tobytes()))
+        first = first or time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "before": before, "nbytes": len(spec["windows"]) * size * size,
+            "first_read_s": first, "hashes": hashes}
 
 
 # --------------------------------------------------------------------------- data
@@ -181,6 +256,61 @@ def ensure_data(size: str, chunkings: list[str]) -> dict:
     return meta
 
 
+def slide_windows(height: int, width: int) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(26)
+    return [[int(rng.integers(0, height - SLIDE_WINDOW)), int(rng.integers(0, width - SLIDE_WINDOW))]
+            for _ in range(SLIDE_WINDOWS)]
+
+
+def ensure_slide(size: str) -> dict:
+    """A slide as bioformats2raw writes it (t, c, z, y, x; 1024 x 1024 chunks; levels halved
+    down to one chunk), declared at full size; of level 0 only the chunks under the windows
+    are written (synth_slab's pattern, blosc lz4). Cached; the window hashes come from
+    zarr-python reading the local copy."""
+    import numcodecs
+    import zarr
+
+    height, width = SLIDE_SIZES[size]
+    root = BENCH / "data" / f"slide-{size}"
+    meta_path = root / "meta.json"
+    if meta_path.exists():
+        return json.loads(meta_path.read_text())
+    shutil.rmtree(root, ignore_errors=True)
+    local = root / "slide.ome.zarr"
+    g = zarr.open_group(str(local), mode="w", zarr_format=2)
+    h, w, k, datasets = height, width, 0, []
+    while True:
+        arr = g.create_array(str(k), shape=(1, 1, 1, h, w), dtype="uint8", chunks=(1, 1, 1, SLIDE_CHUNK, SLIDE_CHUNK),
+                             fill_value=0, compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE),
+                             chunk_key_encoding={"name": "v2", "separator": "/"})
+        datasets.append({"path": str(k), "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 1.0, 0.25 * 2**k, 0.25 * 2**k]}]})
+        if k == 0:
+            level0 = arr
+        if max(h, w) <= SLIDE_CHUNK:
+            break
+        h, w, k = -(-h // 2), -(-w // 2), k + 1
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    g.attrs["multiscales"] = [{"version": "0.4", "name": "slide", "axes": axes, "datasets": datasets}]
+    windows = slide_windows(height, width)
+    chunks = sorted({(cy, cx) for y, x in windows
+                     for cy in range(y // SLIDE_CHUNK, (y + SLIDE_WINDOW - 1) // SLIDE_CHUNK + 1)
+                     for cx in range(x // SLIDE_CHUNK, (x + SLIDE_WINDOW - 1) // SLIDE_CHUNK + 1)})
+    for cy, cx in chunks:
+        y0, x0 = cy * SLIDE_CHUNK, cx * SLIDE_CHUNK
+        ny, nx = min(SLIDE_CHUNK, height - y0), min(SLIDE_CHUNK, width - x0)
+        level0[0, 0, 0, y0:y0 + ny, x0:x0 + nx] = (synth_slab(cy * 7919 + cx, 1, ny, nx)[0] >> 7).astype("uint8")
+    hashes = [sha1(level0[0, 0, 0, y:y + SLIDE_WINDOW, x:x + SLIDE_WINDOW].tobytes()) for y, x in windows]
+    needed = sum((local / "0" / "0" / "0" / "0" / str(cy) / str(cx)).stat().st_size for cy, cx in chunks)
+    meta = {"shape": [height, width], "levels": len(datasets), "windows": windows, "hashes": hashes,
+            "chunks": len(chunks), "needed": needed}
+    meta_path.write_text(json.dumps(meta))
+    return meta
+
+
 def chunk_bytes(local: Path) -> dict[int, list[int]]:
     """Compressed size of every chunk of level 0, by chunk z index."""
     out: dict[int, list[int]] = {}
@@ -190,13 +320,30 @@ def chunk_bytes(local: Path) -> dict[int, list[int]]:
     return out
 
 
-def upload(moto, local: Path, prefix: str) -> None:
-    """Straight to moto, not through the proxy: setup is not what we measure."""
+def xz_truth(local: Path, ys: list[int]) -> tuple[list[str], int, int]:
+    """Hashes of the XZ planes at `ys` (from the local copy), and the number and compressed
+    bytes of the chunks they lie in."""
+    import zarr
+
+    arr = zarr.open_array(str(local / "0"), mode="r")
+    block = arr[:, min(ys):max(ys) + 1, :]
+    hashes = [sha1(block[:, y - min(ys), :].tobytes()) for y in ys]
+    cy = arr.chunks[1]
+    rows = {y // cy for y in ys}
+    files = [f for f in (local / "0").glob("*/*/*") if f.is_file() and int(f.parent.name) in rows]
+    return hashes, len(files), sum(f.stat().st_size for f in files)
+
+
+def upload(moto, local: Path, prefix: str, public: bool = False) -> None:
+    """Straight to moto, not through the proxy: setup is not what we measure. `public`:
+    readable without credentials (tensorstore reads anonymously)."""
     client = moto.client(max_pool_connections=16)
     files = [p for p in local.rglob("*") if p.is_file()]
+    extra = {"ACL": "public-read"} if public else {}
 
     def put(p: Path):
-        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{p.relative_to(local).as_posix()}", Body=p.read_bytes())
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{p.relative_to(local).as_posix()}", Body=p.read_bytes(),
+                          **extra)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, files))
@@ -505,6 +652,49 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
         attempt(f"{key}_all", lambda: best_of(
             f"{key}_all", f"{label}, arr[...]", lambda c: run(None, c), all_chunks, all_needed, all_hashes, first=1))
 
+    def ngff_session(cache_dir: Path, phase: str, body, drop: bool = False):
+        mnt, pid, log = h.ngff_mount(url, cache_dir)
+        try:
+            if drop:
+                h.drop_caches()  # after the mount: metadata reads must not refill it
+            return body(mnt)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nngffmount daemon log {log}:\n{tail(log, 40)}") from None
+        finally:
+            hwm = peak_rss_mib(pid)
+            if hwm is not None:
+                rss[phase] = max(rss.get(phase, 0), hwm)
+            h.ngff_unmount(mnt, pid)
+
+    # XZ scroll: ngffmount reads s0.xz/ file after file (cold: empty cache, new mount);
+    # zarr-python reads arr[:, y, :] for the same y, one after the other.
+    xz_ys = list(range(min(ny, args.xz_planes)))
+    if xz_ys:
+        xz_hashes, xz_chunks, xz_needed = xz_truth(local, xz_ys)
+
+        def ngff_cold_xz():
+            spec = lambda m: {"kind": "files", "paths": [f"{m}/s0.xz/y{y:05d}.tif" for y in xz_ys]}  # noqa: E731
+            runs = [ngff_session(h.fresh("ngff"), "cold xz scroll", lambda m: h.measure(spec(m), m))
+                    for _ in range(reps)]
+            row = rows["ngff_cold_xz"] = summarize(f"ngffmount cold, s0.xz/ y0..{xz_ys[-1]} file by file", runs,
+                                                   xz_chunks, xz_needed)
+            # Readahead fetches chunks of the planes after the last one read: per chunk fetched,
+            # how often it was requested and decoded.
+            st, raw = row["stats"], math.prod(CHUNKINGS[ch]) * 2
+            if st.get("chunks_fetched"):
+                row["note"] = (f"per chunk fetched: {row['requests'] / st['chunks_fetched']:.2f} requests, "
+                               f"{st.get('decoded_bytes', 0) / (st['chunks_fetched'] * raw):.2f} decodes;")
+            check("ngff_cold_xz", runs, xz_hashes)
+
+        attempt("ngff_cold_xz", ngff_cold_xz)
+        attempt("zarr_s3_xz", lambda: best_of(
+            "zarr_s3_xz", f"zarr-python, S3 direct, arr[:, y, :] for y0..{xz_ys[-1]}",
+            lambda c: h.measure({**zarr_spec(url, c, None), "ys": xz_ys}), xz_chunks, xz_needed, xz_hashes, first=1))
+    comp = {"chunk_shape": CHUNKINGS[ch], "z": z, "plane_chunks": plane_chunks, "plane_needed": plane_needed,
+            "all_chunks": all_chunks, "all_needed": all_needed, "raw_bytes": nz * ny * nx * 2, "xz_planes": len(xz_ys)}
+    if args.xz_only:
+        return {"rows": rows, "rss": rss, "info": comp}
+
     # (a) zarr-python straight from S3 through the proxy: a plane here, the whole level below
     # in turns with ngffmount's cold scroll.
     zarr_s3 = lambda zsel, c: h.measure(zarr_spec(url, c, zsel))  # noqa: E731
@@ -524,20 +714,6 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
     stack_spec = lambda mnt, verify=True: {  # noqa: E731
         "kind": "file", "path": f"{mnt}/s0.tif", "block": ny * nx * 2,  # plane-sized reads, in order
         "verify": "stack" if verify else None, "planes": nz, "plane_bytes": ny * nx * 2}
-
-    def ngff_session(cache_dir: Path, phase: str, body, drop: bool = False):
-        mnt, pid, log = h.ngff_mount(url, cache_dir)
-        try:
-            if drop:
-                h.drop_caches()  # after the mount: metadata reads must not refill it
-            return body(mnt)
-        except BenchError as exc:
-            raise BenchError(f"{exc}\nngffmount daemon log {log}:\n{tail(log, 40)}") from None
-        finally:
-            hwm = peak_rss_mib(pid)
-            if hwm is not None:
-                rss[phase] = max(rss.get(phase, 0), hwm)
-            h.ngff_unmount(mnt, pid)
 
     # (c) ngffmount cold: empty cache dir, new mount, one plane file
     def ngff_cold_plane():
@@ -606,9 +782,83 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
 
     plane_and_level("local", "zarr-python, local disk", local_run)
 
-    comp = {"chunk_shape": CHUNKINGS[ch], "z": z, "plane_chunks": plane_chunks, "plane_needed": plane_needed,
-            "all_chunks": all_chunks, "all_needed": all_needed, "raw_bytes": nz * ny * nx * 2}
     return {"rows": rows, "rss": rss, "info": comp}
+
+
+# --------------------------------------------------------------------------- slide
+
+
+def bench_slide(h: Harness, meta: dict) -> dict:
+    """The slide workload: the same windows, each reader `repeats` times from cold."""
+    url = f"s3://{BUCKET}/slide-{h.args.slide_size}/slide.ome.zarr"
+    base = {"kind": "windows", "windows": meta["windows"], "size": SLIDE_WINDOW}
+    rows: dict[str, dict] = {}
+    rss: dict[str, float] = {}
+    mounts: list[float] = []
+
+    def attempt(key: str, label: str, run) -> None:
+        print(f"  [slide] {key} ...", flush=True)
+        try:
+            runs = [run() for _ in range(h.args.repeats)]
+        except BenchError as exc:
+            h.errors.append(f"[slide] {key}: {exc}")
+            print(f"      FAILED: {exc}", flush=True)
+            return
+        rows[key] = summarize(label, runs, meta["chunks"], meta["needed"])
+        if any(r["hashes"] != meta["hashes"] for r in runs):
+            h.errors.append(f"[slide] {key}: WRONG BYTES")
+            rows[key]["note"] += " WRONG BYTES"
+        print(f"      median {rows[key]['median']:.3f} s, {rows[key]['requests']:.0f} requests", flush=True)
+
+    def ngff_run() -> dict:
+        started = time.perf_counter()
+        mnt, pid, log = h.ngff_mount(url, h.fresh("ngff"))
+        mounts.append(time.perf_counter() - started)
+        try:
+            return h.measure({**base, "reader": "tiff", "path": f"{mnt}/image.ome.tif"}, mnt)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nngffmount daemon log {log}:\n{tail(log, 40)}") from None
+        finally:
+            hwm = peak_rss_mib(pid)
+            if hwm is not None:
+                rss["slide"] = max(rss.get("slide", 0), hwm)
+            h.ngff_unmount(mnt, pid)
+
+    attempt("ngff", "ngffmount cold: image.ome.tif through tifffile (new mount, empty cache)", ngff_run)
+    if mounts:
+        rows.get("ngff", {})["note"] = f"mount command {statistics.median(mounts):.2f} s (start-up included);"
+    attempt("zarr", "zarr-python, S3 direct (s3fs)", lambda: h.measure({**base, "reader": "zarr", "url": url + "/0"}))
+    attempt("tensorstore", "tensorstore, S3 direct",
+            lambda: h.measure({**base, "reader": "tensorstore", "url": url + "/0"}))
+    return {"rows": rows, "rss": rss, "meta": meta}
+
+
+def render_slide(args, slide: dict) -> list[str]:
+    meta, rows = slide["meta"], slide["rows"]
+    height, width = meta["shape"]
+    L = ["", "## Slide: 16 windows of 1024 x 1024 from level 0", "",
+         f"Level 0 = {width} x {height} uint8 ({height * width / 2**30:.1f} GiB), {meta['levels']} levels, "
+         f"1024 x 1024 chunks, blosc lz4; only the {meta['chunks']} chunks under the {len(meta['windows'])} "
+         f"random windows are written ({meta['needed'] / 2**20:.1f} MiB compressed). Each run is cold: "
+         "ngffmount gets a new mount and an empty cache, and its clock starts before image.ome.tif is opened "
+         "(tifffile reads the header, the tile tables and then tile after tile); zarr-python and tensorstore "
+         "open the array before the clock. Windows are read one after the other, as a viewer asks for them.", "",
+         "| reader | median s | first window s | runs (s) | requests | requests/chunk | fetched/needed | notes |",
+         "|---|---|---|---|---|---|---|---|"]
+    for key in ("ngff", "zarr", "tensorstore"):
+        r = rows.get(key)
+        if not r:
+            continue
+        note = r["note"]
+        if "stats" in r:
+            s = r["stats"]
+            note += (" " if note else "") + ", ".join(f"{n}={s[n]:g}" for n in ("chunks_fetched", "errors") if n in s)
+        L.append("| " + " | ".join([
+            r["label"], fmt(r["median"]), fmt(r.get("first_read_s")), ", ".join(f"{x:.3g}" for x in r["seconds"]),
+            requests_cell(r), fmt(r["requests"] / r["chunks"]), fmt(r["bytes"] / r["needed"]), note]) + " |")
+    if slide["rss"]:
+        L += ["", f"ngffmount daemon peak RSS (VmHWM): {slide['rss']['slide']:.0f} MiB"]
+    return L
 
 
 def touch(gib: int) -> None:
@@ -668,12 +918,22 @@ def ratio(rows, a, b, key="median"):
     return rows[a][key] / rows[b][key] if a in rows and b in rows and rows[b][key] else None
 
 
-def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float, drop_ok: bool) -> str:
-    nz, ny, nx = meta["shape"]
+def render_head(facts: dict, elapsed: float) -> list[str]:
     L = ["# ngffmount benchmark", "",
          f"Command: `{facts['command']}`  ", f"Date: {facts['date']}, total run time {elapsed / 60:.1f} min", "",
          "## Machine", ""]
-    L += [f"- {k}: {v}" for k, v in facts["machine"].items()]
+    return L + [f"- {k}: {v}" for k, v in facts["machine"].items()]
+
+
+def render_failures(errors: list) -> list[str]:
+    if not errors:
+        return []
+    return ["", "## Failures", ""] + [f"```\n{e}\n```" for e in errors]
+
+
+def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float, drop_ok: bool) -> str:
+    nz, ny, nx = meta["shape"]
+    L = render_head(facts, elapsed)
     L += ["", "## Setup", "",
           f"- Image: OME-Zarr 0.4, zarr v2, '/' chunk keys, blosc lz4 + shuffle, level 0 = {nz} x {ny} x {nx} uint16 "
           f"({nz * ny * nx * 2 / 2**30:.2f} GiB), smooth pattern plus 6 bits of noise.",
@@ -687,6 +947,9 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
           "- Plane: z = middle. ngffmount reads `s0/zNNNNN.tif` whole (1 MiB reads); zarr reads `arr[z]`. "
           "Scroll: ngffmount reads `s0.tif` from start to end in plane-sized reads (what ImageJ's virtual stack "
           "does); zarr reads `arr[...]`.",
+          f"- XZ scroll: ngffmount reads `s0.xz/y00000.tif`, `y00001.tif`, ... ({args.xz_planes} files, each whole, "
+          "cold: empty cache, new mount); zarr-python reads `arr[:, y, :]` for the same y, one after the other "
+          "(it keeps no chunks between reads). Chunks under the read are those of the chunk rows these y lie in.",
           f"- Medians of {args.repeats} runs (for zarr-python and rclone on a whole level: one run per concurrency, "
           f"then {args.repeats} in all for the best). zarr-python's whole-level reads from S3 and ngffmount's cold "
           "scrolls run in turns (zarr, ngffmount, zarr, ...; the concurrency picked on one run each before), because "
@@ -724,7 +987,8 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
     order = [("cold plane", ["zarr_s3_plane", "rclone_plane", "ngff_cold_plane"]),
              ("warm plane", ["ngff_warm_plane", "local_plane"]),
              ("scroll / whole level", ["zarr_s3_all", "rclone_all", "ngff_cold_all", "ngff_warm_all", "local_all"]),
-             ("hot re-read", ["ngff_hot_all"])]
+             ("hot re-read", ["ngff_hot_all"]),
+             ("XZ scroll", ["zarr_s3_xz", "ngff_cold_xz"])]
     for ch, res in results.items():
         rows, info = res["rows"], res["info"]
         raw_chunk = math.prod(info["chunk_shape"]) * 2
@@ -757,9 +1021,7 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
         if res["rss"]:
             L += ["", "ngffmount daemon peak RSS (VmHWM), max per phase: " +
                   ", ".join(f"{k} {v:.0f} MiB" for k, v in res["rss"].items())]
-    if errors:
-        L += ["", "## Failures", ""]
-        L += [f"```\n{e}\n```" for e in errors]
+    L += render_failures(errors)
     L += ["", "## Caveats", "",
           f"- {facts['machine']['nproc']} cores run the readers, the proxy, moto, rclone and the ngffmount daemon "
           "at once, so CPU-bound steps (decoding, moto serving) compete; load averages above show whether anything "
@@ -827,16 +1089,27 @@ def main() -> int:
     ap.add_argument("--concurrency", default="10,64", help="zarr-python async.concurrency values to try (best wins)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per plane and hot measurement (median)")
     ap.add_argument("--skip-rclone", action="store_true")
+    ap.add_argument("--xz-planes", type=int, default=32,
+                    help="XZ planes (y = 0, 1, ...) read by the XZ scroll workload (0: none; default 32)")
+    ap.add_argument("--xz-only", action="store_true", help="run only the stack workload's XZ scroll (no slide workload)")
     ap.add_argument("--warm-gib", type=int, default=6,
                     help="memory touched right before each whole-level run in turns (0: none; default 6)")
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report (default %(default)s)")
+    ap.add_argument("--workloads", default="stack,slide", help="comma-separated, from: stack, slide (default both)")
+    ap.add_argument("--slide-size", choices=SLIDE_SIZES, default="course",
+                    help="slide level 0: small 30720 x 20480, course 921600 x 380928 (default)")
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    workloads = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    if not workloads or workloads - {"stack", "slide"}:
+        ap.error(f"--workloads: choose from stack, slide (got {args.workloads!r})")
     chunkings = [c.strip() for c in args.chunkings.split(",") if c.strip()]
     unknown = set(chunkings) - set(CHUNKINGS)
     if unknown:
         ap.error(f"unknown chunkings {sorted(unknown)}; choose from {list(CHUNKINGS)}")
-    if not args.skip_rclone and not shutil.which("rclone"):
+    if args.xz_only:  # the stack workload's XZ scroll alone
+        workloads = {"stack"}
+    if "stack" in workloads and not args.skip_rclone and not args.xz_only and not shutil.which("rclone"):
         ap.error("rclone not found: apt-get install -y rclone, or pass --skip-rclone")
 
     # SIGTERM takes the same way out as Ctrl-C, through every cleanup below.
@@ -859,8 +1132,10 @@ def main() -> int:
 
     errors: list[str] = []
     results: dict[str, dict] = {}
+    slide = None
     with contextlib.ExitStack() as stack:
-        meta = ensure_data(args.size, chunkings)
+        meta = ensure_data(args.size, chunkings) if "stack" in workloads else None
+        slide_meta = ensure_slide(args.slide_size) if "slide" in workloads else None
         moto = stack.enter_context(MotoS3Server())
         proxy = stack.enter_context(LatencyProxy(moto.endpoint_url, args.latency_ms / 1000))
         h = Harness(args, moto, proxy, errors)
@@ -875,18 +1150,31 @@ def main() -> int:
 
         t0 = time.time()
         moto.create_bucket(BUCKET)
-        for ch in chunkings:
-            upload(moto, BENCH / "data" / args.size / f"{ch}.ome.zarr", f"{args.size}/{ch}.ome.zarr")
+        if meta is not None:
+            for ch in chunkings:
+                upload(moto, BENCH / "data" / args.size / f"{ch}.ome.zarr", f"{args.size}/{ch}.ome.zarr")
+        if slide_meta is not None:
+            upload(moto, BENCH / "data" / f"slide-{args.slide_size}" / "slide.ome.zarr",
+                   f"slide-{args.slide_size}/slide.ome.zarr", public=True)
         print(f"uploaded to moto in {time.time() - t0:.0f} s; proxy {proxy.url} +{args.latency_ms:g} ms", flush=True)
-        facts["machine"]["memory warm-up"] = touch_memory()
-        facts["machine"]["page-cache read baseline"] = page_cache_baseline(h, meta)
-        for ch in chunkings:
-            results[ch] = bench_chunking(h, meta, ch)
+        if meta is not None:
+            if not args.xz_only:
+                facts["machine"]["memory warm-up"] = touch_memory()
+                facts["machine"]["page-cache read baseline"] = page_cache_baseline(h, meta)
+            for ch in chunkings:
+                results[ch] = bench_chunking(h, meta, ch)
+        if slide_meta is not None:
+            slide = bench_slide(h, slide_meta)
         facts["machine"]["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         end = machine_facts(args)["machine"]["ngffmount"]
         if end != facts["machine"]["ngffmount"]:  # each mount runs the working tree of its moment
             facts["machine"]["ngffmount at end"] = end
-        report = render(args, meta, results, errors, facts, time.time() - t_start, h.drop_ok)
+        if meta is not None:
+            report = render(args, meta, results, errors, facts, time.time() - t_start, h.drop_ok)
+        else:
+            report = "\n".join(render_head(facts, time.time() - t_start) + render_failures(errors)) + "\n"
+        if slide is not None:
+            report += "\n".join(render_slide(args, slide)) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)

@@ -35,6 +35,16 @@ def read_all(fs: VirtualFS, path: str) -> bytes:
     return fs.read(path, fs.getattr(path)["st_size"], 0)
 
 
+def walk_files(fs: VirtualFS, path: str = "/"):
+    """Every file path under `path` in a VirtualFS."""
+    for name in fs.readdir(path):
+        child = f"{path.rstrip('/')}/{name}"
+        if fs.getattr(child)["st_mode"] & 0o040000:
+            yield from walk_files(fs, child)
+        else:
+            yield child
+
+
 class VirtualReader(SeekableRaw):
     """A read-only file object over a VirtualFS path: readers fetch only the bytes they seek to."""
 

@@ -15,7 +15,7 @@ import zarr
 
 from bdv_fixtures import write_bdv_hdf5, write_sample_platy_hdf5, write_sample_platy_n5
 from bdv_server import BdvServer
-from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for
+from conftest import VirtualReader, mounted, ngffmount_cmd, read_all, tiff_array, vfs_for, walk_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,10 +83,11 @@ def test_remote_hdf5_is_read_chunk_by_chunk_never_whole(tmp_path, http_server):
 def test_errors_name_the_problem(tmp_path):
     xml, _ = write_bdv_hdf5(tmp_path, (4, 20, 20), setups=1, timepoints=1, chunks=(4, 16, 16))
     text = xml.read_text()
-    zarr_loader = tmp_path / "zarr.xml"
-    zarr_loader.write_text(re.sub(r'format="bdv.hdf5"', 'format="bdv.multimg.zarr"', text))
-    with pytest.raises(Unsupported, match="image loader 'bdv.multimg.zarr' is not supported"):
-        open_source(str(zarr_loader))
+    # bdv.multimg.zarr is read now (tests/test_bdv_loaders.py); BigStitcher's file-list loader is not.
+    unknown_loader = tmp_path / "filelist.xml"
+    unknown_loader.write_text(re.sub(r'format="bdv.hdf5"', 'format="spimreconstruction.filelist"', text))
+    with pytest.raises(Unsupported, match="image loader 'spimreconstruction.filelist' is not supported"):
+        open_source(str(unknown_loader))
     missing = tmp_path / "missing.xml"
     missing.write_text(re.sub(r">[^<]*\.h5<", ">nothere.h5<", text))
     with pytest.raises(SourceNotFound, match="HDF5 file not found.*nothere.h5"):
@@ -95,8 +96,10 @@ def test_errors_name_the_problem(tmp_path):
     broken.write_text(text[: len(text) // 2])
     with pytest.raises(BadMetadata, match="broken XML"):
         open_source(str(broken))
+    (tmp_path / "mnt").mkdir()  # else the one line would be about the mountpoint, not the XML
     result = ngffmount_cmd("mount", str(broken), str(tmp_path / "mnt"), check=False)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "broken XML" in result.stderr
 
 
 @pytest.mark.integration
@@ -181,17 +184,8 @@ def test_hostile_xml_gives_one_clear_error_never_a_crash(small_bdv, tmp_path_fac
         assert "\n" not in str(exc)
         return
     fs = VirtualFS(build_tree(source, ChunkEngine(memory_bytes=16 << 20)))
-    for path in _files(fs, "/"):
+    for path in walk_files(fs):
         fs.getattr(path)
-
-
-def _files(fs, path: str):
-    for name in fs.readdir(path):
-        child = f"{path.rstrip('/')}/{name}"
-        if fs.getattr(child)["st_mode"] & 0o040000:
-            yield from _files(fs, child)
-        else:
-            yield child
 
 
 def test_a_differing_timepoint_or_a_corrupt_chunk_fails_that_read_clearly(tmp_path):

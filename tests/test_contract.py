@@ -18,6 +18,7 @@ import zarr
 
 from bdv_fixtures import write_bdv_hdf5, write_bdv_n5, write_partitioned_bdv_hdf5
 from bdv_server import BdvServer
+from precomputed_fixtures import write_volume
 from conftest import read_all, tiff_array, vfs_for
 from zarr_fixtures import pattern
 
@@ -132,6 +133,17 @@ class TestN5Neuroglancer(AdapterContract):
                         voxel_size=(40.0, 4.0, 4.0), unit="nanometer")
 
 
+class TestNeuroglancerPrecomputedSharded(AdapterContract):
+    """tensorstore writes a sharded (murmurhash, gzip) precomputed image; served over HTTP."""
+
+    @pytest.fixture
+    def source(self, tmp_path, http_server) -> Expected:
+        name = f"contract-{tmp_path.name}.precomputed"
+        levels = write_volume(http_server.www / name, "raw", "murmur", 1)
+        return Expected(f"{http_server.url}/{name}", {"": levels}, "Neuroglancer precomputed image",
+                        voxel_size=(40.0, 4.0, 4.0), unit="nanometer")
+
+
 # -- BigDataViewer: pybdv (a third-party writer) for bdv.hdf5 and bdv.n5, h5py laid out as the
 # Java exporter for partitions and its scale-offset filter, and the BigDataViewer server protocol.
 
@@ -204,3 +216,31 @@ class TestBdvN5S3MoBIE(AdapterContract):
         remote = tmp_path / "remote.xml"
         remote.write_text(re.sub(r"<ImageLoader.*?</ImageLoader>", loader, xml.read_text(), flags=re.S))
         return Expected(str(remote), _bdv_images(expected), "BigDataViewer bdv.n5.s3", voxel_size=(2.0, 0.5, 0.5))
+
+
+class TestBdvN5UniverseOmeZarr(AdapterContract):
+    """Mastodon's bdv.n5.universe over an OME-Zarr (zarr-python): setups are channels,
+    timepoints the t index."""
+
+    @pytest.fixture
+    def source(self, tmp_path) -> Expected:
+        from bdv_zarr_fixtures import write_small_n5_universe
+
+        xml, images = write_small_n5_universe(tmp_path)
+        return Expected(str(xml), images, "BigDataViewer bdv.n5.universe", voxel_size=(2.0, 0.5, 0.5),
+                        unit="micrometer", groups=["setup0", "setup1"])
+
+
+class TestBdvMultiImageZarrOnS3(AdapterContract):
+    """BigStitcher's bdv.multimg.zarr (one OME-Zarr per tile, a channel picked by `indicies`),
+    on S3, with BigStitcher's pixel-unit registrations: the voxel size is the setup's."""
+
+    @pytest.fixture
+    def source(self, tmp_path, s3_server) -> Expected:
+        from bdv_zarr_fixtures import write_small_multimg
+
+        xml, images = write_small_multimg(tmp_path / "up")
+        s3_server.upload_dir(tmp_path / "up", "multimg", tmp_path.name, public=True)
+        return Expected(f"s3://multimg/{tmp_path.name}/{xml.name}", {f"{k}/timepoint0": v for k, v in images.items()},
+                        "BigDataViewer bdv.multimg.zarr", storage_options=s3_server.storage_options(),
+                        voxel_size=(1.0, 0.25, 0.25), unit="micrometer", groups=["setup0", "setup1", "setup2"])

@@ -40,8 +40,29 @@ def test_level_h5_with_h5py(store):
         assert d.shape == (2, 5, 20, 25) and d.dtype == np.dtype("int16")
         np.testing.assert_array_equal(d[...], data[:, :, ::2, ::2])
         assert d.attrs["axes"] == "czyx"
-        np.testing.assert_allclose(d.attrs["element_size_um"], [1.0, 2.5, 0.325, 0.325])
+        np.testing.assert_allclose(d.attrs["element_size_um"], [2.5, 0.325, 0.325])  # z, y, x: no c
         assert [dim.label for dim in d.dims] == list("czyx")
+
+
+def test_calibration_attributes_for_the_imagej_hdf5_plugin_and_ilastik(tmp_path):
+    data = pattern((2, 3, 4, 10, 12), "uint8")
+    write_ome_zarr(tmp_path / "img.zarr", data, "tczyx", levels=1, scale0=[30.0, 1, 2.0, 0.5, 250.0],
+                   units={"t": "second", "z": "micrometer", "y": "micrometer", "x": "nanometer"})
+    write_ome_zarr(tmp_path / "2d.zarr", data[0, 0, 0], "yx", levels=1, scale0=[0.5, 0.25],
+                   units={"y": "micrometer", "x": "micrometer"})
+    fs = vfs_for(str(tmp_path / "img.zarr"))
+    with h5py.File(io.BytesIO(read_all(fs, "/s0.h5")), "r") as f:
+        attrs = f["data"].attrs
+        # The ImageJ HDF5 plugin reads [z, y, x] whatever the rank: t and c are left out.
+        np.testing.assert_allclose(attrs["element_size_um"], [2.0, 0.5, 0.25])
+        # ilastik reads the axis order and pixel sizes from vigra axistags, units from JSON.
+        tags = json.loads(attrs["axistags"])["axes"]
+        assert [(a["key"], a["typeFlags"]) for a in tags] == [("t", 8), ("c", 1), ("z", 2), ("y", 2), ("x", 2)]
+        assert [a["resolution"] for a in tags] == [30.0, 0.0, 2.0, 0.5, 250.0]
+        assert json.loads(attrs["axis_units"]) == {"t": "second", "z": "micrometer", "y": "micrometer",
+                                                   "x": "nanometer"}
+    with h5py.File(io.BytesIO(read_all(vfs_for(str(tmp_path / "2d.zarr")), "/s0.h5")), "r") as f:
+        np.testing.assert_allclose(f["data"].attrs["element_size_um"], [0.5, 0.25])  # [y, x]: the plugin adds z = 1
 
 
 def test_image_h5_holds_every_level(store):

@@ -23,6 +23,20 @@ json_values = st.recursive(
 )
 
 
+def replace_random_node(doc, data):
+    """`doc` with one node anywhere in it (or the whole document) replaced by arbitrary JSON."""
+    parent, key, node = None, None, doc
+    while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        parent, key = node, data.draw(st.sampled_from(keys))
+        node = node[key]
+    value = data.draw(json_values)
+    if parent is None:
+        return value
+    parent[key] = value
+    return doc
+
+
 def base_store(root: Path) -> tuple[dict, dict]:
     write_ome_zarr(root, pattern((2, 8, 8), "uint16"), "zyx", levels=1, chunks=(1, 4, 4))
     return json.loads((root / ".zattrs").read_text()), json.loads((root / "0" / ".zarray").read_text())
@@ -67,18 +81,7 @@ def test_fuzzed_metadata_never_crashes(target, data):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         zattrs, zarray = base_store(root)
-        doc = zattrs if target == ".zattrs" else zarray
-        parent, key = None, None
-        node = doc
-        while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
-            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-            parent, key = node, data.draw(st.sampled_from(keys))
-            node = node[key]
-        value = data.draw(json_values)
-        if parent is None:
-            doc = value
-        else:
-            parent[key] = value
+        doc = replace_random_node(zattrs if target == ".zattrs" else zarray, data)
         (root / target).write_text(json.dumps(doc))
         try:
             image = open_source(str(root))

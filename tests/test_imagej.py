@@ -118,3 +118,22 @@ def test_stack_over_4gib_opens_as_virtual_stack(tmp_path, http_server, cache_arg
         assert info["pixel_2_10_10"] == 321
         assert info["pixel_2100_1023_1023"] == int(last[1023, 1023])
         assert info["pixel_2100_300_700"] == int(last[700, 300])
+
+
+def test_plane_just_below_imagejs_limit_opens(tmp_path, http_server, cache_args):
+    """45440 x 45440 uint8 is just under what ImageJ's 8-bit reader reads (imagej_max_pixels):
+    a stripped classic TIFF ImageJ opens (16 pixels more on each side and it is tiled)."""
+    from slide_fixtures import sparse_pyramid
+
+    side = 45440
+    arrays = sparse_pyramid(http_server.www / "edge.zarr", (side, side), "uint8", "yx", (1024, 1024), factors=[1],
+                            written=[(0, 0, 0), (0, side - 1024, side - 1024), (0, side // 2, side // 2)])
+    with mounted(f"{http_server.url}/edge.zarr", tmp_path / "mnt", *cache_args) as mnt:
+        positions = [(1, 3, 5), (1, side - 1, side - 2), (1, side // 2 + 100, side // 2 + 7), (1, 5000, 9000)]
+        info = parse_kv(run_macro(describe_image_macro(f"open({ij_str(str(mnt / 's0' / 'z00000.tif'))});", positions),
+                                  heap="5g", timeout=600))
+        assert (info["width"], info["height"], info["bitDepth"]) == (side, side, 8)
+        level = arrays[0]
+        for _, x, y in positions:
+            assert info[f"pixel_1_{x}_{y}"] == int(level[y, x]), (x, y)
+        assert info[f"pixel_1_{side - 1}_{side - 2}"] != 0

@@ -59,7 +59,9 @@ def hcs_image(http_server):
 def test_http_ome_zarr_04_every_plane(tmp_path, http_server, hcs_image, cache_args):
     ref = zarr.open_group(hcs_image, mode="r")  # zarr-python over the same HTTP server
     with mounted(hcs_image, tmp_path / "mnt", *cache_args) as mnt:
-        assert set(os.listdir(mnt)) == {".ngffmount", "info.json", "image.h5", "bdv.xml", "bdv.h5", *[f"s{i}{ext}" for i in range(5) for ext in ("", ".tif", ".ome.tif", ".h5")]}
+        assert set(os.listdir(mnt)) == {".ngffmount", "info.json", "image.ome.tif", "image.h5", "bdv.xml", "bdv.h5", "crop",
+                                        "preview.png", *[f"s{i}{ext}" for i in range(5)
+                                                         for ext in ("", ".tif", ".ome.tif", ".h5", ".xz", ".yz")]}
         info = json.loads((mnt / "info.json").read_text())
         assert info["levels"][0]["voxel_size"] == {"x": 0.1625, "y": 0.1625, "z": 1.0, "unit": "micron"}
         assert info["channels"][0]["label"] == "DAPI"

@@ -16,7 +16,7 @@ from conftest import VirtualReader, imagej_order, read_all, tiff_array, vfs_for
 from ngffmount.adapters.storage import TRANSFERS
 from ngffmount.cache.engine import ChunkEngine
 from ngffmount.vfs.tiff import CLASSIC_LIMIT
-from zarr_fixtures import pattern, write_ome_zarr
+from zarr_fixtures import pattern, write_ome_zarr, write_sparse_stack
 
 UM = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
 
@@ -34,8 +34,9 @@ def test_tree_names_and_sizes_come_from_metadata(czyx_store):
     path, data = czyx_store
     fs = vfs_for(str(path))
     before = TRANSFERS.requests
-    assert fs.readdir("/") == ["info.json", "s0", "s0.tif", "s0.ome.tif", "s0.h5", "s1", "s1.tif", "s1.ome.tif",
-                               "s1.h5", "image.h5", "bdv.xml", "bdv.h5"]
+    assert fs.readdir("/") == ["info.json", "s0", "s0.tif", "s0.ome.tif", "s0.h5", "s0.xz", "s0.yz", "s1", "s1.tif",
+                               "s1.ome.tif", "s1.h5", "s1.xz", "s1.yz", "image.ome.tif", "image.h5", "bdv.xml", "bdv.h5",
+                               "crop", "preview.png"]
     names = fs.readdir("/s0")
     assert names == sorted(names) and len(names) == 6
     assert names[0] == "t00000_c000_z00000.tif" and names[-1] == "t00000_c001_z00002.tif"
@@ -169,13 +170,8 @@ def test_y_before_x_and_2d(tmp_path):
 def test_stack_over_4gib_uses_single_ifd(tmp_path):
     # 2100 planes of 1024 x 1024 uint16 = 4.1 GiB declared; only two chunks exist.
     path = tmp_path / "big.zarr"
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    arr = root.create_array("0", shape=(2100, 1024, 1024), dtype="uint16", chunks=(1, 1024, 1024),
-                            chunk_key_encoding={"name": "v2", "separator": "/"})
-    arr[0] = 7
-    arr[2099] = pattern((1024, 1024), "uint16")
-    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
-                                  "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}]}]
+    arr = write_sparse_stack(path, axes=[{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+                             datasets=[{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]}])
     fs = vfs_for(str(path))
     size = fs.getattr("/s0.tif")["st_size"]
     plane = 1024 * 1024 * 2
@@ -274,6 +270,39 @@ def test_ome_tiff_metadata_and_pixels(tmp_path):
     assert 'DimensionOrder="XYCZT"' in xml and 'PhysicalSizeX="0.5"' in xml and 'PhysicalSizeZ="2.0"' in xml
     assert 'PhysicalSizeXUnit="µm"' in xml and 'TimeIncrement="5.0"' in xml and 'TimeIncrementUnit="s"' in xml
     assert 'Name="DAPI"' in xml and 'Name="GFP &amp; co"' in xml and 'Color="65535"' in xml
+
+
+def test_ome_tiff_resolution_tags_give_nanometre_pixel_sizes(tmp_path):
+    """A reader of the TIFF tags alone (no OME-XML) gets the pixel size right: pixels per
+    centimeter with ResolutionUnit CENTIMETER, as Bio-Formats writes them."""
+    import subprocess
+
+    path = tmp_path / "nm.zarr"
+    data = pattern((2, 30, 40), "uint8", seed=1)
+    write_ome_zarr(path, data, "zyx", levels=1, scale0=[40.0, 6.0, 4.0],
+                   units={"z": "nanometer", "y": "nanometer", "x": "nanometer"})
+    fs = vfs_for(str(path))
+    raw = read_all(fs, "/s0.ome.tif")
+    with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+        for page in tif.pages:
+            tags = page.tags
+            assert tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+            (xn, xd), (yn, yd) = tags["XResolution"].value, tags["YResolution"].value
+            assert 1e-2 / (xn / xd) * 1e9 == pytest.approx(4.0) and 1e-2 / (yn / yd) * 1e9 == pytest.approx(6.0)
+        assert 'PhysicalSizeX="4.0"' in tif.ome_metadata and 'PhysicalSizeXUnit="nm"' in tif.ome_metadata
+    (tmp_path / "nm.ome.tif").write_bytes(raw)
+    gdal = subprocess.run(["gdalinfo", str(tmp_path / "nm.ome.tif")], capture_output=True, text=True,
+                          env={"GDAL_PAM_ENABLED": "NO", "PATH": "/usr/bin:/bin"})
+    assert "TIFFTAG_RESOLUTIONUNIT=3 (pixels/cm)" in gdal.stdout, gdal.stdout + gdal.stderr
+    assert "TIFFTAG_XRESOLUTION=2500000" in gdal.stdout and "TIFFTAG_YRESOLUTION=1666666.6" in gdal.stdout
+    # ImageJ's files keep ResolutionUnit NONE: ImageJ takes the unit from their description.
+    with tifffile.TiffFile(io.BytesIO(read_all(fs, "/s0.tif"))) as tif:
+        assert tif.pages[0].tags["ResolutionUnit"].value == tifffile.RESUNIT.NONE
+        assert tif.imagej_metadata["unit"] == "nm"
+    # Without a length unit there is nothing to convert: NONE, as before.
+    write_ome_zarr(tmp_path / "px.zarr", data, "zyx", levels=1, scale0=[1.0, 2.0, 2.0])
+    with tifffile.TiffFile(io.BytesIO(read_all(vfs_for(str(tmp_path / "px.zarr")), "/s0.ome.tif"))) as tif:
+        assert tif.pages[0].tags["ResolutionUnit"].value == tifffile.RESUNIT.NONE
 
 
 def test_ome_tiff_tiles_wide_planes(tmp_path):

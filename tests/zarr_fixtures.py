@@ -103,6 +103,19 @@ def write_ome_zarr(
     return written
 
 
+def write_sparse_stack(path, planes: int = 2100, axes: list | None = None, datasets: list | None = None):
+    """A z, y, x uint16 level of `planes` 1024 x 1024 planes (2100: 4.1 GiB declared) where
+    only plane 0 (all 7) and the last plane (a pattern) exist; returns the zarr array."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=(planes, 1024, 1024), dtype="uint16", chunks=(1, 1024, 1024),
+                            chunk_key_encoding={"name": "v2", "separator": "/"})
+    arr[0] = 7
+    arr[planes - 1] = pattern((1024, 1024), "uint16")
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes or [{"name": a, "type": "space"} for a in "zyx"],
+                                  "datasets": datasets or [{"path": "0"}]}]
+    return arr
+
+
 def write_metadata_doc(path: Path, doc: dict) -> None:
     """Write a metadata document byte-for-byte as the sample has it (key order kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)

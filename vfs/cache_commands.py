@@ -5,23 +5,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sqlite3
 import sys
 import time
 
 from ..adapters import Image, NgffMountError, open_source
-from ..cache.disk import DiskCache
+from ..cache.disk import FULL_MARGIN, CacheUnavailable, DiskCache
+from ..cache.diskfolder import describe, human, remove_cache_files
 from ..cache.engine import ChunkEngine
 from ..cache.region import chunks_touching
 
 PREFETCH_BATCH = 64
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def stats_table(mountpoint: str) -> str:
@@ -42,26 +36,42 @@ def stats_table(mountpoint: str) -> str:
 
 
 def cache_info(directory: str) -> str:
+    """Reads the folder without writing to it: works on a full file system too."""
     if not os.path.isdir(directory):
         return f"cache directory {directory} does not exist yet (empty)"
-    disk = DiskCache(directory, size_limit=None)
     try:
-        return "\n".join([
-            f"directory  {directory}",
-            f"entries    {len(disk)}",
-            f"size       {human(disk.volume())}",
-            f"limit      {human(disk.size_limit)} (as last set by a mount; --cache-size)",
-        ])
-    finally:
-        disk.close()
+        info = describe(directory)
+    except FileNotFoundError:
+        return f"cache directory {directory} holds no cache yet (empty)"
+    except (OSError, sqlite3.Error) as exc:
+        raise NgffMountError(f"cannot read the cache at {directory}: {exc}") from None
+    full = " (full: mounts evict and write less)" if info["free"] < FULL_MARGIN else ""
+    return "\n".join([
+        f"directory  {directory}",
+        f"entries    {info['entries']}",
+        f"size       {human(info['size'])}",
+        f"limit      {human(info['limit'])} (as last set by a mount; --cache-size)",
+        f"free       {human(info['free'])} on its file system{full}",
+    ])
 
 
 def cache_clear(directory: str) -> str:
     if not os.path.isdir(directory):
         return f"cache directory {directory} does not exist: nothing to clear"
-    disk = DiskCache(directory, size_limit=None)
     try:
-        return f"removed {disk.clear()} entries from {directory}"
+        disk = DiskCache(directory, size_limit=None)
+    except CacheUnavailable as exc:
+        # Not even room to open it: drop its files, which mounts using it make again.
+        try:
+            entries = describe(directory)["entries"]
+        except (OSError, sqlite3.Error):
+            entries = "all"
+        remove_cache_files(directory)
+        return f"removed {entries} entries from {directory} ({exc}: removed its database and files)"
+    try:
+        return f"removed {disk.evicted_to_open + disk.clear()} entries from {directory}"
+    except (OSError, sqlite3.Error) as exc:
+        raise NgffMountError(f"cannot clear the cache at {directory}: {exc}") from None
     finally:
         disk.close()
 
@@ -115,7 +125,11 @@ def prefetch(source: str, storage_options: dict, concurrency: int, cache_dir: st
         for name, level in zip(names, image.levels):
             if level_name is None or name == level_name:
                 targets.append((f"{prefix}{name}", level, parse_region(region, level)))
-    engine = ChunkEngine(disk=DiskCache(cache_dir, cache_size), memory_bytes=0)
+    try:
+        disk = DiskCache(cache_dir, cache_size)
+    except CacheUnavailable as exc:
+        raise NgffMountError(str(exc)) from None
+    engine = ChunkEngine(disk=disk, memory_bytes=0)
     total = sum(len(chunks_touching(level, lo, hi)) for _, level, (lo, hi) in targets)
     done = fetched = nbytes = 0
     started = time.monotonic()

@@ -8,7 +8,7 @@ import numpy as np
 
 from .arrays import ArrayView
 from .hdf5 import Dataset, hdf5_file
-from .planes import LENGTH_IN_METERS, tiff_dtype
+from .planes import LENGTH_IN_METERS, axis_positions, tiff_dtype
 from .virtualfile import VirtualFile
 
 
@@ -19,14 +19,29 @@ def unsupported_reason(level) -> str | None:
 
 
 def element_size_um(level) -> list[float]:
-    """Per axis: the voxel size in micrometers where the unit says so, else the bare scale."""
-    sizes = []
-    for axis, scale in zip(level.axes, level.scale):
-        if axis.type == "space" and axis.unit in LENGTH_IN_METERS:
-            sizes.append(scale * LENGTH_IN_METERS[axis.unit] / 1e-6)
-        else:
-            sizes.append(scale if axis.type == "space" else 1.0)
-    return sizes
+    """The spatial voxel size, z (when present), y, x, in micrometers where the unit says so,
+    else the bare scale: the ImageJ HDF5 plugin reads [z, y, x] (or [y, x]) whatever the
+    dataset's rank, so a t or c entry would be taken for a length."""
+    return [scale * LENGTH_IN_METERS[axis.unit] / 1e-6 if axis.unit in LENGTH_IN_METERS else scale
+            for axis, scale in zip(level.axes, level.scale) if axis.type == "space"]
+
+
+# vigra's axis type flags, as ilastik reads them from `axistags`.
+VIGRA_TYPE_FLAGS = {"channel": 1, "space": 2, "time": 8}
+
+
+def ilastik_attributes(level) -> dict[str, str]:
+    """`axistags` (vigra JSON: axis keys, types and pixel sizes) and `axis_units` (JSON of
+    axis key -> unit), which ilastik reads to know the axis order and calibration."""
+    keys = {p: k for k, p in axis_positions(level).items() if p is not None}
+    axes, units = [], {}
+    for i, (axis, scale) in enumerate(zip(level.axes, level.scale)):
+        key = keys[i]
+        resolution = 0.0 if axis.type == "channel" else float(scale)
+        axes.append({"key": key, "typeFlags": VIGRA_TYPE_FLAGS[axis.type], "resolution": resolution, "description": ""})
+        if axis.unit and axis.type != "channel":
+            units[key] = axis.unit
+    return {"axistags": json.dumps({"axes": axes}, indent=2), "axis_units": json.dumps(units)}
 
 
 def level_dataset(path: str, level, engine) -> Dataset:
@@ -35,7 +50,7 @@ def level_dataset(path: str, level, engine) -> Dataset:
     attrs = {
         "element_size_um": np.array(element_size_um(level)),
         "axes": "".join(names) if all(len(n) == 1 for n in names) else ",".join(names),
-        "axis_units": [a.unit or "" for a in level.axes],
+        **ilastik_attributes(level),
         "scale": np.array(level.scale),
         "translation": np.array(level.translation),
     }

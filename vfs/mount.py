@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from ..adapters import NgffMountError, normalize_url, open_source, storage_options_for
 from ..adapters.storage import TRANSFERS
 from ..adapters.zarr_codecs import warm_up_codecs
-from ..cache.disk import DEFAULT_SIZE, DiskCache, default_cache_dir
+from ..cache.disk import DEFAULT_SIZE, CacheUnavailable, DiskCache, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY, ChunkEngine
 from .heap import keep_freed_memory
 from .libfuse import fuse_class, load_mfusepy, raise_readahead
@@ -103,7 +103,12 @@ def check_fuse() -> None:
 
 
 def build_engine(config: MountConfig) -> ChunkEngine:
-    disk = DiskCache(config.cache_dir, config.cache_size) if config.disk_cache else None
+    disk = None
+    if config.disk_cache:
+        try:
+            disk = DiskCache(config.cache_dir, config.cache_size)
+        except CacheUnavailable as exc:
+            log.warning("%s: serving without a disk cache until the next mount", exc)
     return ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency,
                        timeout=config.timeout)
 

@@ -103,27 +103,28 @@ class LazyDir(DirNode):
 
 
 class PlaneDir(DirNode):
-    """One single-plane TIFF per (t, c, z), named and built on demand from the plane counts."""
+    """One single-plane TIFF per (t, c, z), named and built on demand from the plane counts.
+    `letter` names the axis the files step along (z; y or x for orthogonal planes)."""
 
-    def __init__(self, layout, mtime: float):
+    def __init__(self, layout, mtime: float, letter: str = "z"):
         super().__init__(mtime)
-        self.layout = layout
+        self.layout, self.letter = layout, letter
         src = layout.src
         self.counts = (src.nt, src.nc, src.nz)
         self.simple = not (src.has_axis("t") or src.has_axis("c"))
         self.widths = (max(5, len(str(src.nt - 1))), max(3, len(str(src.nc - 1))), max(5, len(str(src.nz - 1))))
         t, c, z = self.widths
-        self._pattern = re.compile(rf"z(\d{{{z}}})\.tif" if self.simple else rf"t(\d{{{t}}})_c(\d{{{c}}})_z(\d{{{z}}})\.tif")
+        self._pattern = re.compile(rf"{letter}(\d{{{z}}})\.tif" if self.simple else rf"t(\d{{{t}}})_c(\d{{{c}}})_{letter}(\d{{{z}}})\.tif")
         self._header = layout.plane_header()
         # Image Sequence readers open the files in name order: read ahead across files.
         self._readahead = src.readahead(src.tcz)
-        self.file_size = self._header[1] + src.plane_bytes
+        self.file_size = self._header.size
 
     def plane_name(self, t: int, c: int, z: int) -> str:
         wt, wc, wz = self.widths
         if self.simple:
-            return f"z{z:0{wz}d}.tif"
-        return f"t{t:0{wt}d}_c{c:0{wc}d}_z{z:0{wz}d}.tif"
+            return f"{self.letter}{z:0{wz}d}.tif"
+        return f"t{t:0{wt}d}_c{c:0{wc}d}_{self.letter}{z:0{wz}d}.tif"
 
     def names(self) -> Iterable[str]:
         nt, nc, nz = self.counts

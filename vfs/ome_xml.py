@@ -62,7 +62,7 @@ def ome_xml(image, src, level_name: str) -> bytes:
         if color is not None:
             ch["Color"] = str(color)
         channels.append("<Channel " + " ".join(f"{k}={quoteattr(v)}" for k, v in ch.items()) + "/>")
-    name = quoteattr(f"{image.name} {level_name}")
+    name = quoteattr(f"{image.name} {level_name}".strip())
     xml = (
         '<?xml version="1.0" encoding="UTF-8"?>'
         f'<OME xmlns="{OME_NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '

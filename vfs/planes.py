@@ -63,10 +63,18 @@ def axis_positions(level) -> dict[str, int | None]:
 
 
 class PlaneSource:
-    def __init__(self, level, engine):
+    def __init__(self, level, engine, box: dict[str, tuple[int, int]] | None = None,
+                 roles: dict[str, str] | None = None):
+        """`box`: t, c, z, y or x -> [start, stop) of a crop (the whole axis where left out);
+        `roles`: which level axis plays which part in the files, e.g. {"y": "z", "z": "y"} for
+        XZ planes (z as rows, one file per y). Box names are in the files' roles."""
         self.level, self.engine = level, engine
-        self.pos = axis_positions(level)
+        level_pos = axis_positions(level)
+        self.pos = {k: level_pos[(roles or {}).get(k, k)] for k in level_pos}
+        self.start = {k: 0 for k in self.pos}
         self.sizes = {k: (1 if p is None else level.shape[p]) for k, p in self.pos.items()}
+        for name, (a, b) in (box or {}).items():
+            self.start[name], self.sizes[name] = a, b - a
         self.nt, self.nc, self.nz = self.sizes["t"], self.sizes["c"], self.sizes["z"]
         self.height, self.width = self.sizes["y"], self.sizes["x"]
         self.dtype = tiff_dtype(level.dtype)
@@ -92,11 +100,10 @@ class PlaneSource:
     def _box(self, t: int, c: int, z: int, y: tuple[int, int], x: tuple[int, int]):
         lo = [0] * len(self.level.shape)
         hi = [1] * len(self.level.shape)
-        for name, value in (("t", t), ("c", c), ("z", z)):
-            if self.pos[name] is not None:
-                lo[self.pos[name]], hi[self.pos[name]] = value, value + 1
-        lo[self.pos["y"]], hi[self.pos["y"]] = y
-        lo[self.pos["x"]], hi[self.pos["x"]] = x
+        for name, (a, b) in (("t", (t, t + 1)), ("c", (c, c + 1)), ("z", (z, z + 1)), ("y", y), ("x", x)):
+            p = self.pos[name]
+            if p is not None:
+                lo[p], hi[p] = self.start[name] + a, self.start[name] + b
         return lo, hi
 
     def chunks_of(self, t: int, c: int, z: int) -> list[tuple[int, ...]]:
@@ -155,7 +162,10 @@ class PlaneSource:
         def origin(name: str) -> float:
             # ImageJ origins count pixels: physical = (index - origin) * pixel size.
             p = self.pos[name]
-            return -level.translation[p] / level.scale[p] if p is not None and level.scale[p] else 0.0
+            if p is None:
+                return 0.0
+            shift = -level.translation[p] / level.scale[p] if level.scale[p] else 0.0
+            return shift - self.start[name]
 
         t = self.pos["t"]
         return Calibration(

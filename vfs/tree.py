@@ -7,7 +7,9 @@ from functools import partial
 from dataclasses import asdict
 
 from ..adapters import Group, Image
-from . import bdv_views, hdf5_views
+from . import bdv_views, hdf5_views, preview, pyramid_views
+from .crop_views import CropDir, crop_reason, example_crop
+from .ortho_views import ortho_dir, ortho_reason
 from .nodes import DirNode, DynamicFile, FileNode, LazyDir, LazyFile, PlaneDir, static_file
 from .planes import PlaneSource
 from .ome_xml import ome_xml
@@ -46,9 +48,11 @@ def image_dir(image: Image, engine) -> DirNode:
             views[name] = describe(node)
 
     calibrations = []
+    sources = []
     for i, level in enumerate(image.levels):
         name = f"s{i}"
         src = PlaneSource(level, engine)
+        sources.append(src)
         layout = TiffLayout(src)
         calibrations.append(layout.cal)
         planes = {"planes": src.plane_count}
@@ -61,6 +65,13 @@ def image_dir(image: Image, engine) -> DirNode:
               lambda n: {"size": n.size, **planes})
         offer(f"{name}.h5", hdf5_views.unsupported_reason(level),
               lambda: LazyFile(partial(hdf5_views.level_h5, level, engine), image.mtime), lambda n: {"dataset": "/data"})
+        for kind in ("xz", "yz"):
+            offer(f"{name}.{kind}/", ortho_reason(level, engine), partial(ortho_dir, level, engine, kind, image.mtime),
+                  lambda n: {"files": n.layout.src.plane_count, "file_size": n.file_size,
+                             "width": n.layout.src.width, "height": n.layout.src.height})
+    offer("image.ome.tif", pyramid_views.unsupported_reason(sources),
+          lambda: FileNode(pyramid_views.pyramid_file(sources, ome_xml(image, sources[0], "")), image.mtime),
+          lambda n: {"size": n.size, "levels": len(sources), "planes": sources[0].plane_count})
     offer("image.h5", next(filter(None, (hdf5_views.unsupported_reason(lv) for lv in image.levels)), None),
           lambda: LazyFile(partial(hdf5_views.image_h5, image, engine), image.mtime),
           lambda n: {"datasets": [f"/s{i}" for i in range(len(image.levels))]})
@@ -69,6 +80,10 @@ def image_dir(image: Image, engine) -> DirNode:
           lambda n: {"loader": "bdv.hdf5", "h5": "bdv.h5"})
     offer("bdv.h5", bdv_reason, lambda: LazyFile(partial(bdv_views.bdv_h5, image, engine), image.mtime),
           lambda n: {"volumes": "tTTTTT/sSS/L/cells"})
+    offer("crop/", crop_reason(image), lambda: CropDir(image, engine),
+          lambda n: {"levels": list(n.levels), "readme": "README.txt", "example": example_crop(image)})
+    offer("preview.png", preview.unsupported_reason(image), lambda: preview.PreviewFile(image, engine),
+          lambda n: n.about)
     if image.labels:
         labels = {name: image_dir(label, engine) for name, label in image.labels.items()}
         d.entries["labels"] = DirNode(image.mtime, labels)

@@ -1,7 +1,7 @@
 """VirtualFile: a file made of segments, sized from metadata alone (ARCHITECTURE.md, interface 4).
 
-A segment is static header bytes, generated records (one per plane, e.g. TIFF IFDs) or a
-pixel span. Reads bisect on segment offsets; gaps between segments read as zeros.
+A segment is static header bytes, generated records (one per plane, e.g. TIFF IFDs), tables
+made for the bytes read (TIFF strip and tile tables) or a pixel span. Reads bisect on segment offsets; gaps between segments read as zeros.
 
 A read fills the caller's buffer (FUSE: libfuse's reply buffer), so pixels are assembled
 where the kernel takes them from.
@@ -46,6 +46,29 @@ class RecordSegment(Segment):
         blob = b"".join(self.make(i) for i in range(first, last + 1))
         start = rel - first * self.record_len
         return blob[start:start + size]
+
+
+class TableSegment(Segment):
+    """`count` records of `record_len` bytes, each holding the values of some tags placed
+    apart from their IFD (TIFF tables: `tag.at`, `tag.nbytes`, `tag.payload(first, stop)`).
+    `tags_of(i)` gives record i's tags; only the bytes read are made."""
+
+    def __init__(self, offset: int, count: int, record_len: int, tags_of: Callable[[int], Sequence]):
+        self.offset, self.count, self.record_len, self.tags_of = offset, count, record_len, tags_of
+        self.length = count * record_len
+
+    def read(self, rel: int, size: int) -> Buffer:
+        out = bytearray(size)
+        end = rel + size
+        for k in range(rel // self.record_len, (end - 1) // self.record_len + 1):
+            for tag in self.tags_of(k):
+                if tag.at is None:
+                    continue
+                a = tag.at - self.offset
+                lo, hi = max(a, rel), min(a + tag.nbytes, end)
+                if lo < hi:
+                    out[lo - rel:hi - rel] = tag.payload(lo - a, hi - a)
+        return out
 
 
 class PixelSegment(Segment):
