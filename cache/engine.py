@@ -26,6 +26,7 @@ from ..adapters.errors import ChunkReadError
 from ..adapters.retry import current_deadline
 from .blocked import MIN_BLOCKS, BlockedChunk
 from .disk import CorruptEntry, DiskCache
+from .fetchhealth import FetchHealth
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .memory import MemoryLRU
 from .stats import Stats
@@ -40,10 +41,6 @@ DEFAULT_READAHEAD = 256 << 20
 # Fetched bytes that wait for their disk write (see writeback.py) and that nothing else
 # holds: past this, the fetch thread writes them itself.
 DISK_BACKLOG_BYTES = 256 << 20
-READAHEAD_BACKOFF_AFTER = 3  # fetches failed in a row that pause readahead
-# A chunk whose fetch ran out of time fails again at once for this long: the kernel retries
-# a failed page read right away, and would double the reader's wait.
-RECENT_FAILURE_S = 1.0
 DEADLINE_SLACK_S = 0.25  # a fetch that failed this close to its deadline ran out of time
 
 
@@ -82,8 +79,7 @@ class ChunkEngine:
         self._decoders = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
         self._background: set[Future] = set()  # blocks decoded ahead of a reader
         self._fill: dict[str, np.ndarray] = {}
-        self._failed_in_a_row = 0
-        self._timed_out: dict[tuple, tuple[float, str]] = {}  # chunk -> (when, why), see RECENT_FAILURE_S
+        self.health = FetchHealth()
 
     def get(self, level, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
         """The given chunks of a level, each sliceable like a read-only array of the full
@@ -92,7 +88,9 @@ class ChunkEngine:
             raise ChunkReadError("the mount is stopping")
         indices = list(dict.fromkeys(indices))
         deadline = self._read_deadline()
-        self._fail_if_timed_out(level, indices)
+        recent = self.health.recent_timeout((level.cache_token, idx) for idx in indices)
+        if recent is not None:
+            raise ReadTimedOut(f"chunk {level.chunk_key(recent[0][1])} of {level.path or 'the image'}: {recent[1]}")
         with self._writes.reading() if self._writes is not None else nullcontext():
             result, mine, waiting = self._claim(level, indices)
             self.stats.add("memory_hits", len(result))
@@ -112,12 +110,12 @@ class ChunkEngine:
                 except FutureTimeout:
                     why = (f"no answer from the source within {self.timeout:g} s" if self.timeout
                            else "no answer from the source by the read's deadline")
-                    self._remember_timeout(level, [idx] + [i for i, f in mine + waiting if not f.done()], why)
+                    self._timed_out(level, idx, mine + waiting, why)
                     raise ReadTimedOut(f"chunk {level.chunk_key(idx)} of {level.path or 'the image'}: {why}") from None
                 except Exception as exc:
                     if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S:
                         # its fetch ran out of time, and so will the others
-                        self._remember_timeout(level, [idx] + [i for i, f in mine + waiting if not f.done()], str(exc))
+                        self._timed_out(level, idx, mine + waiting, str(exc))
                     raise
             if dropped:
                 result.update(self.get(level, dropped))
@@ -130,43 +128,15 @@ class ChunkEngine:
             deadline = time.monotonic() + self.timeout
         return deadline
 
-    def _remember_timeout(self, level, indices, why: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._timed_out) > 4096:
-                self._timed_out = {k: v for k, v in self._timed_out.items() if now - v[0] < RECENT_FAILURE_S}
-            for idx in indices:
-                self._timed_out[(level.cache_token, idx)] = (now, why)
-
-    def _fail_if_timed_out(self, level, indices) -> None:
-        if not self._timed_out:
-            return
-        now = time.monotonic()
-        with self._lock:
-            for idx in indices:
-                when, why = self._timed_out.get((level.cache_token, idx), (None, ""))
-                if when is not None and now - when < RECENT_FAILURE_S:
-                    raise ReadTimedOut(f"chunk {level.chunk_key(idx)} of {level.path or 'the image'}: {why} "
-                                       f"({now - when:.1f} s ago)")
+    def _timed_out(self, level, idx, pending, why: str) -> None:
+        """A read ran out of time on chunk `idx`: it, and what else it waited for, fail at once
+        for a moment."""
+        self.health.timed_out([(level.cache_token, i) for i, f in pending if i == idx or not f.done()], why)
 
     @property
     def readahead_paused(self) -> bool:
         """Fetches keep failing: queue no readahead until one succeeds."""
-        return self._failed_in_a_row >= READAHEAD_BACKOFF_AFTER
-
-    def _fetch_outcome(self, data) -> None:
-        """Count fetches failed in a row; log when readahead pauses and when it resumes. A
-        success also forgets the chunks that ran out of time."""
-        failed = isinstance(data, BaseException)
-        with self._lock:
-            before = self._failed_in_a_row
-            self._failed_in_a_row = before + 1 if failed else 0
-            if not failed and self._timed_out:
-                self._timed_out.clear()  # the remote answers again
-        if failed and before + 1 == READAHEAD_BACKOFF_AFTER:
-            log.warning("readahead paused: %d chunk fetches failed in a row (last: %s)", before + 1, data)
-        elif not failed and before >= READAHEAD_BACKOFF_AFTER:
-            log.info("readahead resumed: a chunk fetch succeeded after %d failures", before)
+        return self.health.readahead_paused
 
     def prefetch(self, level, indices: Iterable[tuple[int, ...]], urgent: bool = False,
                  cancelled: threading.Event | None = None) -> None:
@@ -370,7 +340,7 @@ class ChunkEngine:
         if self.disk is None:
             self.stats.add("chunks_fetched")
             data = self._fetch_source(level, key)
-            self._fetch_outcome(data)
+            self.health.fetched(data)
             deliver(idx, data)
             return
         dkey = self._disk_key(level, key)
@@ -389,7 +359,7 @@ class ChunkEngine:
                 return
             self.stats.add("chunks_fetched")
             data = self._fetch_source(level, key)
-            self._fetch_outcome(data)
+            self.health.fetched(data)
         except BaseException as exc:
             self.disk.locks.release(slots)
             deliver(idx, exc)

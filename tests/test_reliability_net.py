@@ -29,7 +29,8 @@ from zarr_fixtures import pattern, write_ome_zarr
 from ngffmount.adapters.errors import ChunkReadError
 from ngffmount.adapters.retry import deadline_at
 from ngffmount.adapters.storage import Store, storage_options_for
-from ngffmount.cache import engine as chunk_engine
+from ngffmount.cache.engine import ChunkEngine
+from ngffmount.cache.fetchhealth import READAHEAD_BACKOFF_AFTER
 
 pytestmark = pytest.mark.integration
 
@@ -162,11 +163,11 @@ def test_readahead_backs_off_while_fetches_fail_and_resumes(http_server, served_
     name, data, offset, _ = served_image
     with FaultyProxy(http_server.url) as proxy:
         url = f"{proxy.url}/{name}"
-        engine = chunk_engine.ChunkEngine(memory_bytes=64 << 20, readahead_bytes=8 * CHUNK * CHUNK * 2 * 4)  # 8 planes
+        engine = ChunkEngine(memory_bytes=64 << 20, readahead_bytes=8 * CHUNK * CHUNK * 2 * 4)  # 8 planes
         fs = vfs_for(url, storage_options_for(url, timeout=2.0, retries=1), engine=engine)
         plane = SIDE * SIDE * 2
         proxy.set_rates(error=1.0)  # every request: 500
-        for z in range(chunk_engine.READAHEAD_BACKOFF_AFTER):
+        for z in range(READAHEAD_BACKOFF_AFTER):
             with pytest.raises(ChunkReadError):
                 fs.read("/s0.tif", plane, offset + z * plane)
             assert engine.wait_idle(10)
