@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
 
-from .errors import BadMetadata, ChunkReadError, SourceNotFound
+from .errors import BadMetadata, ChunkReadError, SourceGaveUp, SourceNotFound
 from .retry import (
     _ABANDONED, MISSING_ERRORS, RETRY, Abandoned, GaveUp, IncompleteBody, _chain, _status_and_code, backoff_delay,
     classify, current_deadline, describe_error, time_left,
@@ -335,8 +335,9 @@ class Store:
                   if isinstance(value, BaseException) and not isinstance(value, MISSING_ERRORS)]
         # Report the request that failed, not those abandoned because of it.
         for req, value in sorted(failed, key=lambda f: isinstance(f[1], _ABANDONED))[:1]:
-            text = str(value) if isinstance(value, GaveUp) else describe_error(value)
-            raise ChunkReadError(f"cannot read {self.url}/{req.key}: {text}")
+            if isinstance(value, GaveUp):
+                raise SourceGaveUp(f"cannot read {self.url}/{req.key}: {value}")
+            raise ChunkReadError(f"cannot read {self.url}/{req.key}: {describe_error(value)}")
         return [None if isinstance(value, MISSING_ERRORS) else trim_range(value, req)
                 for req, value in zip(requests, raw)]
 

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..adapters.errors import ChunkReadError, SourceChanged
+from ..adapters.errors import ChunkReadError, SourceChanged, SourceGaveUp
 from ..adapters.retry import current_deadline
 from ..adapters.storage import NotModified
 from .blocked import MIN_BLOCKS, BlockedChunk
@@ -127,8 +127,9 @@ class ChunkEngine:
                     self._timed_out(level, idx, mine + waiting, why)
                     raise ReadTimedOut(f"chunk {level.chunk_key(idx)} of {level.path or 'the image'}: {why}") from None
                 except Exception as exc:
-                    if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S:
-                        # its fetch ran out of time, and so will the others
+                    if isinstance(exc, SourceGaveUp) or (deadline is not None
+                                                         and time.monotonic() >= deadline - DEADLINE_SLACK_S):
+                        # its fetch ran out of time or tries, and so will the others
                         self._timed_out(level, idx, mine + waiting, str(exc))
                     raise
             if dropped:
