@@ -83,6 +83,7 @@ class PlaneSource:
         self.plane_count = self.nt * self.nc * self.nz
         self._yx = [self.pos["y"], self.pos["x"]]
         self._yx_box = [(self.start[k], self.start[k] + self.sizes[k]) for k in ("y", "x")]
+        self._last_plane: tuple[tuple[int, int, int] | None, ArrayView | None] = (None, None)
 
     def has_axis(self, name: str) -> bool:
         return self.pos[name] is not None
@@ -99,8 +100,13 @@ class PlaneSource:
 
     def plane(self, t: int, c: int, z: int) -> ArrayView:
         """Plane (t, c, z): the array view of y and x with t, c and z fixed, in the file dtype."""
+        key, view = self._last_plane
+        if key == (t, c, z):
+            return view  # reads go through a plane's bytes in order: make its view once
         fixed = {self.pos[k]: self.start[k] + i for k, i in (("t", t), ("c", c), ("z", z)) if self.pos[k] is not None}
-        return ArrayView(self.engine, self.level, self._yx, fixed, self.dtype, self._yx_box)
+        view = ArrayView(self.engine, self.level, self._yx, fixed, self.dtype, self._yx_box)
+        self._last_plane = (t, c, z), view
+        return view
 
     def chunks_of(self, t: int, c: int, z: int) -> list[tuple[int, ...]]:
         return self.plane(t, c, z).chunks()
