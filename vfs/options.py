@@ -141,7 +141,6 @@ OPTIONS: tuple[MountOption, ...] = (
                 "every AGE (default: chunks are immutable while the metadata is unchanged)", metavar="AGE"),
     MountOption("debug", "--debug", "debug", bool, None, False, "log debug messages"),
 )
-BY_NAME = {o.name: o for o in OPTIONS}
 
 
 def _config_field(option: MountOption):
