@@ -39,6 +39,7 @@ from .urls import has_scheme, normalize_url, redact
 
 DEFAULT_TIMEOUT = 60.0  # seconds one request may take, every attempt and pause included
 DEFAULT_RETRIES = 5  # attempts per request, the first one included (as s3fs counts them)
+DEFAULT_CONCURRENCY = 32  # parallel requests of one store
 
 
 class TransferCounters:
@@ -147,7 +148,7 @@ def storage_options_for(
     anon: bool = False,
     endpoint_url: str | None = None,
     extra: Mapping[str, Any] | None = None,
-    concurrency: int = 32,
+    concurrency: int = DEFAULT_CONCURRENCY,
     timeout: float = DEFAULT_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
 ) -> StorageOptions:
@@ -196,7 +197,7 @@ class Store:
         self,
         url: str,
         storage_options: Mapping[str, Any] | None = None,
-        concurrency: int = 32,
+        concurrency: int = DEFAULT_CONCURRENCY,
         *,
         retries: int | None = None,
         timeout: float | None = None,

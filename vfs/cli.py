@@ -8,81 +8,26 @@ import logging
 import os
 import sys
 
-from ..adapters import NgffMountError, normalize_url, redact, storage_options_for
-from ..cache.disk import DEFAULT_SIZE, default_cache_dir
-from ..cache.engine import DEFAULT_MEMORY
+from ..adapters import NgffMountError, normalize_url, redact
+from .options import CACHE, MOUNT, SHARED, SOURCE, MountConfig, add_options, config_from_args, option_parents
+from .options import parse_age  # noqa: F401  (tests and scripts parse ages as the command does)
+from .options import storage_options_of
 
 log = logging.getLogger("ngffmount")
-
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1] if t and t[-1] in UNITS else ""
-    try:
-        return int(float(t[: len(t) - len(unit)]) * UNITS[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10G, 512M)") from None
-
-
-AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_age(text: str) -> float:
-    """`30s`, `5m`, `1h`, `2d`, or plain seconds."""
-    t = text.strip().lower()
-    unit = t[-1] if t and t[-1] in AGE_UNITS else "s"
-    try:
-        value = float(t[:-1] if t and t[-1] in AGE_UNITS else t) * AGE_UNITS[unit]
-    except ValueError:
-        value = -1
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"not an age: {text!r} (e.g. 30s, 10m, 1h)")
-    return value
-
-
-def parse_option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ngffmount", description="Mount remote OME-Zarr images as TIFF files (read-only FUSE).")
     sub = p.add_subparsers(dest="command", required=True)
 
-    source_opts = argparse.ArgumentParser(add_help=False)
-    source_opts.add_argument("--anon", action="store_true", help="S3: unsigned requests (public buckets)")
-    source_opts.add_argument("--endpoint-url", help="S3: endpoint of an S3-compatible server")
-    source_opts.add_argument("--storage-option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
-                             help="extra fsspec option (repeatable; VALUE parsed as JSON when it can be)")
-    source_opts.add_argument("--concurrency", type=int, default=32, help="parallel remote requests (default 32)")
-    source_opts.add_argument("--timeout", type=float, default=60.0,
-                             help="seconds a remote request may take, retries included (default 60)")
-    source_opts.add_argument("--retries", type=int, default=5,
-                             help="attempts per remote request on 5xx, timeouts, resets (default 5)")
-    cache_opts = argparse.ArgumentParser(add_help=False)
-    cache_opts.add_argument("--cache-dir", default=default_cache_dir(), help="persistent chunk cache (default: %(default)s)")
-    cache_opts.add_argument("--cache-size", type=parse_size, default=DEFAULT_SIZE, help="disk cache bound (default 10G)")
+    source_opts, cache_opts, shared_opts = option_parents(SOURCE), option_parents(CACHE), option_parents(SHARED)
 
-    m = sub.add_parser("mount", parents=[source_opts, cache_opts],
+    m = sub.add_parser("mount", parents=[source_opts, cache_opts, shared_opts],
                        help="mount SOURCE (path, file://, http(s)://, s3://, ...) at MOUNTPOINT")
     m.add_argument("source")
     m.add_argument("mountpoint")
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached (for services)")
-    m.add_argument("--no-disk-cache", action="store_true", help="keep no chunks on disk")
-    m.add_argument("--memory-cache", type=parse_size, default=DEFAULT_MEMORY, help="decoded-chunk memory bound (default 768M)")
-    m.add_argument("--allow-other", action="store_true", help="let other users read the mount (FUSE allow_other)")
-    m.add_argument("--log-file", help="daemon log (default under $XDG_STATE_HOME/ngffmount)")
-    m.add_argument("--revalidate", type=parse_age, metavar="AGE",
-                   help="check cached chunks older than AGE (30s, 1h, ...) against the source, and re-read "
-                        "the metadata every AGE (default: chunks are immutable while the metadata is unchanged)")
-    m.add_argument("--debug", action="store_true")
+    add_options(m, MOUNT)
 
     st = sub.add_parser("stats", help="print the live counters of a mount")
     st.add_argument("mountpoint")
@@ -92,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("info", parents=[cache_opts], help="where the cache is and how full")
     cc = csub.add_parser("clear", parents=[cache_opts], help="remove every cached chunk, or one source's")
     cc.add_argument("source", nargs="?", help="only the chunks fetched through this source URL (and sources under it)")
-    pf = csub.add_parser("prefetch", parents=[source_opts, cache_opts], help="fetch chunks into the cache ahead of use")
+    pf = csub.add_parser("prefetch", parents=[source_opts, cache_opts, shared_opts],
+                         help="fetch chunks into the cache ahead of use")
     pf.add_argument("source")
     pf.add_argument("--level", help="only this level (s0, s1, ...); default: all")
     pf.add_argument("--region", help="z0:z1,y0:y1,x0:x1 (or one start:stop per axis); default: everything")
@@ -131,29 +77,6 @@ def setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def config_from_args(args):
-    from .mount import MountConfig
-
-    return MountConfig(
-        source=args.source,
-        mountpoint=args.mountpoint,
-        storage_options=dict(args.storage_option),
-        anon=args.anon,
-        endpoint_url=args.endpoint_url,
-        timeout=args.timeout,
-        retries=args.retries,
-        cache_dir=args.cache_dir,
-        cache_size=args.cache_size,
-        disk_cache=not args.no_disk_cache,
-        memory_cache=args.memory_cache,
-        concurrency=args.concurrency,
-        allow_other=args.allow_other,
-        log_file=args.log_file,
-        debug=args.debug,
-        revalidate=args.revalidate,
-    )
-
-
 def cmd_mount(args) -> int:
     from . import mount
 
@@ -176,7 +99,7 @@ def cmd_serve(args) -> int:
     """The detached child of `ngffmount mount`: configuration on stdin, status on --ready-fd."""
     from . import mount
 
-    config = mount.MountConfig(**json.loads(sys.stdin.read()))
+    config = MountConfig(**json.loads(sys.stdin.read()))
     setup_logging(config.debug)
     status = os.fdopen(args.ready_fd, "w")
 
@@ -199,9 +122,7 @@ def cmd_serve(args) -> int:
 
 
 def source_options(args) -> dict:
-    return storage_options_for(args.source, anon=args.anon, endpoint_url=args.endpoint_url,
-                               extra=dict(args.storage_option), concurrency=args.concurrency, timeout=args.timeout,
-                               retries=args.retries)
+    return storage_options_of(config_from_args(args))
 
 
 def cmd_stats(args) -> int:

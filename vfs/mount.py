@@ -21,16 +21,17 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 
-from ..adapters import NgffMountError, normalize_url, open_source, storage_options_for
+from ..adapters import NgffMountError, normalize_url, open_source
 from ..adapters.storage import TRANSFERS
 from ..adapters.zarr_codecs import warm_up_codecs
-from ..cache.disk import DEFAULT_SIZE, CacheUnavailable, DiskCache, default_cache_dir
-from ..cache.engine import DEFAULT_MEMORY, ChunkEngine
+from ..cache.disk import CacheUnavailable, DiskCache
+from ..cache.engine import ChunkEngine
 from .heap import keep_freed_memory
 from .metadata_watch import watch_metadata
+from .options import MountConfig, storage_options_of
 from .libfuse import fuse_class, load_mfusepy, raise_readahead
 
 log = logging.getLogger("ngffmount")
@@ -41,26 +42,6 @@ STOP_GRACE_S = 2.0  # and reads under way this long before they fail (the remote
 
 class MountError(NgffMountError):
     """The mountpoint or FUSE itself is not usable."""
-
-
-@dataclass
-class MountConfig:
-    source: str
-    mountpoint: str
-    storage_options: dict = field(default_factory=dict)  # extra fsspec options from the user
-    anon: bool = False
-    endpoint_url: str | None = None
-    timeout: float = 60.0
-    retries: int = 5
-    cache_dir: str = field(default_factory=default_cache_dir)
-    cache_size: int = DEFAULT_SIZE
-    disk_cache: bool = True
-    memory_cache: int = DEFAULT_MEMORY
-    concurrency: int = 32
-    allow_other: bool = False
-    log_file: str | None = None
-    debug: bool = False
-    revalidate: float | None = None  # seconds; None: chunks are immutable while the metadata is unchanged
 
 
 # -- checks -----------------------------------------------------------------------------
@@ -148,15 +129,7 @@ def serve(config: MountConfig, on_ready) -> None:
 
     mountpoint = check_mountpoint(config.mountpoint)
     check_fuse()
-    options = storage_options_for(
-        config.source,
-        anon=config.anon,
-        endpoint_url=config.endpoint_url,
-        extra=config.storage_options,
-        concurrency=config.concurrency,
-        timeout=config.timeout,
-        retries=config.retries,
-    )
+    options = storage_options_of(config)
     source = open_source(config.source, options, config.concurrency)
     warm_up_codecs()
     engine = build_engine(config)

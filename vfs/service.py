@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .options import fstab_arguments
+
 UNIT_NAME = "ngffmount@.service"
 UNIT_TEMPLATE = """\
 # One instance per mount: /etc/ngffmount/NAME.conf holds SOURCE=, MOUNTPOINT= and OPTIONS=
@@ -43,9 +45,6 @@ HELPER_NAME = "mount.fuse.ngffmount"
 # mount(8) options that concern mount itself or systemd, not ngffmount.
 MOUNT_ONLY = {"ro", "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "exec",
               "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync", "atime", "noatime", "relatime"}
-FLAG_OPTIONS = {"anon": "--anon", "allow_other": "--allow-other", "no_disk_cache": "--no-disk-cache", "debug": "--debug"}
-VALUE_OPTIONS = {"endpoint_url", "cache_dir", "cache_size", "memory_cache", "concurrency", "timeout", "retries",
-                 "log_file", "revalidate"}
 
 
 def ngffmount_command() -> str:
@@ -110,14 +109,10 @@ def helper_arguments(argv: list[str]) -> list[str]:
         key, sep, value = opt.partition("=")
         if key in MOUNT_ONLY or key == "comment" or key.startswith("x-"):
             continue
-        if key in FLAG_OPTIONS and not sep:
-            out.append(FLAG_OPTIONS[key])
-        elif key in VALUE_OPTIONS and sep:
-            out += ["--" + key.replace("_", "-"), value]
-        elif key.startswith("so.") and sep:  # so.KEY=VALUE: an fsspec storage option
-            out += ["--storage-option", f"{key[3:]}={value}"]
-        else:
-            raise ValueError(f"unknown mount option {opt!r} for ngffmount")
+        arguments = fstab_arguments(key, sep, value)
+        if arguments is None:  # named without its value: that may be a misplaced secret
+            raise ValueError(f"unknown mount option {key + ('=...' if sep else '')!r} for ngffmount")
+        out += arguments
     return out
 
 
