@@ -13,7 +13,6 @@ import io
 import struct
 import threading
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import h5py
@@ -22,6 +21,7 @@ import numpy as np
 
 from .errors import BadMetadata, ChunkReadError, SourceNotFound, Unsupported
 from .fileobj import SeekableRaw
+from .lru import LRU
 from .storage import RangeRequest, Store, mtime_of, size_of
 
 BLOCK = 64 * 1024
@@ -36,7 +36,7 @@ class RangeFile(SeekableRaw):
 
     def __init__(self, store: Store, key: str, size: int):
         self.store, self.key, self.size = store, key, size
-        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self._blocks: LRU[int, bytes] = LRU(MAX_BLOCKS)
         self._lock = threading.Lock()
 
     def read_at(self, offset: int, length: int) -> bytes:
@@ -47,9 +47,7 @@ class RangeFile(SeekableRaw):
         first, last = start // BLOCK, (end - 1) // BLOCK
         blocks = range(first, last + 1)
         with self._lock:
-            have = {b: self._blocks[b] for b in blocks if b in self._blocks}
-            for b in have:
-                self._blocks.move_to_end(b)
+            have = {b: self._blocks.get(b) for b in blocks if b in self._blocks}
         wanted = [b for b in blocks if b not in have]
         if wanted:
             got = self.store.get_ranges(
@@ -59,9 +57,8 @@ class RangeFile(SeekableRaw):
                     raise ChunkReadError(f"{self.store.url}/{self.key} vanished while being read")
                 have[b] = data
             with self._lock:
-                self._blocks.update((b, have[b]) for b in wanted)
-                while len(self._blocks) > MAX_BLOCKS:
-                    self._blocks.popitem(last=False)
+                for b in wanted:
+                    self._blocks.put(b, have[b])
         joined = b"".join(have[b] for b in blocks)
         return joined[start - first * BLOCK: end - first * BLOCK]
 

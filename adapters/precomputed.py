@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import struct
 import threading
-from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Callable, Hashable, Sequence
 
@@ -19,6 +18,7 @@ import numpy as np
 from .base import Axis, Image, Level, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NotAnImage, Unsupported
 from .format import Format, Source
+from .lru import LRU
 from .precomputed_codecs import (
     DTYPES, MAX_INDEX_BYTES, Sharding, check_encoding, compressed_morton_code, decode_chunk, gunzip, morton_bits,
 )
@@ -245,15 +245,13 @@ class LoadOnce:
     def __init__(self, budget: int):
         self.budget = budget
         self._lock = threading.Lock()
-        self._values: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
+        self._values: LRU[Hashable, tuple[object, int]] = LRU(budget, lambda entry: entry[1], keep_last=True)
         self._inflight: dict[Hashable, Future] = {}
-        self._nbytes = 0
 
     def get(self, key: Hashable, load: Callable[[], tuple[object, int]]):
         with self._lock:
             if key in self._values:
-                self._values.move_to_end(key)
-                return self._values[key][0]
+                return self._values.get(key)[0]
             fut = self._inflight.get(key)
             mine = fut is None
             if mine:
@@ -269,10 +267,7 @@ class LoadOnce:
             raise
         with self._lock:
             del self._inflight[key]
-            self._values[key] = (value, nbytes)
-            self._nbytes += nbytes
-            while self._nbytes > self.budget and len(self._values) > 1:
-                self._nbytes -= self._values.popitem(last=False)[1][1]
+            self._values.put(key, (value, nbytes))
         fut.set_result(value)
         return value
 
@@ -280,7 +275,6 @@ class LoadOnce:
         """Forget the values kept (loads under way finish for their callers)."""
         with self._lock:
             self._values.clear()
-            self._nbytes = 0
 
 
 # -- registry entry ----------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from concurrent.futures import Future
 from threading import Lock
 from typing import Sequence
@@ -12,6 +11,7 @@ import numpy as np
 from .base import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES, Axis, Level, make_cache_token
 from .blosc_frames import BloscFrame
 from .errors import BadMetadata, ChunkReadError, NgffMountError, Unsupported
+from .lru import LRU
 from .storage import RangeRequest, Store
 from .zarr_codecs import V2ChunkDecoder, V3ChunkDecoder, parse_fill_value, v2_dtype
 
@@ -38,7 +38,6 @@ class ZarrLevel(Level):
         self.scale = tuple(float(s) for s in scale)
         self.translation = tuple(float(t) for t in translation)
         self.sharding = None
-        self._shard_index_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._shard_index_inflight: dict[str, Future] = {}
         self._shard_lock = Lock()
         if meta.get("zarr_format") == 3:
@@ -60,6 +59,8 @@ class ZarrLevel(Level):
         if self.chunk_nbytes > MAX_CHUNK_BYTES:
             raise Unsupported(f"{where}: chunks of {self.chunk_nbytes} bytes are larger than the 2 GiB ngffmount decodes")
         self.cache_token = make_cache_token(store.identity, meta)
+        index_count = SHARD_INDEX_CACHE_BYTES // self.sharding.index_nbytes if self.sharding else 0
+        self._shard_index_cache: LRU[str, np.ndarray | None] = LRU(max(1, index_count))
 
     def _init_v2(self, meta: dict, where: str) -> None:
         self.shape = _positive_ints(meta.get("shape"), "shape", where)
@@ -156,8 +157,7 @@ class ZarrLevel(Level):
         with self._shard_lock:
             for s in shards:
                 if s in self._shard_index_cache:
-                    self._shard_index_cache.move_to_end(s)
-                    found[s] = self._shard_index_cache[s]
+                    found[s] = self._shard_index_cache.get(s)
                 elif s in self._shard_index_inflight:
                     waiting[s] = self._shard_index_inflight[s]
                 else:
@@ -178,11 +178,8 @@ class ZarrLevel(Level):
                 raise
             with self._shard_lock:
                 for s in todo:
-                    self._shard_index_cache[s] = fetched[s]
+                    self._shard_index_cache.put(s, fetched[s])
                     del self._shard_index_inflight[s]
-                limit = max(1, SHARD_INDEX_CACHE_BYTES // n)
-                while len(self._shard_index_cache) > limit:
-                    self._shard_index_cache.popitem(last=False)
             for s, fut in mine.items():
                 fut.set_result(fetched[s])
             found.update(fetched)
