@@ -1,12 +1,15 @@
-"""One least-recently-used map, bounded by a count or by a total weight (bytes).
+"""One least-recently-used map, bounded by a count or by a total weight (bytes), and
+LoadOnce: such a map whose misses are loaded once while concurrent callers wait.
 
-Not locked: each owner already serialises its own access (and often does more under the
-same lock), so a second lock here would only cost."""
+LRU is not locked: each owner already serialises its own access (and often does more under
+the same lock), so a second lock there would only cost."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from typing import Callable, Generic, Hashable, TypeVar
+from concurrent.futures import Future
+from typing import Callable, Generic, Hashable, Iterable, Mapping, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -79,3 +82,59 @@ class LRU(Generic[K, V]):
     def clear(self) -> None:
         self._items.clear()
         self.total = 0
+
+
+class LoadOnce(Generic[K, V]):
+    """Values loaded at most once at a time per key: concurrent callers wait for the load
+    under way instead of starting their own. Loaded values are kept in `cache`; a failed
+    load is not kept, and every caller waiting for it gets its exception."""
+
+    def __init__(self, cache: LRU[K, V]):
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._inflight: dict[K, Future] = {}
+
+    def get(self, key: K, load: Callable[[], V]) -> V:
+        return self.get_many([key], lambda keys: {key: load()})[key]
+
+    def get_many(self, keys: Iterable[K], load: Callable[[list[K]], Mapping[K, V]]) -> dict[K, V]:
+        """The value of each key. `load(keys)` is called at most once, with the keys (sorted)
+        neither kept nor being loaded by another caller, and returns a value for each."""
+        found: dict[K, V] = {}
+        mine: dict[K, Future] = {}
+        waiting: dict[K, Future] = {}
+        with self._lock:
+            for key in keys:
+                if key in self.cache:
+                    found[key] = self.cache.get(key)
+                elif key in self._inflight:
+                    waiting[key] = self._inflight[key]
+                else:
+                    mine[key] = self._inflight[key] = Future()
+        if mine:
+            todo = sorted(mine)
+            try:
+                loaded = load(todo)
+                loaded = {key: loaded[key] for key in todo}
+            except BaseException as exc:
+                with self._lock:
+                    for key in todo:
+                        del self._inflight[key]
+                for fut in mine.values():
+                    fut.set_exception(exc)
+                raise
+            with self._lock:
+                for key in todo:
+                    self.cache.put(key, loaded[key])
+                    del self._inflight[key]
+            for key, fut in mine.items():
+                fut.set_result(loaded[key])
+            found.update(loaded)
+        for key, fut in waiting.items():
+            found[key] = fut.result()
+        return found
+
+    def clear(self) -> None:
+        """Forget the values kept (loads under way finish for their callers)."""
+        with self._lock:
+            self.cache.clear()

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import math
 import struct
-import threading
-from concurrent.futures import Future
-from typing import Callable, Hashable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .base import Axis, Image, Level, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NotAnImage, Unsupported
 from .format import Format, Source
-from .lru import LRU
+from .lru import LRU, LoadOnce
 from .precomputed_codecs import (
     DTYPES, MAX_INDEX_BYTES, Sharding, check_encoding, compressed_morton_code, decode_chunk, gunzip, morton_bits,
 )
@@ -115,7 +113,8 @@ class PrecomputedLevel(Level):
                               "than ngffmount serves")
         self.cache_token = make_cache_token(self.store.identity, {"scale": scale, "data_type": data_type,
                                                                   "num_channels": channels})
-        self._indices = LoadOnce(INDEX_CACHE_BYTES)
+        # Minishard indexes weigh what _load_minishard_index reports; the newest is kept.
+        self._indices = LoadOnce(LRU(INDEX_CACHE_BYTES, lambda loaded: loaded[1], keep_last=True))
         self._gz_files = False
         # No encoding (gzip over raw, JPEG of noise, compressed_segmentation) makes a chunk
         # this large: a longer entry is a corrupt index, not a download to start.
@@ -154,7 +153,7 @@ class PrecomputedLevel(Level):
         for key in keys:
             shard, chunk_id = key.split("#", 1)
             _, minishard = self.sharding.locate(int(chunk_id))
-            index = self._indices.get((shard, minishard), lambda: self._load_minishard_index(shard, minishard))
+            index = self._indices.get((shard, minishard), lambda: self._load_minishard_index(shard, minishard))[0]
             span = None if index is None else index.get(int(chunk_id))
             if span is None:
                 out[key] = None
@@ -236,45 +235,6 @@ class PrecomputedLevel(Level):
             full[:, :stored[2], :stored[1], :stored[0]] = arr
             arr = full
         return arr if self.channels > 1 else arr[0]
-
-
-class LoadOnce:
-    """Values loaded at most once at a time per key (concurrent callers wait for the one
-    load), kept in an LRU bounded by the sizes the loader reports. Failures are not kept."""
-
-    def __init__(self, budget: int):
-        self.budget = budget
-        self._lock = threading.Lock()
-        self._values: LRU[Hashable, tuple[object, int]] = LRU(budget, lambda entry: entry[1], keep_last=True)
-        self._inflight: dict[Hashable, Future] = {}
-
-    def get(self, key: Hashable, load: Callable[[], tuple[object, int]]):
-        with self._lock:
-            if key in self._values:
-                return self._values.get(key)[0]
-            fut = self._inflight.get(key)
-            mine = fut is None
-            if mine:
-                fut = self._inflight[key] = Future()
-        if not mine:
-            return fut.result()
-        try:
-            value, nbytes = load()
-        except BaseException as exc:
-            with self._lock:
-                del self._inflight[key]
-            fut.set_exception(exc)
-            raise
-        with self._lock:
-            del self._inflight[key]
-            self._values.put(key, (value, nbytes))
-        fut.set_result(value)
-        return value
-
-    def clear(self) -> None:
-        """Forget the values kept (loads under way finish for their callers)."""
-        with self._lock:
-            self._values.clear()
 
 
 # -- registry entry ----------------------------------------------------------------------
