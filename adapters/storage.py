@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
 
+from .counters import Counters
 from .errors import BadMetadata, ChunkReadError, SourceGaveUp, SourceNotFound
 from .retry import (
     _ABANDONED, MISSING_ERRORS, Abandoned, GaveUp, IncompleteBody, RetryRun, _chain, _status_and_code,
@@ -40,29 +41,27 @@ DEFAULT_TIMEOUT = 60.0  # seconds one request may take, every attempt and pause 
 DEFAULT_RETRIES = 5  # attempts per request, the first one included (as s3fs counts them)
 
 
-class TransferCounters:
-    """Requests sent and bytes received by every store of this process (for stats.json)."""
+class TransferCounters(Counters):
+    """Requests sent and bytes received by every store of this process, under their
+    stats.json names."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self.requests = 0
-        self.bytes = 0
-        self.in_flight = 0
-        self.retries = 0  # attempts repeated after a transient failure
+        super().__init__(("remote_requests", "retries", "bytes_fetched", "in_flight"))
 
     def begin(self, n: int) -> None:
-        with self._lock:
-            self.requests += n
-            self.in_flight += n
+        self.add_each(remote_requests=n, in_flight=n)
 
     def end(self, n: int, nbytes: int) -> None:
-        with self._lock:
-            self.in_flight -= n
-            self.bytes += nbytes
+        self.add_each(in_flight=-n, bytes_fetched=nbytes)
 
     def retried(self, n: int = 1) -> None:
-        with self._lock:
-            self.retries += n
+        """An attempt repeated after a transient failure."""
+        self.add("retries", n)
+
+    requests = property(lambda self: self["remote_requests"])
+    retries = property(lambda self: self["retries"])
+    bytes = property(lambda self: self["bytes_fetched"])
+    in_flight = property(lambda self: self["in_flight"])
 
 
 TRANSFERS = TransferCounters()
