@@ -114,7 +114,8 @@ class PrecomputedLevel(Level):
         self.cache_token = make_cache_token(self.store.identity, {"scale": scale, "data_type": data_type,
                                                                   "num_channels": channels})
         # Minishard indexes weigh what _load_minishard_index reports; the newest is kept.
-        self._indices = LoadOnce(LRU(INDEX_CACHE_BYTES, lambda loaded: loaded[1], keep_last=True))
+        if self.sharding is not None:
+            self.shard_indexes = LoadOnce(LRU(INDEX_CACHE_BYTES, lambda loaded: loaded[1], keep_last=True))
         self._gz_files = False
         # No encoding (gzip over raw, JPEG of noise, compressed_segmentation) makes a chunk
         # this large: a longer entry is a corrupt index, not a download to start.
@@ -139,12 +140,6 @@ class PrecomputedLevel(Level):
     # -- fetch -------------------------------------------------------------------------
     layout_fixed = False  # chunks are objects, or shard ranges whose indices forget_layout drops
 
-    def forget_layout(self) -> bool:
-        if self.sharding is None:
-            return False
-        self._indices.clear()
-        return True
-
     def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
         if self.sharding is None:
             return self._fetch_files(list(keys))
@@ -153,7 +148,7 @@ class PrecomputedLevel(Level):
         for key in keys:
             shard, chunk_id = key.split("#", 1)
             _, minishard = self.sharding.locate(int(chunk_id))
-            index = self._indices.get((shard, minishard), lambda: self._load_minishard_index(shard, minishard))[0]
+            index = self.shard_indexes.get((shard, minishard), lambda: self._load_minishard_index(shard, minishard))[0]
             span = None if index is None else index.get(int(chunk_id))
             if span is None:
                 out[key] = None

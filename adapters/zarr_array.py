@@ -55,8 +55,10 @@ class ZarrLevel(Level):
         if self.chunk_nbytes > MAX_CHUNK_BYTES:
             raise Unsupported(f"{where}: chunks of {self.chunk_nbytes} bytes are larger than the 2 GiB ngffmount decodes")
         self.cache_token = make_cache_token(store.identity, meta)
-        index_count = SHARD_INDEX_CACHE_BYTES // self.sharding.index_nbytes if self.sharding else 0
-        self._shard_index_cache: LoadOnce[str, np.ndarray | None] = LoadOnce(LRU(max(1, index_count)))
+        if self.sharding is not None:
+            # Each shard's decoded index: fetched once even when many chunks of one shard are
+            # fetched at the same time (the others wait for that request).
+            self.shard_indexes = LoadOnce(LRU(max(1, SHARD_INDEX_CACHE_BYTES // self.sharding.index_nbytes)))
 
     def _init_v2(self, meta: dict, where: str) -> None:
         self.shape = _positive_ints(meta.get("shape"), "shape", where)
@@ -120,7 +122,7 @@ class ZarrLevel(Level):
         if self.sharding is None:
             return self.store.get_many(list(keys))
         split = [(k, *k.split("#", 1)) for k in keys]
-        indices = self._shard_indices({shard for _, shard, _ in split})
+        indices = self.shard_indexes.get_many({shard for _, shard, _ in split}, self._load_shard_indices)
         requests, wanted, out = [], [], {}
         for key, shard, inner in split:
             index = indices[shard]
@@ -136,17 +138,6 @@ class ZarrLevel(Level):
         return out
 
     layout_fixed = False  # chunks are objects, or shard ranges whose index forget_layout drops
-
-    def forget_layout(self) -> bool:
-        if self.sharding is None:
-            return False
-        self._shard_index_cache.clear()
-        return True
-
-    def _shard_indices(self, shards: set[str]) -> dict[str, np.ndarray | None]:
-        """Each shard's decoded index: cached, or fetched once even when many chunks of one
-        shard are fetched at the same time (the others wait for that request)."""
-        return self._shard_index_cache.get_many(shards, self._load_shard_indices)
 
     def _load_shard_indices(self, shards: list[str]) -> dict[str, np.ndarray | None]:
         n = self.sharding.index_nbytes
