@@ -41,6 +41,17 @@ def test_unbounded_lru_leaves_eviction_to_its_owner():
     assert lru.pop("b") == b"yy" and lru.pop("b") is None and lru.total == 0
 
 
+def run_together(call, n: int, gate: threading.Event) -> None:
+    """`n` threads run `call` while `gate` holds the load back, so all of them overlap."""
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(10)
+
+
 def test_load_once_loads_each_key_once_while_others_wait():
     loads: list[list[str]] = []
     gate = threading.Event()
@@ -52,13 +63,7 @@ def test_load_once_loads_each_key_once_while_others_wait():
 
     once = LoadOnce(LRU(100))
     results = []
-    threads = [threading.Thread(target=lambda: results.append(once.get_many({"b", "a"}, load))) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(0.2)
-    gate.set()
-    for t in threads:
-        t.join(10)
+    run_together(lambda: results.append(once.get_many({"b", "a"}, load)), 8, gate)
     assert loads == [["a", "b"]], "one load, with the keys sorted"
     assert results == [{"a": "aa", "b": "bb"}] * 8
     assert once.get("a", lambda: pytest.fail("kept values are not loaded again")) == "aa"
@@ -82,12 +87,6 @@ def test_load_once_failure_reaches_every_waiter_and_is_not_kept():
         except OSError as exc:
             errors.append(str(exc))
 
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(0.2)
-    gate.set()
-    for t in threads:
-        t.join(10)
+    run_together(call, 4, gate)
     assert errors == ["source down"] * 4
     assert once.get("k", lambda: "back") == "back"
