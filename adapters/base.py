@@ -10,6 +10,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .lru import LoadOnce
+
 AXIS_TYPES = ("time", "channel", "space")
 
 # -- limits every adapter applies to a level -----------------------------------------------
@@ -67,11 +69,16 @@ class Level:
     # chunk found changed means the level can only be read again after a remount. Levels whose
     # chunks are whole objects, or that re-read their layout (forget_layout), say False.
     layout_fixed = True
+    # Where chunks lie inside shards, read from the source and kept: what forget_layout drops.
+    shard_indexes: LoadOnce | None = None
 
     def forget_layout(self) -> bool:
         """Forget where chunks lie, where that was read from the source (shard indices), so the
         next fetches read it again. Whether there was anything to forget."""
-        return False
+        if self.shard_indexes is None:
+            return False
+        self.shard_indexes.clear()
+        return True
 
     def decode(self, idx: tuple[int, ...], raw: bytes) -> np.ndarray:
         """Decode one chunk's bytes into an array of exactly `chunk_shape`."""

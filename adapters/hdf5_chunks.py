@@ -15,7 +15,6 @@ import struct
 import threading
 import weakref
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import h5py
@@ -23,6 +22,8 @@ import numcodecs
 import numpy as np
 
 from .errors import BadMetadata, ChunkReadError, SourceNotFound, Unsupported
+from .fileobj import SeekableRaw
+from .lru import LRU
 from .storage import RangeRequest, Store, mtime_of, size_of
 
 BLOCK = 64 * 1024
@@ -32,46 +33,23 @@ DEFLATE, SHUFFLE, FLETCHER32, BLOSC, LZ4, ZSTD = 1, 2, 3, 32001, 32004, 32015
 FILTER_NAMES = {4: "szip", 5: "nbit", 6: "scaleoffset", 32000: "lzf", 32008: "bitshuffle"}
 
 
-class RangeFile(io.RawIOBase):
+class RangeFile(SeekableRaw):
     """A read-only, seekable file over one Store key, fetched in cached blocks."""
 
     def __init__(self, store: Store, key: str, size: int):
         self.store, self.key, self.size = store, key, size
-        self.pos = 0
-        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self._blocks: LRU[int, bytes] = LRU(MAX_BLOCKS)
         self._lock = threading.Lock()
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        end = min(self.pos + len(view), self.size)
-        if end <= self.pos:
-            return 0
-        data = self.read_range(self.pos, end)
-        view[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+    def read_at(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        return self.read_range(offset, end) if end > offset else b""
 
     def read_range(self, start: int, end: int) -> bytes:
         first, last = start // BLOCK, (end - 1) // BLOCK
         blocks = range(first, last + 1)
         with self._lock:
-            have = {b: self._blocks[b] for b in blocks if b in self._blocks}
-            for b in have:
-                self._blocks.move_to_end(b)
+            have = {b: self._blocks.get(b) for b in blocks if b in self._blocks}
         wanted = [b for b in blocks if b not in have]
         if wanted:
             got = self.store.get_ranges(
@@ -81,9 +59,8 @@ class RangeFile(io.RawIOBase):
                     raise ChunkReadError(f"{self.store.url}/{self.key} vanished while being read")
                 have[b] = data
             with self._lock:
-                self._blocks.update((b, have[b]) for b in wanted)
-                while len(self._blocks) > MAX_BLOCKS:
-                    self._blocks.popitem(last=False)
+                for b in wanted:
+                    self._blocks.put(b, have[b])
         joined = b"".join(have[b] for b in blocks)
         return joined[start - first * BLOCK: end - first * BLOCK]
 

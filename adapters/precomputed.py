@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import math
 import struct
-import threading
-from collections import OrderedDict
-from concurrent.futures import Future
-from typing import Callable, Hashable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .base import Axis, Image, Level, make_cache_token
 from .errors import BadMetadata, ChunkReadError, NotAnImage, Unsupported
 from .format import Format, Source
+from .lru import LRU, LoadOnce
 from .precomputed_codecs import (
     DTYPES, MAX_INDEX_BYTES, Sharding, check_encoding, compressed_morton_code, decode_chunk, gunzip, morton_bits,
 )
@@ -115,7 +113,9 @@ class PrecomputedLevel(Level):
                               "than ngffmount serves")
         self.cache_token = make_cache_token(self.store.identity, {"scale": scale, "data_type": data_type,
                                                                   "num_channels": channels})
-        self._indices = LoadOnce(INDEX_CACHE_BYTES)
+        # Minishard indexes weigh what _load_minishard_index reports; the newest is kept.
+        if self.sharding is not None:
+            self.shard_indexes = LoadOnce(LRU(INDEX_CACHE_BYTES, lambda loaded: loaded[1], keep_last=True))
         self._gz_files = False
         # No encoding (gzip over raw, JPEG of noise, compressed_segmentation) makes a chunk
         # this large: a longer entry is a corrupt index, not a download to start.
@@ -140,12 +140,6 @@ class PrecomputedLevel(Level):
     # -- fetch -------------------------------------------------------------------------
     layout_fixed = False  # chunks are objects, or shard ranges whose indices forget_layout drops
 
-    def forget_layout(self) -> bool:
-        if self.sharding is None:
-            return False
-        self._indices.clear()
-        return True
-
     def fetch_many(self, keys: Sequence[str]) -> dict[str, bytes | None]:
         if self.sharding is None:
             return self._fetch_files(list(keys))
@@ -154,7 +148,7 @@ class PrecomputedLevel(Level):
         for key in keys:
             shard, chunk_id = key.split("#", 1)
             _, minishard = self.sharding.locate(int(chunk_id))
-            index = self._indices.get((shard, minishard), lambda: self._load_minishard_index(shard, minishard))
+            index = self.shard_indexes.get((shard, minishard), lambda: self._load_minishard_index(shard, minishard))[0]
             span = None if index is None else index.get(int(chunk_id))
             if span is None:
                 out[key] = None
@@ -236,51 +230,6 @@ class PrecomputedLevel(Level):
             full[:, :stored[2], :stored[1], :stored[0]] = arr
             arr = full
         return arr if self.channels > 1 else arr[0]
-
-
-class LoadOnce:
-    """Values loaded at most once at a time per key (concurrent callers wait for the one
-    load), kept in an LRU bounded by the sizes the loader reports. Failures are not kept."""
-
-    def __init__(self, budget: int):
-        self.budget = budget
-        self._lock = threading.Lock()
-        self._values: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
-        self._inflight: dict[Hashable, Future] = {}
-        self._nbytes = 0
-
-    def get(self, key: Hashable, load: Callable[[], tuple[object, int]]):
-        with self._lock:
-            if key in self._values:
-                self._values.move_to_end(key)
-                return self._values[key][0]
-            fut = self._inflight.get(key)
-            mine = fut is None
-            if mine:
-                fut = self._inflight[key] = Future()
-        if not mine:
-            return fut.result()
-        try:
-            value, nbytes = load()
-        except BaseException as exc:
-            with self._lock:
-                del self._inflight[key]
-            fut.set_exception(exc)
-            raise
-        with self._lock:
-            del self._inflight[key]
-            self._values[key] = (value, nbytes)
-            self._nbytes += nbytes
-            while self._nbytes > self.budget and len(self._values) > 1:
-                self._nbytes -= self._values.popitem(last=False)[1][1]
-        fut.set_result(value)
-        return value
-
-    def clear(self) -> None:
-        """Forget the values kept (loads under way finish for their callers)."""
-        with self._lock:
-            self._values.clear()
-            self._nbytes = 0
 
 
 # -- registry entry ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import random
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Callable
 
 from .urls import redact
 
@@ -135,6 +136,37 @@ def time_left(budget: float) -> float:
     """A request's budget, cut short by the deadline of the read it serves."""
     deadline = _DEADLINE.get()
     return budget if deadline is None else min(budget, deadline - time.monotonic())
+
+
+class RetryRun:
+    """The policy of one request's retries, written once for the sync and the async loop:
+    how long the next attempt may take, and after a failure the pause before the next one
+    or the exception that ends the request."""
+
+    def __init__(self, budget: float, retries: int, clock: Callable[[], float], on_retry: Callable[[], None]):
+        """`budget`: seconds for every attempt and pause; `retries`: attempts at most;
+        `clock`: the loop's monotonic clock; `on_retry`: counts each retry."""
+        self.budget, self.retries = budget, retries
+        self._clock, self._on_retry = clock, on_retry
+        self.started = clock()
+        self.attempts = 0
+
+    def left(self) -> float:
+        return self.started + self.budget - self._clock()
+
+    def after_failure(self, exc: Exception) -> float | BaseException:
+        self.attempts += 1
+        n, now = self.attempts, self._clock()
+        if classify(exc) != RETRY:
+            return exc
+        deadline = self.started + self.budget
+        if now >= deadline - 1e-3:
+            return GaveUp(exc, n, now - self.started, self.budget)
+        pause = backoff_delay(n)
+        if n >= self.retries or now + pause >= deadline:
+            return GaveUp(exc, n, now - self.started)  # no pause past the deadline: fail now
+        self._on_retry()
+        return pause
 
 
 class IncompleteBody(Exception):

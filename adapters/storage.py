@@ -17,7 +17,6 @@ import contextlib
 import contextvars
 import datetime
 import email.utils
-import itertools
 import json
 import posixpath
 import threading
@@ -30,10 +29,11 @@ from typing import Any, Callable, Mapping, Sequence
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
 
+from .counters import Counters
 from .errors import BadMetadata, ChunkReadError, SourceGaveUp, SourceNotFound
 from .retry import (
-    _ABANDONED, MISSING_ERRORS, RETRY, Abandoned, GaveUp, IncompleteBody, _chain, _status_and_code, backoff_delay,
-    classify, current_deadline, describe_error, time_left,
+    _ABANDONED, MISSING_ERRORS, Abandoned, GaveUp, IncompleteBody, RetryRun, _chain, _status_and_code,
+    current_deadline, describe_error, time_left,
 )
 from .urls import has_scheme, normalize_url, redact
 
@@ -42,29 +42,27 @@ DEFAULT_RETRIES = 5  # attempts per request, the first one included (as s3fs cou
 DEFAULT_CONCURRENCY = 32  # parallel requests of one store
 
 
-class TransferCounters:
-    """Requests sent and bytes received by every store of this process (for stats.json)."""
+class TransferCounters(Counters):
+    """Requests sent and bytes received by every store of this process, under their
+    stats.json names."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self.requests = 0
-        self.bytes = 0
-        self.in_flight = 0
-        self.retries = 0  # attempts repeated after a transient failure
+        super().__init__(("remote_requests", "retries", "bytes_fetched", "in_flight"))
 
     def begin(self, n: int) -> None:
-        with self._lock:
-            self.requests += n
-            self.in_flight += n
+        self.add_each(remote_requests=n, in_flight=n)
 
     def end(self, n: int, nbytes: int) -> None:
-        with self._lock:
-            self.in_flight -= n
-            self.bytes += nbytes
+        self.add_each(in_flight=-n, bytes_fetched=nbytes)
 
     def retried(self, n: int = 1) -> None:
-        with self._lock:
-            self.retries += n
+        """An attempt repeated after a transient failure."""
+        self.add("retries", n)
+
+    requests = property(lambda self: self["remote_requests"])
+    retries = property(lambda self: self["retries"])
+    bytes = property(lambda self: self["bytes_fetched"])
+    in_flight = property(lambda self: self["in_flight"])
 
 
 TRANSFERS = TransferCounters()
@@ -411,19 +409,21 @@ class Store:
             return {"timeout": (stall, stall)}
         return {}
 
-    # The retry policy, once per request. Returns the value, or the exception that ended it.
+    # The retry loops, sync and async, over one RetryRun per request (the policy).
+    # Each returns the value, or the exception that ended the request.
+    def _retry_run(self, budget: float | None, clock: Callable[[], float]) -> RetryRun:
+        return RetryRun(self.timeout if budget is None else budget, self.retries, clock, TRANSFERS.retried)
+
     async def _retrying_async(self, attempt: Callable[[float], Any], budget: float | None = None):
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        budget = self.timeout if budget is None else budget
-        for n in itertools.count(1):
-            left = started + budget - loop.time()
+        run = self._retry_run(budget, asyncio.get_running_loop().time)
+        while True:
+            left = run.left()
             try:
                 if left <= 0:
                     raise asyncio.TimeoutError()  # spent waiting for its turn in the batch
                 return await asyncio.wait_for(attempt(left), left)  # a hard stop at the deadline
             except Exception as exc:
-                pause = self._after_failure(n, exc, started, loop.time(), budget)
+                pause = run.after_failure(exc)
             if isinstance(pause, BaseException):
                 return pause
             await asyncio.sleep(pause)
@@ -432,15 +432,14 @@ class Store:
                        budget: float | None = None):
         """As _retrying_async. A blocking call cannot be interrupted: the deadline is checked
         between attempts, and each attempt is bounded by the client's own stall timeouts."""
-        started = time.monotonic()
-        budget = self.timeout if budget is None else budget
-        for n in itertools.count(1):
+        run = self._retry_run(budget, time.monotonic)
+        while True:
             if abort is not None and abort.is_set():
                 return Abandoned()
             try:
-                return attempt(max(started + budget - time.monotonic(), 0.01))
+                return attempt(max(run.left(), 0.01))
             except Exception as exc:
-                pause = self._after_failure(n, exc, started, time.monotonic(), budget)
+                pause = run.after_failure(exc)
             if isinstance(pause, BaseException):
                 if abort is not None and not isinstance(pause, MISSING_ERRORS):
                     abort.set()  # the batch fails with this request: the others may stop
@@ -449,23 +448,6 @@ class Store:
                 time.sleep(pause)
             elif abort.wait(pause):
                 return Abandoned()
-
-    def _after_failure(self, n: int, exc: Exception, started: float, now: float,
-                       budget: float | None = None) -> float | BaseException:
-        """The pause before attempt n + 1, or the exception that ends the request."""
-        if classify(exc) != RETRY:
-            return exc
-        budget = self.timeout if budget is None else budget
-        deadline = started + budget
-        if now >= deadline - 1e-3:
-            return GaveUp(exc, n, now - started, budget)
-        pause = backoff_delay(n)
-        if n >= self.retries or now + pause >= deadline:
-            return GaveUp(exc, n, now - started)  # no pause past the deadline: fail now
-        TRANSFERS.retried()
-        return pause
-
-
 
 
 def _condition_headers(condition: SourceVersion | None) -> dict:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from concurrent.futures import Future
-from threading import Lock
 from typing import Sequence
 
 import numpy as np
@@ -12,6 +9,7 @@ import numpy as np
 from .base import MAX_ARRAY_BYTES, MAX_CHUNK_BYTES, Axis, Level, make_cache_token
 from .blosc_frames import BloscFrame
 from .errors import BadMetadata, ChunkReadError, NgffMountError, Unsupported
+from .lru import LRU, LoadOnce
 from .storage import RangeRequest, Store
 from .zarr_codecs import V2ChunkDecoder, V3ChunkDecoder, parse_fill_value, v2_dtype
 
@@ -38,9 +36,6 @@ class ZarrLevel(Level):
         self.scale = tuple(float(s) for s in scale)
         self.translation = tuple(float(t) for t in translation)
         self.sharding = None
-        self._shard_index_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
-        self._shard_index_inflight: dict[str, Future] = {}
-        self._shard_lock = Lock()
         if meta.get("zarr_format") == 3:
             self._init_v3(meta, where)
         elif meta.get("zarr_format") == 2:
@@ -60,6 +55,10 @@ class ZarrLevel(Level):
         if self.chunk_nbytes > MAX_CHUNK_BYTES:
             raise Unsupported(f"{where}: chunks of {self.chunk_nbytes} bytes are larger than the 2 GiB ngffmount decodes")
         self.cache_token = make_cache_token(store.identity, meta)
+        if self.sharding is not None:
+            # Each shard's decoded index: fetched once even when many chunks of one shard are
+            # fetched at the same time (the others wait for that request).
+            self.shard_indexes = LoadOnce(LRU(max(1, SHARD_INDEX_CACHE_BYTES // self.sharding.index_nbytes)))
 
     def _init_v2(self, meta: dict, where: str) -> None:
         self.shape = _positive_ints(meta.get("shape"), "shape", where)
@@ -123,7 +122,7 @@ class ZarrLevel(Level):
         if self.sharding is None:
             return self.store.get_many(list(keys))
         split = [(k, *k.split("#", 1)) for k in keys]
-        indices = self._shard_indices({shard for _, shard, _ in split})
+        indices = self.shard_indexes.get_many({shard for _, shard, _ in split}, self._load_shard_indices)
         requests, wanted, out = [], [], {}
         for key, shard, inner in split:
             index = indices[shard]
@@ -140,55 +139,11 @@ class ZarrLevel(Level):
 
     layout_fixed = False  # chunks are objects, or shard ranges whose index forget_layout drops
 
-    def forget_layout(self) -> bool:
-        if self.sharding is None:
-            return False
-        with self._shard_lock:
-            self._shard_index_cache.clear()
-        return True
-
-    def _shard_indices(self, shards: set[str]) -> dict[str, np.ndarray | None]:
-        """Each shard's decoded index: cached, or fetched once even when many chunks of one
-        shard are fetched at the same time (the others wait for that request)."""
-        found: dict[str, np.ndarray | None] = {}
-        mine: dict[str, Future] = {}
-        waiting: dict[str, Future] = {}
-        with self._shard_lock:
-            for s in shards:
-                if s in self._shard_index_cache:
-                    self._shard_index_cache.move_to_end(s)
-                    found[s] = self._shard_index_cache[s]
-                elif s in self._shard_index_inflight:
-                    waiting[s] = self._shard_index_inflight[s]
-                else:
-                    mine[s] = self._shard_index_inflight[s] = Future()
-        if mine:
-            todo = sorted(mine)
-            n = self.sharding.index_nbytes
-            reqs = [RangeRequest(s, -n) if self.sharding.index_at_end else RangeRequest(s, 0, n) for s in todo]
-            try:
-                raws = self.store.get_ranges(reqs)
-                fetched = {s: None if raw is None else self._decode_index(s, raw) for s, raw in zip(todo, raws)}
-            except BaseException as exc:
-                with self._shard_lock:
-                    for s in todo:
-                        del self._shard_index_inflight[s]
-                for fut in mine.values():
-                    fut.set_exception(exc)
-                raise
-            with self._shard_lock:
-                for s in todo:
-                    self._shard_index_cache[s] = fetched[s]
-                    del self._shard_index_inflight[s]
-                limit = max(1, SHARD_INDEX_CACHE_BYTES // n)
-                while len(self._shard_index_cache) > limit:
-                    self._shard_index_cache.popitem(last=False)
-            for s, fut in mine.items():
-                fut.set_result(fetched[s])
-            found.update(fetched)
-        for s, fut in waiting.items():
-            found[s] = fut.result()
-        return found
+    def _load_shard_indices(self, shards: list[str]) -> dict[str, np.ndarray | None]:
+        n = self.sharding.index_nbytes
+        reqs = [RangeRequest(s, -n) if self.sharding.index_at_end else RangeRequest(s, 0, n) for s in shards]
+        raws = self.store.get_ranges(reqs)
+        return {s: None if raw is None else self._decode_index(s, raw) for s, raw in zip(shards, raws)}
 
     def _decode_index(self, shard: str, raw: bytes) -> np.ndarray:
         try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from typing import Callable, Hashable
 
 import numpy as np
+
+from ..adapters.lru import LRU
 
 
 class MemoryLRU:
@@ -19,46 +20,40 @@ class MemoryLRU:
         self.max_bytes = max(0, int(max_bytes))
         self._on_evict = on_evict
         self.part_share = self.max_bytes // 4
-        self.nbytes = 0
-        self.part_bytes = 0
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self._parts: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        # Unbounded each: put below evicts across both by the rule above.
+        self._items: LRU[Hashable, np.ndarray] = LRU(None, _resident_bytes)
+        self._parts: LRU[Hashable, np.ndarray] = LRU(None, _resident_bytes)
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return self._items.total + self._parts.total
+
+    @property
+    def part_bytes(self) -> int:
+        return self._parts.total
 
     def get(self, key: Hashable) -> np.ndarray | None:
         with self._lock:
-            for items in (self._items, self._parts):
-                arr = items.get(key)
-                if arr is not None:
-                    items.move_to_end(key)
-                    return arr
-            return None
+            arr = self._items.get(key)
+            return arr if arr is not None else self._parts.get(key)
 
     def peek(self, key: Hashable) -> np.ndarray | None:
         """The chunk, without making it the most recently used."""
         with self._lock:
-            return self._items.get(key)
+            return self._items.peek(key)
 
     def put(self, key: Hashable, arr: np.ndarray, part: bool = False) -> None:
-        size = _resident_bytes(arr)
-        if size > self.max_bytes:
+        if _resident_bytes(arr) > self.max_bytes:
             return
-        items = self._parts if part else self._items
         gone = []
         with self._lock:
-            old = items.pop(key, None)
-            if old is not None:
-                self._count(-_resident_bytes(old), part)
-            items[key] = arr
-            self._count(size, part)
+            (self._parts if part else self._items).put(key, arr)
             while self.nbytes > self.max_bytes:
-                if self._parts and (self.part_bytes > self.part_share or not self._items):
-                    _, evicted = self._parts.popitem(last=False)
-                    self._count(-_resident_bytes(evicted), True)
-                elif self._items:
-                    old_key, evicted = self._items.popitem(last=False)
-                    self._count(-_resident_bytes(evicted), False)
-                    gone.append(old_key)
+                if len(self._parts) and (self._parts.total > self.part_share or not len(self._items)):
+                    self._parts.pop_oldest()
+                elif len(self._items):
+                    gone.append(self._items.pop_oldest()[0])
         if self._on_evict is not None:
             for old_key in gone:
                 self._on_evict(old_key)
@@ -66,14 +61,7 @@ class MemoryLRU:
     def discard(self, key: Hashable, part: bool = False) -> None:
         """Forget an entry now (a block a reader has left behind); no eviction callback."""
         with self._lock:
-            arr = (self._parts if part else self._items).pop(key, None)
-            if arr is not None:
-                self._count(-_resident_bytes(arr), part)
-
-    def _count(self, size: int, part: bool) -> None:
-        self.nbytes += size
-        if part:
-            self.part_bytes += size
+            (self._parts if part else self._items).pop(key)
 
     def __len__(self) -> int:
         return len(self._items) + len(self._parts)

@@ -1,12 +1,14 @@
 """Chunk engine counters behind MOUNT/.ngffmount/stats.json.
 
-Remote requests and bytes are counted where they happen, in adapters.storage.TRANSFERS.
+Remote requests and bytes are counted where they happen, in adapters.storage.TRANSFERS,
+with the same Counters.
 """
 
 from __future__ import annotations
 
-import threading
 import time
+
+from ..adapters.counters import Counters
 
 COUNTERS = (
     "chunks_fetched",  # chunks asked of the source
@@ -28,18 +30,12 @@ COUNTERS = (
 )
 
 
-class Stats:
+class Stats(Counters):
     def __init__(self):
-        self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTERS, 0)
+        super().__init__(COUNTERS)
         self.started = time.time()
 
-    def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self._values[name] += amount
-
     def snapshot(self) -> dict:
-        with self._lock:
-            out = dict(self._values)
+        out = super().snapshot()
         out["uptime_s"] = round(time.time() - self.started, 3)
         return out

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ngffmount.adapters import open_source  # noqa: E402
 from ngffmount.cache.engine import ChunkEngine  # noqa: E402
-from ngffmount.vfs.fileobj import SeekableRaw  # noqa: E402
+from ngffmount.adapters.fileobj import SeekableRaw  # noqa: E402
 from ngffmount.vfs.fs import VirtualFS  # noqa: E402
 from ngffmount.vfs.tree import build_tree  # noqa: E402
 
@@ -52,12 +52,8 @@ class VirtualReader(SeekableRaw):
         self.fs, self.path = fs, path
         self.size = fs.getattr(path)["st_size"]
 
-    def readinto(self, buf):
-        view = memoryview(buf).cast("B")  # readers pass numpy arrays of any dtype
-        data = self.fs.read(self.path, len(view), self.pos)
-        view[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+    def read_at(self, offset, length):
+        return self.fs.read(self.path, length, offset)
 
 
 def tiff_array(data: bytes) -> np.ndarray:

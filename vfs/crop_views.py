@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from typing import Iterable
 
+from ..adapters.lru import LRU
 from .nodes import DirNode, FileNode, Node, static_file
 from .planes import PlaneSource
 from .tiff_views import IMAGEJ_DTYPES, TiffLayout, unsupported_reason
@@ -52,7 +52,7 @@ class CropLevelDir(DirNode):
         self.level, self.engine = level, engine
         src = PlaneSource(level, engine)
         self.sizes = {k: (src.sizes[k] if src.has_axis(k) else None) for k in AXIS_ORDER}
-        self._files: OrderedDict[str, FileNode] = OrderedDict()
+        self._files: LRU[str, FileNode] = LRU(KEEP_FILES)
         self._lock = threading.Lock()
 
     def names(self) -> Iterable[str]:
@@ -62,7 +62,6 @@ class CropLevelDir(DirNode):
         with self._lock:
             node = self._files.get(name)
             if node is not None:
-                self._files.move_to_end(name)
                 return node
         box = parse_box(name, self.sizes)
         if box is None:
@@ -72,9 +71,7 @@ class CropLevelDir(DirNode):
             return None
         node = FileNode(TiffLayout(src).stack_file(), self.mtime)
         with self._lock:
-            self._files[name] = node
-            while len(self._files) > KEEP_FILES:
-                self._files.popitem(last=False)
+            self._files.put(name, node)
         return node
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..adapters.fileobj import SeekableRaw
 from .arrays import ArrayView
-from .fileobj import SeekableRaw
 from .virtualfile import PixelSegment, StaticSegment, VirtualFile
 
 PAGE = 4096

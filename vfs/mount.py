@@ -102,10 +102,7 @@ def stats_renderer(engine: ChunkEngine, source_url: str):
         doc = {
             "source": source_url,
             "pid": os.getpid(),
-            "remote_requests": TRANSFERS.requests,
-            "retries": TRANSFERS.retries,
-            "bytes_fetched": TRANSFERS.bytes,
-            "in_flight": TRANSFERS.in_flight,
+            **TRANSFERS.snapshot(),
             **engine.stats.snapshot(),
             "fetches_pending": engine.fetches_pending,
             "disk_write_backlog_bytes": engine.disk_backlog,
