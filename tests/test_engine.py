@@ -114,9 +114,10 @@ def test_readahead_prefetches_next_planes_and_resets_on_jumps(tmp_path):
     token = open_source(str(path)).levels[0].cache_token
     resident = {idx[0] for (tok, idx) in engine.memory._items if tok == token}
     assert resident == set(range(0, 10)), "planes 2..9 were read ahead within the budget"
-    fetched = engine.stats.snapshot()["chunks_fetched"]
+    # (Not chunks_fetched: this read moves the window on, and plane 10 may arrive meanwhile.)
+    misses = engine.stats.snapshot()["memory_misses"]
     fs.read("/s0.tif", 1024, offset + 2 * 1024)
-    assert engine.stats.snapshot()["chunks_fetched"] == fetched, "the next plane came from readahead"
+    assert engine.stats.snapshot()["memory_misses"] == misses, "the next plane came from readahead"
     # A jump is random access: nothing more is queued.
     prefetched = engine.stats.snapshot()["prefetched"]
     fs.read("/s0.tif", 1024, offset + 30 * 1024)
