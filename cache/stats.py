@@ -34,6 +34,12 @@ class Stats:
         self._values = dict.fromkeys(COUNTERS, 0)
         self.started = time.time()
 
+    def register(self, names) -> None:
+        """Counters a cache tier brings (tier.py), after these; known ones stay where they are."""
+        with self._lock:
+            for name in names:
+                self._values.setdefault(name, 0)
+
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._values[name] += amount
