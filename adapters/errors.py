@@ -33,6 +33,12 @@ class ChunkReadError(NgffMountError):
     """A chunk could not be fetched or decoded (turns into EIO for one read)."""
 
 
+class SourceGaveUp(ChunkReadError):
+    """A request that kept failing until its retries or its time ran out: the source is not
+    answering, so the same chunk asked again at once (the kernel retries a failed page) fails
+    at once too."""
+
+
 class SourceChanged(ChunkReadError):
     """An array changed at the source in a way the mount cannot follow (its metadata, or a
     chunk of a file indexed once): its reads fail until a remount (logged once where it was

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import random
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from .urls import redact
 
@@ -109,6 +112,31 @@ def backoff_delay(attempt: int) -> float:
     return ceiling / 2 + random.random() * ceiling / 2
 
 
+# When the read a request serves must be answered by (time.monotonic()), if it has a deadline.
+_DEADLINE: ContextVar[float | None] = ContextVar("ngffmount_deadline", default=None)
+
+
+@contextmanager
+def deadline_at(when: float | None):
+    """Remote requests made inside end by `when` (time.monotonic()) at the latest: a reader's
+    clock starts when its read arrives, not when a thread gets to its fetch."""
+    token = _DEADLINE.set(when)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def current_deadline() -> float | None:
+    return _DEADLINE.get()
+
+
+def time_left(budget: float) -> float:
+    """A request's budget, cut short by the deadline of the read it serves."""
+    deadline = _DEADLINE.get()
+    return budget if deadline is None else min(budget, deadline - time.monotonic())
+
+
 class IncompleteBody(Exception):
     """A response shorter than the range asked for, though the object goes on (retryable)."""
 
@@ -117,7 +145,7 @@ class GaveUp(Exception):
     """A request that kept failing until its retry budget or its deadline was spent."""
 
     def __init__(self, last: BaseException, attempts: int, elapsed: float, deadline: float | None = None):
-        why = f"no complete answer within {deadline:g} s" if deadline is not None else "gave up"
+        why = f"no complete answer within {deadline:.3g} s" if deadline is not None else "gave up"
         super().__init__(f"{why} ({attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.1f} s), "
                          f"last error: {describe_error(last)}")
         self.__cause__ = last

@@ -6,7 +6,8 @@ Keys are relative to the source root; nothing outside the root is ever read.
 Every remote read is one `RangeRequest` under a retry policy (`classify`, `backoff_delay`):
 5xx, 408, 429, throttling, timeouts, connection errors and truncated bodies are retried
 with jittered exponential backoff, at most `retries` attempts and never past `timeout`
-seconds per request. A request returns its complete bytes, None (missing), or fails.
+seconds per request, nor past the deadline of the read it serves (`retry.deadline_at`).
+A request returns its complete bytes, None (missing), or fails.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from typing import Any, Callable, Mapping, Sequence
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
 
-from .errors import BadMetadata, ChunkReadError, SourceNotFound
+from .errors import BadMetadata, ChunkReadError, SourceGaveUp, SourceNotFound
 from .retry import (
     _ABANDONED, MISSING_ERRORS, RETRY, Abandoned, GaveUp, IncompleteBody, _chain, _status_and_code, backoff_delay,
-    classify, describe_error,
+    classify, current_deadline, describe_error, time_left,
 )
 from .urls import has_scheme, normalize_url, redact
 
@@ -166,8 +167,10 @@ def storage_options_for(
         # whether to split it; chunks are small, so one GET per chunk is enough.
         opts["max_concurrency"] = 1
         # botocore keeps 10 connections unless told otherwise, whatever concurrency we ask for.
+        # Readahead may hold `concurrency` of them (on a silent remote, until they time out):
+        # readers get as many again, so they never wait for a connection behind readahead.
         opts["config_kwargs"] = {
-            "max_pool_connections": max(10, concurrency),
+            "max_pool_connections": max(10, 2 * concurrency),
             "connect_timeout": stall,
             "read_timeout": stall,
             "retries": dict(NO_BOTOCORE_RETRIES),
@@ -307,14 +310,19 @@ class Store:
         condition = observer.condition if observer is not None else None
         conditions = [condition if condition is not None and condition.validated and condition.matches(req) else None
                       for req in requests]
+        read_deadline = current_deadline()
+        if time_left(self.timeout) <= 0:
+            raise ChunkReadError(f"cannot read {self.url}/{requests[0].key}: its read's deadline passed "
+                                 "before the request could be sent")
         TRANSFERS.begin(len(requests))
         raw = []
         try:
             if self._is_async:
-                raw = sync(self.fs.loop, self._gather, requests, conditions)
+                raw = sync(self.fs.loop, self._gather, requests, conditions, read_deadline)
             else:
                 abort = threading.Event()
-                raw = list(self._pool.map(partial(self._fetch_sync, abort=abort), requests))
+                raw = list(self._pool.map(partial(self._fetch_sync, abort=abort, read_deadline=read_deadline),
+                                       requests))
         finally:
             TRANSFERS.end(len(requests), sum(len(v[0]) for v in raw if isinstance(v, tuple)))
         if any(isinstance(value, NotModified) for value in raw):
@@ -327,18 +335,21 @@ class Store:
                   if isinstance(value, BaseException) and not isinstance(value, MISSING_ERRORS)]
         # Report the request that failed, not those abandoned because of it.
         for req, value in sorted(failed, key=lambda f: isinstance(f[1], _ABANDONED))[:1]:
-            text = str(value) if isinstance(value, GaveUp) else describe_error(value)
-            raise ChunkReadError(f"cannot read {self.url}/{req.key}: {text}")
+            if isinstance(value, GaveUp):
+                raise SourceGaveUp(f"cannot read {self.url}/{req.key}: {value}")
+            raise ChunkReadError(f"cannot read {self.url}/{req.key}: {describe_error(value)}")
         return [None if isinstance(value, MISSING_ERRORS) else trim_range(value, req)
                 for req, value in zip(requests, raw)]
 
-    async def _gather(self, requests, conditions):
+    async def _gather(self, requests, conditions, read_deadline: float | None):
         sem = asyncio.Semaphore(self.concurrency)
         tasks: list[asyncio.Task] = []
 
         async def one(req: RangeRequest, condition: SourceVersion | None):
             async with sem:
-                result = await self._retrying_async(partial(self._attempt_async, req, condition))
+                # (the loop's clock is time.monotonic())
+                budget = self._budget(read_deadline, asyncio.get_running_loop().time())
+                result = await self._retrying_async(partial(self._attempt_async, req, condition), budget)
             if isinstance(result, BaseException) and not isinstance(result, MISSING_ERRORS):
                 # The whole batch fails with this request: stop spending time on the others.
                 for task in tasks:
@@ -349,8 +360,14 @@ class Store:
         tasks.extend(asyncio.ensure_future(one(r, c)) for r, c in zip(requests, conditions))
         return await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _fetch_sync(self, req: RangeRequest, abort: threading.Event | None = None):
-        return self._retrying_sync(partial(self._attempt_sync, req), abort)
+    def _fetch_sync(self, req: RangeRequest, abort: threading.Event | None = None,
+                    read_deadline: float | None = None):
+        budget = self._budget(read_deadline, time.monotonic())
+        return self._retrying_sync(partial(self._attempt_sync, req), abort, budget)
+
+    def _budget(self, read_deadline: float | None, now: float) -> float:
+        """Seconds a request starting now may take: `timeout`, or less if its read ends sooner."""
+        return self.timeout if read_deadline is None else min(self.timeout, read_deadline - now)
 
     # One attempt: (the complete bytes of a request, ETag, Last-Modified), or an exception.
     async def _attempt_async(self, req: RangeRequest, condition: SourceVersion | None, left: float):
@@ -394,30 +411,35 @@ class Store:
         return {}
 
     # The retry policy, once per request. Returns the value, or the exception that ended it.
-    async def _retrying_async(self, attempt: Callable[[float], Any]):
+    async def _retrying_async(self, attempt: Callable[[float], Any], budget: float | None = None):
         loop = asyncio.get_running_loop()
         started = loop.time()
+        budget = self.timeout if budget is None else budget
         for n in itertools.count(1):
-            left = started + self.timeout - loop.time()
+            left = started + budget - loop.time()
             try:
+                if left <= 0:
+                    raise asyncio.TimeoutError()  # spent waiting for its turn in the batch
                 return await asyncio.wait_for(attempt(left), left)  # a hard stop at the deadline
             except Exception as exc:
-                pause = self._after_failure(n, exc, started, loop.time())
+                pause = self._after_failure(n, exc, started, loop.time(), budget)
             if isinstance(pause, BaseException):
                 return pause
             await asyncio.sleep(pause)
 
-    def _retrying_sync(self, attempt: Callable[[float], Any], abort: threading.Event | None = None):
+    def _retrying_sync(self, attempt: Callable[[float], Any], abort: threading.Event | None = None,
+                       budget: float | None = None):
         """As _retrying_async. A blocking call cannot be interrupted: the deadline is checked
         between attempts, and each attempt is bounded by the client's own stall timeouts."""
         started = time.monotonic()
+        budget = self.timeout if budget is None else budget
         for n in itertools.count(1):
             if abort is not None and abort.is_set():
                 return Abandoned()
             try:
-                return attempt(max(started + self.timeout - time.monotonic(), 0.01))
+                return attempt(max(started + budget - time.monotonic(), 0.01))
             except Exception as exc:
-                pause = self._after_failure(n, exc, started, time.monotonic())
+                pause = self._after_failure(n, exc, started, time.monotonic(), budget)
             if isinstance(pause, BaseException):
                 if abort is not None and not isinstance(pause, MISSING_ERRORS):
                     abort.set()  # the batch fails with this request: the others may stop
@@ -427,13 +449,15 @@ class Store:
             elif abort.wait(pause):
                 return Abandoned()
 
-    def _after_failure(self, n: int, exc: Exception, started: float, now: float) -> float | BaseException:
+    def _after_failure(self, n: int, exc: Exception, started: float, now: float,
+                       budget: float | None = None) -> float | BaseException:
         """The pause before attempt n + 1, or the exception that ends the request."""
         if classify(exc) != RETRY:
             return exc
-        deadline = started + self.timeout
+        budget = self.timeout if budget is None else budget
+        deadline = started + budget
         if now >= deadline - 1e-3:
-            return GaveUp(exc, n, now - started, self.timeout)
+            return GaveUp(exc, n, now - started, budget)
         pause = backoff_delay(n)
         if n >= self.retries or now + pause >= deadline:
             return GaveUp(exc, n, now - started)  # no pause past the deadline: fail now

@@ -99,8 +99,8 @@ class DiskTier:
     def backlog(self) -> int:
         return self.writes.nbytes
 
-    def flush(self) -> None:
-        self.writes.flush()
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.writes.flush(timeout)
 
     def check(self) -> None:
         pass  # DiskCache says what it must when it opens

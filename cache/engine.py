@@ -3,6 +3,11 @@ shared cache), then the source, one fetch per chunk.
 
 Concurrent requests for the same chunk share one fetch (an in-flight future per chunk).
 Fetches run on a FetchQueue by priority: a reader's chunks before readahead.
+
+With a `timeout`, a read fails within that many seconds of its arrival (the deadline the
+FUSE layer sets with `retry.deadline_at`, else the call of `get`), however long its fetches
+queue; the fetches carry that deadline down to the remote requests. While fetches keep
+failing (the remote is down), readahead stops queueing until one succeeds again.
 """
 
 from __future__ import annotations
@@ -12,17 +17,20 @@ import logging
 import threading
 import time
 from contextlib import ExitStack
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..adapters.errors import SourceChanged
+from ..adapters.errors import ChunkReadError, SourceChanged, SourceGaveUp
+from ..adapters.retry import current_deadline
 from ..adapters.storage import NotModified
 from .blocked import MIN_BLOCKS, BlockedChunk
 from .disk import DiskCache
 from .disktier import DiskTier
+from .fetchhealth import FetchHealth
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .level import ChunkedLevel
 from .memory import MemoryLRU
@@ -34,6 +42,11 @@ log = logging.getLogger("ngffmount")
 # Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
 DEFAULT_MEMORY = 768 << 20
 DEFAULT_READAHEAD = 256 << 20
+DEADLINE_SLACK_S = 0.25  # a fetch that failed this close to its deadline ran out of time
+
+
+class ReadTimedOut(ChunkReadError):
+    """A read's deadline passed before its chunks arrived."""
 
 
 class ChunkEngine:
@@ -46,6 +59,7 @@ class ChunkEngine:
         fetch_threads: int = 32,
         stage_bytes: int | None = None,
         revalidate: float | None = None,
+        timeout: float | None = None,
         tiers: Sequence[Tier] = (),
     ):
         """`disk`: the disk cache, the first tier; `tiers`: the tiers after it, in order.
@@ -60,6 +74,7 @@ class ChunkEngine:
         self._loads = itertools.count()  # with revalidate: names each load's decoded blocks apart
         self._stale: set[str] = set()  # cache tokens of arrays whose metadata changed at the source
         self._layout_read_at: dict[str, float] = {}  # with revalidate: per cache token, see _layout_due
+        self.timeout = timeout  # seconds a read may wait for its chunks; None: as long as it takes
         self.memory = MemoryLRU(memory_bytes, on_evict=self._evicted)
         # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
@@ -81,47 +96,86 @@ class ChunkEngine:
         self._decoders = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
         self._background: set[Future] = set()  # blocks decoded ahead of a reader
         self._fill: dict[str, np.ndarray] = {}
+        self.health = FetchHealth()
 
     def get(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], np.ndarray]:
         """The given chunks of a level, each sliceable like a read-only array of the full
         chunk shape: a decoded array, or a BlockedChunk that decodes the blocks a slice needs."""
         if level.cache_token in self._stale:
             raise SourceChanged(f"the array {level.path or '.'} changed at the source: remount to read it")
+        if self._queue.closed:
+            raise ChunkReadError("the mount is stopping")
+        indices = list(dict.fromkeys(indices))
+        deadline = self._read_deadline()
+        recent = self.health.recent_timeout((level.cache_token, idx) for idx in indices)
+        if recent is not None:
+            raise ReadTimedOut(f"chunk {level.chunk_key(recent[0][1])} of {level.path or 'the image'}: {recent[1]}")
         with self._reading():
             result, mine, waiting = self._claim(level, indices)
             self.stats.add("memory_hits", len(result))
             self.stats.add("memory_misses", len(mine) + len(waiting))
             for idx, _ in waiting:
-                self._queue.promote((level.cache_token, idx), DEMAND)  # queued by readahead: now needed
+                # queued by readahead: now needed, and by this reader's deadline
+                self._queue.promote((level.cache_token, idx), DEMAND, deadline)
             if mine:
-                self._load(level, mine, DEMAND)
+                self._load(level, mine, DEMAND, deadline=deadline)
             dropped = []
             for idx, fut in mine + waiting:
                 try:
-                    result[idx] = fut.result()  # re-raises a failed fetch in every waiting reader
+                    # re-raises a failed fetch in every waiting reader
+                    result[idx] = fut.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 except Cancelled:
                     dropped.append(idx)  # a readahead dropped just before we promoted it
+                except FutureTimeout:
+                    why = (f"no answer from the source within {self.timeout:g} s" if self.timeout
+                           else "no answer from the source by the read's deadline")
+                    self._timed_out(level, idx, mine + waiting, why)
+                    raise ReadTimedOut(f"chunk {level.chunk_key(idx)} of {level.path or 'the image'}: {why}") from None
+                except Exception as exc:
+                    if isinstance(exc, SourceGaveUp) or (deadline is not None
+                                                         and time.monotonic() >= deadline - DEADLINE_SLACK_S):
+                        # its fetch ran out of time or tries, and so will the others
+                        self._timed_out(level, idx, mine + waiting, str(exc))
+                    raise
             if dropped:
                 result.update(self.get(level, dropped))
             return result
+
+    def _read_deadline(self) -> float | None:
+        """When the current read must be answered: set where it arrived, else from now."""
+        deadline = current_deadline()
+        if deadline is None and self.timeout is not None:
+            deadline = time.monotonic() + self.timeout
+        return deadline
+
+    def _timed_out(self, level, idx, pending, why: str) -> None:
+        """A read ran out of time on chunk `idx`: it, and what else it waited for, fail at once
+        for a moment."""
+        self.health.timed_out([(level.cache_token, i) for i, f in pending if i == idx or not f.done()], why)
+
+    @property
+    def readahead_paused(self) -> bool:
+        """Fetches keep failing: queue no readahead until one succeeds."""
+        return self.health.readahead_paused
 
     def prefetch(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]], urgent: bool = False,
                  cancelled: threading.Event | None = None) -> None:
         """Load chunks into the memory cache in the background. `urgent`: the rest of a plane
         a reader is in, ahead of readahead; `cancelled`: set it to drop what has not started."""
-        if level.cache_token in self._stale:
+        if level.cache_token in self._stale or (not urgent and self.readahead_paused):
             return
+        deadline = self._read_deadline() if urgent else None  # the plane of a read: that read's
         _, mine, waiting = self._claim(level, indices)
         if urgent:
             for idx, _ in waiting:
-                self._queue.promote((level.cache_token, idx), PLANE)
+                self._queue.promote((level.cache_token, idx), PLANE, deadline)
         if mine:
             self.stats.add("prefetched", len(mine))
-            self._load(level, mine, PLANE if urgent else AHEAD, None if urgent else cancelled)
+            self._load(level, mine, PLANE if urgent else AHEAD, None if urgent else cancelled, deadline)
 
     def stage(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]], cancelled: threading.Event | None = None) -> None:
         """Readahead to the local tiers only: fetch chunks that are neither there nor coming."""
-        if not self._local or level.cache_token in self._stale:
+        if not self._local or self.readahead_paused or level.cache_token in self._stale:
             return
         token = level.cache_token
         with self._lock:
@@ -198,10 +252,11 @@ class ChunkEngine:
         return len(sizes), sum(sizes)
 
     def _load(self, level, owned: list[tuple[tuple[int, ...], Future]], priority: int,
-              cancelled: threading.Event | None = None) -> None:
+              cancelled: threading.Event | None = None, deadline: float | None = None) -> None:
         """Settle each owned chunk's future as soon as that chunk is decoded: a reader waiting
         for the first chunk row does not wait for the whole batch, and each decoded chunk
-        enters the memory cache (evicting old ones) before the next is made."""
+        enters the memory cache (evicting old ones) before the next is made. Fetches end by
+        `deadline` (time.monotonic()) if given."""
         futures = dict(owned)
         try:
             keys = {idx: level.chunk_key(idx) for idx in futures}
@@ -213,13 +268,13 @@ class ChunkEngine:
                     for tier in self._local:
                         self.stats.add(f"{tier.name}_misses", len(remote))
                 self._fetch_each(level, remote, lambda idx, data: self._decoders.submit(
-                    self._settle, level, idx, futures[idx], lambda: data), priority, cancelled)
+                    self._settle, level, idx, futures[idx], lambda: data), priority, cancelled, deadline)
         except BaseException as exc:
             for idx, fut in futures.items():
                 self._settle(level, idx, fut, lambda: exc)
             return
         for idx in sorted(on_disk):
-            read = partial(self._disk_or_remote, level, idx, keys[idx])
+            read = partial(self._disk_or_remote, level, idx, keys[idx], deadline)
             if len(futures) == 1:
                 self._settle(level, idx, futures[idx], read)
             else:
@@ -256,7 +311,10 @@ class ChunkEngine:
                 self.stats.add("errors")
             with self._lock:
                 self._inflight.pop(key, None)
-            fut.set_exception(exc)
+            try:
+                fut.set_exception(exc)
+            except InvalidStateError:
+                pass  # failed by stop_fetching meanwhile
             return
         with self._lock:
             self.memory.put(key, arr)
@@ -264,7 +322,10 @@ class ChunkEngine:
                 self._loaded_at[key] = time.monotonic()
             self._inflight.pop(key, None)
         self._memory_changed(key)
-        fut.set_result(arr)
+        try:
+            fut.set_result(arr)
+        except InvalidStateError:
+            pass  # failed by stop_fetching meanwhile
 
     def _in_background(self, fn, *args) -> None:
         """Run fn(*args) on a decode thread; its failure is left to the read that needs it."""
@@ -283,7 +344,7 @@ class ChunkEngine:
         with self._lock:
             self._background.discard(fut)
 
-    def _disk_or_remote(self, level, idx, chunk_key: str):
+    def _disk_or_remote(self, level, idx, chunk_key: str, deadline: float | None = None):
         key = self._tier_key(level, chunk_key)
         for tier in self._local:
             entry = tier.get(key)
@@ -293,20 +354,21 @@ class ChunkEngine:
         # Evicted or damaged since it was seen on disk: fetch it after all.
         got = []
         done = threading.Event()
-        self._fetch_each(level, {idx: chunk_key}, lambda _, d: (got.append(d), done.set()), DEMAND)
+        self._fetch_each(level, {idx: chunk_key}, lambda _, d: (got.append(d), done.set()), DEMAND,
+                         deadline=deadline)
         done.wait()
         return got[0]
 
     def _fetch_each(self, level, keys: dict, deliver, priority: int,
-                    cancelled: threading.Event | None = None) -> None:
+                    cancelled: threading.Event | None = None, deadline: float | None = None) -> None:
         """Queue one fetch per chunk; each calls `deliver(idx, bytes | None | exception)` when
         its chunk arrives (a dropped readahead delivers Cancelled)."""
         for idx, key in keys.items():
             qkey = (level.cache_token, idx)
-            self._queue.promote(qkey, priority)  # staged earlier: run that fetch first, then ours
+            self._queue.promote(qkey, priority, deadline)  # staged earlier: run that fetch first, then ours
             fetch = partial(self._fetch_one, level, idx, key, deliver)
             self._queue.submit(qkey, priority, fetch,
-                               partial(deliver, idx, Cancelled()), cancelled)
+                               partial(deliver, idx, Cancelled()), cancelled, deadline)
 
     def _fetch_one(self, level, idx, key: str, deliver) -> None:
         """Each tier in turn is claimed (single-flight: see Tier.claim), then asked; a hit also
@@ -315,27 +377,30 @@ class ChunkEngine:
         that waited finds the bytes in the tier it waited for."""
         if not self.tiers:
             self.stats.add("chunks_fetched")
-            deliver(idx, self._fetch_source(level, key)[0])
+            data = self._fetch_source(level, key)[0]
+            self.health.fetched(data)
+            deliver(idx, data)
             return
         tkey = self._tier_key(level, key)
         held: list[tuple[Tier, object, tuple | None]] = []  # (tier, claim, its entry)
         previous = None  # the first entry found past its age (--revalidate)
         try:
             for tier in self.tiers:
-                claim = tier.claim(tkey)
+                held.append((tier, tier.claim(tkey), None))
                 entry = tier.get(tkey)  # written while we waited?
                 if entry is not None and self._fresh(entry[1]):
                     self.stats.add(f"{tier.name}_hits")
                     deliver(idx, entry[0])
-                    tier.release(claim)
+                    tier.release(held.pop()[1])
                     self._store(level, idx, tkey, entry[0], entry[1], held)
                     return
                 if entry is None and (self.revalidate or not tier.local):
                     self.stats.add(f"{tier.name}_misses")
-                held.append((tier, claim, entry))
+                held[-1] = (tier, held[-1][1], entry)
                 previous = previous or entry
             self.stats.add("chunks_fetched")
             data, meta = self._fetch_source(level, key, previous)
+            self.health.fetched(data)
         except BaseException as exc:
             for tier, claim, _ in held:
                 tier.release(claim)
@@ -477,10 +542,27 @@ class ChunkEngine:
                 return False
             time.sleep(0.005)  # chunks or blocks still being decoded
 
-    def flush_disk(self) -> None:
-        """Write what waits for the tiers now, and wait for it (unmount, prefetch, tests)."""
+    def flush_disk(self, timeout: float | None = None) -> bool:
+        """Write what waits for the tiers now, and wait for it (unmount, prefetch, tests),
+        at most `timeout` seconds (for all of them). False if some was left unwritten."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = True
         for tier in self.tiers:
-            tier.flush()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done = tier.flush(left) and done
+        return done
+
+    def stop_fetching(self) -> None:
+        """The mount is going away: drop every queued fetch, take no new ones, and fail the
+        reads still waiting (a fetch already out runs on until its own deadline)."""
+        self._queue.close()
+        with self._lock:
+            waiting = list(self._inflight.values())
+        for fut in waiting:
+            try:
+                fut.set_exception(ChunkReadError("the mount is stopping"))
+            except InvalidStateError:
+                pass  # settled meanwhile
 
     def _tier_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"

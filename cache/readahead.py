@@ -5,6 +5,8 @@ files read in name order). Forward steps extend a window of chunks ahead of the 
 bounded in bytes: the nearest are decoded into the memory cache, the ones after them are
 only fetched into the disk cache (no memory held). As the reader moves on, chunks move up
 from the disk tier. Any jump resets the window and drops the fetches that have not started.
+While the engine's fetches keep failing (`readahead_paused`), the window is dropped the same
+way and not extended; it grows again from the reader's plane once a fetch succeeds.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class Readahead:
             if last is not None and last - JITTER <= plane <= last:
                 return  # concurrent kernel reads finish out of order around the reader's plane
             self._last = plane
+            if self.engine.readahead_paused:
+                self._reset(plane)
+                return
             if last is None or plane != last + 1:
                 self._reset(plane)
                 if last is None or plane != 0:

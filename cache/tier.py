@@ -59,8 +59,9 @@ class Tier(Protocol):
     def backlog(self) -> int:
         """Bytes waiting to be written to this tier."""
 
-    def flush(self) -> None:
-        """Write what waits now, and wait for it (unmount, prefetch, tests)."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write what waits now, and wait for it at most `timeout` seconds (unmount, prefetch,
+        tests): whether everything was written."""
 
     def check(self) -> None:
         """At mount: log what an administrator should know of the tier (unreachable, misconfigured)."""

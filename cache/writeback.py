@@ -108,13 +108,14 @@ class WriteBehind:
             self._alone.discard(key)
             self.alone_bytes -= len(entry.data)
 
-    def flush(self) -> None:
-        """Write everything queued now, and wait for it."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything queued now, and wait for it (at most `timeout` seconds): whether
+        everything was written."""
         with self._cond:
             self._flushes += 1
             self._cond.notify_all()
             try:
-                self._cond.wait_for(lambda: not self._queue)
+                return self._cond.wait_for(lambda: not self._queue, timeout)
             finally:
                 self._flushes -= 1
 

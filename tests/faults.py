@@ -5,6 +5,7 @@
         fsspec.filesystem("http").cat_file(proxy.url + "/a.bin")   # may fail, retry
         proxy.fail_permanently("/a.bin", "reset")
         proxy.set_rates()                                          # no random faults now
+        proxy.blackhole(); ...; proxy.restore()                    # an outage: no answers
         print(proxy.counts)   # {"requests": .., "passed": .., "error": .., "reset": .., ...}
 
 Fault kinds (each with its own rate, drawn per request):
@@ -16,6 +17,9 @@ Fault kinds (each with its own rate, drawn per request):
             original Content-Range: a well-formed reply with bytes missing (only the
             client's length check can tell); other answers are truncated instead
   delay     sleep `delay` seconds (set it longer than the client's timeout), then answer
+
+Outage: between `blackhole()` and `restore()` the proxy accepts connections and reads
+requests, but never answers (on restore, the held connections are dropped).
 
 Decisions are deterministic: each is a hash of (seed, method, path, Range header, how
 many times this same request was seen before), so a run does not depend on thread timing.
@@ -69,6 +73,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _proxy(self):
         srv = self.server
+        if not srv._restored.is_set():
+            with srv._lock:
+                srv.counts["blackholed"] += 1
+            srv._restored.wait()
+            return self._reset()
         path = urllib.parse.unquote(self.path.split("?", 1)[0])
         kind, status = srv._decide(self.command, path, self.headers.get("Range"))
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if self.command in ("PUT", "POST") else None
@@ -161,6 +170,8 @@ class FaultyProxy(LoopbackHTTPServer):
         self._local = threading.local()
         self._seen: collections.Counter = collections.Counter()
         self._permanent: dict[str, str | int] = {}
+        self._restored = threading.Event()
+        self._restored.set()
         self.set_rates(error=error, reset=reset, truncate=truncate, short=short, delay=delay_rate)
         self.reset_counters()
         super().__init__(_ProxyHandler)
@@ -197,11 +208,23 @@ class FaultyProxy(LoopbackHTTPServer):
             else:
                 self._permanent.pop(path, None)
 
+    def blackhole(self) -> None:
+        """From now on, hold every request without an answer, as a remote that went silent."""
+        self._restored.clear()
+
+    def restore(self) -> None:
+        """End the outage: held requests are dropped, new ones are answered."""
+        self._restored.set()
+
+    def stop(self) -> None:
+        self.restore()  # let held handlers go
+        super().stop()
+
     # -- counters
 
     def reset_counters(self) -> None:
         with self._lock:
-            self.counts = dict.fromkeys(("requests", "passed", "permanent", *KINDS), 0)
+            self.counts = dict.fromkeys(("requests", "passed", "permanent", "blackholed", *KINDS), 0)
             self.bytes_sent = 0
             self.log: collections.deque = collections.deque(maxlen=100_000)  # (method, path, range, kind)
             self.faults_by_request: collections.Counter = collections.Counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from ngffmount.cache.fetchqueue import AHEAD, DEMAND, STAGE, FetchQueue
 
@@ -46,3 +47,28 @@ def test_burst_of_submits_runs_concurrently_up_to_the_bound():
         queue.submit(i, AHEAD, lambda: done.append(barrier.wait()), lambda: None)
     assert queue.wait_idle(20)
     assert len(done) == 8, "four tasks at a time met at the barrier, twice"
+
+
+def test_readers_never_wait_behind_readahead_that_holds_every_thread():
+    """Readahead stuck on a silent remote fills every thread it may; a reader's fetch (and a
+    readahead fetch a reader now waits for) still starts at once, on the threads kept for
+    readers. More readahead waits."""
+    queue, release = FetchQueue(4), threading.Event()
+    stuck = threading.Barrier(5, timeout=10)
+    for i in range(4):
+        queue.submit(("ahead", i), AHEAD, lambda: (stuck.wait(), release.wait(10)), lambda: None)
+    stuck.wait()  # four readahead fetches hold their threads
+    ran = []
+    queue.submit("more", STAGE, lambda: ran.append("more"), lambda: None)
+    queue.submit("promoted", AHEAD, lambda: ran.append("promoted"), lambda: None)
+    demand = threading.Event()
+    queue.submit("demand", DEMAND, demand.set, lambda: None)
+    assert demand.wait(5), "the reader's fetch started while readahead held every thread"
+    queue.promote("promoted", DEMAND)
+    deadline = time.monotonic() + 5
+    while "promoted" not in ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ran == ["promoted"], "promoted at once; more readahead still waits"
+    release.set()
+    assert queue.wait_idle(10)
+    assert ran == ["promoted", "more"]

@@ -13,9 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import VirtualReader, imagej_order, read_all, tiff_array, vfs_for
+from ngffmount.adapters import open_source
 from ngffmount.adapters.storage import TRANSFERS
 from ngffmount.cache.engine import ChunkEngine
+from ngffmount.vfs import view_registry
+from ngffmount.vfs.arrays import ArrayView
+from ngffmount.vfs.nodes import DirNode, static_file
 from ngffmount.vfs.tiff import CLASSIC_LIMIT
+from ngffmount.vfs.view import LEVEL, View
 from zarr_fixtures import pattern, write_ome_zarr, write_sparse_stack
 
 UM = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
@@ -61,6 +66,28 @@ def test_info_json(czyx_store):
     assert "s0.tif" in info["views"] and "s0/" in info["views"]
     assert {"s0/", "s0.tif", "s0.ome.tif", "s0.h5", "image.h5", "bdv.xml"} <= set(info["views"])
     assert info["missing_views"] == {}
+
+
+
+def test_a_registered_view_appears_in_the_tree_and_info_json(czyx_store, monkeypatch):
+    """A new view is a View plus one line in view_registry.VIEWS: the tree and info.json follow."""
+    path, _ = czyx_store
+    per_level = View(f"{LEVEL}.txt", lambda ctx: None if ctx.index == 0 else "only the first level",
+                     lambda ctx: static_file(f"{ctx.name}: {ctx.src.plane_count} planes".encode(), ctx.mtime),
+                     lambda node, ctx: {"size": node.size})
+    per_image = View("note/", lambda ctx: None, lambda ctx: DirNode(ctx.mtime),
+                     lambda node, ctx: {"levels": len(ctx.sources)})
+    views = view_registry.VIEWS
+    monkeypatch.setattr(view_registry, "VIEWS", [*views[:1], per_level, *views[1:], per_image])
+    fs = vfs_for(str(path))
+    names = fs.readdir("/")
+    assert names[:4] == ["info.json", "s0", "s0.txt", "s0.tif"] and "s1.txt" not in names
+    assert names[-2:] == ["preview.png", "note"]
+    assert read_all(fs, "/s0.txt") == b"s0: 6 planes"
+    info = json.loads(read_all(fs, "/info.json"))
+    assert list(info["views"])[:3] == ["s0/", "s0.txt", "s0.tif"]
+    assert info["views"]["s0.txt"] == {"size": 12} and info["views"]["note/"] == {"levels": 2}
+    assert info["missing_views"] == {"s1.txt": "only the first level"}
 
 
 def test_every_plane_matches_zarr(czyx_store):
@@ -335,3 +362,44 @@ def test_ome_tiff_is_bigtiff_over_4gib_and_leaves_out_int64(tmp_path):
         assert not tif.pages[5].asarray().any()
     info = json.loads(read_all(fs, "/info.json"))
     assert "OME-TIFF cannot hold dtype int64" in info["missing_views"]["s1.ome.tif"]
+
+
+@pytest.fixture(scope="module")
+def tczyx_level(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tczyx") / "img.zarr"
+    data = pattern((2, 3, 5, 9, 11), "uint16")
+    write_ome_zarr(path, data, "tczyx", levels=1, chunks=(1, 2, 2, 4, 4))
+    return open_source(str(path)).levels[0], data
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_array_views_read_any_byte_range_into_the_callers_buffer(tczyx_level, data):
+    """Planes (y, x with t, c, z fixed), crops and reordered N-D views share one byte-range
+    reader: any range, with or without `out=`, is numpy's C-order bytes of the same view."""
+    level, ref = tczyx_level
+    ndim = 5
+    order = data.draw(st.permutations(range(ndim)))
+    kept = sorted(data.draw(st.sets(st.sampled_from(order), min_size=1)), key=order.index)
+    fixed = {a: data.draw(st.integers(0, ref.shape[a] - 1)) for a in range(ndim) if a not in kept}
+    box = []
+    for a in kept:
+        lo = data.draw(st.integers(0, ref.shape[a] - 1))
+        box.append((lo, data.draw(st.integers(lo + 1, ref.shape[a]))))
+    axes = list(kept)
+    if data.draw(st.booleans()):
+        axes.insert(data.draw(st.integers(0, len(axes))), None)  # a singleton axis
+        box.insert(axes.index(None), None)
+    dtype = data.draw(st.sampled_from(["<u2", ">u2"]))
+    view = ArrayView(ChunkEngine(), level, axes, fixed, np.dtype(dtype), box)
+    index = tuple(fixed.get(a, slice(None)) for a in range(ndim))
+    sub = ref[index]  # the kept axes in level order
+    sub = sub[tuple(slice(*box[axes.index(a)]) for a in sorted(kept))]
+    expected = np.ascontiguousarray(sub.transpose([sorted(kept).index(a) for a in kept])).astype(dtype).tobytes()
+    assert view.nbytes == len(expected)
+    start = data.draw(st.integers(0, len(expected)))
+    stop = data.draw(st.integers(start, len(expected)))
+    assert bytes(view.read(start, stop)) == expected[start:stop]
+    out = memoryview(bytearray(stop - start))
+    assert view.read(start, stop, out) is None
+    assert bytes(out) == expected[start:stop]

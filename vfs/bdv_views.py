@@ -7,14 +7,17 @@ uint16 is stored as int16 with the same bits, as BDV reads it; other types carry
 
 from __future__ import annotations
 
+from functools import partial
 from xml.sax.saxutils import escape
 
 import numpy as np
 
 from .arrays import ArrayView
 from .hdf5 import Dataset, hdf5_file
+from .nodes import LazyFile, static_file
 from .ome_xml import OME_LENGTH_UNIT
 from .planes import axis_positions
+from .view import View
 from .virtualfile import VirtualFile
 
 BDV_TYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
@@ -98,3 +101,14 @@ def bdv_xml(image, h5_name: str = "bdv.h5") -> bytes:
         f"</SequenceDescription><ViewRegistrations>{registrations}</ViewRegistrations></SpimData>\n"
     )
     return xml.encode("utf-8")
+
+
+# -- the views ----------------------------------------------------------------------------
+BDV_XML = View(
+    "bdv.xml", lambda ctx: unsupported_reason(ctx.image),
+    lambda ctx: static_file(bdv_xml(ctx.image), ctx.mtime),
+    lambda node, ctx: {"loader": "bdv.hdf5", "h5": "bdv.h5"})
+BDV_H5 = View(
+    "bdv.h5", lambda ctx: unsupported_reason(ctx.image),
+    lambda ctx: LazyFile(partial(bdv_h5, ctx.image, ctx.engine), ctx.mtime),
+    lambda node, ctx: {"volumes": "tTTTTT/sSS/L/cells"})

@@ -15,6 +15,7 @@ from typing import Iterable
 from .nodes import DirNode, FileNode, Node, static_file
 from .planes import PlaneSource
 from .tiff_views import IMAGEJ_DTYPES, TiffLayout, unsupported_reason
+from .view import View
 
 AXIS_ORDER = "tczyx"
 _RANGE = re.compile(r"([tczyx])([0-9]{1,12})-([0-9]{1,12})")  # ASCII digits only
@@ -130,3 +131,7 @@ class CropDir(DirNode):
 
     def child(self, name: str) -> Node | None:
         return self.entries.get(name) or self.levels.get(name)
+
+
+CROPS = View("crop/", lambda ctx: crop_reason(ctx.image), lambda ctx: CropDir(ctx.image, ctx.engine),
+             lambda node, ctx: {"levels": list(node.levels), "readme": "README.txt", "example": example_crop(ctx.image)})

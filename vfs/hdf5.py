@@ -124,7 +124,7 @@ def hdf5_file(datasets: list[Dataset], group_attrs: dict[str, dict[str, Any]] | 
         segments += [StaticSegment(a, data[a - offset:b - offset]) for a, b in _minus(offset, end, holes)]
     for offset, view in spans:
         if view.nbytes:
-            segments.append(PixelSegment(offset, 1, view.nbytes, lambda _i, a, b, _out=None, v=view: v.read(a, b)))
+            segments.append(PixelSegment(offset, 1, view.nbytes, lambda _i, a, b, out=None, v=view: v.read(a, b, out)))
     return VirtualFile(size, segments)
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 
 from .arrays import ArrayView
 from .hdf5 import Dataset, hdf5_file
+from .nodes import LazyFile
 from .planes import LENGTH_IN_METERS, axis_positions, tiff_dtype
+from .view import LEVEL, View
 from .virtualfile import VirtualFile
 
 
@@ -76,3 +79,14 @@ def image_h5(image, engine) -> VirtualFile:
     }]
     datasets = [level_dataset(f"s{i}", lv, engine) for i, lv in enumerate(levels)]
     return hdf5_file(datasets, {"/": {"multiscales": json.dumps(multiscales), "source": image.source_url}})
+
+
+# -- the views ----------------------------------------------------------------------------
+LEVEL_H5 = View(
+    f"{LEVEL}.h5", lambda ctx: unsupported_reason(ctx.level),
+    lambda ctx: LazyFile(partial(level_h5, ctx.level, ctx.engine), ctx.mtime),
+    lambda node, ctx: {"dataset": "/data"})
+IMAGE_H5 = View(
+    "image.h5", lambda ctx: next(filter(None, (unsupported_reason(lv) for lv in ctx.image.levels)), None),
+    lambda ctx: LazyFile(partial(image_h5, ctx.image, ctx.engine), ctx.mtime),
+    lambda node, ctx: {"datasets": [f"/s{i}" for i in range(len(ctx.image.levels))]})

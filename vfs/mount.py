@@ -14,9 +14,12 @@ import logging
 import os
 import select
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -31,6 +34,9 @@ from .metadata_watch import watch_metadata
 from .libfuse import fuse_class, load_mfusepy, raise_readahead
 
 log = logging.getLogger("ngffmount")
+
+STOP_FLUSH_S = 5.0  # on a stop, fetched chunks still waiting for the disk cache get this long
+STOP_GRACE_S = 2.0  # and reads under way this long before they fail (the remote may be silent)
 
 
 class MountError(NgffMountError):
@@ -107,7 +113,7 @@ def build_engine(config: MountConfig) -> ChunkEngine:
         except CacheUnavailable as exc:
             log.warning("%s: serving without a disk cache until the next mount", exc)
     return ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency,
-                       revalidate=config.revalidate)
+                       revalidate=config.revalidate, timeout=config.timeout)
 
 
 def stats_renderer(engine: ChunkEngine, source_url: str):
@@ -124,6 +130,7 @@ def stats_renderer(engine: ChunkEngine, source_url: str):
             "disk_write_backlog_bytes": engine.disk_backlog,
             "memory_cache_bytes": engine.memory.nbytes,
             "memory_cache_chunks": len(engine.memory),
+            "readahead_paused": engine.readahead_paused,
         }
         return (json.dumps(doc, indent=2) + "\n").encode()
 
@@ -177,9 +184,43 @@ def serve(config: MountConfig, on_ready) -> None:
     if config.allow_other:
         options["allow_other"] = True
     log.info("serving %s at %s", url, mountpoint)
-    FUSE(ops, mountpoint, raw_fi=True, **options)
-    engine.flush_disk()  # fetched chunks still waiting for the disk cache
+    # After a stop signal, libfuse's loop waits for the requests under way before it unmounts.
+    grace = threading.Timer(STOP_GRACE_S, engine.stop_fetching)
+    grace.daemon = True
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGHUP:
+            reopen_log(config.log_file)
+        else:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            grace.start()
+
+    FUSE(ops, mountpoint, raw_fi=True, read_timeout=config.timeout, on_signal=on_signal, **options)
+    grace.cancel()
+    engine.stop_fetching()
+    # Fetched chunks still waiting for the disk cache: written now, within a bound.
+    if not engine.flush_disk(STOP_FLUSH_S):
+        log.warning("stopped before every fetched chunk reached the disk cache (%.0f s)", STOP_FLUSH_S)
     log.info("unmounted %s", mountpoint)
+
+
+def reopen_log(log_file: str | None) -> None:
+    """SIGHUP (logrotate): point stdout and stderr at a fresh file at the log's path, when
+    they write to a file there (the detached daemon); elsewhere (a service's journal) leave them."""
+    try:
+        if not log_file or not stat.S_ISREG(os.fstat(2).st_mode):
+            log.info("SIGHUP: the log goes to stderr, not to a file: nothing to reopen")
+            return
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        log.error("SIGHUP: cannot reopen the log %s: %s", log_file, exc.strerror or exc)
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    log.info("SIGHUP: log reopened")
 
 
 def _when_mounted(mountpoint: str, on_ready) -> None:
@@ -216,7 +257,7 @@ def mount_background(config: MountConfig, wait_seconds: float = 300.0) -> str:
     """Start the serving child and wait until the mount answers. Returns the log file path."""
     config.mountpoint = check_mountpoint(config.mountpoint)
     check_fuse()
-    config.log_file = config.log_file or default_log_file(config.mountpoint)
+    config.log_file = os.path.abspath(config.log_file or default_log_file(config.mountpoint))
     os.makedirs(os.path.dirname(config.log_file), exist_ok=True)
     read_fd, write_fd = os.pipe()
     with open(config.log_file, "ab") as logf:

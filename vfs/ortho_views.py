@@ -11,6 +11,7 @@ from __future__ import annotations
 from .nodes import PlaneDir
 from .planes import PlaneSource
 from .tiff_views import TiffLayout, unsupported_reason
+from .view import LEVEL, View
 
 # View name -> (level axis for the rows, the columns and the files).
 ORTHO_VIEWS = {"xz": ("z", "x", "y"), "yz": ("z", "y", "x")}
@@ -30,3 +31,13 @@ def ortho_reason(level, engine) -> str | None:
 
 def ortho_dir(level, engine, kind: str, mtime: float) -> PlaneDir:
     return PlaneDir(TiffLayout(ortho_source(level, engine, kind)), mtime, letter=ORTHO_VIEWS[kind][2])
+
+
+def _ortho_view(kind: str) -> View:
+    return View(f"{LEVEL}.{kind}/", lambda ctx: ortho_reason(ctx.level, ctx.engine),
+                lambda ctx: ortho_dir(ctx.level, ctx.engine, kind, ctx.mtime),
+                lambda node, ctx: {"files": node.layout.src.plane_count, "file_size": node.file_size,
+                                   "width": node.layout.src.width, "height": node.layout.src.height})
+
+
+XZ_PLANES, YZ_PLANES = _ortho_view("xz"), _ortho_view("yz")

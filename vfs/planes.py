@@ -11,7 +11,7 @@ import numpy as np
 
 from ..adapters.units import IMAGEJ_LENGTH_UNIT, IMAGEJ_TIME_UNIT, LENGTH_IN_METERS
 from ..cache.readahead import Readahead
-from ..cache.region import byte_view, chunks_touching, read_region
+from .arrays import ArrayView
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ class PlaneSource:
         self.row_bytes = self.width * self.dtype.itemsize
         self.plane_bytes = self.height * self.row_bytes
         self.plane_count = self.nt * self.nc * self.nz
-        # Rows of the level's own dtype and axis order are the file's bytes as they are.
-        self._in_place = level.dtype == self.dtype and self.pos["y"] < self.pos["x"]
+        self._yx = [self.pos["y"], self.pos["x"]]
+        self._yx_box = [(self.start[k], self.start[k] + self.sizes[k]) for k in ("y", "x")]
+        self._last_plane: tuple[tuple[int, int, int] | None, ArrayView | None] = (None, None)
 
     def has_axis(self, name: str) -> bool:
         return self.pos[name] is not None
@@ -80,17 +81,18 @@ class PlaneSource:
         """Plane i in (t, c, z) order, the order of the plane files' names."""
         return i // (self.nc * self.nz), (i // self.nz) % self.nc, i % self.nz
 
-    def _box(self, t: int, c: int, z: int, y: tuple[int, int], x: tuple[int, int]):
-        lo = [0] * len(self.level.shape)
-        hi = [1] * len(self.level.shape)
-        for name, (a, b) in (("t", (t, t + 1)), ("c", (c, c + 1)), ("z", (z, z + 1)), ("y", y), ("x", x)):
-            p = self.pos[name]
-            if p is not None:
-                lo[p], hi[p] = self.start[name] + a, self.start[name] + b
-        return lo, hi
+    def plane(self, t: int, c: int, z: int) -> ArrayView:
+        """Plane (t, c, z): the array view of y and x with t, c and z fixed, in the file dtype."""
+        key, view = self._last_plane
+        if key == (t, c, z):
+            return view  # reads go through a plane's bytes in order: make its view once
+        fixed = {self.pos[k]: self.start[k] + i for k, i in (("t", t), ("c", c), ("z", z)) if self.pos[k] is not None}
+        view = ArrayView(self.engine, self.level, self._yx, fixed, self.dtype, self._yx_box)
+        self._last_plane = (t, c, z), view
+        return view
 
     def chunks_of(self, t: int, c: int, z: int) -> list[tuple[int, ...]]:
-        return chunks_touching(self.level, *self._box(t, c, z, (0, self.height), (0, self.width)))
+        return self.plane(t, c, z).chunks()
 
     def readahead(self, plane_order) -> Readahead:
         """A readahead over the planes in `plane_order` (self.czt for stacks, self.tcz for folders)."""
@@ -98,34 +100,12 @@ class PlaneSource:
 
     def read(self, t: int, c: int, z: int, start: int, stop: int, out: memoryview | None = None):
         """Bytes [start, stop) of plane (t, c, z) in C order, little-endian; with `out`, written
-        there (assembled in place when they are whole elements of rows of the level's dtype)."""
-        item = self.dtype.itemsize
-        e0, e1 = start // item, -(-stop // item)
-        r0, r1 = e0 // self.width, (e1 - 1) // self.width
-        if r0 == r1:
-            x0, x1 = e0 % self.width, (e1 - 1) % self.width + 1
-        else:
-            x0, x1 = 0, self.width
-        skip = start - (r0 * self.width + x0) * item
-        y, x = (r0, r1 + 1), (x0, x1)
-        if out is not None and self._in_place and skip == 0 and stop - start == (y[1] - y[0]) * (x1 - x0) * item:
-            box = self._box(t, c, z, y, x)
-            read_region(self.engine, self.level, *box,
-                        out=np.frombuffer(out, self.dtype).reshape([b - a for a, b in zip(*box)]))
-            return None
-        data = byte_view(self.region(t, c, z, y, x))[skip:skip + (stop - start)]
-        if out is None:
-            return data
-        out[:] = data
-        return None
+        there (assembled in place when they are whole elements of the level's dtype)."""
+        return self.plane(t, c, z).read(start, stop, out)
 
     def region(self, t: int, c: int, z: int, y: tuple[int, int], x: tuple[int, int]) -> np.ndarray:
         """Rows y[0]:y[1], columns x[0]:x[1] of plane (t, c, z), as (y, x) in the file dtype."""
-        region = read_region(self.engine, self.level, *self._box(t, c, z, y, x))
-        yx = region.reshape([n for i, n in enumerate(region.shape) if i in (self.pos["y"], self.pos["x"])])
-        if self.pos["y"] > self.pos["x"]:
-            yx = yx.T
-        return yx.astype(self.dtype, copy=False)
+        return self.plane(t, c, z).region((y[0], x[0]), (y[1], x[1]))
 
     def calibration(self) -> Calibration:
         level = self.level

@@ -15,6 +15,7 @@ import numpy as np
 
 from .nodes import FileNode
 from .planes import PlaneSource
+from .view import View
 from .virtualfile import Buffer, Segment, VirtualFile
 
 PREVIEW_SIZE = 1024
@@ -169,3 +170,7 @@ class PreviewFile(FileNode):
         make = lambda: png_bytes(render(image, index, engine))  # noqa: E731
         super().__init__(VirtualFile(size, [RenderedSegment(size, make)]), image.mtime)
         self.about = {"size": size, "level": f"s{index}", "width": width, "height": height}
+
+
+PREVIEW = View("preview.png", lambda ctx: unsupported_reason(ctx.image), lambda ctx: PreviewFile(ctx.image, ctx.engine),
+               lambda node, ctx: node.about)

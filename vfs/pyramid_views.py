@@ -22,6 +22,9 @@ from .planes import PlaneSource
 from .tiff import (ASCII, CLASSIC_LIMIT, IFD, IFD8, LONG, NEW_SUBFILE_TYPE, PLANAR_CONFIGURATION, SHORT, SOFTWARE,
                    SUB_IFDS, SUBFILE_TYPE, Tag, TiffFormat, image_tags)
 from .tiff_views import _align, chunk_tiles, ome_resolution, read_tiles, unsupported_reason as tiff_unsupported_reason
+from .nodes import FileNode
+from .ome_xml import ome_xml
+from .view import View
 from .virtualfile import PixelSegment, RecordSegment, StaticSegment, TableSegment, VirtualFile
 
 SOFTWARE_NAME = b"ngffmount\0"
@@ -133,3 +136,9 @@ class _Layout:
             at = self.sub_at(lv, plane)
             nxt = self.sub_at(lv + 1, plane) if lv + 1 < len(self.levels) else 0
         return self.fmt.ifd(self.tags(lv, plane), at, nxt)
+
+
+PYRAMID_OME_TIFF = View(
+    "image.ome.tif", lambda ctx: unsupported_reason(ctx.sources),
+    lambda ctx: FileNode(pyramid_file(ctx.sources, ome_xml(ctx.image, ctx.sources[0], "")), ctx.mtime),
+    lambda node, ctx: {"size": node.size, "levels": len(ctx.sources), "planes": ctx.sources[0].plane_count})

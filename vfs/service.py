@@ -27,7 +27,11 @@ CacheDirectory=ngffmount
 CacheDirectoryMode=0700
 ExecStart={command} mount -f ${{SOURCE}} ${{MOUNTPOINT}} --cache-dir ${{CACHE_DIRECTORY}} $OPTIONS
 ExecStop=-{command} unmount --lazy ${{MOUNTPOINT}}
+# A stop (SIGTERM, SIGINT, an unmount) exits 0 after writing pending chunks to the cache, and
+# is not restarted; a failure (exit 1, a crash) is. Exit 2 is a usage error in OPTIONS: a
+# restart cannot fix it. SIGHUP reopens a log file and keeps the mount.
 Restart=on-failure
+RestartPreventExitStatus=2
 RestartSec=5
 TimeoutStartSec=120
 

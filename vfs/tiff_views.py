@@ -13,9 +13,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cache.region import byte_view
-from .ome_xml import OME_PIXEL_TYPE
+from .nodes import FileNode, PlaneDir
+from .ome_xml import OME_PIXEL_TYPE, ome_xml
 from .planes import LENGTH_IN_METERS, Calibration, PlaneSource
 from .tiff import CLASSIC_LIMIT, TiffFormat, TilePlan, image_tags, plan_strips, plan_tiles
+from .view import LEVEL, View
 from .virtualfile import PixelSegment, RecordSegment, Segment, StaticSegment, TableSegment, VirtualFile
 
 PIXEL_ALIGN = 16
@@ -328,3 +330,18 @@ def read_tiles(src: PlaneSource, plan: TilePlan, t: int, c: int, z: int, start: 
         buf[pos - start:pos - start + end - rel] = byte_view(block)[skip:skip + end - rel]
         pos += end - rel
     return None if out is not None else bytes(buf)
+
+
+# -- the views ----------------------------------------------------------------------------
+PLANE_FILES = View(
+    f"{LEVEL}/", lambda ctx: unsupported_reason(ctx.src, "tiff"),
+    lambda ctx: PlaneDir(ctx.layout, ctx.mtime),
+    lambda node, ctx: {"files": ctx.src.plane_count, "file_size": node.file_size})
+IMAGEJ_STACK = View(
+    f"{LEVEL}.tif", lambda ctx: unsupported_reason(ctx.src, "imagej"),
+    lambda ctx: FileNode(ctx.layout.stack_file(), ctx.mtime),
+    lambda node, ctx: {"size": node.size, "planes": ctx.src.plane_count})
+LEVEL_OME_TIFF = View(
+    f"{LEVEL}.ome.tif", lambda ctx: unsupported_reason(ctx.src, "ome"),
+    lambda ctx: FileNode(ctx.layout.ome_file(ome_xml(ctx.image, ctx.src, ctx.name)), ctx.mtime),
+    lambda node, ctx: {"size": node.size, "planes": ctx.src.plane_count})
