@@ -11,6 +11,7 @@ import sys
 from ..adapters import NgffMountError, normalize_url, redact, storage_options_for
 from ..cache.disk import DEFAULT_SIZE, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY
+from ..cache.redis_tier import DEFAULT_PREFIX
 
 log = logging.getLogger("ngffmount")
 
@@ -69,8 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     cache_opts = argparse.ArgumentParser(add_help=False)
     cache_opts.add_argument("--cache-dir", default=default_cache_dir(), help="persistent chunk cache (default: %(default)s)")
     cache_opts.add_argument("--cache-size", type=parse_size, default=DEFAULT_SIZE, help="disk cache bound (default 10G)")
+    shared_opts = argparse.ArgumentParser(add_help=False)
+    shared_opts.add_argument("--shared-cache", metavar="URL",
+                             help="a chunk tier shared by a cluster, below the disk cache: redis://[user@]host:port/db, "
+                                  "rediss://... (TLS), redis+cluster://host:port[,host:port...]")
+    shared_opts.add_argument("--shared-cache-password-file", metavar="FILE",
+                             help="the shared cache's password: the first line of FILE (mode 0600)")
+    shared_opts.add_argument("--shared-cache-prefix", default=DEFAULT_PREFIX,
+                             help="namespace of the shared cache's keys (default %(default)s)")
 
-    m = sub.add_parser("mount", parents=[source_opts, cache_opts],
+    m = sub.add_parser("mount", parents=[source_opts, cache_opts, shared_opts],
                        help="mount SOURCE (path, file://, http(s)://, s3://, ...) at MOUNTPOINT")
     m.add_argument("source")
     m.add_argument("mountpoint")
@@ -92,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("info", parents=[cache_opts], help="where the cache is and how full")
     cc = csub.add_parser("clear", parents=[cache_opts], help="remove every cached chunk, or one source's")
     cc.add_argument("source", nargs="?", help="only the chunks fetched through this source URL (and sources under it)")
-    pf = csub.add_parser("prefetch", parents=[source_opts, cache_opts], help="fetch chunks into the cache ahead of use")
+    pf = csub.add_parser("prefetch", parents=[source_opts, cache_opts, shared_opts],
+                         help="fetch chunks into the cache ahead of use (with --shared-cache: into the shared cache)")
     pf.add_argument("source")
     pf.add_argument("--level", help="only this level (s0, s1, ...); default: all")
     pf.add_argument("--region", help="z0:z1,y0:y1,x0:x1 (or one start:stop per axis); default: everything")
@@ -151,6 +161,9 @@ def config_from_args(args):
         log_file=args.log_file,
         debug=args.debug,
         revalidate=args.revalidate,
+        shared_cache=args.shared_cache,
+        shared_cache_password_file=args.shared_cache_password_file,
+        shared_cache_prefix=args.shared_cache_prefix,
     )
 
 
@@ -204,6 +217,19 @@ def source_options(args) -> dict:
                                retries=args.retries)
 
 
+def shared_tier(args):
+    """`cache prefetch --shared-cache URL`: the shared tier to warm, or None."""
+    if not args.shared_cache:
+        return None
+    from ..cache.redis_tier import RedisTier, read_password
+
+    try:
+        tier = RedisTier(args.shared_cache, read_password(args.shared_cache_password_file), args.shared_cache_prefix)
+    except ValueError as exc:
+        raise NgffMountError(str(exc)) from None
+    return tier
+
+
 def cmd_stats(args) -> int:
     from .cache_commands import stats_table
 
@@ -220,7 +246,7 @@ def cmd_cache(args) -> int:
         print(cache_commands.cache_clear(args.cache_dir, args.source))
     else:
         print(cache_commands.prefetch(args.source, source_options(args), args.concurrency, args.cache_dir,
-                                      args.cache_size, args.level, args.region))
+                                      args.cache_size, args.level, args.region, shared_tier(args)))
     return 0
 
 

@@ -29,6 +29,7 @@ from ..adapters.storage import TRANSFERS
 from ..adapters.zarr_codecs import warm_up_codecs
 from ..cache.disk import DEFAULT_SIZE, CacheUnavailable, DiskCache, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY, ChunkEngine
+from ..cache.redis_tier import DEFAULT_PREFIX, RedisTier, read_password
 from .heap import keep_freed_memory
 from .metadata_watch import watch_metadata
 from .libfuse import fuse_class, load_mfusepy, raise_readahead
@@ -61,6 +62,9 @@ class MountConfig:
     log_file: str | None = None
     debug: bool = False
     revalidate: float | None = None  # seconds; None: chunks are immutable while the metadata is unchanged
+    shared_cache: str | None = None  # redis://, rediss://, redis+cluster:// URL of a tier shared by a cluster
+    shared_cache_password_file: str | None = None
+    shared_cache_prefix: str = DEFAULT_PREFIX
 
 
 # -- checks -----------------------------------------------------------------------------
@@ -112,8 +116,25 @@ def build_engine(config: MountConfig) -> ChunkEngine:
             disk = DiskCache(config.cache_dir, config.cache_size, source=normalize_url(config.source))
         except CacheUnavailable as exc:
             log.warning("%s: serving without a disk cache until the next mount", exc)
-    return ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency,
-                       revalidate=config.revalidate, timeout=config.timeout)
+    tiers = lower_tiers(config)
+    engine = ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency,
+                         revalidate=config.revalidate, timeout=config.timeout, tiers=tiers)
+    for tier in tiers:
+        tier.check()
+    return engine
+
+
+def lower_tiers(config: MountConfig) -> list:
+    """The cache tiers below the disk cache (cache/tier.py), in the order they are asked:
+    each is built here from its own option."""
+    tiers = []
+    if config.shared_cache:
+        try:
+            tiers.append(RedisTier(config.shared_cache, read_password(config.shared_cache_password_file),
+                                   config.shared_cache_prefix))
+        except ValueError as exc:
+            raise NgffMountError(str(exc)) from None
+    return tiers
 
 
 def stats_renderer(engine: ChunkEngine, source_url: str):

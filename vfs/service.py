@@ -45,7 +45,7 @@ MOUNT_ONLY = {"ro", "rw", "defaults", "auto", "noauto", "user", "nouser", "users
               "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync", "atime", "noatime", "relatime"}
 FLAG_OPTIONS = {"anon": "--anon", "allow_other": "--allow-other", "no_disk_cache": "--no-disk-cache", "debug": "--debug"}
 VALUE_OPTIONS = {"endpoint_url", "cache_dir", "cache_size", "memory_cache", "concurrency", "timeout", "retries",
-                 "log_file", "revalidate"}
+                 "log_file", "revalidate", "shared_cache", "shared_cache_password_file", "shared_cache_prefix"}
 
 
 def ngffmount_command() -> str:
