@@ -43,6 +43,7 @@ POLL_S = (0.005, 0.05)  # waiting for a holder's bytes: first and longest pause
 BACKOFF_S = (0.5, 30.0)  # unreachable: first and longest pause before trying again
 WRITE_BACKLOG_BYTES = 256 << 20
 _FAILED = object()  # what _call answers when the server could not be asked
+_DAMAGED = object()  # what _read answers for an entry whose checksum fails
 
 # Delete a lock only if it is still ours (it may have expired and been taken by another node).
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -275,7 +276,7 @@ class RedisTier:
             self.stats.add("shared_corrupt")
             self._trouble.report("corrupt", "shared cache %s: a damaged entry (%s): fetched again",
                                  self.url.redacted, key)
-            return None
+            return _DAMAGED
         self.stats.add("shared_bytes_read", len(entry[0]))
         return entry
 
@@ -284,7 +285,8 @@ class RedisTier:
         self._found.entry = None
         if found is not None and found[0] == key:
             return found[1]  # what claim read, just before
-        return self._read(key)
+        entry = self._read(key)
+        return None if entry is _DAMAGED else entry
 
     def claim(self, key: str):
         """The entry is read first (one round trip for a hit; the `get` that follows takes
@@ -292,14 +294,18 @@ class RedisTier:
         bytes are there (`get` reads them), the lock expires (then taken), or LOCK_MS passed.
         None: nothing held."""
         entry = self._read(key)
-        self._found.entry = (key, entry)
-        if entry is not None:
+        damaged = entry is _DAMAGED
+        self._found.entry = (key, None if damaged else entry)
+        if entry is not None and not damaged:
             return None
         lock, token = self._lock_key(key), os.urandom(8).hex()
         got = self._call(lambda c: c.set(lock, token, nx=True, px=self.lock_ms), _FAILED)
         if got is _FAILED:
             return None  # unreachable: the source it is
         if got:
+            if not damaged:
+                # A holder may have written and let go between our read and our lock: `get` reads again.
+                self._found.entry = None
             return lock, token
         self.stats.add("shared_lock_waits")
         self._found.entry = None
