@@ -196,7 +196,7 @@ class RedisTier:
             from redis.cluster import ClusterNode, RedisCluster
 
             return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.url.nodes],
-                                cluster_error_retry_attempts=1, **options)
+                                **options)
         host, port = self.url.nodes[0]
         return redis.Redis(host=host, port=port, db=self.url.db, **options)
 
