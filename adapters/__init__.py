@@ -1,4 +1,4 @@
-"""Source adapters: each turns a URL into a tree of images (interfaces 1 and 2 of ARCHITECTURE.md).
+"""Source adapters: each turns a URL into a tree of images (docs/architecture.md, "The interfaces").
 
 Which formats there are, and in which order they are tried: adapters/registry.py.
 """

@@ -1,4 +1,4 @@
-"""The adapter interfaces: Level, Image and Group (see ARCHITECTURE.md, interfaces 1 and 2)."""
+"""The adapter interfaces: Level, Image and Group (docs/architecture.md, "The interfaces")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The BigDataViewer dataset XML (SpimData 0.2): setups, timepoints, registrations and the
-image loader (FORMATS.md, BigDataViewer; spimdata XmlKeys, XmlIoTimePoints, XmlHelpers)."""
+image loader (docs/formats.md, BigDataViewer; spimdata XmlKeys, XmlIoTimePoints, XmlHelpers)."""
 
 from __future__ import annotations
 

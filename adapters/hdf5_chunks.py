@@ -9,9 +9,11 @@ downloaded and chunk bytes can go through the shared chunk cache.
 
 from __future__ import annotations
 
+import atexit
 import io
 import struct
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -98,6 +100,20 @@ class DatasetLayout:
         return {"shape": self.shape, "chunks": self.chunks, "dtype": self.dtype.str, "filters": self.filters}
 
 
+# h5py files opened on Python file objects, closed before the interpreter goes: HDF5's own
+# exit handler would close them after it, calling back into Python (a crash at exit).
+_open_on_file_objects: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_files() -> None:
+    for h5 in list(_open_on_file_objects):
+        try:
+            h5.close()
+        except Exception:
+            pass
+
+
 class Hdf5File:
     """One HDF5 file of a source, opened by h5py over range reads. h5py is not thread-safe
     for one file: every metadata access holds the lock."""
@@ -113,6 +129,7 @@ class Hdf5File:
         self._file = RangeFile(store, key, size)
         try:
             self._h5 = h5py.File(self._file, "r")
+            _open_on_file_objects.add(self._h5)
         except OSError as exc:
             raise BadMetadata(f"{where}: not a readable HDF5 file ({exc})") from None
         self._indexes: dict[str, dict[tuple[int, ...], tuple[int, int, int]]] = {}
@@ -182,6 +199,7 @@ class LibraryDecoder:
     def __init__(self, layout: DatasetLayout):
         self._lock = threading.Lock()
         self._file = h5py.File(io.BytesIO(), "w")
+        _open_on_file_objects.add(self._file)
         space = h5py.h5s.create_simple(layout.chunks)
         dsid = h5py.h5d.create(self._file.id, b"chunk", h5py.h5t.py_create(layout.dtype), space, dcpl=layout.dcpl.copy())
         self._ds = h5py.Dataset(dsid)

@@ -1,4 +1,4 @@
-"""N5 (spec 4.0): datasets, block codecs and the multiscale conventions (FORMATS.md, N5).
+"""N5 (spec 4.0): datasets, block codecs and the multiscale conventions (docs/formats.md, N5).
 
 N5 lists dimensions fastest-first; numpy order is the reverse, and block i/j/k lives at
 <dataset>/i/j/k in N5 order. Blocks carry a big-endian header; edge blocks may be short.

@@ -1,5 +1,6 @@
 """What the cache needs from a level of a pyramid: adapters implement it (adapters/base.Level),
-the engine and read_region name it. cache/ imports nothing from adapters/ or vfs/."""
+the engine and read_region name it. The protocol keeps cache/ from depending on adapters/'
+classes (it takes only their error types, the read deadline and fetch versions)."""
 
 from __future__ import annotations
 

@@ -308,8 +308,8 @@ class _BdvHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if body and payload:
+            self.server._count_bytes(len(payload))  # before the client can see them: no race
             self.wfile.write(payload)
-            self.server._count_bytes(len(payload))
 
     def _serve(self, body: bool):
         srv = self.server

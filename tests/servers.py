@@ -72,8 +72,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if body and payload:
+            self.server._count_bytes(len(payload))  # before the client can see them: no race
             self.wfile.write(payload)
-            self.server._count_bytes(len(payload))
 
     def _error(self, status: int, body: bool):
         self._reply(status, {"Content-Type": "text/plain"}, HTTPStatus(status).phrase.encode(), body)

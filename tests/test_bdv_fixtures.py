@@ -1,5 +1,5 @@
 """Self-checks of tests/bdv_fixtures.py: the files open with h5py/z5py, the layout is the one
-FORMATS.md (BigDataViewer) and bdv-core describe, and the XML names the right loader."""
+docs/formats.md (BigDataViewer) and bdv-core describe, and the XML names the right loader."""
 
 from __future__ import annotations
 

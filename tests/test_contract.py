@@ -1,4 +1,4 @@
-"""The shared adapter contract (ARCHITECTURE.md, rules of the house): every adapter shows the
+"""The shared adapter contract (docs/architecture.md, "Rules of the house"): every adapter shows the
 expected tree, and every plane of every level equals an independent read of the source.
 
 Each subclass builds one store with a third-party writer and returns what that writer's own

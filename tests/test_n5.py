@@ -45,7 +45,7 @@ def write_blocks(root, attrs, data, encode):
 
 
 def lz4_java(raw: bytes) -> bytes:
-    """lz4-java's LZ4BlockOutputStream framing (FORMATS.md): magic, token, lengths, checksum."""
+    """lz4-java's LZ4BlockOutputStream framing (docs/formats.md): magic, token, lengths, checksum."""
     body = numcodecs.LZ4().encode(raw)[4:]  # numcodecs prefixes the size; the block follows
     head = b"LZ4Block" + bytes([0x20 | 6]) + struct.pack("<iii", len(body), len(raw), 0)
     return head + body + b"LZ4Block" + bytes([0x10 | 6]) + struct.pack("<iii", 0, 0, 0)

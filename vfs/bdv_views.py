@@ -2,7 +2,7 @@
 
 Setups are the channels; each (timepoint, setup, level) is a `cells` volume in z, y, x.
 uint16 is stored as int16 with the same bits, as BDV reads it; other types carry the
-`dataType` attribute on the setup group (FORMATS.md, BigDataViewer).
+`dataType` attribute on the setup group (docs/formats.md, BigDataViewer).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HDF5 files synthesized around on-demand pixels (FORMATS.md, "Synthesizing HDF5").
+"""HDF5 files synthesized around on-demand pixels (docs/formats.md, "HDF5 synthesis").
 
 h5py writes the file's metadata into a recording file object. Big datasets are contiguous,
 allocated early and never filled, so HDF5 writes none of their bytes: the recording holds

@@ -286,7 +286,7 @@ def image_tags(
     resolution_unit: int = 1,
     tables_at: int | None = None,
 ) -> list[Tag]:
-    """The tags of one uncompressed grayscale image (FORMATS.md, TIFF); `tables_at`: where
+    """The tags of one uncompressed grayscale image (docs/formats.md, "TIFF and BigTIFF"); `tables_at`: where
     its strip or tile tables go when they do not fit their entries (else after the IFD)."""
     tags = [
         Tag(NEW_SUBFILE_TYPE, LONG, [0]),

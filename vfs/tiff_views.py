@@ -1,7 +1,7 @@
 """TIFF views of a level: single-plane files and ImageJ hyperstacks, laid out as VirtualFiles.
 
 Pixel data is uncompressed and contiguous so that any byte range maps straight to a
-region of the level. FORMATS.md ("ImageJ 1.x reading TIFF") has the rules followed here.
+region of the level. docs/formats.md ("ImageJ 1.x reading TIFF") has the rules followed here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""VirtualFile: a file made of segments, sized from metadata alone (ARCHITECTURE.md, interface 4).
+"""VirtualFile: a file made of segments, sized from metadata alone (docs/architecture.md, "The interfaces").
 
 A segment is static header bytes, generated records (one per plane, e.g. TIFF IFDs), tables
 made for the bytes read (TIFF strip and tile tables) or a pixel span. Reads bisect on segment offsets; gaps between segments read as zeros.
