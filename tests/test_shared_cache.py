@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -198,6 +199,25 @@ def test_redis_killed_mid_scroll_then_restarted(tmp_path, store):
         assert fetched == [] and again.stats.snapshot()["shared_hits"] == 8, "shared hits resume"
     finally:
         server.stop()
+
+
+def test_a_stalled_redis_costs_a_timeout_not_a_read(tmp_path, store, redis_server, caplog):
+    """SIGSTOP: the server's socket still accepts, nothing answers (a slow or hung Redis)."""
+    path, data = store
+    caplog.set_level(logging.WARNING, logger="ngffmount")
+    engine = node(tmp_path, redis_server.url, "slow", disk=False)
+    level = counted_level(path, [])
+    np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (1, 64, 64)), data[:1])
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        for z in range(1, 32):
+            np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, 64, 64)), data[z:z + 1])
+        assert time.monotonic() - started < 10, "operations time out in tens of milliseconds"
+        assert engine.stats.snapshot()["shared_errors"] >= 1
+        assert len([r for r in caplog.records if "shared cache" in r.getMessage()]) == 1, "logged once"
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
 
 
 def test_a_server_without_eviction_is_warned_about(tmp_path, caplog):
