@@ -375,3 +375,13 @@ def test_prefetch_warms_the_shared_cache(tmp_path, http_server, redis_server):
         s = json.loads((mnt / ".ngffmount" / "stats.json").read_text())
     assert s["shared_hits"] == 8 and s["chunks_fetched"] == 0
     assert not any(p.startswith(f"/{name}/0/") and "/." not in p for p in http_server.paths)
+
+
+def test_fstab_options_name_the_shared_cache():
+    from ngffmount.vfs.service import helper_arguments
+
+    args = helper_arguments(["s3://b/i.zarr", "/mnt/i", "-o", "ro,shared_cache=redis+cluster://h1:7000;h2:7000,"
+                             "shared_cache_password_file=/etc/ngffmount/redis.pw,shared_cache_prefix=lab"])
+    assert args[3:] == ["--shared-cache", "redis+cluster://h1:7000;h2:7000", "--shared-cache-password-file",
+                        "/etc/ngffmount/redis.pw", "--shared-cache-prefix", "lab"]
+    assert parse_url(args[4]).nodes == [("h1", 7000), ("h2", 7000)]
