@@ -8,9 +8,8 @@ each chunk from the remote about once:
   poll a bounded time for the holder's bytes, and fetch themselves once the lock expires;
 - writes go behind the read, on a thread of their own (a bounded queue: past the bound a
   write is dropped, never waited for);
-- Redis down, killed or slow costs speed, never a read: connect and operation timeouts of
-  tens of milliseconds, the trouble logged once, then the tier skipped and tried again with
-  backoff.
+- Redis down, killed or slow costs speed, never a read: short connect and operation
+  timeouts, the trouble logged once, then the tier skipped and tried again with backoff.
 The size of the tier is Redis's own `maxmemory` with an LRU policy (README, docs/scaling.md).
 """
 
@@ -37,10 +36,16 @@ DEFAULT_PREFIX = "ngffmount"
 # crowd out hundreds of others, and pass by the tier.
 DEFAULT_MAX_VALUE = 64 << 20
 CONNECT_TIMEOUT_S = 0.05
-OP_TIMEOUT_S = 0.1  # per socket read or write: a large value still arrives while bytes flow
+# Per socket read or write (a large value still arrives while bytes flow). Not tens of ms:
+# with 100 ms, eight daemons on a busy two-core host took Redis for away and fetched each
+# chunk 5.5 times from the remote (scripts/benchmark.py --workloads cluster); with 500 ms, once.
+OP_TIMEOUT_S = 0.5
 LOCK_MS = 10_000  # a lock outlives the holder's fetch by this much at most (a dead holder's too)
 POLL_S = (0.005, 0.05)  # waiting for a holder's bytes: first and longest pause
 BACKOFF_S = (0.5, 30.0)  # unreachable: first and longest pause before trying again
+# Operations failed in a row that make the server taken for away: one slow answer (a busy
+# host) sends only its own chunk to the source. A refused connection counts at once.
+FAILURES_AWAY = 3
 WRITE_BACKLOG_BYTES = 256 << 20
 _FAILED = object()  # what _call answers when the server could not be asked
 _DAMAGED = object()  # what _read answers for an entry whose checksum fails
@@ -151,6 +156,7 @@ class RedisTier:
         self._client_lock = threading.RLock()  # _failed runs inside _connected too
         self._down_until = 0.0
         self._backoff = BACKOFF_S[0]
+        self._failures = 0  # in a row
         self._trouble = ThrottledLog(log)
         self._found = threading.local()  # claim's GET, for the get that follows it
         self._writes: queue.Queue[_Write | None] = queue.Queue()
@@ -213,18 +219,22 @@ class RedisTier:
                     client = self._make_client()
                     client.ping()
                 except Exception as exc:
-                    self._failed(exc)
+                    self._failed(exc, connecting=True)
                     return None
                 self._client = client
                 self._unlock = client.register_script(_UNLOCK)
                 self._reachable()
             return self._client
 
-    def _failed(self, exc: BaseException) -> None:
-        """The server did not answer in time or at all: go without it for a while."""
+    def _failed(self, exc: BaseException, connecting: bool = False) -> None:
+        """The server did not answer in time or at all: this operation's chunk comes from the
+        source; after FAILURES_AWAY in a row (or a failed connect), go without it for a while."""
         if self.stats is not None:
             self.stats.add("shared_errors")
         with self._client_lock:
+            self._failures += 1
+            if not connecting and self._failures < FAILURES_AWAY:
+                return
             now = time.monotonic()
             if now >= self._down_until:
                 self._down_until = now + self._backoff * random.uniform(0.8, 1.2)
@@ -240,6 +250,7 @@ class RedisTier:
 
     def _reachable(self) -> None:
         self._backoff = BACKOFF_S[0]
+        self._failures = 0
         self._trouble.ended("down", "shared cache %s: in use again", self.url.redacted)
 
     def _call(self, op: Callable, default=None):
@@ -248,10 +259,12 @@ class RedisTier:
         if client is None:
             return default
         try:
-            return op(client)
+            result = op(client)
         except Exception as exc:
             self._failed(exc)
             return default
+        self._failures = 0
+        return result
 
     # -- the tier
 

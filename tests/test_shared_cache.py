@@ -213,7 +213,7 @@ def test_a_stalled_redis_costs_a_timeout_not_a_read(tmp_path, store, redis_serve
         started = time.monotonic()
         for z in range(1, 32):
             np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, 64, 64)), data[z:z + 1])
-        assert time.monotonic() - started < 10, "operations time out in tens of milliseconds"
+        assert time.monotonic() - started < 10, "operations time out, then the tier is skipped"
         assert engine.stats.snapshot()["shared_errors"] >= 1
         assert len([r for r in caplog.records if "shared cache" in r.getMessage()]) == 1, "logged once"
     finally:
