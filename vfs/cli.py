@@ -221,13 +221,9 @@ def shared_tier(args):
     """`cache prefetch --shared-cache URL`: the shared tier to warm, or None."""
     if not args.shared_cache:
         return None
-    from ..cache.redis_tier import RedisTier, read_password
+    from .mount import shared_tier as make
 
-    try:
-        tier = RedisTier(args.shared_cache, read_password(args.shared_cache_password_file), args.shared_cache_prefix)
-    except ValueError as exc:
-        raise NgffMountError(str(exc)) from None
-    return tier
+    return make(args.shared_cache, args.shared_cache_password_file, args.shared_cache_prefix)
 
 
 def cmd_stats(args) -> int:

@@ -129,12 +129,17 @@ def lower_tiers(config: MountConfig) -> list:
     each is built here from its own option."""
     tiers = []
     if config.shared_cache:
-        try:
-            tiers.append(RedisTier(config.shared_cache, read_password(config.shared_cache_password_file),
-                                   config.shared_cache_prefix))
-        except ValueError as exc:
-            raise NgffMountError(str(exc)) from None
+        tiers.append(shared_tier(config.shared_cache, config.shared_cache_password_file, config.shared_cache_prefix))
     return tiers
+
+
+def shared_tier(url: str, password_file: str | None, prefix: str) -> RedisTier:
+    """The shared tier of --shared-cache (a mount, `cache prefetch`); a bad URL or password
+    file is one clear line."""
+    try:
+        return RedisTier(url, read_password(password_file), prefix)
+    except ValueError as exc:
+        raise NgffMountError(str(exc)) from None
 
 
 def stats_renderer(engine: ChunkEngine, source_url: str):
