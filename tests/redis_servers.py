@@ -111,6 +111,13 @@ class RedisCluster:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self) -> "RedisCluster":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no server left behind by a cluster that did not come up
+            raise
+
+    def _start(self) -> "RedisCluster":
         for node in self.nodes:
             node.start()
         env = {**os.environ, "REDISCLI_AUTH": self.password or ""}
