@@ -12,6 +12,12 @@ class Counters:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(names, 0)
 
+    def register(self, names: Iterable[str]) -> None:
+        """Counters a part brings later (a cache tier): after these; known ones stay where they are."""
+        with self._lock:
+            for name in names:
+                self._values.setdefault(name, 0)
+
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._values[name] += amount

@@ -74,6 +74,31 @@ def _split_entry(value: bytes) -> tuple[bytes, bytes, bytes]:
     return value[:HEADER_BYTES], b"", value[HEADER_BYTES:]
 
 
+def entry_head(data, meta: dict | None) -> bytes:
+    """What goes before an entry's data: its format, checksum and metadata."""
+    if meta is None:
+        return ENTRY_FORMAT + _checksum(data)
+    doc = json.dumps(meta, separators=(",", ":")).encode()
+    return ENTRY_FORMAT_META + _checksum(data, doc) + struct.pack("<H", len(doc)) + doc
+
+
+def checked_entry(head: bytes, meta: bytes, data: bytes) -> tuple[bytes, dict | None] | None:
+    """An entry's data and metadata if its checksum holds, else None."""
+    if head[:1] == ENTRY_FORMAT and len(head) == HEADER_BYTES and _checksum(data) == head[1:]:
+        return data, None
+    if head[:1] == ENTRY_FORMAT_META and len(head) == META_HEADER_BYTES and _checksum(data, meta) == head[1:5]:
+        try:
+            return data, json.loads(meta)
+        except ValueError:
+            pass
+    return None
+
+
+def read_entry(value: bytes) -> tuple[bytes, dict | None] | None:
+    """A whole stored entry (head, then data) as data and metadata; None if damaged."""
+    return checked_entry(*_split_entry(value))
+
+
 class CacheUnavailable(Exception):
     """The cache folder cannot be opened for writing (the message says why)."""
 
@@ -127,14 +152,9 @@ class DiskCache:
         got = self._run(read, None, on_entry_error=lambda: self.delete(key))
         if got is None:
             return None
-        head, meta, data = got
-        if head[:1] == ENTRY_FORMAT and len(head) == HEADER_BYTES and _checksum(data) == head[1:]:
-            return data, None
-        if head[:1] == ENTRY_FORMAT_META and len(head) == META_HEADER_BYTES and _checksum(data, meta) == head[1:5]:
-            try:
-                return data, json.loads(meta)
-            except ValueError:
-                pass
+        entry = checked_entry(*got)
+        if entry is not None:
+            return entry
         self.delete(key)
         raise CorruptEntry(key)
 
@@ -142,11 +162,7 @@ class DiskCache:
         """Store an entry, with `meta` (JSON-able) when given. False when it was not written:
         the file system is full (the oldest entries were evicted, or writes pause), or the
         folder is broken; never raises."""
-        if meta is None:
-            head = ENTRY_FORMAT + _checksum(data)
-        else:
-            doc = json.dumps(meta, separators=(",", ":")).encode()
-            head = ENTRY_FORMAT_META + _checksum(data, doc) + struct.pack("<H", len(doc)) + doc
+        head = entry_head(data, meta)
 
         def write(cache):
             if len(data) + len(head) < cache.disk_min_file_size:

@@ -1,4 +1,5 @@
-"""ChunkEngine: decoded chunks from memory, then disk, then the source, one fetch per chunk.
+"""ChunkEngine: decoded chunks from memory, then the cache tiers (tier.py: the disk cache, a
+shared cache), then the source, one fetch per chunk.
 
 Concurrent requests for the same chunk share one fetch (an in-flight future per chunk).
 Fetches run on a FetchQueue by priority: a reader's chunks before readahead.
@@ -15,11 +16,11 @@ import itertools
 import logging
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import partial
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -27,23 +28,20 @@ from ..adapters.errors import ChunkReadError, SourceChanged, SourceGaveUp
 from ..adapters.retry import current_deadline
 from ..adapters.storage import NotModified
 from .blocked import MIN_BLOCKS, BlockedChunk
-from .disk import CorruptEntry, DiskCache
+from .disk import DiskCache
+from .disktier import DiskTier
 from .fetchhealth import FetchHealth
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .level import ChunkedLevel
 from .memory import MemoryLRU
 from .stats import Stats
-from .throttledlog import ThrottledLog
-from .writeback import Pending, WriteBehind
+from .tier import Tier, no_reading
 
 log = logging.getLogger("ngffmount")
 
 # Defaults sized so a daemon scrolling any level stays well under 1.5 GiB of RSS.
 DEFAULT_MEMORY = 768 << 20
 DEFAULT_READAHEAD = 256 << 20
-# Fetched bytes that wait for their disk write (see writeback.py) and that nothing else
-# holds: past this, the fetch thread writes them itself.
-DISK_BACKLOG_BYTES = 256 << 20
 DEADLINE_SLACK_S = 0.25  # a fetch that failed this close to its deadline ran out of time
 
 
@@ -62,11 +60,15 @@ class ChunkEngine:
         stage_bytes: int | None = None,
         revalidate: float | None = None,
         timeout: float | None = None,
+        tiers: Sequence[Tier] = (),
     ):
-        """`revalidate`: seconds after which a chunk (in memory or on disk) is checked against
+        """`disk`: the disk cache, the first tier; `tiers`: the tiers after it, in order.
+        `revalidate`: seconds after which a chunk (in memory or in a tier) is checked against
         the source again (a conditional request); None: chunks are immutable while the
         metadata is unchanged."""
-        self.disk = disk
+        self.tiers: list[Tier] = ([DiskTier(disk)] if disk is not None else []) + list(tiers)
+        disk_tier = next((t for t in self.tiers if isinstance(t, DiskTier)), None)
+        self.disk = disk_tier.disk if disk_tier is not None else None
         self.revalidate = revalidate
         self._loaded_at: dict[tuple, float] = {}  # with revalidate: when each resident chunk came in
         self._loads = itertools.count()  # with revalidate: names each load's decoded blocks apart
@@ -76,15 +78,18 @@ class ChunkEngine:
         self.memory = MemoryLRU(memory_bytes, on_evict=self._evicted)
         # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
-        # Beyond that, readahead fetches encoded chunks into the disk cache only (no memory
+        # Beyond that, readahead fetches encoded chunks into the local tiers only (no memory
         # held): deep chunks, whose next slab outgrows the memory budget, arrive in time.
-        if disk is None:
+        self._local = [t for t in self.tiers if t.local]
+        if not self._local:
             stage_bytes = 0
         self.stage_bytes = 2 * self.readahead_bytes if stage_bytes is None else stage_bytes
         self._queue = FetchQueue(fetch_threads)
-        self._writes = WriteBehind(self._disk_write, self._holds_bytes, DISK_BACKLOG_BYTES) if disk is not None else None
         self.stats = Stats()
-        self._trouble = ThrottledLog(log)
+        for tier in self.tiers:
+            self.stats.register(tier.counters)
+            tier.attach(self.stats, self._holds_bytes)
+        self._writes = disk_tier.writes if disk_tier is not None else None  # made by attach
         self._inflight: dict[tuple, Future] = {}
         self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
         self._lock = threading.Lock()
@@ -105,7 +110,7 @@ class ChunkEngine:
         recent = self.health.recent_timeout((level.cache_token, idx) for idx in indices)
         if recent is not None:
             raise ReadTimedOut(f"chunk {level.chunk_key(recent[0][1])} of {level.path or 'the image'}: {recent[1]}")
-        with self._writes.reading() if self._writes is not None else nullcontext():
+        with self._reading():
             result, mine, waiting = self._claim(level, indices)
             self.stats.add("memory_hits", len(result))
             self.stats.add("memory_misses", len(mine) + len(waiting))
@@ -169,15 +174,15 @@ class ChunkEngine:
             self._load(level, mine, PLANE if urgent else AHEAD, None if urgent else cancelled, deadline)
 
     def stage(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]], cancelled: threading.Event | None = None) -> None:
-        """Readahead to the disk cache only: fetch chunks that are neither on disk nor coming."""
-        if self.disk is None or self.readahead_paused or level.cache_token in self._stale:
+        """Readahead to the local tiers only: fetch chunks that are neither there nor coming."""
+        if not self._local or self.readahead_paused or level.cache_token in self._stale:
             return
         token = level.cache_token
         with self._lock:
             todo = {idx: level.chunk_key(idx) for idx in dict.fromkeys(indices)
                     if (token, idx) not in self._inflight and (token, idx) not in self._staging
                     and self.memory.get((token, idx)) is None}
-        todo = {idx: k for idx, k in todo.items() if not self._on_disk(level, k)}
+        todo = {idx: k for idx, k in todo.items() if not self._held_locally(level, k)}
         if not todo:
             return
         with self._lock:
@@ -218,11 +223,14 @@ class ChunkEngine:
         return result, mine, waiting
 
     def fill_disk(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]]) -> tuple[int, int]:
-        """Fetch chunks into the disk cache only (no decode): `cache prefetch`. Returns (chunks, bytes)."""
-        if self.disk is None:
-            raise ValueError("fill_disk needs a disk cache")
+        """Fetch chunks into the tiers only (no decode): `cache prefetch`. Returns (chunks,
+        bytes) fetched from the source or from a lower tier."""
+        if not self.tiers:
+            raise ValueError("fill_disk needs a cache tier")
         keys = {idx: level.chunk_key(idx) for idx in indices}
-        todo = {idx: k for idx, k in keys.items() if not self._on_disk(level, k)}
+        # With only local tiers, what they hold is done; a lower tier may lack it still.
+        todo = keys if len(self._local) < len(self.tiers) else \
+            {idx: k for idx, k in keys.items() if not self._held_locally(level, k)}
         if not todo:
             return 0, 0
         sizes: list[int] = []
@@ -253,11 +261,12 @@ class ChunkEngine:
         try:
             keys = {idx: level.chunk_key(idx) for idx in futures}
             # With revalidate, disk entries are read where their age is checked: in _fetch_one.
-            on_disk = set() if self.revalidate else {idx for idx in futures if self._on_disk(level, keys[idx])}
+            on_disk = set() if self.revalidate else {idx for idx in futures if self._held_locally(level, keys[idx])}
             remote = {idx: keys[idx] for idx in futures if idx not in on_disk}
             if remote:
-                if self.disk is not None and not self.revalidate:
-                    self.stats.add("disk_misses", len(remote))
+                if not self.revalidate:
+                    for tier in self._local:
+                        self.stats.add(f"{tier.name}_misses", len(remote))
                 self._fetch_each(level, remote, lambda idx, data: self._decoders.submit(
                     self._settle, level, idx, futures[idx], lambda: data), priority, cancelled, deadline)
         except BaseException as exc:
@@ -336,9 +345,12 @@ class ChunkEngine:
             self._background.discard(fut)
 
     def _disk_or_remote(self, level, idx, chunk_key: str, deadline: float | None = None):
-        data = self._disk_get(level, chunk_key)
-        if data is not None:
-            return data
+        key = self._tier_key(level, chunk_key)
+        for tier in self._local:
+            entry = tier.get(key)
+            self.stats.add(f"{tier.name}_hits" if entry is not None else f"{tier.name}_misses")
+            if entry is not None:
+                return entry[0]
         # Evicted or damaged since it was seen on disk: fetch it after all.
         got = []
         done = threading.Event()
@@ -359,46 +371,55 @@ class ChunkEngine:
                                partial(deliver, idx, Cancelled()), cancelled, deadline)
 
     def _fetch_one(self, level, idx, key: str, deliver) -> None:
-        """With a disk cache, the chunk's slot is held from before the fetch until its bytes
-        are on disk, so another daemon on this cache folder waits and then finds them there.
-        This daemon's threads wait only until the bytes are queued for the disk (a reader
-        coming for a staged chunk takes them from the queue)."""
-        if self.disk is None:
+        """Each tier in turn is claimed (single-flight: see Tier.claim), then asked; a hit also
+        fills the tiers above it. On a miss everywhere the source is asked, and its bytes go
+        to every tier behind the read. Claims are held until then, so a thread, daemon or node
+        that waited finds the bytes in the tier it waited for."""
+        if not self.tiers:
             self.stats.add("chunks_fetched")
             data = self._fetch_source(level, key)[0]
             self.health.fetched(data)
             deliver(idx, data)
             return
-        dkey = self._disk_key(level, key)
-        slots = self.disk.locks.slots([dkey])
+        tkey = self._tier_key(level, key)
+        held: list[tuple[Tier, object, tuple | None]] = []  # (tier, claim, its entry)
+        previous = None  # the first entry found past its age (--revalidate)
         try:
-            self.disk.locks.acquire(slots)
-        except BaseException as exc:
-            deliver(idx, exc)
-            return
-        try:
-            entry = self._disk_entry(level, key)  # written while we waited?
-            if entry is not None and self._fresh(entry[1]):
-                self.stats.add("disk_hits")
-                deliver(idx, entry[0])
-                self.disk.locks.release(slots)
-                return
-            if self.revalidate and entry is None:
-                self.stats.add("disk_misses")
+            for tier in self.tiers:
+                held.append((tier, tier.claim(tkey), None))
+                entry = tier.get(tkey)  # written while we waited?
+                if entry is not None and self._fresh(entry[1]):
+                    self.stats.add(f"{tier.name}_hits")
+                    deliver(idx, entry[0])
+                    tier.release(held.pop()[1])
+                    self._store(level, idx, tkey, entry[0], entry[1], held)
+                    return
+                if entry is None and (self.revalidate or not tier.local):
+                    self.stats.add(f"{tier.name}_misses")
+                held[-1] = (tier, held[-1][1], entry)
+                previous = previous or entry
             self.stats.add("chunks_fetched")
-            data, meta = self._fetch_source(level, key, entry)
+            data, meta = self._fetch_source(level, key, previous)
             self.health.fetched(data)
         except BaseException as exc:
-            self.disk.locks.release(slots)
+            for tier, claim, _ in held:
+                tier.release(claim)
             deliver(idx, exc)
             return
         deliver(idx, data)
-        if isinstance(data, (bytes, bytearray, memoryview)) and (meta is not None or entry is None):
-            self._disk_put(level, idx, dkey, data, slots, meta)
-        else:
-            if data is None and entry is not None:
-                self.disk.delete(dkey)  # gone at the source since it was cached
-            self.disk.locks.release(slots)
+        self._store(level, idx, tkey, data, meta, held)
+
+    def _store(self, level, idx, tkey: str, data, meta: dict | None, held) -> None:
+        """Put bytes into the claimed tiers (a tier with an entry only if they were validated:
+        `meta`), or drop their entries when the chunk is gone at the source; each lets go of
+        its claim."""
+        for tier, claim, entry in held:
+            if isinstance(data, (bytes, bytearray, memoryview)) and (meta is not None or entry is None):
+                tier.put(tkey, data, meta, claim, (level.cache_token, idx))
+            else:
+                if data is None and entry is not None:
+                    tier.delete(tkey)  # gone at the source since it was cached
+                tier.release(claim)
 
     def _fetch_source(self, level, key: str, previous: tuple[bytes, dict | None] | None = None):
         """(bytes | None | the exception that stopped the fetch, the entry metadata to store).
@@ -445,7 +466,7 @@ class ChunkEngine:
             return True
 
     def _source_name(self) -> str:
-        return (self.disk.source if self.disk is not None else None) or "the source"
+        return next((t.source for t in self.tiers if getattr(t, "source", None)), None) or "the source"
 
     def _log_changed(self, level, key: str, old: dict | None, new: dict | None, gone: bool) -> None:
         what = "is gone" if gone else "changed"
@@ -477,36 +498,25 @@ class ChunkEngine:
             self._stale.update(new)
         return new
 
-    def _disk_put(self, level, idx, key: str, data: bytes, slots: list[int], meta: dict | None = None) -> None:
-        """Hand fetched bytes to the write-behind (its thread lets go of their fetch slots),
-        or past its bound, write them here and now."""
-        if self._writes.add(key, data, slots, (level.cache_token, idx), meta):
-            # This process's readers take the bytes from the queue. (Should the write and its
-            # release come first, this only ends the claim the release left to it.)
-            self.disk.locks.downgrade(slots)
-        else:
-            self._disk_write(Pending(key, data, slots, None, 0.0, meta), downgraded=False)
-
-    def _disk_write(self, entry: Pending, downgraded: bool = True) -> None:
-        """A full or broken cache disk costs speed, never a read. The disk cache logs its
-        own trouble; what it did not foresee is logged here, once, then counted."""
-        try:
-            if not self.disk.put(entry.key, entry.data, entry.meta):
-                self.stats.add("disk_write_failures")
-        except Exception as exc:
-            self.stats.add("disk_write_failures")
-            self._trouble.report("disk-write", "disk cache write failed: %r", exc)
-        finally:
-            self.disk.locks.release(entry.slots, downgraded=downgraded)
-
     def _holds_bytes(self, memory_key, data: bytes) -> bool:
         """Whether the memory cache holds these very bytes (a BlockedChunk keeps its frame)."""
         arr = self.memory.peek(memory_key)
         return isinstance(arr, BlockedChunk) and arr.frame.raw is data
 
     def _memory_changed(self, memory_key) -> None:
-        if self._writes is not None:
-            self._writes.memory_changed(memory_key)
+        for tier in self.tiers:
+            tier.memory_changed(memory_key)
+
+    def _reading(self):
+        """Around a reader's request, for each tier (a write-behind waits for reads to pause)."""
+        if not self.tiers:
+            return no_reading()
+        if len(self.tiers) == 1:
+            return self.tiers[0].reading()
+        stack = ExitStack()
+        for tier in self.tiers:
+            stack.enter_context(tier.reading())
+        return stack
 
     @property
     def fetches_pending(self) -> int:
@@ -515,8 +525,8 @@ class ChunkEngine:
 
     @property
     def disk_backlog(self) -> int:
-        """Bytes fetched but not yet written to the disk cache."""
-        return 0 if self._writes is None else self._writes.nbytes
+        """Bytes fetched but not yet written to the tiers."""
+        return sum(tier.backlog for tier in self.tiers)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no fetch is queued or running and no chunk is being decoded."""
@@ -533,11 +543,14 @@ class ChunkEngine:
             time.sleep(0.005)  # chunks or blocks still being decoded
 
     def flush_disk(self, timeout: float | None = None) -> bool:
-        """Write what waits for the disk cache now, and wait for it (unmount, prefetch, tests),
-        at most `timeout` seconds. False if some was left unwritten."""
-        if self._writes is not None:
-            return self._writes.flush(timeout)
-        return True
+        """Write what waits for the tiers now, and wait for it (unmount, prefetch, tests),
+        at most `timeout` seconds (for all of them). False if some was left unwritten."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = True
+        for tier in self.tiers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done = tier.flush(left) and done
+        return done
 
     def stop_fetching(self) -> None:
         """The mount is going away: drop every queued fetch, take no new ones, and fail the
@@ -551,34 +564,14 @@ class ChunkEngine:
             except InvalidStateError:
                 pass  # settled meanwhile
 
-    def _disk_key(self, level, chunk_key: str) -> str:
+    def _tier_key(self, level, chunk_key: str) -> str:
         return f"{level.cache_token}/{chunk_key}"
 
-    def _on_disk(self, level, chunk_key: str) -> bool:
-        """In the disk cache, or on its way there. Never raises: a disk cache in trouble
-        answers no (DiskCache), and the chunk comes from the source."""
-        if self.disk is None:
-            return False
-        key = self._disk_key(level, chunk_key)
-        return key in self._writes or key in self.disk
-
-    def _disk_get(self, level, chunk_key: str, count: bool = True) -> bytes | None:
-        entry = self._disk_entry(level, chunk_key)
-        if count:
-            self.stats.add("disk_hits" if entry is not None else "disk_misses")
-        return None if entry is None else entry[0]
-
-    def _disk_entry(self, level, chunk_key: str) -> tuple[bytes, dict | None] | None:
-        """(bytes, metadata) from the write-behind queue or the disk cache, or None."""
-        if self.disk is None:
-            return None
-        key = self._disk_key(level, chunk_key)
-        try:
-            entry = self._writes.get_entry(key)
-            return entry if entry is not None else self.disk.get_entry(key)
-        except CorruptEntry:
-            self.stats.add("disk_corrupt")
-            return None
+    def _held_locally(self, level, chunk_key: str) -> bool:
+        """In a local tier, or on its way there. Never raises: a tier in trouble answers no,
+        and the chunk comes from the source."""
+        key = self._tier_key(level, chunk_key)
+        return any(tier.holds(key) for tier in self._local)
 
     def _fill_chunk(self, level) -> np.ndarray:
         arr = self._fill.get(level.cache_token)

@@ -38,6 +38,7 @@ import platform
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,7 @@ SIZES = {"small": (64, 1024, 1024), "full": (128, 2048, 2048)}  # z, y, x uint16
 CHUNKINGS = {"64x256x256": (64, 256, 256), "1x512x512": (1, 512, 512)}
 SLIDE_SIZES = {"small": (20480, 30720), "course": (380928, 921600)}  # y, x of level 0, uint8
 SLIDE_CHUNK, SLIDE_WINDOW, SLIDE_WINDOWS = 1024, 1024, 16
+NODES = 8  # daemons of the cluster workload
 
 
 class BenchError(Exception):
@@ -413,8 +415,9 @@ class Harness:
 
     # -- ngffmount
 
-    def ngff_mount(self, url: str, cache_dir: Path) -> tuple[str, int | None, Path]:
-        mnt = self.run_dir / "mnt" / "ngff"
+    def ngff_mount(self, url: str, cache_dir: Path, name: str = "ngff",
+                   extra: tuple = ()) -> tuple[str, int | None, Path]:
+        mnt = self.run_dir / "mnt" / name
         mnt.mkdir(parents=True, exist_ok=True)
         self.n += 1
         log = self.run_dir / "logs" / f"ngffmount-{self.n}.log"
@@ -423,7 +426,7 @@ class Harness:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
                "AWS_DEFAULT_REGION": REGION, "NGFFBENCH_TAG": tag}
         cmd = [sys.executable, "-m", "ngffmount.vfs.cli", "mount", url, str(mnt), "--endpoint-url", self.proxy.url,
-               "--cache-dir", str(cache_dir), "--log-file", str(log)]
+               "--cache-dir", str(cache_dir), "--log-file", str(log), *extra]
         try:
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         except subprocess.TimeoutExpired:
@@ -1078,6 +1081,117 @@ def machine_facts(args) -> dict:
 # --------------------------------------------------------------------------- main
 
 
+def start_redis(run_dir: Path) -> tuple[subprocess.Popen, str]:
+    """A redis-server on a free loopback port, from a config file of mode 0600, as a cache."""
+    from servers import free_port
+
+    port = free_port()
+    conf = run_dir / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"bind 127.0.0.1\nport {port}\nsave \"\"\nappendonly no\ndir {run_dir}\n"
+                "maxmemory 4gb\nmaxmemory-policy allkeys-lru\n")
+    proc = subprocess.Popen(["redis-server", str(conf)], stdout=open(run_dir / "logs" / "redis.log", "ab"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise BenchError("redis-server did not start")
+
+
+def bench_cluster(h: Harness, meta: dict, ch: str) -> dict:
+    """NODES daemons (each its own disk cache, one shared Redis) scroll one level at once,
+    against one daemon alone; then one plane on a fresh node with a warm Redis, against a
+    disk-warm plane and a cold one."""
+    nz = meta["shape"][0]
+    z = nz // 2
+    local = BENCH / "data" / h.args.size / f"{ch}.ome.zarr"
+    url = f"s3://{BUCKET}/{h.args.size}/{ch}.ome.zarr"
+    sizes = chunk_bytes(local)
+    all_chunks, all_needed = sum(len(v) for v in sizes.values()), sum(map(sum, sizes.values()))
+    plane_chunks = len(sizes[z // CHUNKINGS[ch][0]])
+    scroll = lambda mnt: {"kind": "files", "paths": [f"{mnt}/s0/z{i:05d}.tif" for i in range(nz)]}  # noqa: E731
+    plane = lambda mnt: {"kind": "files", "paths": [f"{mnt}/s0/z{z:05d}.tif"]}  # noqa: E731
+    rows: dict[str, dict] = {}
+    redis, shared_url = start_redis(h.run_dir)
+    shared = ("--shared-cache", shared_url)
+    try:
+        print(f"  [cluster {ch}] one daemon alone ...", flush=True)
+        solo_cache = h.fresh("ngff")
+        mnt, pid, _ = h.ngff_mount(url, solo_cache, "solo")
+        try:
+            alone = h.measure(scroll(mnt), mnt)
+        finally:
+            h.ngff_unmount(mnt, pid)
+        rows["alone"] = {**summarize("one daemon alone, cold", [alone], all_chunks, all_needed),
+                         "ok": alone["hashes"] == meta["planes"]}
+        print(f"  [cluster {ch}] {NODES} daemons, one Redis ...", flush=True)
+        nodes = [h.ngff_mount(url, h.fresh("ngff"), f"node{i}", shared) for i in range(NODES)]
+        try:
+            before = h.proxy.snapshot()
+            started = time.perf_counter()
+            with ThreadPoolExecutor(NODES) as pool:
+                runs = list(pool.map(lambda n: h.run_worker(scroll(n[0])), nodes))
+            wall = time.perf_counter() - started
+            h.settle()
+            after = h.proxy.snapshot()
+            stats = [h.ngff_stats(n[0]) for n in nodes]
+        finally:
+            for mnt, pid, _ in nodes:
+                h.ngff_unmount(mnt, pid)
+        rows["cluster"] = {"label": f"{NODES} daemons at once, one Redis", "median": wall, "seconds": [wall],
+                           "requests": after["requests"] - before["requests"], "bytes": after["bytes"] - before["bytes"],
+                           "chunks": all_chunks, "needed": all_needed,
+                           "ok": all(r["hashes"] == meta["planes"] for r in runs),
+                           "slowest": max(r["seconds"] for r in runs),
+                           "shared_hits": sum(s.get("shared_hits", 0) for s in stats),
+                           "shared_lock_waits": sum(s.get("shared_lock_waits", 0) for s in stats)}
+        for key, label, cache, extra in (("shared_warm", "fresh node, empty disk cache, warm Redis", h.fresh("ngff"), shared),
+                                         ("disk_warm", "new mount on a warm disk cache", solo_cache, ()),
+                                         ("cold", "new mount, empty cache, no Redis", h.fresh("ngff"), ())):
+            print(f"  [cluster {ch}] plane: {key} ...", flush=True)
+            mnt, pid, _ = h.ngff_mount(url, cache, "plane", extra)
+            try:
+                run = h.measure(plane(mnt), mnt)
+            finally:
+                h.ngff_unmount(mnt, pid)
+            rows[key] = {**summarize(label, [run], plane_chunks, sum(sizes[z // CHUNKINGS[ch][0]])),
+                         "ok": run["hashes"] == [meta["planes"][z]]}
+    except BenchError as exc:
+        h.errors.append(f"[cluster {ch}] {exc}")
+    finally:
+        redis.terminate()
+        redis.wait(10)
+    for key, row in rows.items():
+        if not row["ok"]:
+            h.errors.append(f"[cluster {ch}] {key}: WRONG BYTES")
+    return rows
+
+
+def render_cluster(ch: str, rows: dict) -> list[str]:
+    L = ["", f"## A cluster: {NODES} daemons and one Redis ({ch})", "",
+         f"{NODES} daemons, each with its own disk cache and `--shared-cache` on one redis-server "
+         "(allkeys-lru), scroll every plane file of s0 at once through the same proxy. Requests per chunk "
+         "are the whole cluster's remote requests over the level's chunks.", "",
+         "| run | seconds | remote requests | requests/chunk | bytes right | notes |", "|---|---|---|---|---|---|"]
+    for key in ("alone", "cluster", "shared_warm", "disk_warm", "cold"):
+        r = rows.get(key)
+        if not r:
+            continue
+        note = ""
+        if key == "cluster":
+            note = (f"slowest node {r['slowest']:.3g} s; shared_hits={r['shared_hits']}, "
+                    f"shared_lock_waits={r['shared_lock_waits']}")
+        L.append(f"| {r['label']} | {fmt(r['median'])} | {r['requests']:.0f} | {fmt(r['requests'] / r['chunks'])} "
+                 f"| {'yes' if r['ok'] else 'NO'} | {note} |")
+    return L
+
+
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "_worker":
         print(json.dumps(worker(json.loads(sys.argv[2]))))
@@ -1095,14 +1209,16 @@ def main() -> int:
     ap.add_argument("--warm-gib", type=int, default=6,
                     help="memory touched right before each whole-level run in turns (0: none; default 6)")
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report (default %(default)s)")
-    ap.add_argument("--workloads", default="stack,slide", help="comma-separated, from: stack, slide (default both)")
+    ap.add_argument("--workloads", default="stack,slide",
+                    help="comma-separated, from: stack, slide, cluster (default stack,slide; cluster: "
+                         f"{NODES} daemons sharing one Redis, on the first chunking)")
     ap.add_argument("--slide-size", choices=SLIDE_SIZES, default="course",
                     help="slide level 0: small 30720 x 20480, course 921600 x 380928 (default)")
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     workloads = {w.strip() for w in args.workloads.split(",") if w.strip()}
-    if not workloads or workloads - {"stack", "slide"}:
-        ap.error(f"--workloads: choose from stack, slide (got {args.workloads!r})")
+    if not workloads or workloads - {"stack", "slide", "cluster"}:
+        ap.error(f"--workloads: choose from stack, slide, cluster (got {args.workloads!r})")
     chunkings = [c.strip() for c in args.chunkings.split(",") if c.strip()]
     unknown = set(chunkings) - set(CHUNKINGS)
     if unknown:
@@ -1134,7 +1250,7 @@ def main() -> int:
     results: dict[str, dict] = {}
     slide = None
     with contextlib.ExitStack() as stack:
-        meta = ensure_data(args.size, chunkings) if "stack" in workloads else None
+        meta = ensure_data(args.size, chunkings) if workloads & {"stack", "cluster"} else None
         slide_meta = ensure_slide(args.slide_size) if "slide" in workloads else None
         moto = stack.enter_context(MotoS3Server())
         proxy = stack.enter_context(LatencyProxy(moto.endpoint_url, args.latency_ms / 1000))
@@ -1158,23 +1274,26 @@ def main() -> int:
                    f"slide-{args.slide_size}/slide.ome.zarr", public=True)
         print(f"uploaded to moto in {time.time() - t0:.0f} s; proxy {proxy.url} +{args.latency_ms:g} ms", flush=True)
         if meta is not None:
-            if not args.xz_only:
+            if not args.xz_only and "stack" in workloads:
                 facts["machine"]["memory warm-up"] = touch_memory()
                 facts["machine"]["page-cache read baseline"] = page_cache_baseline(h, meta)
-            for ch in chunkings:
+            for ch in chunkings if "stack" in workloads else []:
                 results[ch] = bench_chunking(h, meta, ch)
+        cluster = bench_cluster(h, meta, chunkings[0]) if "cluster" in workloads else None
         if slide_meta is not None:
             slide = bench_slide(h, slide_meta)
         facts["machine"]["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         end = machine_facts(args)["machine"]["ngffmount"]
         if end != facts["machine"]["ngffmount"]:  # each mount runs the working tree of its moment
             facts["machine"]["ngffmount at end"] = end
-        if meta is not None:
+        if meta is not None and "stack" in workloads:
             report = render(args, meta, results, errors, facts, time.time() - t_start, h.drop_ok)
         else:
             report = "\n".join(render_head(facts, time.time() - t_start) + render_failures(errors)) + "\n"
         if slide is not None:
             report += "\n".join(render_slide(args, slide)) + "\n"
+        if cluster is not None:
+            report += "\n".join(render_cluster(chunkings[0], cluster)) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)

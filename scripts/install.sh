@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install ngffmount and what it needs on Debian/Ubuntu: `scripts/install.sh` for use,
-# `scripts/install.sh --test` also for the test suite (ImageJ, Xvfb, libtiff, GDAL, libvips, HDF5 tools, moto).
+# `scripts/install.sh --test` also for the test suite (ImageJ, Xvfb, libtiff, GDAL, libvips, HDF5 tools, moto,
+# Redis and OpenSSL for the shared cache tier's tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(fuse3 libfuse3-3 libfuse2)
 extras=""
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(imagej xvfb x11-utils libtiff-tools gdal-bin libvips-tools hdf5-tools procps systemd pngcheck)
+  packages+=(imagej xvfb x11-utils libtiff-tools gdal-bin libvips-tools hdf5-tools procps systemd pngcheck redis-server redis-tools openssl)
   extras="[test]"
 fi
 

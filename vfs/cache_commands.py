@@ -121,7 +121,9 @@ def _images(node, prefix="") -> list[tuple[str, Image]]:
 
 
 def prefetch(source: str, storage_options: dict, concurrency: int, cache_dir: str, cache_size: int,
-             level_name: str | None, region: str | None, progress=sys.stderr) -> str:
+             level_name: str | None, region: str | None, shared=None, progress=sys.stderr) -> str:
+    """Fetch chunks into the disk cache, or with `shared` (a tier, see cache/tier.py) into that
+    tier only: warming a cluster's shared cache needs no local copy."""
     tree = open_source(source, storage_options, concurrency)
     targets = []
     for prefix, image in _images(tree):
@@ -131,11 +133,17 @@ def prefetch(source: str, storage_options: dict, concurrency: int, cache_dir: st
         for name, level in zip(names, image.levels):
             if level_name is None or name == level_name:
                 targets.append((f"{prefix}{name}", level, parse_region(region, level)))
-    try:
-        disk = DiskCache(cache_dir, cache_size, source=normalize_url(source))
-    except CacheUnavailable as exc:
-        raise NgffMountError(str(exc)) from None
-    engine = ChunkEngine(disk=disk, memory_bytes=0)
+    if shared is not None:
+        engine = ChunkEngine(memory_bytes=0, tiers=[shared])
+        shared.check()
+        where = f"the shared cache {shared.url.redacted}"
+    else:
+        try:
+            disk = DiskCache(cache_dir, cache_size, source=normalize_url(source))
+        except CacheUnavailable as exc:
+            raise NgffMountError(str(exc)) from None
+        engine = ChunkEngine(disk=disk, memory_bytes=0)
+        where = f"the cache at {cache_dir}"
     total = sum(len(chunks_touching(level, lo, hi)) for _, level, (lo, hi) in targets)
     done = fetched = nbytes = 0
     started = time.monotonic()
@@ -148,7 +156,7 @@ def prefetch(source: str, storage_options: dict, concurrency: int, cache_dir: st
     engine.flush_disk()
     if progress is not None:
         progress.write("\n")
-    return f"{total} chunks in the cache at {cache_dir}: {fetched} fetched ({human(nbytes)}), {total - fetched} already there"
+    return f"{total} chunks in {where}: {fetched} fetched ({human(nbytes)}), {total - fetched} already there"
 
 
 def _draw(out, name: str, done: int, total: int, nbytes: int, elapsed: float) -> None:

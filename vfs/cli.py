@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     cc = csub.add_parser("clear", parents=[cache_opts], help="remove every cached chunk, or one source's")
     cc.add_argument("source", nargs="?", help="only the chunks fetched through this source URL (and sources under it)")
     pf = csub.add_parser("prefetch", parents=[source_opts, cache_opts, shared_opts],
-                         help="fetch chunks into the cache ahead of use")
+                         help="fetch chunks into the cache ahead of use (with --shared-cache: into the shared cache)")
     pf.add_argument("source")
     pf.add_argument("--level", help="only this level (s0, s1, ...); default: all")
     pf.add_argument("--region", help="z0:z1,y0:y1,x0:x1 (or one start:stop per axis); default: everything")
@@ -125,6 +125,15 @@ def source_options(args) -> dict:
     return storage_options_of(config_from_args(args))
 
 
+def shared_tier(args):
+    """`cache prefetch --shared-cache URL`: the shared tier to warm, or None."""
+    if not args.shared_cache:
+        return None
+    from .mount import shared_tier as make
+
+    return make(args.shared_cache, args.shared_cache_password_file, args.shared_cache_prefix)
+
+
 def cmd_stats(args) -> int:
     from .cache_commands import stats_table
 
@@ -141,7 +150,7 @@ def cmd_cache(args) -> int:
         print(cache_commands.cache_clear(args.cache_dir, args.source))
     else:
         print(cache_commands.prefetch(args.source, source_options(args), args.concurrency, args.cache_dir,
-                                      args.cache_size, args.level, args.region))
+                                      args.cache_size, args.level, args.region, shared_tier(args)))
     return 0
 
 

@@ -29,6 +29,7 @@ from ..adapters.storage import TRANSFERS
 from ..adapters.zarr_codecs import warm_up_codecs
 from ..cache.disk import CacheUnavailable, DiskCache
 from ..cache.engine import ChunkEngine
+from ..cache.redis_tier import RedisTier, read_password
 from .heap import keep_freed_memory
 from .metadata_watch import watch_metadata
 from .options import MountConfig, storage_options_of
@@ -93,8 +94,30 @@ def build_engine(config: MountConfig) -> ChunkEngine:
             disk = DiskCache(config.cache_dir, config.cache_size, source=normalize_url(config.source))
         except CacheUnavailable as exc:
             log.warning("%s: serving without a disk cache until the next mount", exc)
-    return ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency,
-                       revalidate=config.revalidate, timeout=config.timeout)
+    tiers = lower_tiers(config)
+    engine = ChunkEngine(disk=disk, memory_bytes=config.memory_cache, fetch_threads=config.concurrency,
+                         revalidate=config.revalidate, timeout=config.timeout, tiers=tiers)
+    for tier in tiers:
+        tier.check()
+    return engine
+
+
+def lower_tiers(config: MountConfig) -> list:
+    """The cache tiers below the disk cache (cache/tier.py), in the order they are asked:
+    each is built here from its own option."""
+    tiers = []
+    if config.shared_cache:
+        tiers.append(shared_tier(config.shared_cache, config.shared_cache_password_file, config.shared_cache_prefix))
+    return tiers
+
+
+def shared_tier(url: str, password_file: str | None, prefix: str) -> RedisTier:
+    """The shared tier of --shared-cache (a mount, `cache prefetch`); a bad URL or password
+    file is one clear line."""
+    try:
+        return RedisTier(url, read_password(password_file), prefix)
+    except ValueError as exc:
+        raise NgffMountError(str(exc)) from None
 
 
 def stats_renderer(engine: ChunkEngine, source_url: str):

@@ -19,6 +19,7 @@ from ..adapters import storage_options_for
 from ..adapters.storage import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT, StorageOptions
 from ..cache.disk import DEFAULT_SIZE, default_cache_dir
 from ..cache.engine import DEFAULT_MEMORY
+from ..cache.redis_tier import DEFAULT_PREFIX
 
 # -- values -----------------------------------------------------------------------------
 
@@ -122,13 +123,13 @@ OPTIONS: tuple[MountOption, ...] = (
     MountOption("cache_size", "--cache-size", "cache_size", int, parse_size, DEFAULT_SIZE, "disk cache bound",
                 CACHE, show=format_size),
     MountOption("shared_cache", "--shared-cache", "shared_cache", str | None, str, None,
-                "a chunk cache shared by a cluster, below the disk cache (cluster-shared Redis tier)", SHARED,
-                metavar="URL"),
+                "a chunk tier shared by a cluster, below the disk cache: redis://[user@]host:port/db, "
+                "rediss://... (TLS), redis+cluster://host:port[,host:port...]", SHARED, metavar="URL"),
     MountOption("shared_cache_password_file", "--shared-cache-password-file", "shared_cache_password_file",
-                str | None, str, None, "the shared cache's password is the first line of FILE "
-                "(cluster-shared Redis tier)", SHARED, metavar="FILE"),
-    MountOption("shared_cache_prefix", "--shared-cache-prefix", "shared_cache_prefix", str, str, "ngffmount",
-                "namespace of the shared cache's keys (cluster-shared Redis tier)", SHARED, metavar="PREFIX"),
+                str | None, str, None, "the shared cache's password: the first line of FILE (mode 0600)", SHARED,
+                metavar="FILE"),
+    MountOption("shared_cache_prefix", "--shared-cache-prefix", "shared_cache_prefix", str, str, DEFAULT_PREFIX,
+                "namespace of the shared cache's keys", SHARED, metavar="PREFIX"),
     MountOption("disk_cache", "--no-disk-cache", "no_disk_cache", bool, None, True, "keep no chunks on disk"),
     MountOption("memory_cache", "--memory-cache", "memory_cache", int, parse_size, DEFAULT_MEMORY,
                 "decoded-chunk memory bound", show=format_size),

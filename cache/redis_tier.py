@@ -1,0 +1,409 @@
+"""A chunk tier shared by a cluster of daemons, on Redis or Redis Cluster (see tier.py).
+
+Every node asks it after its own disk cache and before the remote store, so a cluster fetches
+each chunk from the remote about once:
+- entries are the disk cache's (same key, same checksum and metadata: disk.entry_head), so a
+  damaged entry is a miss, fetched again and overwritten, never served;
+- single-flight across nodes: a node that misses takes a lock key (SET NX PX); the others
+  poll a bounded time for the holder's bytes, and fetch themselves once the lock expires;
+- writes go behind the read, on a thread of their own (a bounded queue: past the bound a
+  write is dropped, never waited for);
+- Redis down, killed or slow costs speed, never a read: short connect and operation
+  timeouts, the trouble logged once, then the tier skipped and tried again with backoff.
+The size of the tier is Redis's own `maxmemory` with an LRU policy (README, docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from contextlib import nullcontext
+from typing import Callable, Hashable, NamedTuple
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .disk import entry_head, read_entry
+from .throttledlog import ThrottledLog
+
+log = logging.getLogger("ngffmount")
+
+SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+DEFAULT_PREFIX = "ngffmount"
+# Below Redis's own value limit (proto-max-bulk-len, 512 MB by default): larger chunks would
+# crowd out hundreds of others, and pass by the tier.
+DEFAULT_MAX_VALUE = 64 << 20
+CONNECT_TIMEOUT_S = 0.05
+# Per socket read or write (a large value still arrives while bytes flow). Not tens of ms:
+# with 100 ms, eight daemons on a busy two-core host took Redis for away and fetched each
+# chunk 5.5 times from the remote (scripts/benchmark.py --workloads cluster); with 500 ms, once.
+OP_TIMEOUT_S = 0.5
+LOCK_MS = 10_000  # a lock outlives the holder's fetch by this much at most (a dead holder's too)
+POLL_S = (0.005, 0.05)  # waiting for a holder's bytes: first and longest pause
+BACKOFF_S = (0.5, 30.0)  # unreachable: first and longest pause before trying again
+# Operations failed in a row that make the server taken for away: one slow answer (a busy
+# host) sends only its own chunk to the source. A refused connection counts at once.
+FAILURES_AWAY = 3
+WRITE_BACKLOG_BYTES = 256 << 20
+_FAILED = object()  # what _call answers when the server could not be asked
+_DAMAGED = object()  # what _read answers for an entry whose checksum fails
+
+# Delete a lock only if it is still ours (it may have expired and been taken by another node).
+_UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class SharedCacheURL(NamedTuple):
+    scheme: str
+    nodes: list[tuple[str, int]]
+    db: int
+    username: str | None
+    password: str | None  # in the URL itself: allowed, never shown (see `redacted`)
+    ca_certs: str | None  # rediss: a CA file for a private certificate (?ssl_ca_certs=PATH)
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme.startswith("rediss")
+
+    @property
+    def cluster(self) -> bool:
+        return self.scheme.endswith("+cluster")
+
+    @property
+    def redacted(self) -> str:
+        """For messages: the URL with no password."""
+        user = f"{self.username}@" if self.username else ""
+        hosts = ",".join(f"{h}:{p}" for h, p in self.nodes)
+        return f"{self.scheme}://{user}{hosts}" + ("" if self.cluster else f"/{self.db}")
+
+
+def parse_url(url: str) -> SharedCacheURL:
+    """redis://[user@]host:port/db, rediss://..., redis+cluster://host:port[,host:port...]
+    (or ';' between hosts).
+    Raises ValueError with a message that holds no password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SCHEMES:
+        raise ValueError(f"--shared-cache must start with {', '.join(s + '://' for s in SCHEMES)}")
+    parts = urlsplit("x://" + rest)
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+    nodes = []
+    for part in filter(None, hosts.replace(";", ",").split(",")):  # ';' in fstab, where ',' splits options
+        host, colon, port = part.rpartition(":")
+        if not colon:
+            host, port = part, "6379"
+        try:
+            nodes.append((host.strip("[]") or "localhost", int(port)))
+        except ValueError:
+            raise ValueError(f"--shared-cache: not a host:port: {part!r}") from None
+    if not nodes:
+        raise ValueError("--shared-cache: no host given")
+    if len(nodes) > 1 and not scheme.endswith("+cluster"):
+        raise ValueError("--shared-cache: several hosts need redis+cluster://")
+    path = parts.path.strip("/")
+    try:
+        db = int(path) if path else 0
+    except ValueError:
+        raise ValueError(f"--shared-cache: not a database number: {path!r}") from None
+    query = parse_qs(parts.query)
+    return SharedCacheURL(scheme, nodes, db, username, password, (query.get("ssl_ca_certs") or [None])[0])
+
+
+def read_password(path: str | None) -> str | None:
+    """The password file's first line (a file of mode 0600 that only the mount's user reads)."""
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return f.readline().rstrip("\r\n") or None
+    except OSError as exc:
+        raise ValueError(f"--shared-cache-password-file {path}: {exc.strerror}") from None
+
+
+class _Write(NamedTuple):
+    key: str
+    value: list  # head, data
+    nbytes: int
+    lock: tuple[str, str] | None  # the lock to let go of once written
+
+
+class RedisTier:
+    name = "shared"
+    counters = ("shared_hits", "shared_misses", "shared_errors", "shared_corrupt", "shared_bytes_read",
+                "shared_bytes_written", "shared_lock_waits", "shared_too_large")
+    local = False
+
+    def __init__(self, url: str, password: str | None = None, prefix: str = DEFAULT_PREFIX,
+                 max_value: int = DEFAULT_MAX_VALUE, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 op_timeout: float = OP_TIMEOUT_S, lock_ms: int = LOCK_MS,
+                 backlog_bytes: int = WRITE_BACKLOG_BYTES):
+        self.url = parse_url(url)
+        self._password = password or self.url.password
+        self.prefix = prefix or DEFAULT_PREFIX
+        self.max_value = max_value
+        self.connect_timeout = connect_timeout
+        self.op_timeout = op_timeout
+        self.lock_ms = lock_ms
+        self._backlog_bytes = backlog_bytes
+        self.stats = None
+        self._client = None
+        self._client_lock = threading.RLock()  # _failed runs inside _connected too
+        self._down_until = 0.0
+        self._backoff = BACKOFF_S[0]
+        self._failures = 0  # in a row
+        self._trouble = ThrottledLog(log)
+        self._found = threading.local()  # claim's GET, for the get that follows it
+        self._writes: queue.Queue[_Write | None] = queue.Queue()
+        self._pending = 0  # writes queued or running
+        self.nbytes = 0
+        self._cond = threading.Condition()
+        self._unlock = None
+        threading.Thread(target=self._write_loop, name="shared-write", daemon=True).start()
+
+    # -- the connection
+
+    def check(self) -> None:
+        """At mount: say whether the server is reachable, and warn when it would refuse writes
+        once full instead of evicting (maxmemory-policy noeviction)."""
+        client = self._connected()
+        if client is None:
+            return
+        try:
+            policies = client.config_get("maxmemory-policy")
+        except Exception:
+            return  # CONFIG may be renamed or forbidden on a managed server
+        if isinstance(policies, dict):
+            # A cluster answers per node: {node: {name: value}} (or merged, depending on redis-py).
+            values = [v for d in policies.values() for v in (d.values() if isinstance(d, dict) else [d])]
+        else:
+            values = []
+        values = {v.decode() if isinstance(v, bytes) else str(v) for v in values}
+        if "noeviction" in values:
+            log.warning("shared cache %s: maxmemory-policy is noeviction: once full it refuses new chunks; "
+                        "set maxmemory-policy allkeys-lru (and a maxmemory) on the server", self.url.redacted)
+
+    def _make_client(self):
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options = dict(username=self.url.username, password=self._password,
+                       socket_connect_timeout=self.connect_timeout, socket_timeout=self.op_timeout,
+                       retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        if self.url.tls:
+            options.update(ssl=True, ssl_ca_certs=self.url.ca_certs)
+        if self.url.cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.url.nodes],
+                                **options)
+        host, port = self.url.nodes[0]
+        return redis.Redis(host=host, port=port, db=self.url.db, **options)
+
+    def _connected(self):
+        """The client, or None while the server is taken for unreachable (backoff)."""
+        if time.monotonic() < self._down_until:
+            return None
+        client = self._client
+        if client is not None:
+            return client
+        with self._client_lock:
+            if self._client is None and time.monotonic() >= self._down_until:
+                try:
+                    client = self._make_client()
+                    client.ping()
+                except Exception as exc:
+                    self._failed(exc, connecting=True)
+                    return None
+                self._client = client
+                self._unlock = client.register_script(_UNLOCK)
+                self._reachable()
+            return self._client
+
+    def _failed(self, exc: BaseException, connecting: bool = False) -> None:
+        """The server did not answer in time or at all: this operation's chunk comes from the
+        source; after FAILURES_AWAY in a row (or a failed connect), go without it for a while."""
+        if self.stats is not None:
+            self.stats.add("shared_errors")
+        with self._client_lock:
+            self._failures += 1
+            if not connecting and self._failures < FAILURES_AWAY:
+                return
+            now = time.monotonic()
+            if now >= self._down_until:
+                self._down_until = now + self._backoff * random.uniform(0.8, 1.2)
+                self._backoff = min(self._backoff * 2, BACKOFF_S[1])
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+        self._trouble.report("down", "shared cache %s cannot be used (%s): reading from the source, trying it "
+                             "again with backoff", self.url.redacted, _reason(exc))
+
+    def _reachable(self) -> None:
+        self._backoff = BACKOFF_S[0]
+        self._failures = 0
+        self._trouble.ended("down", "shared cache %s: in use again", self.url.redacted)
+
+    def _call(self, op: Callable, default=None):
+        """op(client), or `default` when the server cannot be asked now."""
+        client = self._connected()
+        if client is None:
+            return default
+        try:
+            result = op(client)
+        except Exception as exc:
+            self._failed(exc)
+            return default
+        self._failures = 0
+        return result
+
+    # -- the tier
+
+    def attach(self, stats, held_in_memory) -> None:
+        self.stats = stats
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}:chunk:{key}"
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self.prefix}:lock:{key}"
+
+    def holds(self, key: str) -> bool:
+        return False  # asking costs a round trip: the engine asks in get, after the claim
+
+    def _read(self, key: str):
+        value = self._call(lambda c: c.get(self._key(key)))
+        if value is None:
+            return None
+        entry = read_entry(value)
+        if entry is None:
+            self.stats.add("shared_corrupt")
+            self._trouble.report("corrupt", "shared cache %s: a damaged entry (%s): fetched again",
+                                 self.url.redacted, key)
+            return _DAMAGED
+        self.stats.add("shared_bytes_read", len(entry[0]))
+        return entry
+
+    def get(self, key: str):
+        found = getattr(self._found, "entry", None)
+        self._found.entry = None
+        if found is not None and found[0] == key:
+            return found[1]  # what claim read, just before
+        entry = self._read(key)
+        return None if entry is _DAMAGED else entry
+
+    def claim(self, key: str):
+        """The entry is read first (one round trip for a hit; the `get` that follows takes
+        what was read here). On a miss, the lock key: held, or waited for until the holder's
+        bytes are there (`get` reads them), the lock expires (then taken), or LOCK_MS passed.
+        None: nothing held."""
+        entry = self._read(key)
+        damaged = entry is _DAMAGED
+        self._found.entry = (key, None if damaged else entry)
+        if entry is not None and not damaged:
+            return None
+        lock, token = self._lock_key(key), os.urandom(8).hex()
+        got = self._call(lambda c: c.set(lock, token, nx=True, px=self.lock_ms), _FAILED)
+        if got is _FAILED:
+            return None  # unreachable: the source it is
+        if got:
+            if not damaged:
+                # A holder may have written and let go between our read and our lock: `get` reads again.
+                self._found.entry = None
+            return lock, token
+        self.stats.add("shared_lock_waits")
+        self._found.entry = None
+        deadline = time.monotonic() + self.lock_ms / 1000
+        pause = POLL_S[0]
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_S[1])
+            client = self._connected()
+            if client is None:
+                return None
+            try:
+                if client.exists(self._key(key)):
+                    return None  # the holder's bytes are there: get reads them
+                if client.set(lock, token, nx=True, px=self.lock_ms):
+                    return lock, token  # the holder let go without bytes, or died
+            except Exception as exc:
+                self._failed(exc)
+                return None
+        return None
+
+    def release(self, claim) -> None:
+        if claim is not None:
+            self._call(lambda c: self._unlock(keys=[claim[0]], args=[claim[1]], client=c))
+
+    def put(self, key: str, data: bytes, meta: dict | None, claim, memory_key: Hashable) -> None:
+        """Queue the entry for the writer thread; too large, or the queue full: dropped."""
+        if len(data) > self.max_value:
+            self.stats.add("shared_too_large")
+            self.release(claim)
+            return
+        if time.monotonic() < self._down_until:
+            return  # unreachable: a lock we hold expires by itself
+        with self._cond:
+            if self.nbytes + len(data) > self._backlog_bytes:
+                full = True
+            else:
+                full = False
+                self.nbytes += len(data)
+                self._pending += 1
+        if full:
+            self.release(claim)
+            return
+        self._writes.put(_Write(self._key(key), [entry_head(data, meta), data], len(data), claim))
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._writes.get()
+            try:
+                self._write(job)
+            finally:
+                with self._cond:
+                    self.nbytes -= job.nbytes
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    def _write(self, job: _Write) -> None:
+        def write(client):
+            value = b"".join(job.value)
+            client.set(job.key, value)
+            self.stats.add("shared_bytes_written", job.nbytes)
+            if job.lock is not None:
+                self._unlock(keys=[job.lock[0]], args=[job.lock[1]], client=client)
+            return True
+
+        self._call(write)
+
+    def delete(self, key: str) -> None:
+        self._call(lambda c: c.delete(self._key(key)))
+
+    def reading(self):
+        return nullcontext()
+
+    def memory_changed(self, memory_key: Hashable) -> None:
+        pass
+
+    @property
+    def backlog(self) -> int:
+        return self.nbytes
+
+    def flush(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

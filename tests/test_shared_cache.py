@@ -1,0 +1,387 @@
+"""The shared chunk tier on real Redis servers (tests/redis_servers.py): one server, a
+three-node Redis Cluster, TLS; engines as nodes (each with its own disk cache), then real
+mounts as nodes in front of a counting proxy and moto."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import mounted, ngffmount_cmd
+from faults import FaultyProxy
+from ngffmount.adapters import open_source
+from ngffmount.cache.disk import DiskCache, read_entry
+from ngffmount.cache.engine import ChunkEngine
+from ngffmount.cache.redis_tier import RedisTier, parse_url
+from ngffmount.cache.region import read_region
+from redis_servers import PASSWORD, RedisCluster, RedisServer, TLSFiles, password_file
+from servers import free_port
+from zarr_fixtures import pattern, write_ome_zarr
+
+EVERYTHING = (0, 0, 0), (32, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("shared") / "deep.zarr"
+    data = pattern((32, 64, 64), "uint16", seed=4)
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(16, 32, 32))  # 8 chunks
+    return path, data
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+def counted_level(path, fetched: list, delay: float = 0.0):
+    """A level whose source fetches are listed in `fetched` (and take `delay` seconds)."""
+    level = open_source(str(path)).levels[0]
+    fetch = level.fetch_versioned
+
+    def counting(key, condition=None):
+        fetched.append(key)
+        time.sleep(delay)
+        return fetch(key, condition)
+
+    level.fetch_versioned = counting
+    return level
+
+
+def shared(url: str, prefix: str, **options) -> RedisTier:
+    return RedisTier(url, PASSWORD, prefix, **options)
+
+
+def node(tmp_path, url: str, prefix: str, disk: bool = True, **options) -> ChunkEngine:
+    cache = DiskCache(str(tmp_path / f"disk-{uuid.uuid4().hex[:6]}")) if disk else None
+    return ChunkEngine(disk=cache, memory_bytes=0, tiers=[shared(url, prefix, **options)])
+
+
+def test_a_second_node_reads_every_chunk_from_the_shared_tier_and_fills_its_disk(tmp_path, store, redis_server):
+    path, data = store
+    fetched: list = []
+    first = node(tmp_path, redis_server.url, "a")
+    np.testing.assert_array_equal(read_region(first, counted_level(path, fetched), *EVERYTHING), data)
+    assert first.flush_disk(10)
+    assert len(fetched) == 8 and first.stats.snapshot()["shared_misses"] == 8
+    assert first.stats.snapshot()["shared_bytes_written"] > 0
+    fetched.clear()
+    second = node(tmp_path, redis_server.url, "a")
+    np.testing.assert_array_equal(read_region(second, counted_level(path, fetched), *EVERYTHING), data)
+    second.flush_disk(10)
+    s = second.stats.snapshot()
+    assert fetched == [] and s["shared_hits"] == 8 and s["disk_misses"] == 8 and s["chunks_fetched"] == 0
+    assert len(second.disk) == 8, "a shared hit fills the disk cache"
+    # Without a disk cache, the shared tier still serves.
+    alone = node(tmp_path, redis_server.url, "a", disk=False)
+    np.testing.assert_array_equal(read_region(alone, counted_level(path, fetched), *EVERYTHING), data)
+    assert fetched == [] and alone.stats.snapshot()["shared_hits"] == 8
+    # A prefix is a namespace of its own.
+    other = node(tmp_path, redis_server.url, "b", disk=False)
+    read_region(other, counted_level(path, fetched), *EVERYTHING)
+    assert len(fetched) == 8
+    assert not any(k.startswith(b"a:lock:") for k in redis_server.client().keys("*")), "every lock let go"
+
+
+def test_nodes_missing_the_same_chunks_at_once_fetch_each_once(tmp_path, store, redis_server):
+    path, data = store
+    fetched: list = []
+    nodes = [node(tmp_path, redis_server.url, "flight") for _ in range(4)]
+    levels = [counted_level(path, fetched, delay=0.3) for _ in nodes]
+    results: list = [None] * 4
+    start = threading.Barrier(4)
+
+    def scroll(i):
+        start.wait()
+        results[i] = read_region(nodes[i], levels[i], *EVERYTHING)
+
+    threads = [threading.Thread(target=scroll, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for got in results:
+        np.testing.assert_array_equal(got, data)
+    assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == 8, "each chunk fetched once in the cluster"
+    snaps = [n.stats.snapshot() for n in nodes]
+    assert sum(s["shared_lock_waits"] for s in snaps) > 0
+    assert sum(s["shared_hits"] for s in snaps) == 3 * 8
+
+
+def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store, redis_server):
+    path, data = store
+    fetched: list = []
+    first = node(tmp_path, redis_server.url, "c", disk=False)
+    read_region(first, counted_level(path, fetched), *EVERYTHING)
+    first.flush_disk(10)
+    client = redis_server.client()
+    key = sorted(k for k in client.keys("c:chunk:*"))[0]
+    good = client.get(key)
+    client.set(key, good[:-3] + bytes(3 - i for i in range(3)))  # a few bytes damaged
+    fetched.clear()
+    second = node(tmp_path, redis_server.url, "c", disk=False)
+    np.testing.assert_array_equal(read_region(second, counted_level(path, fetched), *EVERYTHING), data)
+    second.flush_disk(10)
+    s = second.stats.snapshot()
+    assert len(fetched) == 1 and s["shared_corrupt"] == 1 and s["shared_hits"] == 7
+    rewritten = read_entry(client.get(key))
+    assert rewritten is not None and rewritten[0] == read_entry(good)[0], "overwritten with the right bytes"
+
+
+def test_chunks_above_the_value_cap_pass_by_the_tier(tmp_path, store, redis_server):
+    path, data = store
+    engine = node(tmp_path, redis_server.url, "big", disk=False, max_value=100)
+    np.testing.assert_array_equal(read_region(engine, counted_level(path, []), *EVERYTHING), data)
+    engine.flush_disk(10)
+    assert engine.stats.snapshot()["shared_too_large"] == 8
+    assert redis_server.client().keys("big:chunk:*") == []
+
+
+def test_redis_down_at_start_then_back_resumes_shared_hits(tmp_path, store, caplog):
+    """Nothing listens: every read falls back to the source at once, one log line; once a
+    server answers (after the backoff), the tier fills and serves again."""
+    path, data = store
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    fetched: list = []
+    engine = node(tmp_path, url, "down", disk=False)
+    caplog.set_level(logging.WARNING, logger="ngffmount")
+    started = time.monotonic()
+    for _ in range(3):
+        np.testing.assert_array_equal(read_region(engine, counted_level(path, fetched), *EVERYTHING), data)
+    assert time.monotonic() - started < 10, "an unreachable shared cache costs no time to speak of"
+    assert len(fetched) == 24 and engine.stats.snapshot()["shared_errors"] >= 1
+    lines = [r for r in caplog.records if "shared cache" in r.getMessage()]
+    assert len(lines) == 1 and PASSWORD not in lines[0].getMessage()
+    with RedisServer(tmp_path / "late", port=port) as server:
+        time.sleep(1.5)  # past the first backoff
+        read_region(engine, counted_level(path, []), *EVERYTHING)
+        engine.flush_disk(10)
+        assert len(server.client().keys("down:chunk:*")) == 8
+        fetched.clear()
+        again = node(tmp_path, url, "down", disk=False)
+        np.testing.assert_array_equal(read_region(again, counted_level(path, fetched), *EVERYTHING), data)
+        assert fetched == [] and again.stats.snapshot()["shared_hits"] == 8
+
+
+def test_redis_killed_mid_scroll_then_restarted(tmp_path, store):
+    path, data = store
+    server = RedisServer(tmp_path / "killed").start()
+    try:
+        engine = node(tmp_path, server.url, "k", disk=False)
+        level = counted_level(path, [])
+        for z in range(0, 16):
+            np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, 64, 64)), data[z:z + 1])
+        server.kill()
+        started = time.monotonic()
+        for z in range(16, 32):  # every read succeeds, every byte right
+            np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, 64, 64)), data[z:z + 1])
+        assert time.monotonic() - started < 10
+        assert engine.stats.snapshot()["shared_errors"] >= 1
+        server = RedisServer(tmp_path / "killed2", port=server.port).start()  # empty again
+        time.sleep(1.5)
+        read_region(engine, level, *EVERYTHING)
+        engine.flush_disk(10)
+        fetched: list = []
+        again = node(tmp_path, server.url, "k", disk=False)
+        np.testing.assert_array_equal(read_region(again, counted_level(path, fetched), *EVERYTHING), data)
+        assert fetched == [] and again.stats.snapshot()["shared_hits"] == 8, "shared hits resume"
+    finally:
+        server.stop()
+
+
+def test_a_stalled_redis_costs_a_timeout_not_a_read(tmp_path, store, redis_server, caplog):
+    """SIGSTOP: the server's socket still accepts, nothing answers (a slow or hung Redis)."""
+    path, data = store
+    caplog.set_level(logging.WARNING, logger="ngffmount")
+    engine = node(tmp_path, redis_server.url, "slow", disk=False)
+    level = counted_level(path, [])
+    np.testing.assert_array_equal(read_region(engine, level, (0, 0, 0), (1, 64, 64)), data[:1])
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        for z in range(1, 32):
+            np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, 64, 64)), data[z:z + 1])
+        assert time.monotonic() - started < 10, "operations time out, then the tier is skipped"
+        assert engine.stats.snapshot()["shared_errors"] >= 1
+        assert len([r for r in caplog.records if "shared cache" in r.getMessage()]) == 1, "logged once"
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+
+
+def test_a_server_without_eviction_is_warned_about(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="ngffmount")
+    with RedisServer(tmp_path / "noevict", policy="noeviction") as server:
+        shared(server.url, "w").check()
+    assert any("noeviction" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with RedisServer(tmp_path / "lru") as server:
+        shared(server.url, "w").check()
+    assert not any("noeviction" in r.getMessage() for r in caplog.records)
+
+
+def test_a_three_node_redis_cluster(tmp_path, store):
+    path, data = store
+    with RedisCluster(tmp_path / "cluster") as cluster:
+        fetched: list = []
+        first = node(tmp_path, cluster.url, "cl")
+        np.testing.assert_array_equal(read_region(first, counted_level(path, fetched), *EVERYTHING), data)
+        first.flush_disk(10)
+        assert len(fetched) == 8
+        second = node(tmp_path, cluster.url, "cl", disk=False)
+        np.testing.assert_array_equal(read_region(second, counted_level(path, fetched), *EVERYTHING), data)
+        assert len(fetched) == 8 and second.stats.snapshot()["shared_hits"] == 8
+        held = sum(n.client().dbsize() for n in cluster.nodes if n.client().dbsize())
+        assert held == 8 and sum(1 for n in cluster.nodes if n.client().dbsize()) >= 2, "spread over the nodes"
+
+
+def test_tls_with_a_self_signed_certificate(tmp_path, store):
+    path, data = store
+    tls = TLSFiles(tmp_path / "tls")
+    with RedisServer(tmp_path / "tlsredis", tls=tls) as server:
+        url = f"{server.url}?ssl_ca_certs={tls.cert}"
+        fetched: list = []
+        first = node(tmp_path, url, "tls", disk=False)
+        read_region(first, counted_level(path, fetched), *EVERYTHING)
+        first.flush_disk(10)
+        second = node(tmp_path, url, "tls", disk=False)
+        np.testing.assert_array_equal(read_region(second, counted_level(path, fetched), *EVERYTHING), data)
+        assert len(fetched) == 8 and second.stats.snapshot()["shared_hits"] == 8
+        # Without the CA the certificate is refused: the source serves, nothing breaks.
+        untrusting = node(tmp_path, server.url, "tls", disk=False)
+        np.testing.assert_array_equal(read_region(untrusting, counted_level(path, fetched), *EVERYTHING), data)
+        assert untrusting.stats.snapshot()["shared_errors"] >= 1 and len(fetched) == 16
+
+
+def test_urls_and_their_redaction():
+    u = parse_url("redis://alice:pw@host:7000/3")
+    assert (u.nodes, u.db, u.username, u.password, u.tls, u.cluster) == ([("host", 7000)], 3, "alice", "pw", False, False)
+    assert "pw" not in u.redacted and u.redacted == "redis://alice@host:7000/3"
+    c = parse_url("redis+cluster://a:1;b:2")  # ';' between hosts: fstab splits options on ','
+    assert c.cluster and c.nodes == [("a", 1), ("b", 2)] == parse_url("redis+cluster://a:1,b:2").nodes
+    assert parse_url("rediss://h:6380").tls
+    for bad in ("http://h:1", "redis://", "redis://a:1,b:2", "redis://h:x", "redis://h:1/x"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
+
+
+# -- real mounts as nodes -----------------------------------------------------------------
+
+def _chunk_paths(proxy, prefix: str) -> list[str]:
+    return [p for m, p, *_ in proxy.log if m == "GET" and p.startswith(prefix) and "/." not in p
+            and not p.endswith("zarr.json")]
+
+
+@pytest.mark.integration
+def test_four_daemons_share_one_redis_and_the_remote_sees_each_chunk_once(tmp_path, s3_server, redis_server):
+    data = pattern((8, 128, 128), "uint16", seed=9)
+    write_ome_zarr(tmp_path / "up" / "img.zarr", data, "zyx", levels=1, chunks=(2, 32, 32))  # 64 chunks
+    s3_server.upload_dir(tmp_path / "up", "shared", "", public=True)
+    secret = password_file(tmp_path)
+    mounts = [tmp_path / f"mnt{i}" for i in range(4)]
+    with FaultyProxy(s3_server.endpoint_url) as proxy:
+        options = ["--anon", "--endpoint-url", proxy.url, "--shared-cache", redis_server.url,
+                   "--shared-cache-password-file", str(secret), "--shared-cache-prefix", "four"]
+        logs = [tmp_path / f"log{i}.txt" for i in range(4)]
+        stack = [mounted("s3://shared/img.zarr", m, *options, "--cache-dir", str(tmp_path / f"cache{i}"),
+                         "--log-file", str(logs[i])) for i, m in enumerate(mounts)]
+        for cm in stack:
+            cm.__enter__()
+        try:
+            proxy.reset_counters()
+            failures: list = []
+
+            def scroll(mnt, order):
+                try:
+                    for z in order:
+                        np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / f"z{z:05d}.tif"), data[z])
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=scroll, args=(m, list(range(8)) if i % 2 == 0 else list(range(7, -1, -1))))
+                       for i, m in enumerate(mounts)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+            assert not failures, failures[0]
+            chunks = _chunk_paths(proxy, "/shared/img.zarr/0/")
+            stats = [json.loads((m / ".ngffmount" / "stats.json").read_text()) for m in mounts]
+            twice = sorted(p for p in set(chunks) if chunks.count(p) > 1)
+            assert len(set(chunks)) == 64 and len(chunks) == 64, f"the remote store sees each chunk once: {twice} {stats}"
+            assert sum(s["shared_hits"] for s in stats) >= 3 * 64
+            assert all(set(s) >= {"shared_hits", "shared_misses", "shared_errors", "shared_bytes_read",
+                                  "shared_bytes_written", "shared_lock_waits"} for s in stats)
+            # The password: never in a process title, a log, stats.json, info.json, /proc/mounts.
+            ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+            texts = [ps, open("/proc/mounts").read()] + [p.read_text() for p in logs]
+            texts += [(m / ".ngffmount" / "stats.json").read_text() for m in mounts]
+            texts += [p.read_text() for m in mounts for p in m.rglob("info.json")]
+            shown = ngffmount_cmd("stats", str(mounts[0])).stdout
+            assert "shared_hits" in shown
+            assert not any(PASSWORD in t for t in texts + [shown])
+        finally:
+            for cm in stack:
+                cm.__exit__(None, None, None)
+
+
+@pytest.mark.integration
+def test_a_mount_survives_redis_killed_mid_scroll(tmp_path, s3_server):
+    data = pattern((12, 64, 64), "uint16", seed=10)
+    write_ome_zarr(tmp_path / "up" / "k.zarr", data, "zyx", levels=1, chunks=(1, 32, 32))
+    s3_server.upload_dir(tmp_path / "up", "killed", "", public=True)
+    server = RedisServer(tmp_path / "redis").start()
+    options = ["--anon", "--endpoint-url", s3_server.endpoint_url, "--shared-cache", server.url,
+               "--shared-cache-password-file", str(password_file(tmp_path)), "--no-disk-cache"]
+    try:
+        with mounted("s3://killed/k.zarr", tmp_path / "mnt", *options) as mnt:
+            for z in range(6):
+                np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / f"z{z:05d}.tif"), data[z])
+            server.kill()
+            for z in range(6, 12):
+                np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / f"z{z:05d}.tif"), data[z])
+            s = json.loads((mnt / ".ngffmount" / "stats.json").read_text())
+            assert s["shared_errors"] >= 1 and s["errors"] == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_prefetch_warms_the_shared_cache(tmp_path, http_server, redis_server):
+    data = pattern((4, 64, 64), "uint16", seed=11)
+    name = f"warm-{uuid.uuid4().hex[:6]}.zarr"
+    write_ome_zarr(http_server.www / name, data, "zyx", levels=1, chunks=(2, 32, 32))  # 8 chunks
+    url = f"{http_server.url}/{name}"
+    out = ngffmount_cmd("cache", "prefetch", url, "--shared-cache", redis_server.url, "--shared-cache-password-file",
+                        str(password_file(tmp_path)), "--shared-cache-prefix", "warm").stdout
+    assert "8 chunks in the shared cache redis://127.0.0.1" in out and PASSWORD not in out
+    assert len(redis_server.client().keys("warm:chunk:*")) == 8
+    http_server.reset_counters()
+    with mounted(url, tmp_path / "mnt", "--no-disk-cache", "--shared-cache", redis_server.url,
+                 "--shared-cache-password-file", str(password_file(tmp_path)), "--shared-cache-prefix", "warm") as mnt:
+        for z in range(4):
+            np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / f"z{z:05d}.tif"), data[z])
+        s = json.loads((mnt / ".ngffmount" / "stats.json").read_text())
+    assert s["shared_hits"] == 8 and s["chunks_fetched"] == 0
+    assert not any(p.startswith(f"/{name}/0/") and "/." not in p for p in http_server.paths)
+
+
+def test_fstab_options_name_the_shared_cache():
+    from ngffmount.vfs.service import helper_arguments
+
+    args = helper_arguments(["s3://b/i.zarr", "/mnt/i", "-o", "ro,shared_cache=redis+cluster://h1:7000;h2:7000,"
+                             "shared_cache_password_file=/etc/ngffmount/redis.pw,shared_cache_prefix=lab"])
+    assert args[3:] == ["--shared-cache", "redis+cluster://h1:7000;h2:7000", "--shared-cache-password-file",
+                        "/etc/ngffmount/redis.pw", "--shared-cache-prefix", "lab"]
+    assert parse_url(args[4]).nodes == [("h1", 7000), ("h2", 7000)]
