@@ -425,8 +425,8 @@ class Harness:
         # Credentials go by environment, as for any AWS client; the tag finds the daemon.
         env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
                "AWS_DEFAULT_REGION": REGION, "NGFFBENCH_TAG": tag}
-        cmd = [sys.executable, "-m", "ngffmount.vfs.cli", "mount", url, str(mnt), "--endpoint-url", self.proxy.url,
-               "--cache-dir", str(cache_dir), "--log-file", str(log), *extra]
+        cmd = [sys.executable, "-m", "ngffmount.vfs.command.cli", "mount", url, str(mnt), "--endpoint-url",
+               self.proxy.url, "--cache-dir", str(cache_dir), "--log-file", str(log), *extra]
         try:
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         except subprocess.TimeoutExpired:

@@ -77,7 +77,7 @@ def main() -> int:
     with RangeHTTPServer(str(www), listing=False) as server:
         url = f"{server.url}/cells.ome.zarr"
         print(f"serving it at {url} (HTTP with Range, no directory listing)", flush=True)
-        cmd = [sys.executable, "-m", "ngffmount.vfs.cli", "mount", url, str(mnt), "--cache-dir", str(work / "cache")]
+        cmd = [sys.executable, "-m", "ngffmount.vfs.command.cli", "mount", url, str(mnt), "--cache-dir", str(work / "cache")]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             print(result.stderr.strip(), file=sys.stderr)
@@ -109,7 +109,7 @@ Open these:
         except KeyboardInterrupt:
             pass
         finally:
-            subprocess.run([sys.executable, "-m", "ngffmount.vfs.cli", "unmount", str(mnt)], capture_output=True)
+            subprocess.run([sys.executable, "-m", "ngffmount.vfs.command.cli", "unmount", str(mnt)], capture_output=True)
             print(f"unmounted {mnt}")
     return 0
 

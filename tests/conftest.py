@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ngffmount.adapters import open_source  # noqa: E402
 from ngffmount.cache.engine import ChunkEngine  # noqa: E402
 from ngffmount.adapters.fileobj import SeekableRaw  # noqa: E402
-from ngffmount.vfs.fs import VirtualFS  # noqa: E402
-from ngffmount.vfs.tree import build_tree  # noqa: E402
+from ngffmount.vfs.fuse.paths import VirtualFS  # noqa: E402
+from ngffmount.vfs.tree.build import build_tree  # noqa: E402
 
 
 def vfs_for(url: str, storage_options=None, engine=None) -> VirtualFS:
@@ -70,7 +70,7 @@ def imagej_order(arr: np.ndarray, axes: str) -> np.ndarray:
 
 def ngffmount_cmd(*args, check=True, timeout=120, env=None) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "ngffmount.vfs.cli", *args],
+        [sys.executable, "-m", "ngffmount.vfs.command.cli", *args],
         capture_output=True, text=True, timeout=timeout, env=env,
     )
     if check and result.returncode != 0:

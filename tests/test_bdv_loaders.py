@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 
 from ngffmount.adapters import BadMetadata, NgffMountError, SourceNotFound, open_source
 from ngffmount.cache.engine import ChunkEngine
-from ngffmount.vfs.fs import VirtualFS
-from ngffmount.vfs.tree import build_tree
+from ngffmount.vfs.fuse.paths import VirtualFS
+from ngffmount.vfs.tree.build import build_tree
 from ngffmount.adapters.bdv import Calibration
 from ngffmount.adapters.bdv_xml import parse_spimdata
 

@@ -314,8 +314,8 @@ def test_revalidation_that_cannot_reach_the_source_serves_the_cached_chunk(tmp_p
 
 
 def test_revalidate_option_from_fstab_and_cli():
-    from ngffmount.vfs.cli import build_parser, parse_age
-    from ngffmount.vfs.service import helper_arguments
+    from ngffmount.vfs.command.cli import build_parser, parse_age
+    from ngffmount.vfs.command.service import helper_arguments
 
     assert helper_arguments(["s3://b/i.zarr", "/mnt/i", "-o", "ro,revalidate=1h"]) == [
         "mount", "s3://b/i.zarr", "/mnt/i", "--revalidate", "1h"]

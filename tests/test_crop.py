@@ -15,7 +15,7 @@ import tifffile
 
 from conftest import imagej_order, mounted, read_all, vfs_for
 from imagej import describe_image_macro, ij_str, parse_kv, run_macro
-from ngffmount.vfs.crop_views import parse_box
+from ngffmount.vfs.views.crop_views import parse_box
 from zarr_fixtures import pattern, write_ome_zarr, write_sparse_stack
 
 NM = {"z": "nanometer", "y": "nanometer", "x": "nanometer", "t": "second"}
@@ -154,7 +154,7 @@ def test_crops_above_4gib_follow_the_stack_convention(tmp_path):
     """2100 planes of 1024 x 1024 uint16 (4.1 GiB declared; two chunks exist): a crop above
     4 GiB is laid out as sN.tif is, and reads the source's pixels."""
     from conftest import VirtualReader
-    from ngffmount.vfs.tiff import CLASSIC_LIMIT
+    from ngffmount.vfs.writers.tiff import CLASSIC_LIMIT
 
     path = tmp_path / "big.zarr"
     arr = write_sparse_stack(path)

@@ -16,9 +16,9 @@ import zarr
 
 from conftest import VirtualReader, mounted, read_all, vfs_for
 from ngffmount.cache.engine import ChunkEngine
-from ngffmount.vfs.arrays import ArrayView
-from ngffmount.vfs.hdf5 import Dataset, hdf5_file
-from ngffmount.vfs.virtualfile import read_bytes
+from ngffmount.vfs.views.arrays import ArrayView
+from ngffmount.vfs.writers.hdf5 import Dataset, hdf5_file
+from ngffmount.vfs.tree.virtualfile import read_bytes
 from zarr_fixtures import pattern, write_ome_zarr
 
 UM = {"z": "micrometer", "y": "micrometer", "x": "nanometer"}

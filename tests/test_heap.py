@@ -8,7 +8,7 @@ import sys
 # interpreter: the settings are for the whole process and only reach threads started later.
 CHURN = """
 import resource, sys, threading
-from ngffmount.vfs.heap import keep_freed_memory
+from ngffmount.vfs.command.heap import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 faults = []

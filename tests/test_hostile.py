@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from ngffmount.adapters import BadMetadata, NgffMountError, Unsupported, open_source
 from ngffmount.cache.engine import ChunkEngine
-from ngffmount.vfs.fs import VirtualFS
-from ngffmount.vfs.tree import build_tree
+from ngffmount.vfs.fuse.paths import VirtualFS
+from ngffmount.vfs.tree.build import build_tree
 from zarr_fixtures import pattern, write_ome_zarr
 
 json_values = st.recursive(

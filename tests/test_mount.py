@@ -143,7 +143,7 @@ def test_every_plane_matches_zarr_python_over_the_same_url(tmp_path, http_server
 
 def test_foreground_mode_serves_until_unmounted(tiny_store, cache_args):
     store, data, mnt = tiny_store
-    proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.cli", "mount", "-f", f"file://{store}", str(mnt), *cache_args],
+    proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.command.cli", "mount", "-f", f"file://{store}", str(mnt), *cache_args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().startswith("mounted file://")

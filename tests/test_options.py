@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ngffmount.vfs.cli import build_parser, main
-from ngffmount.vfs.mount import MountConfig
-from ngffmount.vfs.options import OPTIONS, config_from_args, parse_age, parse_option, parse_size, storage_options_of
-from ngffmount.vfs.service import helper_arguments
+from ngffmount.vfs.command.cli import build_parser, main
+from ngffmount.vfs.command.mount import MountConfig
+from ngffmount.vfs.command.options import OPTIONS, config_from_args, parse_age, parse_option, parse_size, storage_options_of
+from ngffmount.vfs.command.service import helper_arguments
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # A value to give each kind of option, and what it becomes in MountConfig.

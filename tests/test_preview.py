@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import mounted, read_all, vfs_for
 from ngffmount.adapters.storage import TRANSFERS
-from ngffmount.vfs.preview import png_bytes, png_size
+from ngffmount.vfs.views.preview import png_bytes, png_size
 from zarr_fixtures import multiscale_meta, pattern, write_ome_zarr
 
 

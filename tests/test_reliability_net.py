@@ -212,7 +212,7 @@ def foreground_mount(url: str, mnt: Path, log_path: Path, *extra: str):
     """`ngffmount mount -f`, as a systemd unit runs it: the test owns the daemon and its exit code."""
     mnt.mkdir(exist_ok=True)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.cli", "mount", "-f", url, str(mnt), *extra],
+        proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.command.cli", "mount", "-f", url, str(mnt), *extra],
                                 stdout=log, stderr=log)
     try:
         assert wait_for(lambda: os.path.ismount(mnt) and (mnt / "info.json").exists()), log_path.read_text()
@@ -322,7 +322,7 @@ def test_unit_restarts_only_on_real_failures(tmp_path, tiny_store, cache_args):
     restarted; a failed mount (exit 1) is."""
     unit = unit_settings(ngffmount_cmd("service", "unit").stdout)
     path, data, mnt = tiny_store
-    proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.cli", "mount", "-f", str(path), str(mnt), *cache_args],
+    proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.command.cli", "mount", "-f", str(path), str(mnt), *cache_args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert wait_for(lambda: os.path.ismount(mnt))

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from conftest import ngffmount_cmd
-from ngffmount.vfs.service import helper_arguments
+from ngffmount.vfs.command.service import helper_arguments
 
 
 @pytest.mark.integration
@@ -44,14 +44,14 @@ def test_foreground_mount_notifies_systemd_when_ready(tmp_path, tiny_store, cach
         sock.bind(str(sock_path))
         sock.settimeout(30)
         env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
-        proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.cli", "mount", "-f", str(path), str(mnt), *cache_args],
+        proc = subprocess.Popen([sys.executable, "-m", "ngffmount.vfs.command.cli", "mount", "-f", str(path), str(mnt), *cache_args],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             assert sock.recv(256) == b"READY=1"
             assert os.path.ismount(mnt), "READY comes only once the mountpoint answers"
             np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / "z00002.tif"), data[2])
         finally:
-            subprocess.run([sys.executable, "-m", "ngffmount.vfs.cli", "unmount", str(mnt)], capture_output=True)
+            subprocess.run([sys.executable, "-m", "ngffmount.vfs.command.cli", "unmount", str(mnt)], capture_output=True)
             assert proc.wait(timeout=20) == 0, proc.stderr.read()
 
 

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 
 from conftest import VirtualReader, mounted, read_all, vfs_for
 from ngffmount.adapters.storage import TRANSFERS
-from ngffmount.vfs.tiff import LONG, LONG8, Table, Tag, tile_side
-from ngffmount.vfs.tiff_views import imagej_max_pixels
-from ngffmount.vfs.virtualfile import TableSegment
+from ngffmount.vfs.writers.tiff import LONG, LONG8, Table, Tag, tile_side
+from ngffmount.vfs.views.tiff_views import imagej_max_pixels
+from ngffmount.vfs.tree.virtualfile import TableSegment
 from zarr_fixtures import pattern
 from slide_fixtures import (COURSE_HEIGHT, COURSE_WIDTH, course_slide, daemon_rss_mib, run, sparse_pyramid,
                             tiff_end, tiff_levels, windows)

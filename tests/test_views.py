@@ -16,11 +16,11 @@ from conftest import VirtualReader, imagej_order, read_all, tiff_array, vfs_for
 from ngffmount.adapters import open_source
 from ngffmount.adapters.storage import TRANSFERS
 from ngffmount.cache.engine import ChunkEngine
-from ngffmount.vfs import view_registry
-from ngffmount.vfs.arrays import ArrayView
-from ngffmount.vfs.nodes import DirNode, static_file
-from ngffmount.vfs.tiff import CLASSIC_LIMIT
-from ngffmount.vfs.view import LEVEL, View
+from ngffmount.vfs.views import registry
+from ngffmount.vfs.views.arrays import ArrayView
+from ngffmount.vfs.tree.nodes import DirNode, static_file
+from ngffmount.vfs.writers.tiff import CLASSIC_LIMIT
+from ngffmount.vfs.views.view import LEVEL, View
 from zarr_fixtures import pattern, write_ome_zarr, write_sparse_stack
 
 UM = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
@@ -70,15 +70,15 @@ def test_info_json(czyx_store):
 
 
 def test_a_registered_view_appears_in_the_tree_and_info_json(czyx_store, monkeypatch):
-    """A new view is a View plus one line in view_registry.VIEWS: the tree and info.json follow."""
+    """A new view is a View plus one line in registry.VIEWS: the tree and info.json follow."""
     path, _ = czyx_store
     per_level = View(f"{LEVEL}.txt", lambda ctx: None if ctx.index == 0 else "only the first level",
                      lambda ctx: static_file(f"{ctx.name}: {ctx.src.plane_count} planes".encode(), ctx.mtime),
                      lambda node, ctx: {"size": node.size})
     per_image = View("note/", lambda ctx: None, lambda ctx: DirNode(ctx.mtime),
                      lambda node, ctx: {"levels": len(ctx.sources)})
-    views = view_registry.VIEWS
-    monkeypatch.setattr(view_registry, "VIEWS", [*views[:1], per_level, *views[1:], per_image])
+    views = registry.VIEWS
+    monkeypatch.setattr(registry, "VIEWS", [*views[:1], per_level, *views[1:], per_image])
     fs = vfs_for(str(path))
     names = fs.readdir("/")
     assert names[:4] == ["info.json", "s0", "s0.txt", "s0.tif"] and "s1.txt" not in names

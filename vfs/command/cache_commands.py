@@ -9,11 +9,11 @@ import sqlite3
 import sys
 import time
 
-from ..adapters import Image, NgffMountError, normalize_url, open_source
-from ..cache.disk import FULL_MARGIN, CacheUnavailable, DiskCache
-from ..cache.diskfolder import describe, human, remove_cache_files
-from ..cache.engine import ChunkEngine
-from ..cache.region import chunks_touching
+from ...adapters import Image, NgffMountError, normalize_url, open_source
+from ...cache.disk import FULL_MARGIN, CacheUnavailable, DiskCache
+from ...cache.diskfolder import describe, human, remove_cache_files
+from ...cache.engine import ChunkEngine
+from ...cache.region import chunks_touching
 
 PREFETCH_BATCH = 64
 

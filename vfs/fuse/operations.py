@@ -13,10 +13,10 @@ import os
 import threading
 from typing import Callable
 
-from ..adapters import NgffMountError, redact
-from ..adapters.errors import SourceChanged
-from .fs import VirtualFS
-from .virtualfile import read_bytes
+from ...adapters import NgffMountError, redact
+from ...adapters.errors import SourceChanged
+from .paths import VirtualFS
+from ..tree.virtualfile import read_bytes
 from .libfuse import load_mfusepy
 
 fuse = load_mfusepy()

@@ -15,11 +15,11 @@ import json
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable
 
-from ..adapters import storage_options_for
-from ..adapters.storage import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT, StorageOptions
-from ..cache.disk import DEFAULT_SIZE, default_cache_dir
-from ..cache.engine import DEFAULT_MEMORY
-from ..cache.redis_tier import DEFAULT_PREFIX
+from ...adapters import storage_options_for
+from ...adapters.storage import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT, StorageOptions
+from ...cache.disk import DEFAULT_SIZE, default_cache_dir
+from ...cache.engine import DEFAULT_MEMORY
+from ...cache.redis_tier import DEFAULT_PREFIX
 
 # -- values -----------------------------------------------------------------------------
 

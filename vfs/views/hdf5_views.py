@@ -8,11 +8,11 @@ from functools import partial
 import numpy as np
 
 from .arrays import ArrayView
-from .hdf5 import Dataset, hdf5_file
-from .nodes import LazyFile
+from ..writers.hdf5 import Dataset, hdf5_file
+from ..tree.nodes import LazyFile
 from .planes import LENGTH_IN_METERS, axis_positions, tiff_dtype
 from .view import LEVEL, View
-from .virtualfile import VirtualFile
+from ..tree.virtualfile import VirtualFile
 
 
 def unsupported_reason(level) -> str | None:

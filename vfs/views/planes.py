@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..adapters.units import IMAGEJ_LENGTH_UNIT, IMAGEJ_TIME_UNIT, LENGTH_IN_METERS
-from ..cache.readahead import Readahead
+from ...adapters.units import IMAGEJ_LENGTH_UNIT, IMAGEJ_TIME_UNIT, LENGTH_IN_METERS
+from ...cache.readahead import Readahead
 from .arrays import ArrayView
 
 

@@ -6,8 +6,8 @@ import errno
 import os
 import stat
 
-from .nodes import DirNode, FileNode, Node
-from .virtualfile import read_bytes
+from ..tree.nodes import DirNode, FileNode, Node
+from ..tree.virtualfile import read_bytes
 
 
 class VirtualFS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
-from ..adapters.units import OME_LENGTH_UNIT, OME_PIXEL_TYPE, OME_TIME_UNIT
+from ...adapters.units import OME_LENGTH_UNIT, OME_PIXEL_TYPE, OME_TIME_UNIT
 
 OME_NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..adapters.fileobj import SeekableRaw
-from .arrays import ArrayView
-from .virtualfile import PixelSegment, StaticSegment, VirtualFile
+from ...adapters.fileobj import SeekableRaw
+from ..views.arrays import ArrayView
+from ..tree.virtualfile import PixelSegment, StaticSegment, VirtualFile
 
 PAGE = 4096
 

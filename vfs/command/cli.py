@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from ..adapters import NgffMountError, normalize_url, redact
+from ...adapters import NgffMountError, normalize_url, redact
 from .options import CACHE, MOUNT, SHARED, SOURCE, MountConfig, add_options, config_from_args, option_parents
 from .options import parse_age  # noqa: F401  (tests and scripts parse ages as the command does)
 from .options import storage_options_of

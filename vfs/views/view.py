@@ -1,6 +1,6 @@
 """What a view declares: its file name, why an image or level lacks it, how it is built and
-what info.json says of it. Each view module declares its views; vfs/view_registry.py lists
-them in order, and the tree (vfs/tree.py) offers them to every image.
+what info.json says of it. Each view module declares its views; vfs/views/registry.py lists
+them in order, and the tree (vfs/tree/build.py) offers them to every image.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Union
 
 if TYPE_CHECKING:
-    from ..adapters import Image
-    from .nodes import DirNode, Node
+    from ...adapters import Image
+    from ..tree.nodes import DirNode, Node
     from .planes import PlaneSource
     from .tiff_views import TiffLayout
 

@@ -19,13 +19,13 @@ z sizes differ from level 0's (z downsampled too) shows, under each plane, its n
 from __future__ import annotations
 
 from .planes import PlaneSource
-from .tiff import (ASCII, CLASSIC_LIMIT, IFD, IFD8, LONG, NEW_SUBFILE_TYPE, PLANAR_CONFIGURATION, SHORT, SOFTWARE,
-                   SUB_IFDS, SUBFILE_TYPE, Tag, TiffFormat, image_tags)
+from ..writers.tiff import (ASCII, CLASSIC_LIMIT, IFD, IFD8, LONG, NEW_SUBFILE_TYPE, PLANAR_CONFIGURATION, SHORT,
+                            SOFTWARE, SUB_IFDS, SUBFILE_TYPE, Tag, TiffFormat, image_tags)
 from .tiff_views import _align, chunk_tiles, ome_resolution, read_tiles, unsupported_reason as tiff_unsupported_reason
-from .nodes import FileNode
-from .ome_xml import ome_xml
+from ..tree.nodes import FileNode
+from ..writers.ome_xml import ome_xml
 from .view import View
-from .virtualfile import PixelSegment, RecordSegment, StaticSegment, TableSegment, VirtualFile
+from ..tree.virtualfile import PixelSegment, RecordSegment, StaticSegment, TableSegment, VirtualFile
 
 SOFTWARE_NAME = b"ngffmount\0"
 

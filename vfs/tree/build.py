@@ -1,4 +1,4 @@
-"""Building the tree a user sees from a source: for each image, the views vfs/view_registry.py lists."""
+"""Building the tree a user sees from a source: for each image, the views vfs/views/registry.py lists."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import json
 from functools import partial
 from dataclasses import asdict
 
-from ..adapters import Group, Image
-from . import view_registry
+from ...adapters import Group, Image
+from ..views import registry
 from .nodes import DirNode, DynamicFile, LazyDir, static_file
-from .planes import PlaneSource
-from .tiff_views import TiffLayout
-from .view import ImageContext, LevelContext
+from ..views.planes import PlaneSource
+from ..views.tiff_views import TiffLayout
+from ..views.view import ImageContext, LevelContext
 
 
 def build_tree(source: Image | Group, engine, stats_render=None) -> DirNode:
@@ -33,7 +33,7 @@ def group_dir(group: Group, engine) -> DirNode:
 
 
 def image_dir(image: Image, engine) -> DirNode:
-    """An image's folder: info.json, then each registered view it can have (view_registry.VIEWS)."""
+    """An image's folder: info.json, then each registered view it can have (registry.VIEWS)."""
     d = DirNode(image.mtime)
     views: dict[str, dict] = {}
     missing: dict[str, str] = {}
@@ -43,8 +43,8 @@ def image_dir(image: Image, engine) -> DirNode:
     level_ctxs = [LevelContext(image, engine, sources, image_ctx.image_dir, i, layout)
                   for i, layout in enumerate(layouts)]
     # Each level's views, level after level, then the views of the whole image.
-    offers = [(view, ctx) for ctx in level_ctxs for view in view_registry.VIEWS if view.per_level]
-    offers += [(view, image_ctx) for view in view_registry.VIEWS if not view.per_level]
+    offers = [(view, ctx) for ctx in level_ctxs for view in registry.VIEWS if view.per_level]
+    offers += [(view, image_ctx) for view in registry.VIEWS if not view.per_level]
     for view, ctx in offers:
         name = view.name_for(ctx)
         reason = view.missing(ctx)

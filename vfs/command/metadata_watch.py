@@ -8,7 +8,7 @@ import logging
 import threading
 from typing import Callable
 
-from ..adapters import Group, Image, redact
+from ...adapters import Group, Image, redact
 from .cache_commands import _images
 
 log = logging.getLogger("ngffmount")

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..cache.region import byte_view, c_order_boxes, chunks_touching, read_region
+from ...cache.region import byte_view, c_order_boxes, chunks_touching, read_region
 
 
 class ArrayView:

@@ -50,7 +50,7 @@ MOUNT_ONLY = {"ro", "rw", "defaults", "auto", "noauto", "user", "nouser", "users
 def ngffmount_command() -> str:
     """The absolute command a unit can run: the console script beside this interpreter."""
     script = Path(sys.executable).parent / "ngffmount"
-    return str(script) if script.exists() else f"{sys.executable} -m ngffmount.vfs.cli"
+    return str(script) if script.exists() else f"{sys.executable} -m ngffmount.vfs.command.cli"
 
 
 def unit_text(conf_dir: str = "/etc/ngffmount") -> str:
@@ -122,4 +122,4 @@ def helper_main() -> int:
     except ValueError as exc:
         print(f"{HELPER_NAME}: {exc}", file=sys.stderr)
         return 1
-    return subprocess.call([sys.executable, "-m", "ngffmount.vfs.cli", *args])
+    return subprocess.call([sys.executable, "-m", "ngffmount.vfs.command.cli", *args])

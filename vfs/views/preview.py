@@ -13,10 +13,10 @@ import zlib
 
 import numpy as np
 
-from .nodes import FileNode
+from ..tree.nodes import FileNode
 from .planes import PlaneSource
 from .view import View
-from .virtualfile import Buffer, Segment, VirtualFile
+from ..tree.virtualfile import Buffer, Segment, VirtualFile
 
 PREVIEW_SIZE = 1024
 STORED_BLOCK = 65535  # the most a stored deflate block holds

@@ -11,8 +11,8 @@ import re
 import threading
 from typing import Iterable
 
-from ..adapters.lru import LRU
-from .nodes import DirNode, FileNode, Node, static_file
+from ...adapters.lru import LRU
+from ..tree.nodes import DirNode, FileNode, Node, static_file
 from .planes import PlaneSource
 from .tiff_views import IMAGEJ_DTYPES, TiffLayout, unsupported_reason
 from .view import View

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Callable
 
-from ..adapters.retry import deadline_at
+from ...adapters.retry import deadline_at
 
 log = logging.getLogger("ngffmount")
 

@@ -8,7 +8,7 @@ those rows lie in), so a scroll decodes each chunk once while it stays in memory
 
 from __future__ import annotations
 
-from .nodes import PlaneDir
+from ..tree.nodes import PlaneDir
 from .planes import PlaneSource
 from .tiff_views import TiffLayout, unsupported_reason
 from .view import LEVEL, View

@@ -24,16 +24,16 @@ import time
 from dataclasses import asdict
 from functools import partial
 
-from ..adapters import NgffMountError, normalize_url, open_source
-from ..adapters.storage import TRANSFERS
-from ..adapters.zarr_codecs import warm_up_codecs
-from ..cache.disk import CacheUnavailable, DiskCache
-from ..cache.engine import ChunkEngine
-from ..cache.redis_tier import RedisTier, read_password
+from ...adapters import NgffMountError, normalize_url, open_source
+from ...adapters.storage import TRANSFERS
+from ...adapters.zarr_codecs import warm_up_codecs
+from ...cache.disk import CacheUnavailable, DiskCache
+from ...cache.engine import ChunkEngine
+from ...cache.redis_tier import RedisTier, read_password
 from .heap import keep_freed_memory
 from .metadata_watch import watch_metadata
 from .options import MountConfig, storage_options_of
-from .libfuse import fuse_class, load_mfusepy, raise_readahead
+from ..fuse.libfuse import fuse_class, load_mfusepy, raise_readahead
 
 log = logging.getLogger("ngffmount")
 
@@ -143,9 +143,9 @@ def serve(config: MountConfig, on_ready) -> None:
     keep_freed_memory()  # first: before the S3 client or FUSE start their threads
     FUSE = fuse_class()
 
-    from .fs import VirtualFS
-    from .fuse_ops import FuseOps
-    from .tree import build_tree
+    from ..fuse.paths import VirtualFS
+    from ..fuse.operations import FuseOps
+    from ..tree.build import build_tree
 
     mountpoint = check_mountpoint(config.mountpoint)
     check_fuse()
@@ -255,7 +255,7 @@ def mount_background(config: MountConfig, wait_seconds: float = 300.0) -> str:
     read_fd, write_fd = os.pipe()
     with open(config.log_file, "ab") as logf:
         child = subprocess.Popen(
-            [sys.executable, "-m", "ngffmount.vfs.cli", "_serve", "--ready-fd", str(write_fd)],
+            [sys.executable, "-m", "ngffmount.vfs.command.cli", "_serve", "--ready-fd", str(write_fd)],
             stdin=subprocess.PIPE,
             stdout=logf,
             stderr=logf,

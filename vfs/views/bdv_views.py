@@ -13,12 +13,12 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from .arrays import ArrayView
-from .hdf5 import Dataset, hdf5_file
-from .nodes import LazyFile, static_file
-from .ome_xml import OME_LENGTH_UNIT
+from ..writers.hdf5 import Dataset, hdf5_file
+from ..tree.nodes import LazyFile, static_file
+from ..writers.ome_xml import OME_LENGTH_UNIT
 from .planes import axis_positions
 from .view import View
-from .virtualfile import VirtualFile
+from ..tree.virtualfile import VirtualFile
 
 BDV_TYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 MAX_DATASETS = 20000  # t x c x levels: the header is built in memory on first use

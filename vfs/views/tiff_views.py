@@ -12,13 +12,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..cache.region import byte_view
-from .nodes import FileNode, PlaneDir
-from .ome_xml import OME_PIXEL_TYPE, ome_xml
+from ...cache.region import byte_view
+from ..tree.nodes import FileNode, PlaneDir
+from ..writers.ome_xml import OME_PIXEL_TYPE, ome_xml
 from .planes import LENGTH_IN_METERS, Calibration, PlaneSource
-from .tiff import CLASSIC_LIMIT, TiffFormat, TilePlan, image_tags, plan_strips, plan_tiles
+from ..writers.tiff import CLASSIC_LIMIT, TiffFormat, TilePlan, image_tags, plan_strips, plan_tiles
 from .view import LEVEL, View
-from .virtualfile import PixelSegment, RecordSegment, Segment, StaticSegment, TableSegment, VirtualFile
+from ..tree.virtualfile import PixelSegment, RecordSegment, Segment, StaticSegment, TableSegment, VirtualFile
 
 PIXEL_ALIGN = 16
 # Large files start their pixels where libfuse3's reads start (1 MiB boundaries), so a read

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .bdv_views import BDV_H5, BDV_XML
 from .crop_views import CROPS
 from .hdf5_views import IMAGE_H5, LEVEL_H5
-from .nodes import DirNode
+from ..tree.nodes import DirNode
 from .ortho_views import XZ_PLANES, YZ_PLANES
 from .preview import PREVIEW
 from .pyramid_views import PYRAMID_OME_TIFF

@@ -1,0 +1,1 @@
+"""File-format writers the views use: TIFF structure, synthesized HDF5, OME-XML."""
