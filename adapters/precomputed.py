@@ -1,5 +1,5 @@
 """Neuroglancer precomputed volumes: the `info` document, its scales as levels, and chunks
-stored one per file or in uint64 shards (Neuroglancer's volume.md and sharded.md).
+stored one per file or in uint64 shards (docs/formats.md, "Neuroglancer precomputed").
 
 A scale's chunks cover [x, y, z] boxes from `voxel_offset`, clipped at the volume's edge.
 Levels are (c,) z, y, x: channels lead when there is more than one.

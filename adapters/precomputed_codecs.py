@@ -122,7 +122,7 @@ def _bits(doc: dict, name: str, low: int, high: int, where: str) -> int:
 
 
 class Sharding:
-    """Where a chunk id lives: its shard file and minishard (sharded.md of Neuroglancer)."""
+    """Where a chunk id lives: its shard file and minishard (docs/formats.md, "Neuroglancer precomputed")."""
 
     def __init__(self, doc, where: str):
         if not isinstance(doc, dict) or doc.get("@type") != SHARDING_TYPE:
@@ -187,7 +187,7 @@ def gunzip(raw: bytes, limit: int) -> bytes:
 
 def compressed_morton_code(cell: tuple[int, int, int], grid: tuple[int, int, int]) -> int:
     """The chunk id of grid cell (x, y, z): its bits interleaved, skipping bits that are zero
-    for every cell of the grid (volume.md, "Compressed morton code")."""
+    for every cell of the grid (the compressed Morton code: docs/formats.md, "Neuroglancer precomputed")."""
     code, j = 0, 0
     for i in range(max(g - 1 for g in grid).bit_length()):
         for dim in range(3):
