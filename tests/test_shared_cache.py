@@ -378,7 +378,7 @@ def test_prefetch_warms_the_shared_cache(tmp_path, http_server, redis_server):
 
 
 def test_fstab_options_name_the_shared_cache():
-    from ngffmount.vfs.service import helper_arguments
+    from ngffmount.vfs.command.service import helper_arguments
 
     args = helper_arguments(["s3://b/i.zarr", "/mnt/i", "-o", "ro,shared_cache=redis+cluster://h1:7000;h2:7000,"
                              "shared_cache_password_file=/etc/ngffmount/redis.pw,shared_cache_prefix=lab"])
