@@ -3,6 +3,8 @@ memory someone still reads), and readahead kept in memory while the memory cache
 
 from __future__ import annotations
 
+import json
+
 import numcodecs
 import numpy as np
 import pytest
@@ -189,3 +191,32 @@ def test_readaheads_share_the_memory_they_keep_ahead():
     assert engine.ahead_room(second, 1 << 20) == room - (4 << 20), "what the first leaves"
     fixed = ChunkEngine(memory_bytes=64 << 20, readahead_bytes=1 << 20)
     assert fixed.ahead_room(first, 0) == 1 << 20, "an explicit budget stays the budget"
+
+
+@pytest.mark.integration
+def test_a_cold_scroll_through_a_mount_reads_ahead_into_memory_only(tmp_path, http_server, cache_args):
+    """A real mount, s0.tif read plane after plane through the kernel: every byte right, each
+    chunk fetched once and decoded once, and with the level fitting the memory cache,
+    nothing staged to disk and read back."""
+    from conftest import mounted
+
+    name = "scroll.zarr"
+    data = pattern((40, 256, 256), "uint16", seed=3)
+    write_ome_zarr(http_server.www / name, data, "zyx", levels=1, chunks=(1, 128, 128), compressors=LZ4)
+    http_server.reset_counters()
+    with mounted(f"{http_server.url}/{name}", tmp_path / "mnt", "--memory-cache", "16M", *cache_args) as mnt:
+        with open(mnt / "s0.tif", "rb") as f:
+            import tifffile
+
+            with tifffile.TiffFile(f) as tif:
+                offsets = [page.dataoffsets[0] for page in tif.pages]
+            plane = data[0].nbytes
+            for z in range(40):
+                f.seek(offsets[z])
+                assert f.read(plane) == data[z].tobytes(), z
+        stats = json.loads((mnt / ".ngffmount" / "stats.json").read_text())
+    chunks = 40 * 4
+    paths = [p for p in http_server.paths if p.startswith(f"/{name}/0/") and "/." not in p]
+    assert len(paths) == len(set(paths)) == chunks, "each chunk requested once"
+    assert stats["chunks_fetched"] == chunks and stats["decodes"] == chunks
+    assert stats["disk_hits"] == 0, "no chunk staged to disk and read back"
