@@ -313,10 +313,25 @@ class ChunkEngine:
             return
         for idx in sorted(on_disk):
             read = partial(self._disk_or_remote, level, idx, keys[idx], deadline)
-            if len(futures) == 1:
+            if priority != DEMAND:
+                # Readahead's reads of the disk go through the fetch queue in order: a reader's
+                # chunk is promoted past them, where the decoders' queue would keep it behind
+                # every chunk of the window.
+                self._queue.submit((level.cache_token, idx), priority,
+                                   partial(self._read_then_decode, level, idx, futures[idx], read),
+                                   partial(self._settle, level, idx, futures[idx], Cancelled), cancelled, deadline)
+            elif len(futures) == 1:
                 self._settle(level, idx, futures[idx], read)
             else:
                 self._decoders.submit(self._settle, level, idx, futures[idx], read)
+
+    def _read_then_decode(self, level, idx, fut: Future, read) -> None:
+        """On a fetch thread: read a chunk's bytes from a local tier, then queue its decode."""
+        try:
+            data = read()
+        except BaseException as exc:
+            data = exc
+        self._decoders.submit(self._settle, level, idx, fut, lambda: data)
 
     def _settle(self, level, idx, fut: Future, read) -> None:
         """Decode one chunk from `read()` (its encoded bytes, None if missing, or the exception

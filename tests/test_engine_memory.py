@@ -4,6 +4,7 @@ memory someone still reads), and readahead kept in memory while the memory cache
 from __future__ import annotations
 
 import json
+import threading
 
 import numcodecs
 import numpy as np
@@ -220,3 +221,41 @@ def test_a_cold_scroll_through_a_mount_reads_ahead_into_memory_only(tmp_path, ht
     assert len(paths) == len(set(paths)) == chunks, "each chunk requested once"
     assert stats["chunks_fetched"] == chunks and stats["decodes"] == chunks
     assert stats["disk_hits"] == 0, "no chunk staged to disk and read back"
+
+
+def test_a_reader_goes_before_readahead_queued_on_the_disk_cache(tmp_path, thin_store):
+    """Readahead of chunks the disk cache holds reads them in the fetch queue's order: a
+    reader's chunk is promoted past the window's other chunks (it did wait behind all of
+    them in the decoders' queue), and a jump drops what has not started."""
+    path, data = thin_store
+    level = open_source(str(path)).levels[0]
+    chunks = [(z, 0, 0) for z in range(12)]
+    filler = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")))
+    filler.fill_disk(level, chunks)
+    assert filler.flush_disk(10)
+    engine = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")), fetch_threads=1)
+    tier = engine.tiers[0]
+    read, gate = [], threading.Event()
+    tier_get = tier.get
+
+    def slow_first_get(key):
+        read.append(key)
+        if len(read) == 1:
+            assert gate.wait(10)
+        return tier_get(key)
+
+    tier.get = slow_first_get
+    jumped = threading.Event()
+    engine.prefetch(level, chunks[:10], cancelled=jumped)  # the first read holds the only readahead thread
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(engine.get(level, [chunks[9]])))
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "the reader's chunk was read while readahead's first one still waited"
+    np.testing.assert_array_equal(got[chunks[9]][0], data[9, :32, :32])
+    assert read[1].endswith(level.chunk_key(chunks[9])), read
+    jumped.set()  # the reader jumped away: the window's chunks not started are dropped
+    gate.set()
+    wait_idle(engine)
+    assert len(read) == 2, "only the chunk under way and the reader's were read from disk"
+    np.testing.assert_array_equal(engine.get(level, [chunks[4]])[chunks[4]][0], data[4, :32, :32])
