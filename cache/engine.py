@@ -90,6 +90,10 @@ class ChunkEngine:
             stage_bytes = 0
         self.stage_bytes = 2 * self.readahead_bytes if stage_bytes is None else stage_bytes
         self._queue = FetchQueue(fetch_threads)
+        # Readahead's reads of chunks the local tiers hold, each then decoded on the same
+        # thread: in order, promoted when a reader waits, dropped on a jump, and no more at
+        # once than there are decoders (they cost CPU, not waiting on a remote).
+        self._local_reads = FetchQueue(max(1, decode_threads))
         self.stats = Stats()
         for tier in self.tiers:
             self.stats.register(tier.counters)
@@ -122,6 +126,7 @@ class ChunkEngine:
             for idx, _ in waiting:
                 # queued by readahead: now needed, and by this reader's deadline
                 self._queue.promote((level.cache_token, idx), DEMAND, deadline)
+                self._local_reads.promote((level.cache_token, idx), DEMAND, deadline)
             if mine:
                 self._load(level, mine, DEMAND, deadline=deadline)
             dropped = []
@@ -174,6 +179,7 @@ class ChunkEngine:
         if urgent:
             for idx, _ in waiting:
                 self._queue.promote((level.cache_token, idx), PLANE, deadline)
+                self._local_reads.promote((level.cache_token, idx), PLANE, deadline)
         if mine:
             self.stats.add("prefetched", len(mine))
             self._load(level, mine, PLANE if urgent else AHEAD, None if urgent else cancelled, deadline)
@@ -314,24 +320,17 @@ class ChunkEngine:
         for idx in sorted(on_disk):
             read = partial(self._disk_or_remote, level, idx, keys[idx], deadline)
             if priority != DEMAND:
-                # Readahead's reads of the disk go through the fetch queue in order: a reader's
-                # chunk is promoted past them, where the decoders' queue would keep it behind
-                # every chunk of the window.
-                self._queue.submit((level.cache_token, idx), priority,
-                                   partial(self._read_then_decode, level, idx, futures[idx], read),
-                                   partial(self._settle, level, idx, futures[idx], Cancelled), cancelled, deadline)
+                # Readahead's reads of the disk queue in order: a reader's chunk is promoted
+                # past them, where the decoders' queue would keep it behind every chunk of the
+                # window.
+                self._local_reads.submit((level.cache_token, idx), priority,
+                                         partial(self._settle, level, idx, futures[idx], read),
+                                         partial(self._settle, level, idx, futures[idx], Cancelled),
+                                         cancelled, deadline)
             elif len(futures) == 1:
                 self._settle(level, idx, futures[idx], read)
             else:
                 self._decoders.submit(self._settle, level, idx, futures[idx], read)
-
-    def _read_then_decode(self, level, idx, fut: Future, read) -> None:
-        """On a fetch thread: read a chunk's bytes from a local tier, then queue its decode."""
-        try:
-            data = read()
-        except BaseException as exc:
-            data = exc
-        self._decoders.submit(self._settle, level, idx, fut, lambda: data)
 
     def _settle(self, level, idx, fut: Future, read) -> None:
         """Decode one chunk from `read()` (its encoded bytes, None if missing, or the exception
@@ -596,7 +595,7 @@ class ChunkEngine:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._queue.wait_idle(left):
+            if not (self._queue.wait_idle(left) and self._local_reads.wait_idle(left)):
                 return False
             with self._lock:
                 if not self._inflight and not self._background:
@@ -619,6 +618,7 @@ class ChunkEngine:
         """The mount is going away: drop every queued fetch, take no new ones, and fail the
         reads still waiting (a fetch already out runs on until its own deadline)."""
         self._queue.close()
+        self._local_reads.close()
         with self._lock:
             waiting = list(self._inflight.values())
         for fut in waiting:

@@ -224,16 +224,17 @@ def test_a_cold_scroll_through_a_mount_reads_ahead_into_memory_only(tmp_path, ht
 
 
 def test_a_reader_goes_before_readahead_queued_on_the_disk_cache(tmp_path, thin_store):
-    """Readahead of chunks the disk cache holds reads them in the fetch queue's order: a
-    reader's chunk is promoted past the window's other chunks (it did wait behind all of
-    them in the decoders' queue), and a jump drops what has not started."""
+    """Readahead of chunks the disk cache holds reads them in order, as many at a time as
+    there are decoders: a reader's chunk is promoted past the window's other chunks (it
+    waited behind all of them in the decoders' queue), and a jump drops what has not
+    started."""
     path, data = thin_store
     level = open_source(str(path)).levels[0]
     chunks = [(z, 0, 0) for z in range(12)]
     filler = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")))
     filler.fill_disk(level, chunks)
     assert filler.flush_disk(10)
-    engine = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")), fetch_threads=1)
+    engine = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")), decode_threads=1)  # one readahead read at a time
     tier = engine.tiers[0]
     read, gate = [], threading.Event()
     tier_get = tier.get
