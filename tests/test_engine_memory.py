@@ -89,16 +89,21 @@ def test_a_reader_holding_an_evicted_chunk_keeps_its_bytes_while_the_pool_reuses
     assert stats["decodes" if kind == "whole" else "block_decodes"] >= 40
 
 
+def scroll(engine, path, data, planes) -> None:
+    """Read s0.tif's planes in this order through the views (no FUSE), checking each."""
+    fs = vfs_for(str(path), engine=engine)
+    offset = pixel_offset(path)
+    plane = data[0].nbytes
+    for z in planes:
+        assert fs.read("/s0.tif", plane, offset + z * plane) == data[z].tobytes(), z
+
+
 def test_a_scroll_through_a_level_larger_than_memory_reads_every_byte_right(scroll_store):
     """Through the views, with readahead decoding into reused memory beside the reader."""
     _, path, data = scroll_store
     level = open_source(str(path)).levels[0]
     engine = ChunkEngine(memory_bytes=6 * level.chunk_nbytes)
-    fs = vfs_for(str(path), engine=engine)
-    offset = pixel_offset(path)
-    plane = data[0].nbytes
-    for z in range(40):
-        assert fs.read("/s0.tif", plane, offset + z * plane) == data[z].tobytes(), z
+    scroll(engine, path, data, range(40))
     wait_idle(engine)
     assert engine.memory.pool.reused > 0
 
@@ -143,11 +148,7 @@ def test_readahead_stages_nothing_to_disk_that_the_memory_cache_holds(tmp_path, 
     path, data = thin_store
     engine = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")), memory_bytes=576 << 10)
     assert engine.readahead_bytes < data.nbytes, "a quarter of memory would not hold the level"
-    fs = vfs_for(str(path), engine=engine)
-    offset = pixel_offset(path)
-    plane = data[0].nbytes
-    for z in range(48):
-        assert fs.read("/s0.tif", plane, offset + z * plane) == data[z].tobytes(), z
+    scroll(engine, path, data, range(48))
     wait_idle(engine)
     stats = engine.stats.snapshot()
     chunks = 48 * 4
