@@ -16,8 +16,10 @@ against the compressed bytes of the chunks under the windows.
 Everything runs on loopback: moto_server (S3) <- latency_proxy.py (+30 ms per request,
 counts requests and bytes) <- every client. One generated OME-Zarr (NGFF 0.4, zarr v2, '/'
 keys, blosc lz4) is stored in two chunkings, and for each chunking these readers are timed
-on the same proxy and data: zarr-python direct from S3, zarr-python through `rclone mount
---vfs-cache-mode full`, ngffmount cold / warm / hot, and zarr-python on a local-disk copy.
+on the same proxy and data: tensorstore and zarr-python (over s3fs and over obstore) direct
+from S3, zarr-python through `rclone mount --vfs-cache-mode full`, ngffmount cold / warm /
+hot, and zarr-python on a local-disk copy, each with its CPU-seconds (reader, and daemon
+where there is one). scripts/profile_scroll.py profiles the daemon on one cold scroll.
 An XZ scroll (s0.xz/ file by file, against zarr-python's arr[:, y, :] for the same y)
 records requests and decodes per chunk. NGFFBENCH_DIR moves /tmp/bench elsewhere.
 
