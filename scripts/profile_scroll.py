@@ -127,10 +127,11 @@ def stop(proc: subprocess.Popen | None, timeout: float = 120) -> None:
         proc.wait()
 
 
-def profiled_scroll(h: bm.Harness, url: str, spec, profiler: list[str] | None, log: Path) -> dict:
+def profiled_scroll(h: bm.Harness, url: str, spec, profiler: list[str] | None, log: Path,
+                    extra: tuple = ()) -> dict:
     """One cold scroll (new mount, empty cache) measured like the benchmark's, with `profiler`
     ("{pid}" = the daemon) recording from before the read until the daemon is idle."""
-    mnt, pid, daemon_log = h.ngff_mount(url, h.fresh("ngff"))
+    mnt, pid, daemon_log = h.ngff_mount(url, h.fresh("ngff"), extra=extra)
     proc = None
     try:
         if pid is None:
@@ -156,6 +157,8 @@ def main() -> int:
     ap.add_argument("--latency-ms", type=float, default=30.0, help="added to every S3 request (default 30)")
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
     ap.add_argument("--no-perf", action="store_true", help="py-spy and /proc only, even if perf is installed")
+    ap.add_argument("--mount-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for `ngffmount mount`, repeatable (e.g. --mount-arg=--no-disk-cache)")
     ap.add_argument("--out", default=str(bm.BENCH / "profile"), help="output directory (default %(default)s)")
     args = ap.parse_args()
     if not shutil.which("py-spy"):
@@ -193,10 +196,10 @@ def main() -> int:
             # Two cold scrolls, each on a new mount and an empty cache: perf's (or none) gives
             # the daemon's CPU-s; py-spy's, which costs the daemon more, only the split.
             perf_cmd = ["perf", "record", "-g", "-F", "499", "-o", str(perf_out), "-p", "{pid}"] if use_perf else None
-            run = profiled_scroll(h, url, spec, perf_cmd, out / "perf.log")
+            run = profiled_scroll(h, url, spec, perf_cmd, out / "perf.log", tuple(args.mount_arg))
             pyspy_cmd = ["py-spy", "record", "--gil", "--nonblocking", "-r", str(args.rate), "-f", "raw",
                          "-o", str(pyspy_out), "--pid", "{pid}"]
-            spy_run = profiled_scroll(h, url, spec, pyspy_cmd, out / "py-spy.log")
+            spy_run = profiled_scroll(h, url, spec, pyspy_cmd, out / "py-spy.log", tuple(args.mount_arg))
         except bm.BenchError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -209,7 +212,8 @@ def main() -> int:
          f"Command: `{' '.join(['python3', *sys.argv])}`  ",
          f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; git {bm.machine_facts(args)['machine']['ngffmount']}", "",
          f"One cold scroll of s0.tif ({nz} x {ny} x {nx} uint16, plane-sized reads, new mount, empty cache, "
-         f"+{args.latency_ms:g} ms per request){' under perf' if use_perf else ''}: {run['seconds']:.2f} s, "
+         f"+{args.latency_ms:g} ms per request{''.join(' ' + a for a in args.mount_arg)})"
+         f"{' under perf' if use_perf else ''}: {run['seconds']:.2f} s, "
          f"{run['requests']} requests; CPU-s: reader {reader_cpu:.2f}, daemon {daemon_cpu:.2f} (/proc, from right "
          "before the read until the daemon is idle). A second cold scroll, under py-spy: "
          f"{spy_run['seconds']:.2f} s, daemon {spy_run['cpu_daemon']:.2f} CPU-s.",
