@@ -224,7 +224,7 @@ def read_windows(spec: dict, proxy_counters) -> dict:
         arr = ts.open(tensorstore_spec(spec["url"], spec["endpoint"], anonymous=True), read=True).result()
         read = lambda y, x: arr[0, 0, 0, y:y + size, x:x + size].read().result()  # noqa: E731
     before = proxy_counters()
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_self(), time.perf_counter()
     if reader == "tiff":
         import tifffile
         import zarr
@@ -236,8 +236,8 @@ def read_windows(spec: dict, proxy_counters) -> dict:
     for y, x in spec["windows"]:
         hashes.append(sha1(np.ascontiguousarray(read(y, x)).tobytes()))
         first = first or time.perf_counter() - t0
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "before": before, "nbytes": len(spec["windows"]) * size * size,
+    seconds, cpu = time.perf_counter() - t0, cpu_self() - cpu0
+    return {"seconds": seconds, "cpu_s": cpu, "before": before, "nbytes": len(spec["windows"]) * size * size,
             "first_read_s": first, "hashes": hashes}
 
 
@@ -930,8 +930,8 @@ def render_slide(args, slide: dict) -> list[str]:
          "ngffmount gets a new mount and an empty cache, and its clock starts before image.ome.tif is opened "
          "(tifffile reads the header, the tile tables and then tile after tile); zarr-python and tensorstore "
          "open the array before the clock. Windows are read one after the other, as a viewer asks for them.", "",
-         "| reader | median s | first window s | runs (s) | requests | requests/chunk | fetched/needed | notes |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| reader | median s | first window s | runs (s) | CPU-s (reader + daemon) | requests | requests/chunk | "
+         "fetched/needed | notes |", "|---|---|---|---|---|---|---|---|---|"]
     for key in ("ngff", "zarr", "tensorstore"):
         r = rows.get(key)
         if not r:
@@ -942,7 +942,7 @@ def render_slide(args, slide: dict) -> list[str]:
             note += (" " if note else "") + ", ".join(f"{n}={s[n]:g}" for n in ("chunks_fetched", "errors") if n in s)
         L.append("| " + " | ".join([
             r["label"], fmt(r["median"]), fmt(r.get("first_read_s")), ", ".join(f"{x:.3g}" for x in r["seconds"]),
-            requests_cell(r), fmt(r["requests"] / r["chunks"]), fmt(r["bytes"] / r["needed"]), note]) + " |")
+            cpu_cell(r), requests_cell(r), fmt(r["requests"] / r["chunks"]), fmt(r["bytes"] / r["needed"]), note]) + " |")
     if slide["rss"]:
         L += ["", f"ngffmount daemon peak RSS (VmHWM): {slide['rss']['slide']:.0f} MiB"]
     return L
