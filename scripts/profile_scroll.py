@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
-"""Profile the ngffmount daemon during one cold scroll through s0.tif: where its CPU goes.
+"""Profile the ngffmount daemon during a cold scroll through s0.tif: where its CPU goes.
 
     python3 scripts/profile_scroll.py --size small                     # quick (128 MiB level)
     python3 scripts/profile_scroll.py --chunking 64x256x256 --out /tmp/prof
+    python3 scripts/profile_scroll.py --size small --mount-arg=--no-disk-cache
 
 The benchmark's setup (its data, moto behind latency_proxy.py, a fresh mount on an empty
-cache) and one cold scroll of s0.tif in plane-sized reads, as `scripts/benchmark.py` times it.
-While the scroll runs, py-spy records the daemon (`--gil -r 200 -f raw`: Python stacks of the
-thread holding the GIL) and, where `perf` is installed, `perf record -g` samples its true CPU,
-kernel included. The daemon's CPU seconds come from /proc/PID/stat over the same window as
-the benchmark's (right before the read until the daemon is idle).
+cache) and two cold scrolls of s0.tif in plane-sized reads, as `scripts/benchmark.py` times
+them, each on its own new mount and empty cache:
+- the first under `perf record -g` where perf is installed (true CPU by shared object and
+  symbol, kernel included); its daemon CPU-seconds, from /proc/PID/stat over the benchmark's
+  window (right before the read until the daemon is idle), are the reference;
+- the second under `py-spy record --gil --nonblocking -r 200 -f raw` (Python stacks of the
+  thread holding the GIL; nonblocking, as stopping the daemon for each sample costs it more
+  CPU than the scroll itself).
 
-Output (under --out, default $NGFFBENCH_DIR/profile): pyspy.txt (collapsed stacks), perf.data,
-and profile.md: CPU by subsystem, from py-spy's samples classified by the file of their
-innermost frame that belongs to a known subsystem, with CPU-s = share x the daemon's CPU-s;
-and perf's CPU by shared object (the kernel, the interpreter, native codecs, ...). The
-interpreter's share of perf is what py-spy splits by subsystem.
+Output (under --out, default $NGFFBENCH_DIR/profile): perf.data, pyspy.txt (collapsed stacks)
+and profile.md: CPU by subsystem, py-spy's samples classified by the innermost frame in a
+known file, CPU-s = share x the reference daemon CPU-s; and perf's tables. The interpreter's
+share of perf is what py-spy splits by subsystem. It uses the benchmark's data and run
+directory: do not run it next to a benchmark with the same NGFFBENCH_DIR.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import benchmark as bm  # noqa: E402  (the benchmark's setup, reused)
 # Subsystems by the file of a stack frame; a sample goes to the innermost frame that matches.
 SUBSYSTEMS = [
     ("disk cache", ("/cache/disk", "/cache/writeback", "/diskcache/", "/sqlite3/")),
-    ("fetching / transport", ("/adapters/storage", "/adapters/retry", "/adapters/counters", "/s3fs/",
+    ("fetching / transport", ("/adapters/storage", "/adapters/transport", "/adapters/retry", "/adapters/counters", "/s3fs/",
                               "/aiobotocore/", "/botocore/", "/aiohttp/", "/fsspec/", "/obstore/", "/yarl/",
                               "/multidict/", "/dateutil/", "/urllib3/", "/cache/fetchhealth")),
     ("decode", ("/numcodecs/", "/blosc", "/imagecodecs/", "/zarr/codecs/", "/zarr/core/codec", "/cache/blocked",
