@@ -54,6 +54,11 @@ FULL_PAUSE_S = 30.0  # full with nothing left to evict: writes wait this long
 GONE_CHECK_S = 1.0
 GONE_WAIT_S = 30.0
 REOPEN_RETRY_S = 30.0
+# Entries another daemon adds are seen by the in-memory index within INDEX_REFRESH_S; entries
+# it evicts, at a reload of the whole index (at most every INDEX_RELOAD_S) or when looked up.
+INDEX_REFRESH_S = 0.1
+INDEX_RELOAD_S = 2.0
+RECENCY_FLUSH_S = 5.0  # hits' access times wait at most this long for their write
 
 
 def default_cache_dir() -> str:
@@ -124,6 +129,8 @@ class DiskCache:
         self._retry_at = 0.0  # gone, and not made again: no new try until then
         self._gone_since = 0.0
         self.evicted_to_open = 0  # entries removed to make room for opening a full folder
+        self.index = KeyIndex(lambda: self._cache)
+        self._recency = Recency(self)
         try:
             self._cache: _SerialCache | None = self._open_or_make_room()
             self.locks = FetchLocks(directory)
@@ -138,13 +145,23 @@ class DiskCache:
         entry = self.get_entry(key)
         return None if entry is None else entry[0]
 
-    def get_entry(self, key: str) -> tuple[bytes, dict | None] | None:
+    def get_entry(self, key: str, look: bool = False) -> tuple[bytes, dict | None] | None:
         """The stored bytes and metadata (None for an entry written without), or None on a
-        miss or a damaged entry (which is then dropped)."""
+        miss or a damaged entry (which is then dropped). A key the index does not know is a
+        miss without asking SQLite, unless `look` (another daemon may have just written it)."""
+        if not (look or self.index.holds(key)):
+            return None
+
         def read(cache):
-            value = cache.get(key, default=None, read=True)
-            if value is None:
+            db_key, raw = cache.disk.put(key)
+            # A plain SELECT, not diskcache's get: with least-recently-used eviction that is
+            # a write transaction per lookup. Recency is written in batches (touch).
+            row = cache._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?",
+                             (db_key, raw)).fetchone()
+            if row is None:
+                self.index.forget(key)  # evicted by another daemon
                 return None
+            value = cache.disk.fetch(*row, True)
             if isinstance(value, _EntryPath):
                 return _read_entry_file(value.path)
             return _split_entry(value)  # small: kept in SQLite itself
@@ -154,6 +171,7 @@ class DiskCache:
             return None
         entry = checked_entry(*got)
         if entry is not None:
+            self._recency.touch(key)
             return entry
         self.delete(key)
         raise CorruptEntry(key)
@@ -162,30 +180,59 @@ class DiskCache:
         """Store an entry, with `meta` (JSON-able) when given. False when it was not written:
         the file system is full (the oldest entries were evicted, or writes pause), or the
         folder is broken; never raises."""
-        head = entry_head(data, meta)
+        return self.put_many([(key, data, meta)]) == [True]
+
+    def put_many(self, entries: list[tuple[str, bytes, dict | None]]) -> list[bool]:
+        """Store entries (key, data, metadata) in one SQLite transaction; whether each was
+        written. Their files are written first and the rows committed together: a crash
+        leaves every entry of the batch whole or absent. A batch that fails is tried entry
+        by entry, so one entry's trouble costs only that entry."""
+        if not entries:
+            return []
+        heads = [entry_head(data, meta) for _, data, meta in entries]
 
         def write(cache):
-            if len(data) + len(head) < cache.disk_min_file_size:
-                cache.set(key, head + data, tag=self.source)
-                return True
-            # Not as bytes: diskcache would join them first, then write them through
-            # io.BytesIO line by line (~20,000 write calls per MB of pixels).
             written = cache.disk.written
-            written.path = None
+            written.paths, written.removals = [], []
             try:
-                cache.set(key, _Entry(head, data), read=True, tag=self.source)
+                with cache.transact():
+                    for (key, data, _), head in zip(entries, heads):
+                        if len(data) + len(head) < cache.disk_min_file_size:
+                            cache.set(key, head + data, tag=self.source)
+                        else:
+                            # Not as bytes: diskcache would join them first, then write them through
+                            # io.BytesIO line by line (~20,000 write calls per MB of pixels).
+                            cache.set(key, _Entry(head, data), read=True, tag=self.source)
+                    self._recency.write(cache)
+                removals = written.removals
             except BaseException:
-                if written.path is not None:  # its row was not committed: nothing points to it
+                for path in written.paths:  # their rows were not committed: nothing points to them
                     with contextlib.suppress(OSError):
-                        os.unlink(written.path)
+                        os.unlink(path)
                 raise
+            finally:
+                written.paths = written.removals = None
+            for name in removals:  # files of rows replaced or evicted, now that this is committed
+                cache.disk.remove(name)
             return True
 
-        return self._run(write, False, writing=True, need=len(data) + len(head),
-                         on_entry_error=lambda: False)
+        need = sum(len(data) + len(head) for (_, data, _), head in zip(entries, heads))
+        if self._run(write, False, writing=True, need=need, on_entry_error=lambda: False):
+            for key, _, _ in entries:
+                self.index.add(key)
+            return [True] * len(entries)
+        if len(entries) == 1:
+            return [False]
+        return [self.put_many([entry]) == [True] for entry in entries]
 
     def __contains__(self, key: str) -> bool:
-        return self._run(lambda cache: key in cache, False)
+        """From the index in memory: a miss asks nothing of SQLite. A hit checks that the
+        folder is still the one opened (a removed folder's entries are gone)."""
+        if not self.index.holds(key):
+            return False
+        if self._folder_changed():
+            return self._reopen() is not None and self.index.holds(key)
+        return True
 
     def __len__(self) -> int:
         cache = self._cache
@@ -197,6 +244,7 @@ class DiskCache:
         return int(cache.size_limit) if cache is not None else self._configured_limit
 
     def delete(self, key: str) -> None:
+        self.index.forget(key)
         try:
             self._cache.delete(key)
         except Exception:
@@ -220,6 +268,7 @@ class DiskCache:
             cache = self._usable()
             remove_entry_files(self.directory, keep=set())
             count = cache.clear()
+        self.index.reset()
         keep = {name for (name,) in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
         remove_entry_files(self.directory, keep)
         return count
@@ -231,13 +280,28 @@ class DiskCache:
             raise CacheUnavailable(f"the disk cache at {self.directory} is gone")
         source = source.rstrip("/")
         tags = [tag for (tag,) in cache._sql("SELECT DISTINCT tag FROM Cache WHERE tag IS NOT NULL")]
-        return sum(cache.evict(tag) for tag in tags
-                   if isinstance(tag, str) and (tag == source or tag.startswith(source + "/")))
+        removed = sum(cache.evict(tag) for tag in tags
+                      if isinstance(tag, str) and (tag == source or tag.startswith(source + "/")))
+        self.index.reset()
+        return removed
 
     def close(self) -> None:
+        self.flush_recency()
         cache = self._cache
         if cache is not None:
             cache.close()
+
+    def flush_recency(self) -> None:
+        """Write the access times of the hits since the last write (eviction order). Only a
+        hint: a folder in trouble is left to the next read or write to see to."""
+        cache = self._cache
+        try:
+            if cache is None or self._folder_changed():
+                raise FileNotFoundError(self._db_path)
+            with cache.transact():
+                self._recency.write(cache)
+        except Exception:
+            self._recency.drop()
 
     # -- keeping the tier usable
 
@@ -349,6 +413,7 @@ class DiskCache:
                 if not self._folder_changed():
                     return self._cache  # another thread saw to it
                 self._cache = None  # the old one's connections close when the last thread lets go
+                self.index.reset()
                 self._gone_since = now
                 self._retry_at = 0.0
                 self._trouble.report("gone", "disk cache %s was removed while in use: going on without it "
@@ -370,6 +435,7 @@ class DiskCache:
             self._trouble.ended("reopen")
             self._trouble.ended("gone", "disk cache %s: made again, in use", self.directory)
             self._cache = cache
+            self.index.reset()
             return cache
 
     def _full(self, exc: BaseException) -> bool:
@@ -402,6 +468,7 @@ class DiskCache:
                 rows = cache._sql("SELECT rowid, filename, size FROM Cache ORDER BY access_time").fetchall()
                 victims, freed = remove_oldest(rows, self.directory, volume - limit)
                 delete_rows(cache, victims)
+                self.index.reset()
                 cache.reset("size_limit", limit, update=False)  # this process only: the folder keeps its own
                 cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except Exception:
@@ -442,6 +509,126 @@ class DiskCache:
 
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+class KeyIndex:
+    """The keys of the entries on disk, in memory, so that a miss asks nothing of SQLite.
+
+    Keys are kept as their hashes: a collision is a false hit, which the lookup in SQLite
+    that follows corrects (as it does an entry another daemon evicted). Entries other
+    daemons add are rows past the highest rowid read, looked for at most every
+    INDEX_REFRESH_S; when the folder counts fewer entries than the index holds, others
+    evicted some, and the index is read again (at most every INDEX_RELOAD_S). A false miss
+    costs a fetch from the source; DiskTier.claim looks the key up in SQLite when another
+    daemon held its fetch lock, so daemons sharing a folder still fetch a chunk once."""
+
+    def __init__(self, cache):
+        self._cache = cache  # the DiskCache's current diskcache, or None
+        self._keys: set[int] = set()
+        self._mark = -1  # the highest rowid read; -1: read the whole index
+        self._checked = float("-inf")
+        self._reloaded = float("-inf")
+        self._lock = threading.Lock()
+
+    def holds(self, key: str) -> bool:
+        if time.monotonic() >= self._checked + INDEX_REFRESH_S:
+            self.refresh(wait=False)
+        return hash(key) in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str) -> None:
+        with self._lock:
+            self._keys.add(hash(key))
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._keys.discard(hash(key))
+
+    def reset(self) -> None:
+        """Read the whole index at the next lookup (the folder changed, rows were removed)."""
+        with self._lock:
+            self._keys = set()
+            self._mark = -1
+            self._checked = float("-inf")
+
+    def look(self, key: str) -> bool:
+        """Ask SQLite itself (after another daemon's fetch of this key)."""
+        self.refresh(wait=True)
+        if hash(key) in self._keys:
+            return True
+        cache = self._cache()
+        try:
+            found = cache is not None and cache._sql(
+                "SELECT rowid FROM Cache WHERE key = ? AND raw = ?", cache.disk.put(key)).fetchone() is not None
+        except Exception:
+            return False  # the tier's trouble: DiskCache sees to it at its next use
+        if found:
+            self.add(key)
+        return found
+
+    def refresh(self, wait: bool) -> None:
+        if not self._lock.acquire(blocking=wait):
+            return  # another thread is at it
+        try:
+            now = time.monotonic()
+            self._checked = now
+            cache = self._cache()
+            if cache is None:
+                return
+            try:
+                if self._mark >= 0:
+                    rows = cache._sql("SELECT rowid, key FROM Cache WHERE rowid > ?", (self._mark,)).fetchall()
+                    self._keys.update(hash(key) for _, key in rows)
+                    self._mark = max([self._mark] + [rowid for rowid, _ in rows])
+                    (count,), = cache._sql("SELECT value FROM Settings WHERE key = 'count'").fetchall()
+                    if len(self._keys) <= count or now < self._reloaded + INDEX_RELOAD_S:
+                        return
+                rows = cache._sql("SELECT rowid, key FROM Cache").fetchall()
+                self._keys = {hash(key) for _, key in rows}
+                self._mark = max([0] + [rowid for rowid, _ in rows])
+                self._reloaded = now
+            except Exception:
+                pass  # the tier's trouble: DiskCache sees to it at its next use
+        finally:
+            self._lock.release()
+
+
+class Recency:
+    """Least-recently-used eviction without a write per hit: the access times of hits wait in
+    memory and are written in one statement with the next batch of entries, or by a timer
+    RECENCY_FLUSH_S after the first of them."""
+
+    def __init__(self, disk: DiskCache):
+        self._disk = disk
+        self._times: dict[str, float] = {}
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def touch(self, key: str) -> None:
+        with self._lock:
+            self._times[key] = time.time()
+            if self._timer is None:
+                self._timer = threading.Timer(RECENCY_FLUSH_S, self._disk.flush_recency)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def write(self, cache) -> None:
+        """Inside a transaction of `cache`."""
+        times = self.drop()
+        if times:
+            cache._con.executemany("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
+                                   [(when, key) for key, when in times.items()])
+
+    def drop(self) -> dict[str, float]:
+        """The access times waiting, no longer waiting."""
+        with self._lock:
+            times, self._times = self._times, {}
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        return times
 
 
 class _SerialCache(diskcache.Cache):
@@ -486,8 +673,14 @@ class _PathDisk(diskcache.Disk):
     opening, let alone reading, a file there would hold every other thread's lookup up
     behind a cold disk. The caller reads the file after the transaction.
 
-    `written.path` (per thread) names the last entry file written, for the caller to remove
-    should its row not be committed."""
+    `written.paths` (per thread, when set to a list) collects the entry files written, for
+    the caller to remove should their rows not be committed; `written.removals` collects the
+    files of rows replaced or evicted meanwhile, for the caller to remove once the rows'
+    change is committed (diskcache removes them as each nested transaction ends: a crash
+    before the commit would leave rows naming removed files).
+
+    Entry files go into one level of 256 folders (diskcache makes two levels, 65,536
+    folders: nearly a new folder per entry)."""
 
     def __init__(self, directory, **kwargs):
         super().__init__(directory, **kwargs)
@@ -496,10 +689,21 @@ class _PathDisk(diskcache.Disk):
     def store(self, value, read, key=diskcache.core.UNKNOWN):
         if not (read and isinstance(value, _Entry)):
             return super().store(value, read, key)
-        filename, full_path = self.filename(key, value)
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        full_path = os.path.join(self._directory, filename)
+        paths = getattr(self.written, "paths", None)
+        if paths is not None:
+            paths.append(full_path)  # before writing: a failed write may leave part of it
         size = _write_entry_file(full_path, value)
-        self.written.path = full_path
         return size, diskcache.core.MODE_BINARY, filename, None
+
+    def remove(self, file_path):
+        removals = getattr(self.written, "removals", None)
+        if removals is not None:
+            removals.append(file_path)
+            return
+        super().remove(file_path)
 
     def fetch(self, mode, filename, value, read):
         if read and mode == diskcache.core.MODE_BINARY:
@@ -533,11 +737,10 @@ def _write_entry_file(path: str, parts) -> int:
     size = sum(len(p) for p in parts)
     direct = bool(_O_DIRECT)
     for attempt in range(10):  # as diskcache: another thread may remove the folder meanwhile
-        # The two levels of folders under the cache folder, never the cache folder itself:
-        # if it was removed, that is the tier's trouble (FileNotFoundError), not ours to hide.
-        for sub in (os.path.dirname(directory), directory):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(sub)
+        # The entry's folder under the cache folder, never the cache folder itself: if it
+        # was removed, that is the tier's trouble (FileNotFoundError), not ours to hide.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | (_O_DIRECT if direct else 0), 0o600)
             break
@@ -678,6 +881,12 @@ class FetchLocks:
                        for k in keys})
 
     def acquire(self, slots: list[int]) -> None:
+        self.claim(slots)
+
+    def claim(self, slots: list[int]) -> bool:
+        """Acquire; whether another process held one of the slots (its fetch may have just
+        put the chunk on disk)."""
+        waited = False
         with self._cond:
             while self._claimed.intersection(slots):
                 self._cond.wait()
@@ -689,9 +898,15 @@ class FetchLocks:
             taken = []
             try:
                 for slot in need:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, slot, os.SEEK_SET)
+                    try:
+                        fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                            raise
+                        waited = True
+                        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, slot, os.SEEK_SET)
                     taken.append(slot)
-                return
+                return waited
             except OSError as exc:
                 if exc.errno != errno.EDEADLK:
                     self.release(slots)  # unlocking a slot we never locked does nothing

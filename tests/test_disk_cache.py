@@ -1,0 +1,255 @@
+"""The disk cache's bookkeeping across processes: the in-memory index of what is on disk
+(misses ask nothing of SQLite, yet another daemon's adds and evictions are seen), and
+batched writes (one SQLite transaction per batch) under a real kill -9."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ngffmount.cache import disk as disk_module
+from ngffmount.cache.disk import DiskCache
+
+
+def payload(key: str, size: int = 200_000) -> bytes:
+    seed = hashlib.sha256(key.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+# Another daemon on the same folder: a real process that runs the lines it is sent.
+OTHER = r"""
+import hashlib, sys
+from ngffmount.cache.disk import DiskCache
+
+def payload(key, size):
+    seed = hashlib.sha256(key.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+disk = DiskCache(sys.argv[1], int(sys.argv[2]))
+print("ready", flush=True)
+for line in sys.stdin:
+    op, *keys = line.split()
+    if op == "put":
+        assert disk.put_many([(key, payload(key, 200_000), {"etag": "e"}) for key in keys]) == [True] * len(keys)
+    elif op == "delete":
+        for key in keys:
+            disk.delete(key)
+    print("done", flush=True)
+"""
+
+
+class Other:
+    def __init__(self, folder, size_limit: int = 10 << 30):
+        self.proc = subprocess.Popen([sys.executable, "-c", OTHER, str(folder), str(size_limit)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def run(self, *words: str) -> None:
+        self.proc.stdin.write(" ".join(words) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(30) == 0
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def rows(folder) -> set[str]:
+    con = sqlite3.connect(f"file:{folder}/cache.db?mode=ro", uri=True)
+    try:
+        return {key for (key,) in con.execute("SELECT key FROM Cache")}
+    finally:
+        con.close()
+
+
+def test_a_miss_asks_nothing_of_sqlite(tmp_path, monkeypatch):
+    disk = DiskCache(str(tmp_path / "cache"))
+    assert disk.put("here", payload("here"))
+    assert "elsewhere" not in disk  # the index is read (and refreshed) once
+    monkeypatch.setattr(disk_module, "INDEX_REFRESH_S", 3600.0)
+    statements = []
+    disk._cache._con.set_trace_callback(statements.append)
+    for i in range(100):
+        assert f"missing/{i}" not in disk
+        assert disk.get(f"missing/{i}") is None
+    assert statements == []
+    assert disk.get("here") == payload("here")
+    assert statements, "the trace sees this thread's statements"
+    disk.close()
+
+
+def test_index_sees_another_daemons_adds_and_evictions(tmp_path):
+    """Another process on the folder adds entries (seen within INDEX_REFRESH_S, exact), then
+    evicts this one's entries through its size bound: a lookup of an evicted entry is a
+    clean miss at once, and the index drops them all soon after."""
+    folder = tmp_path / "cache"
+    disk = DiskCache(str(folder))
+    mine = [f"mine/{i}" for i in range(6)]
+    assert disk.put_many([(key, payload(key), None) for key in mine]) == [True] * 6
+    theirs = [f"theirs/{i}" for i in range(4)]
+    assert not any(key in disk for key in theirs)
+    other = Other(folder)
+    try:
+        other.run("put", *theirs)
+        assert wait_for(lambda: all(key in disk for key in theirs), 5.0), "the index never saw them"
+        assert all(disk.get_entry(key) == (payload(key), {"etag": "e"}) for key in theirs)
+        other.close()
+
+        # Room for 8 entries: the other daemon's next puts evict this one's (least recently used).
+        other = Other(folder, size_limit=8 * 200_000 + 200_000)
+        more = [f"theirs/{i}" for i in range(4, 10)]
+        other.run("put", *more)
+        evicted = [key for key in mine if key not in rows(folder)]
+        assert len(evicted) >= 4, sorted(rows(folder))
+        assert all(key in disk for key in evicted), "the index has not been told yet"
+        assert disk.get(evicted[0]) is None  # a false hit falls back to a miss
+        assert evicted[0] not in disk
+        assert wait_for(lambda: not any(key in disk for key in evicted), disk_module.INDEX_RELOAD_S + 5)
+        kept = rows(folder)
+        assert all(key in disk for key in kept), "a reload of the index keeps what is there"
+        assert all(disk.get(key) == payload(key) for key in kept)
+
+        # Deleted by the other daemon: a clean miss, then forgotten.
+        other.run("delete", "theirs/9")
+        assert disk.get("theirs/9") is None and "theirs/9" not in disk
+    finally:
+        if other.proc.poll() is None:
+            other.close()
+        disk.close()
+
+
+def test_two_processes_claiming_one_key_find_each_others_bytes(tmp_path):
+    """The fetch lock held by another daemon: once it lets go, its entry is found at once,
+    although the index would only see it at its next refresh."""
+    from ngffmount.cache.disktier import DiskTier
+    from ngffmount.cache.stats import Stats
+
+    folder = tmp_path / "cache"
+    tier = DiskTier(DiskCache(str(folder)))
+    tier.attach(Stats(), lambda key, data: False)
+    assert not tier.holds("k")  # the index is fresh: the next refresh is INDEX_REFRESH_S away
+    holder = subprocess.Popen([sys.executable, "-c", r"""
+import sys, time
+from ngffmount.cache.disk import DiskCache
+disk = DiskCache(sys.argv[1])
+slots = disk.locks.slots(["k"])
+disk.locks.acquire(slots)
+print("holding", flush=True)
+time.sleep(0.3)
+disk.put("k", b"theirs" * 10_000)
+disk.locks.release(slots)
+""", str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    disk_module.INDEX_REFRESH_S, saved = 3600.0, disk_module.INDEX_REFRESH_S
+    try:
+        claim = tier.claim("k")
+        assert tier.get("k") == (b"theirs" * 10_000, None)
+        tier.release(claim)
+    finally:
+        disk_module.INDEX_REFRESH_S = saved
+    assert holder.wait(30) == 0
+    tier.disk.close()
+
+
+# A daemon writing batches, slowed down inside each batch: it says which file of which batch
+# it has just written, so the test can kill it between the files and the commit.
+WRITER = r"""
+import hashlib, sys, time
+from ngffmount.cache import disk as disk_module
+
+def payload(key, size):
+    seed = hashlib.sha256(key.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+written = disk_module._write_entry_file
+def slow_write(path, parts):
+    size = written(path, parts)
+    print("file", flush=True)
+    time.sleep(float(sys.argv[2]))
+    return size
+disk_module._write_entry_file = slow_write
+disk = disk_module.DiskCache(sys.argv[1])
+for b in range(1000):
+    print(f"batch {b}", flush=True)
+    keys = [f"b{b}/{i}" for i in range(16)]
+    assert disk.put_many([(key, payload(key, 300_000), {"etag": str(b)}) for key in keys]) == [True] * 16
+"""
+
+
+def entry_files(folder) -> list[str]:
+    return [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names if name.endswith(".val")]
+
+
+@pytest.mark.parametrize("kill_after_files", [1, 9, 16])
+def test_batched_writes_survive_kill_9_mid_batch(tmp_path, kill_after_files):
+    """kill -9 while a batch's files are written (or all written, not yet committed): every
+    batch is whole and exact or absent, the folder opens and works, and `clear` removes
+    the files the killed batch left."""
+    folder = tmp_path / "cache"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder), "0.01"], stdout=subprocess.PIPE, text=True)
+    files = None  # written of batch 3
+    for line in writer.stdout:
+        if line.startswith("batch 3"):
+            files = 0
+        elif line.startswith("file") and files is not None:
+            files += 1
+            if files == kill_after_files:
+                break
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(30)
+    disk = DiskCache(str(folder))
+    try:
+        for b in range(4):
+            got = [disk.get_entry(f"b{b}/{i}") for i in range(16)]
+            if b < 3:
+                assert got == [(payload(f"b{b}/{i}", 300_000), {"etag": str(b)}) for i in range(16)], b
+            else:
+                assert got == [None] * 16, "a batch killed before its commit left entries"
+        assert len(rows(folder)) == 48
+        assert len(entry_files(folder)) == 48 + kill_after_files  # the killed batch's files, named by nothing
+        assert disk.put("after", payload("after")) and disk.get("after") == payload("after")
+        assert disk.clear() == 49
+        assert entry_files(folder) == []
+    finally:
+        disk.close()
+
+
+def test_batched_writes_killed_at_random_times(tmp_path):
+    """kill -9 at any moment, four times over on one folder: whatever was committed is
+    exact, and batches are whole or absent."""
+    folder = tmp_path / "cache"
+    for delay in (0.0, 0.013, 0.027, 0.041):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder), "0"], stdout=subprocess.PIPE, text=True)
+        for line in writer.stdout:
+            if line.startswith("batch 2"):
+                break
+        time.sleep(delay)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(30)
+    disk = DiskCache(str(folder))
+    try:
+        present = rows(folder)
+        batches = {key.split("/")[0] for key in present}
+        for b in batches:
+            keys = [f"{b}/{i}" for i in range(16)]
+            assert all(key in present for key in keys), f"batch {b} is not whole"
+            assert all(disk.get(key) == payload(key, 300_000) for key in keys)
+        assert {"b0", "b1"} <= batches
+    finally:
+        disk.close()
