@@ -92,8 +92,9 @@ class DiskTier:
     def _write_many(self, entries: list[Pending]) -> None:
         """A batch from the write-behind: one SQLite transaction (DiskCache.put_many)."""
         try:
-            written = self.disk.put_many([(e.key, e.data, e.meta) for e in entries])
-            self.stats.add("disk_write_failures", written.count(False))
+            failed = self.disk.put_many([(e.key, e.data, e.meta) for e in entries]).count(False)
+            if failed:
+                self.stats.add("disk_write_failures", failed)
         except Exception as exc:
             self.stats.add("disk_write_failures", len(entries))
             self._trouble.report("disk-write", "disk cache write failed: %r", exc)

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from test_writeback import wait_for
 
 from ngffmount.cache import disk as disk_module
 from ngffmount.cache.disk import DiskCache
@@ -59,15 +60,6 @@ class Other:
     def close(self) -> None:
         self.proc.stdin.close()
         assert self.proc.wait(30) == 0
-
-
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def rows(folder) -> set[str]:
@@ -251,5 +243,33 @@ def test_batched_writes_killed_at_random_times(tmp_path):
     disk = DiskCache(str(folder))
     try:
         assert None not in [batch_of(disk, group) for group in range(3)]
+    finally:
+        disk.close()
+
+
+def test_a_folder_laid_out_by_the_previous_version_reads_and_clears(tmp_path):
+    """The previous version put entry files two folders deep (diskcache's own layout); rows
+    name their files, so those entries read as they are, are replaced and cleared."""
+    folder = tmp_path / "cache"
+    disk = DiskCache(str(folder))
+    keys = [f"old/{i}" for i in range(6)]
+    disk.put_many([(key, payload(key), {"etag": key}) for key in keys])
+    disk.close()
+    con = sqlite3.connect(folder / "cache.db")
+    with con:
+        for rowid, name in con.execute("SELECT rowid, filename FROM Cache").fetchall():
+            old = os.path.join("ab", "cd", f"{rowid:028x}.val")
+            os.makedirs(folder / "ab" / "cd", exist_ok=True)
+            os.rename(folder / name, folder / old)
+            con.execute("UPDATE Cache SET filename = ? WHERE rowid = ?", (old, rowid))
+    con.close()
+    disk = DiskCache(str(folder))
+    try:
+        assert all(key in disk and disk.get_entry(key) == (payload(key), {"etag": key}) for key in keys)
+        assert disk.put(keys[0], payload("new"))
+        assert disk.get(keys[0]) == payload("new")
+        assert len(entry_files(folder / "ab" / "cd")) == 5, "the replaced entry's file is gone"
+        assert disk.clear() == 6
+        assert entry_files(folder) == [] and not (folder / "ab").exists()
     finally:
         disk.close()
