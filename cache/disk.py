@@ -145,11 +145,11 @@ class DiskCache:
         entry = self.get_entry(key)
         return None if entry is None else entry[0]
 
-    def get_entry(self, key: str, look: bool = False) -> tuple[bytes, dict | None] | None:
+    def get_entry(self, key: str) -> tuple[bytes, dict | None] | None:
         """The stored bytes and metadata (None for an entry written without), or None on a
         miss or a damaged entry (which is then dropped). A key the index does not know is a
-        miss without asking SQLite, unless `look` (another daemon may have just written it)."""
-        if not (look or self.index.holds(key)):
+        miss without asking SQLite."""
+        if not self.index.holds(key):
             return None
 
         def read(cache):

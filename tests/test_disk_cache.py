@@ -82,7 +82,27 @@ def test_a_miss_asks_nothing_of_sqlite(tmp_path, monkeypatch):
         assert disk.get(f"missing/{i}") is None
     assert statements == []
     assert disk.get("here") == payload("here")
-    assert statements, "the trace sees this thread's statements"
+    assert len(statements) == 1 and statements[0].lstrip().upper().startswith("SELECT"), statements
+    disk.close()
+
+
+def test_hits_keep_least_recently_used_eviction_without_a_write_each(tmp_path, monkeypatch):
+    """Hits only read; their access times are written later, in one statement, and the
+    size bound still evicts the least recently used entries first."""
+    disk = DiskCache(str(tmp_path / "cache"), size_limit=6 << 20)
+    for i in range(20):  # diskcache evicts 10 at a time: more than that stay behind k0
+        assert disk.put(f"k{i}", payload(f"k{i}"))
+    statements = []
+    disk._cache._con.set_trace_callback(statements.append)
+    assert disk.get("k0") == payload("k0")  # the oldest entry, used again
+    assert statements and all(s.split()[0].upper() == "SELECT" for s in statements), statements
+    disk._cache._con.set_trace_callback(None)
+    i = 20
+    while "k1" in rows(tmp_path / "cache"):  # until the bound evicts
+        assert disk.put(f"k{i}", payload(f"k{i}"))
+        i += 1
+        assert i < 100
+    assert "k0" in rows(tmp_path / "cache"), "evicted although used more recently than k1"
     disk.close()
 
 
