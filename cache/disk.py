@@ -59,6 +59,11 @@ REOPEN_RETRY_S = 30.0
 INDEX_REFRESH_S = 0.1
 INDEX_RELOAD_S = 2.0
 RECENCY_FLUSH_S = 5.0  # hits' access times wait at most this long for their write
+# A file holds a batch's entries up to this share of the cache's bound or of its file
+# system, whichever is smaller (eviction goes file by file: it must stay fine-grained).
+FILE_SHARE = 64
+FILE_MAX = 32 << 20
+REPLACED_PREFIX = "~replaced/"  # the key of a replaced entry whose bytes stay in a shared file
 
 
 def default_cache_dir() -> str:
@@ -163,7 +168,7 @@ class DiskCache:
                 return None
             value = cache.disk.fetch(*row, True)
             if isinstance(value, _EntryPath):
-                return _read_entry_file(value.path)
+                return _read_entry_file(*value)
             return _split_entry(value)  # small: kept in SQLite itself
 
         got = self._run(read, None, on_entry_error=lambda: self.delete(key))
@@ -184,9 +189,10 @@ class DiskCache:
 
     def put_many(self, entries: list[tuple[str, bytes, dict | None]]) -> list[bool]:
         """Store entries (key, data, metadata) in one SQLite transaction; whether each was
-        written. Their files are written first and the rows committed together: a crash
-        leaves every entry of the batch whole or absent. A batch that fails is tried entry
-        by entry, so one entry's trouble costs only that entry."""
+        written. The large ones go into one new file (rows name it with their offset and
+        length), written first; the rows are committed together: a crash leaves every entry
+        of the batch whole or absent. A batch that fails is tried entry by entry, so one
+        entry's trouble costs only that entry."""
         if not entries:
             return []
         heads = [entry_head(data, meta) for _, data, meta in entries]
@@ -195,14 +201,12 @@ class DiskCache:
             written = cache.disk.written
             written.paths, written.removals = [], []
             try:
+                slices = self._write_file(cache, [(head, data) for (_, data, _), head in zip(entries, heads)])
                 with cache.transact():
-                    for (key, data, _), head in zip(entries, heads):
-                        if len(data) + len(head) < cache.disk_min_file_size:
-                            cache.set(key, head + data, tag=self.source)
-                        else:
-                            # Not as bytes: diskcache would join them first, then write them through
-                            # io.BytesIO line by line (~20,000 write calls per MB of pixels).
-                            cache.set(key, _Entry(head, data), read=True, tag=self.source)
+                    for (key, data, _), head, where in zip(entries, heads, slices):
+                        _keep_file_mates(cache, key)
+                        # A file's slice, or small: the bytes, kept in SQLite itself.
+                        cache.set(key, where or head + data, read=where is not None, tag=self.source)
                     self._recency.write(cache)
                 removals = written.removals
             except BaseException:
@@ -224,6 +228,38 @@ class DiskCache:
         if len(entries) == 1:
             return [False]
         return [self.put_many([entry]) == [True] for entry in entries]
+
+    def _write_file(self, cache, parts: list[tuple[bytes, bytes]]) -> list[_Slice | None]:
+        """Write the entries (head, data) too large for SQLite into one new file; where each
+        went (None: not in the file)."""
+        slices: list[_Slice | None] = []
+        chunks, offset, filename, path = [], 0, None, None
+        most = self._file_bytes(cache)
+        for head, data in parts:
+            size = len(head) + len(data)
+            if size < cache.disk_min_file_size:
+                slices.append(None)
+                continue
+            if filename is None or offset + size > most:
+                if chunks:
+                    _write_entry_file(path, chunks)
+                filename, path = cache.disk.new_file()
+                cache.disk.written.paths.append(path)  # before writing: a failed write may leave part of it
+                chunks, offset = [], 0
+            slices.append(_Slice(filename, offset, size))
+            chunks += [head, data]  # not joined: written straight from the caller's bytes
+            offset += size
+        if chunks:
+            _write_entry_file(path, chunks)
+        return slices
+
+    def _file_bytes(self, cache) -> int:
+        try:
+            st = os.statvfs(self.directory)
+            room = st.f_blocks * st.f_frsize
+        except OSError:
+            room = FILE_MAX * FILE_SHARE
+        return min(FILE_MAX, min(int(cache.size_limit), room) // FILE_SHARE)
 
     def __contains__(self, key: str) -> bool:
         """From the index in memory: a miss asks nothing of SQLite. A hit checks that the
@@ -260,14 +296,17 @@ class DiskCache:
         cache = self._usable()
         if cache is None:
             raise CacheUnavailable(f"the disk cache at {self.directory} is gone")
+        # Counted before: a row's removal takes the rows sharing its file along (_PathDisk.remove).
+        count = len(cache)
         try:
-            count = cache.clear()
+            cache.clear()
         except Exception as exc:
             if self._recover(exc) is None:
                 raise
             cache = self._usable()
             remove_entry_files(self.directory, keep=set())
-            count = cache.clear()
+            cache.clear()
+        count -= len(cache)
         self.index.reset()
         keep = {name for (name,) in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
         remove_entry_files(self.directory, keep)
@@ -280,8 +319,13 @@ class DiskCache:
             raise CacheUnavailable(f"the disk cache at {self.directory} is gone")
         source = source.rstrip("/")
         tags = [tag for (tag,) in cache._sql("SELECT DISTINCT tag FROM Cache WHERE tag IS NOT NULL")]
-        removed = sum(cache.evict(tag) for tag in tags
-                      if isinstance(tag, str) and (tag == source or tag.startswith(source + "/")))
+        removed = 0
+        for tag in tags:
+            if isinstance(tag, str) and (tag == source or tag.startswith(source + "/")):
+                # Counted before: the rows sharing a file (one mount's batch: one source) go together.
+                (count,), = cache._sql("SELECT count(*) FROM Cache WHERE tag = ?", (tag,)).fetchall()
+                cache.evict(tag)
+                removed += count
         self.index.reset()
         return removed
 
@@ -312,6 +356,7 @@ class DiskCache:
         if self._size_limit is not None:
             settings["size_limit"] = int(self._size_limit)
         cache = _SerialCache(self.directory, disk=_PathDisk, **settings)
+        cache._sql("CREATE INDEX IF NOT EXISTS Cache_filename ON Cache(filename)")  # entries sharing a file
         self._configured_limit = int(cache.size_limit)
         st = os.stat(self._db_path)
         self._db_id = (st.st_dev, st.st_ino)
@@ -507,6 +552,20 @@ class DiskCache:
                                     "stays under %s", self.directory, human(free), human(limit))
 
 
+def _keep_file_mates(cache, key: str) -> None:
+    """Before `key` is replaced: if its file holds other entries too, its row stays, under
+    a key nothing asks for, so the file's bytes stay counted (and the file whole) until
+    eviction takes that row, and the file's other entries with it (see _PathDisk.remove)."""
+    db_key, raw = cache.disk.put(key)
+    row = cache._sql("SELECT filename FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)).fetchone()
+    if row is None or row[0] is None:
+        return
+    (mates,), = cache._sql("SELECT count(*) FROM Cache WHERE filename = ?", row).fetchall()
+    if mates > 1:
+        cache._sql("UPDATE Cache SET key = ? WHERE key = ? AND raw = ?",
+                   (REPLACED_PREFIX + os.urandom(8).hex(), db_key, raw))
+
+
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
@@ -531,8 +590,10 @@ class KeyIndex:
         self._lock = threading.Lock()
 
     def holds(self, key: str) -> bool:
-        if time.monotonic() >= self._checked + INDEX_REFRESH_S:
-            self.refresh(wait=False)
+        if self._mark < 0:
+            self.refresh(wait=True)  # not read yet (or reset): every lookup waits for it
+        elif time.monotonic() >= self._checked + INDEX_REFRESH_S:
+            self.refresh(wait=False)  # another thread at it: the index as it is will do
         return hash(key) in self._keys
 
     def __len__(self) -> int:
@@ -643,6 +704,7 @@ class _SerialCache(diskcache.Cache):
         self._txn_lock = threading.RLock()  # re-entrant: diskcache nests transactions in a thread
         self._made = False
         super().__init__(*args, **kwargs)
+        self._disk.cache = self
         self._made = True
 
     @property
@@ -663,6 +725,16 @@ class _SerialCache(diskcache.Cache):
 
 class _EntryPath(NamedTuple):
     path: str
+    offset: int = 0
+    length: int | None = None  # None: to the end of the file (the previous version's files)
+
+
+class _Slice(NamedTuple):
+    """Where an entry is: a file under the cache folder, shared by the entries of one batch."""
+
+    filename: str
+    offset: int
+    length: int
 
 
 class _PathDisk(diskcache.Disk):
@@ -679,50 +751,69 @@ class _PathDisk(diskcache.Disk):
     change is committed (diskcache removes them as each nested transaction ends: a crash
     before the commit would leave rows naming removed files).
 
-    Entry files go into one level of 256 folders (diskcache makes two levels, 65,536
-    folders: nearly a new folder per entry)."""
+    The entries of a batch share one file, in one level of 256 folders (diskcache makes a
+    file per entry in two levels, 65,536 folders: nearly a new folder per entry). A row
+    names its file, and its value is where in the file (offset << 32 | length); rows of
+    the previous version's files have none (the whole file). The entries of a file go
+    together: when one row goes (evicted, deleted), the others naming its file go with it,
+    so no file keeps bytes that nothing counts."""
 
     def __init__(self, directory, **kwargs):
         super().__init__(directory, **kwargs)
         self.written = threading.local()
+        self.cache: _SerialCache | None = None  # the cache this is the disk of (set by it)
 
-    def store(self, value, read, key=diskcache.core.UNKNOWN):
-        if not (read and isinstance(value, _Entry)):
-            return super().store(value, read, key)
+    def new_file(self) -> tuple[str, str]:
         name = os.urandom(16).hex()
         filename = os.path.join(name[:2], name[2:] + ".val")
-        full_path = os.path.join(self._directory, filename)
-        paths = getattr(self.written, "paths", None)
-        if paths is not None:
-            paths.append(full_path)  # before writing: a failed write may leave part of it
-        size = _write_entry_file(full_path, value)
-        return size, diskcache.core.MODE_BINARY, filename, None
+        return filename, os.path.join(self._directory, filename)
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):
+        if not (read and isinstance(value, _Slice)):
+            return super().store(value, read, key)
+        return value.length, diskcache.core.MODE_BINARY, value.filename, value.offset << 32 | value.length
 
     def remove(self, file_path):
         removals = getattr(self.written, "removals", None)
         if removals is not None:
             removals.append(file_path)
             return
+        cache = self.cache
+        if cache is not None:
+            # Best effort: rows left naming a removed file are misses, dropped when met.
+            with contextlib.suppress(Exception), cache._transact() as (sql, _):
+                sql("DELETE FROM Cache WHERE filename = ?", (file_path,))
         super().remove(file_path)
 
     def fetch(self, mode, filename, value, read):
-        if read and mode == diskcache.core.MODE_BINARY:
-            return _EntryPath(os.path.join(self._directory, filename))
+        if mode == diskcache.core.MODE_BINARY:
+            where = _EntryPath(os.path.join(self._directory, filename), *_slice_of(value))
+            if read:
+                return where
+            return b"".join(_read_entry_file(*where))
         return super().fetch(mode, filename, value, read)
 
 
-def _read_entry_file(path: str) -> tuple[bytes, bytes, bytes]:
-    """An entry file's header, metadata and data, the data read straight into its own bytes object."""
+def _slice_of(value) -> tuple[int, int | None]:
+    if value is None:
+        return 0, None
+    return value >> 32, value & 0xFFFFFFFF
+
+
+def _read_entry_file(path: str, offset: int = 0, length: int | None = None) -> tuple[bytes, bytes, bytes]:
+    """An entry's header, metadata and data, from its place in a file (`length` None: to the
+    file's end); the data read straight into its own bytes object. A file cut short (a torn
+    write) gives short data, which fails the checksum."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, META_HEADER_BYTES, 0)
+        size = os.fstat(fd).st_size - offset if length is None else length
+        head = os.pread(fd, min(META_HEADER_BYTES, size), offset)
         if head[:1] == ENTRY_FORMAT_META and len(head) == META_HEADER_BYTES:
             start = META_HEADER_BYTES + struct.unpack_from("<H", head, 5)[0]
-            meta = os.pread(fd, start - META_HEADER_BYTES, META_HEADER_BYTES)
+            meta = os.pread(fd, start - META_HEADER_BYTES, offset + META_HEADER_BYTES)
         else:
             head, meta, start = head[:HEADER_BYTES], b"", HEADER_BYTES
-        data = os.pread(fd, max(0, size - start), start)
+        data = os.pread(fd, max(0, size - start), offset + start)
     finally:
         os.close(fd)
     return head, meta, data
@@ -835,13 +926,6 @@ def _write_all(fd: int, data, offset: int = 0) -> None:
     view, pos = memoryview(data), 0
     while pos < len(view):
         pos += os.pwrite(fd, view[pos:], offset + pos)
-
-
-class _Entry(NamedTuple):
-    """An entry to write as a file: header, then data (diskcache hands it to _PathDisk.store)."""
-
-    head: bytes
-    data: bytes
 
 
 class FetchLocks:

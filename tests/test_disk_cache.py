@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -106,6 +107,27 @@ def test_hits_keep_least_recently_used_eviction_without_a_write_each(tmp_path, m
     disk.close()
 
 
+def test_lookups_wait_until_the_index_is_read(tmp_path):
+    """At a mount's start many fetch threads look up at once: while one reads the index,
+    the others wait for it instead of answering "not here" (a fetch from the source)."""
+    folder = tmp_path / "cache"
+    disk = DiskCache(str(folder))
+    assert disk.put("k", payload("k"))
+    disk.close()
+    disk = DiskCache(str(folder))
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append("k" in disk)) for _ in range(4)]
+    with disk.index._lock:  # as a thread reading the index holds it
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        assert answers == []
+    for thread in threads:
+        thread.join()
+    assert answers == [True] * 4
+    disk.close()
+
+
 def test_index_sees_another_daemons_adds_and_evictions(tmp_path):
     """Another process on the folder adds entries (seen within INDEX_REFRESH_S, exact), then
     evicts this one's entries through its size bound: a lookup of an evicted entry is a
@@ -179,8 +201,9 @@ disk.locks.release(slots)
     tier.disk.close()
 
 
-# A daemon writing batches, slowed down inside each batch: it says which file of which batch
-# it has just written, so the test can kill it between the files and the commit.
+# A daemon writing batches, slowed down inside each batch: it says what of its batch's file
+# it has just written (each entry's head and data, then the whole file), so the test can
+# kill it while the file is written, or between the file and the commit.
 WRITER = r"""
 import hashlib, sys, time
 from ngffmount.cache import disk as disk_module
@@ -189,13 +212,22 @@ def payload(key, size):
     seed = hashlib.sha256(key.encode()).digest()
     return (seed * (size // len(seed) + 1))[:size]
 
-written = disk_module._write_entry_file
-def slow_write(path, parts):
-    size = written(path, parts)
+pause = float(sys.argv[2])
+write_all, write_file = disk_module._write_all, disk_module._write_entry_file
+
+def slow_write_all(fd, data, offset=0):
+    write_all(fd, data, offset)
+    print("part", flush=True)
+    time.sleep(pause)
+
+def slow_write_file(path, parts):
+    size = write_file(path, parts)
     print("file", flush=True)
-    time.sleep(float(sys.argv[2]))
+    time.sleep(pause)
     return size
-disk_module._write_entry_file = slow_write
+
+disk_module._write_direct = lambda *args: False  # part by part
+disk_module._write_all, disk_module._write_entry_file = slow_write_all, slow_write_file
 disk = disk_module.DiskCache(sys.argv[1])
 for b in range(1000):  # batch 3 rewrites batch 0's keys, 4 batch 1's...
     print(f"batch {b}", flush=True)
@@ -219,20 +251,21 @@ def entry_files(folder) -> list[str]:
     return [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names if name.endswith(".val")]
 
 
-@pytest.mark.parametrize("kill_after_files", [1, 9, 16])
-def test_batched_writes_survive_kill_9_mid_batch(tmp_path, kill_after_files):
-    """kill -9 while a batch that rewrites older entries has its files written (some, or
-    all, not yet committed): the older entries stay whole and exact, the folder opens and
-    works, and `clear` removes the files the killed batch left."""
+@pytest.mark.parametrize("kill_at", [("part", 1), ("part", 17), ("file", 1)])
+def test_batched_writes_survive_kill_9_mid_batch(tmp_path, kill_at):
+    """kill -9 while a batch that rewrites older entries has its file written (part of it,
+    or all of it, not yet committed): the older entries stay whole and exact, the folder
+    opens and works, and `clear` removes the file the killed batch left."""
     folder = tmp_path / "cache"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder), "0.01"], stdout=subprocess.PIPE, text=True)
-    files = None  # written of batch 3
+    what, when = kill_at
+    seen = None  # of batch 3
     for line in writer.stdout:
         if line.startswith("batch 3"):
-            files = 0
-        elif line.startswith("file") and files is not None:
-            files += 1
-            if files == kill_after_files:
+            seen = 0
+        elif line.startswith(what) and seen is not None:
+            seen += 1
+            if seen == when:
                 break
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(30)
@@ -240,7 +273,7 @@ def test_batched_writes_survive_kill_9_mid_batch(tmp_path, kill_after_files):
     try:
         assert [batch_of(disk, group) for group in range(3)] == [0, 1, 2], "batch 3 was never committed"
         assert len(rows(folder)) == 48
-        assert len(entry_files(folder)) == 48 + kill_after_files  # the killed batch's files, named by nothing
+        assert len(entry_files(folder)) == 3 + 1  # a file per batch, and the killed one's, named by nothing
         assert disk.put("after", payload("after")) and disk.get("after") == payload("after")
         assert disk.clear() == 49
         assert entry_files(folder) == []
@@ -273,7 +306,8 @@ def test_a_folder_laid_out_by_the_previous_version_reads_and_clears(tmp_path):
     folder = tmp_path / "cache"
     disk = DiskCache(str(folder))
     keys = [f"old/{i}" for i in range(6)]
-    disk.put_many([(key, payload(key), {"etag": key}) for key in keys])
+    for key in keys:  # a file each, as the previous version wrote them
+        disk.put(key, payload(key), {"etag": key})
     disk.close()
     con = sqlite3.connect(folder / "cache.db")
     with con:
@@ -293,3 +327,69 @@ def test_a_folder_laid_out_by_the_previous_version_reads_and_clears(tmp_path):
         assert entry_files(folder) == [] and not (folder / "ab").exists()
     finally:
         disk.close()
+
+
+def counted_and_on_disk(folder) -> tuple[int, int]:
+    """Bytes the index counts for entries in files, and bytes of entry files on disk."""
+    con = sqlite3.connect(f"file:{folder}/cache.db?mode=ro", uri=True)
+    try:
+        (counted,), = con.execute("SELECT coalesce(sum(size), 0) FROM Cache WHERE filename IS NOT NULL").fetchall()
+    finally:
+        con.close()
+    return counted, sum(os.path.getsize(path) for path in entry_files(folder))
+
+
+def test_a_batch_shares_one_file_whose_bytes_are_always_counted(tmp_path, monkeypatch):
+    """A batch's entries share a file. Replacing one keeps the file's bytes counted; a
+    damaged one is a miss (never wrong bytes) and takes its file and file-mates along;
+    the size bound holds for the bytes on disk."""
+    monkeypatch.setattr(disk_module, "FILE_SHARE", 2)  # files up to 3 MB in this 6 MB cache
+    folder = tmp_path / "cache"
+    disk = DiskCache(str(folder), size_limit=6 << 20)
+    keys = [f"a/{i}" for i in range(8)]
+    assert disk.put_many([(key, payload(key), None) for key in keys]) == [True] * 8
+    assert len(entry_files(folder)) == 1
+    assert disk.put("a/0", payload("new"))
+    assert disk.get("a/0") == payload("new") and all(disk.get(key) == payload(key) for key in keys[1:])
+    counted, on_disk = counted_and_on_disk(folder)
+    assert counted == on_disk and len(entry_files(folder)) == 2
+
+    (shared,) = [path for path in entry_files(folder) if os.path.getsize(path) > 1 << 20]
+    with open(shared, "r+b") as f:  # a byte of a/3's data flipped
+        f.seek(3 * (len(payload("a/3")) + 5) + 1000)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(disk_module.CorruptEntry):
+        disk.get("a/3")
+    assert all(disk.get(key) is None for key in keys[1:]), "the damaged file's other entries went with it"
+    assert not os.path.exists(shared) and disk.get("a/0") == payload("new")
+    assert counted_and_on_disk(folder)[0] == counted_and_on_disk(folder)[1]
+
+    for b in range(12):  # 12 batches of 1.6 MB into a 6 MB cache
+        batch = [(f"b{b}/{i}", payload(f"b{b}/{i}"), None) for i in range(8)]
+        assert disk.put_many(batch) == [True] * 8
+        assert disk.put(f"b{b}/0", payload(f"b{b}/0 again"))
+        counted, on_disk = counted_and_on_disk(folder)
+        assert counted == on_disk <= (6 << 20) + (3 << 20), (b, counted, on_disk)
+    disk.close()
+
+
+def test_a_file_cut_short_is_a_miss_never_wrong_bytes(tmp_path):
+    """A batch's file cut in the middle (a torn write the rows were committed for, say):
+    an entry before the cut reads exact, one past it is a miss (counted as damaged, and
+    its file dropped), and no read gives wrong bytes."""
+    from ngffmount.cache.disktier import DiskTier
+    from ngffmount.cache.stats import Stats
+
+    folder = tmp_path / "cache"
+    tier = DiskTier(DiskCache(str(folder)))
+    tier.attach(Stats(), lambda key, data: False)
+    keys = [f"t/{i}" for i in range(6)]  # 1.2 MB: one file (the bound is 10 GiB)
+    assert tier.disk.put_many([(key, payload(key), None) for key in keys]) == [True] * 6
+    (path,) = entry_files(folder)
+    os.truncate(path, 4 * (len(payload("t/0")) + 5) + 100)
+    assert tier.get("t/0") == (payload("t/0"), None)
+    assert tier.get("t/5") is None and tier.stats.snapshot()["disk_corrupt"] == 1
+    assert all(tier.get(key) in (None, (payload(key), None)) for key in keys)
+    tier.disk.close()
