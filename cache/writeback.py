@@ -25,7 +25,7 @@ QUIET_S = 0.5
 MAX_WAIT_S = 5.0
 # Entries written together (one SQLite transaction: see DiskCache.put_many).
 BATCH_ENTRIES = 32
-BATCH_BYTES = 32 << 20
+BATCH_BYTES = 16 << 20  # also the size of the aligned buffer its file is written from
 
 
 class Pending(NamedTuple):
