@@ -189,8 +189,8 @@ class DiskCache:
 
     def put_many(self, entries: list[tuple[str, bytes, dict | None]]) -> list[bool]:
         """Store entries (key, data, metadata) in one SQLite transaction; whether each was
-        written. The large ones go into one new file (rows name it with their offset and
-        length), written first; the rows are committed together: a crash leaves every entry
+        written. The large ones share a new file (one per FILE_SHARE of the bound; rows name
+        it with their offset and length), written first; the rows are committed together: a crash leaves every entry
         of the batch whole or absent. A batch that fails is tried entry by entry, so one
         entry's trouble costs only that entry."""
         if not entries:
@@ -230,8 +230,8 @@ class DiskCache:
         return [self.put_many([entry]) == [True] for entry in entries]
 
     def _write_file(self, cache, parts: list[tuple[bytes, bytes]]) -> list[_Slice | None]:
-        """Write the entries (head, data) too large for SQLite into one new file; where each
-        went (None: not in the file)."""
+        """Write the entries (head, data) too large for SQLite into new files, as few as
+        _file_bytes allows; where each went (None: kept in SQLite)."""
         slices: list[_Slice | None] = []
         chunks, offset, filename, path = [], 0, None, None
         most = self._file_bytes(cache)
