@@ -169,9 +169,9 @@ class WriteBehind:
                     self._cond.notify_all()
 
     def _batch(self, first: Pending) -> list[Pending]:
-        """`first`, and with `write_many` the entries after it that are due now as well (for
-        a flush, a pause in reads, their age, or their bytes held by nothing else past the
-        bound), up to BATCH_ENTRIES or BATCH_BYTES."""
+        """`first`, and with `write_many` the other entries that are due now as well (for a
+        flush, a pause in reads, their age, or their bytes held by nothing else past the
+        bound), oldest first, up to BATCH_ENTRIES or BATCH_BYTES."""
         batch, size = [first], len(first.data)
         if self._write_many is None:
             return batch
