@@ -41,6 +41,9 @@ _CA_ENV = {"s3": ("AWS_CA_BUNDLE", "SSL_CERT_FILE"), "http": ("SSL_CERT_FILE",)}
 # Keys sent as they are: no escaping for obstore and fsspec to disagree on.
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9._~/=-]+")
 _STATUS = re.compile(r"status code: (\d{3})")
+# What obstore (reqwest, hyper) says when a transfer broke: worth another attempt.
+_BROKEN_TRANSFER = ("error sending request", "timed out", "timeout", "connection", "reset", "closed", "eof",
+                    "broken pipe", "incomplete")
 MIN_ATTEMPT_TIMEOUT = 0.05
 
 
@@ -166,9 +169,9 @@ def _translated(exc: Exception) -> Exception:
     if status is not None:
         return RemoteStatus(int(status.group(1)), message)
     text = message.lower()
-    if "body" in text and ("decod" in text or "incomplete" in text or "length" in text):
+    if "body" in text:  # "request or response body error", "error decoding response body": cut short
         return IncompleteBody(message)
-    if any(word in text for word in ("error sending request", "timed out", "timeout", "connection", "reset")):
+    if any(word in text for word in _BROKEN_TRANSFER):
         return RemoteConnectionError(message)
     return exc if isinstance(exc, OSError) else OSError(message)
 

@@ -245,20 +245,16 @@ class Store:
         """The obstore transport of chunk GETs, or None where fsspec serves them."""
         if self.transport not in TRANSPORTS:
             raise SourceNotFound(f"unknown transport {self.transport!r}: expected one of {', '.join(TRANSPORTS)}")
-        if self.transport == "fsspec" or not self._is_async:
-            if self.transport == "obstore":
-                raise SourceNotFound(f"cannot read {self.url} through obstore: not an s3:// or http(s):// source")
+        if self.transport == "fsspec":
             return None
         try:
+            if not self._is_async:
+                raise TransportUnavailable("not an s3:// or http(s):// source")
             return obstore_transport_for(url, options, self.attempt_timeout, self.concurrency)
-        except TransportUnavailable as exc:
-            if self.transport == "obstore":
-                raise SourceNotFound(f"cannot read {self.url} through obstore: {exc}") from None
-            return None
-        except Exception as exc:  # noqa: BLE001 - a client obstore refuses to build: fsspec still can
+        except Exception as exc:  # noqa: BLE001 - TransportUnavailable, or a client obstore refuses to build
             if self.transport == "obstore":
                 raise SourceNotFound(f"cannot read {self.url} through obstore: {redact(str(exc))}") from None
-            return None
+            return None  # auto: fsspec serves
 
     @property
     def transport_in_use(self) -> str:
@@ -409,9 +405,9 @@ class Store:
 
     # One attempt: (the complete bytes of a request, ETag, Last-Modified), or an exception.
     def _attempt_lean(self, req: RangeRequest, condition: SourceVersion | None, left: float):
-        path = self._path(req.key)
-        data, etag, modified, size = self._fast.get(self._fast.object_path(path), req.start, req.end, condition, left)
-        return (check_length(req, data, size) if _short(req, data) else data), etag, modified
+        data, etag, modified, size = self._fast.get(self._fast.object_path(self._path(req.key)),
+                                                    req.start, req.end, condition, left)
+        return _complete(req, data, size), etag, modified
 
     async def _attempt_async(self, req: RangeRequest, condition: SourceVersion | None, left: float):
         path, kw = self._path(req.key), self._attempt_kwargs(left)
@@ -419,7 +415,7 @@ class Store:
         lean = self._fast.object_path(path) if self._fast is not None else None
         if lean:
             data, etag, modified, size = await self._fast.get_async(lean, req.start, req.end, condition, left)
-            return (check_length(req, data, size) if _short(req, data) else data), etag, modified
+            return _complete(req, data, size), etag, modified
         if self._http == "aiohttp":
             data, etag, modified = await _http_get(self.fs, path, start, end, condition, kw)
         elif type(self.fs).__module__ == "s3fs.core":
@@ -560,6 +556,11 @@ def _short(req: RangeRequest, data: bytes) -> bool:
     if req.start < 0:
         return len(data) < -req.start
     return req.end is not None and len(data) < req.end - req.start
+
+
+def _complete(req: RangeRequest, data: bytes, size: int | None) -> bytes:
+    """The bytes of an answer that says the object's size: checked where they are short."""
+    return check_length(req, data, size) if _short(req, data) else data
 
 
 def check_length(req: RangeRequest, data: bytes, size: int | None) -> bytes:
