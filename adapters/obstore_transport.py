@@ -59,6 +59,11 @@ class RemoteStatus(OSError):
         self.status = status
 
 
+class RangesIgnored(Exception):
+    """The server answered a range request with the whole object, which obstore refuses:
+    fsspec serves this store's range requests from now on (it cuts the range out)."""
+
+
 class RemoteConnectionError(ConnectionError):
     """No complete answer: refused, reset, timed out, or a body cut short."""
 
@@ -81,13 +86,14 @@ class ObstoreTransport:
         self.kind, self.prefix = kind, prefix  # fsspec paths under `prefix` are served
         self._make_client = make_client
         self.attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, attempt_timeout)
+        self.ranges = True  # False once the server showed it ignores Range
         self._clients: dict[float, Any] = {}
         self._lock = threading.Lock()
         self._client_for(self.attempt_timeout)  # a bad option fails now, not at the first read
 
-    def object_path(self, path: str) -> str | None:
+    def object_path(self, path: str, ranged: bool = False) -> str | None:
         """The path within the client of an fsspec path, or None if fsspec must serve it."""
-        if not path.startswith(self.prefix):
+        if not path.startswith(self.prefix) or (ranged and not self.ranges):
             return None
         rest = path[len(self.prefix):]
         return rest if rest and _PLAIN_KEY.fullmatch(rest) and "//" not in rest else None
@@ -114,7 +120,7 @@ class ObstoreTransport:
             result = obstore.get(self._client_for(left), object_path, options=_get_options(start, end, condition))
             data = bytes(result.bytes())
         except Exception as exc:
-            raise _translated(exc) from None
+            raise self._translated(exc) from None
         return _answer(result, data)
 
     async def get_async(self, object_path: str, start: int, end: int | None, condition, left: float):
@@ -125,8 +131,16 @@ class ObstoreTransport:
                                              options=_get_options(start, end, condition))
             data = bytes(await result.bytes_async())
         except Exception as exc:
-            raise _translated(exc) from None
+            raise self._translated(exc) from None
         return _answer(result, data)
+
+    def _translated(self, exc: Exception) -> Exception:
+        from obstore import exceptions as e
+
+        if isinstance(exc, e.NotSupportedError) and "range" in str(exc).lower():
+            self.ranges = False
+            return RangesIgnored(_first_line(exc))
+        return _translated(exc)
 
 
 def _get_options(start: int, end: int | None, condition) -> dict:

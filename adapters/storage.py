@@ -35,7 +35,9 @@ from fsspec.asyn import AsyncFileSystem, sync
 
 from .counters import Counters
 from .errors import BadMetadata, ChunkReadError, SourceGaveUp, SourceNotFound
-from .obstore_transport import TRANSPORTS, TransportUnavailable, default_transport, obstore_transport_for
+from .obstore_transport import (
+    TRANSPORTS, RangesIgnored, TransportUnavailable, default_transport, obstore_transport_for,
+)
 from .retry import (
     _ABANDONED, MISSING_ERRORS, Abandoned, GaveUp, IncompleteBody, RetryRun, _chain, _status_and_code,
     current_deadline, describe_error, time_left,
@@ -347,7 +349,7 @@ class Store:
         TRANSFERS.begin(len(requests))
         raw = []
         try:
-            if len(requests) == 1 and self._fast is not None and self._fast.object_path(self._path(requests[0].key)):
+            if len(requests) == 1 and self._lean_path(requests[0]):
                 # One chunk: its thread sends the GET itself (obstore releases the GIL), no loop hop.
                 budget = self._budget(read_deadline, time.monotonic())
                 raw = [self._retrying_sync(partial(self._attempt_lean, requests[0], conditions[0]), None, budget)]
@@ -404,18 +406,29 @@ class Store:
         return self.timeout if read_deadline is None else min(self.timeout, read_deadline - now)
 
     # One attempt: (the complete bytes of a request, ETag, Last-Modified), or an exception.
+    def _lean_path(self, req: RangeRequest) -> str | None:
+        """Where obstore finds the object of `req`, or None if fsspec must send it."""
+        if self._fast is None:
+            return None
+        return self._fast.object_path(self._path(req.key), ranged=(req.start, req.end) != (0, None))
+
     def _attempt_lean(self, req: RangeRequest, condition: SourceVersion | None, left: float):
-        data, etag, modified, size = self._fast.get(self._fast.object_path(self._path(req.key)),
-                                                    req.start, req.end, condition, left)
+        try:
+            data, etag, modified, size = self._fast.get(self._lean_path(req), req.start, req.end, condition, left)
+        except RangesIgnored:
+            return sync(self.fs.loop, self._attempt_async, req, condition, left)  # fsspec takes over
         return _complete(req, data, size), etag, modified
 
     async def _attempt_async(self, req: RangeRequest, condition: SourceVersion | None, left: float):
         path, kw = self._path(req.key), self._attempt_kwargs(left)
         start, end = _range_args(req)
-        lean = self._fast.object_path(path) if self._fast is not None else None
+        lean = self._lean_path(req)
         if lean:
-            data, etag, modified, size = await self._fast.get_async(lean, req.start, req.end, condition, left)
-            return _complete(req, data, size), etag, modified
+            try:
+                data, etag, modified, size = await self._fast.get_async(lean, req.start, req.end, condition, left)
+                return _complete(req, data, size), etag, modified
+            except RangesIgnored:
+                pass  # fsspec takes over
         if self._http == "aiohttp":
             data, etag, modified = await _http_get(self.fs, path, start, end, condition, kw)
         elif type(self.fs).__module__ == "s3fs.core":

@@ -251,3 +251,31 @@ def test_keys_that_need_escaping_go_through_fsspec(objects):
     (http_server.www / "lean" / "sub" / "x").write_bytes(b"child")
     child = store.child("sub")
     assert child._fast.object_path(child._path("x")) == "lean/sub/x" and child.get("x") == b"child"
+
+
+def test_a_server_that_ignores_range_is_read_through_fsspec():
+    from http.server import BaseHTTPRequestHandler
+
+    from servers import LoopbackHTTPServer
+
+    class WholeObjectOnly(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.send_header("ETag", '"whole"')
+            self.end_headers()
+            self.wfile.write(DATA)
+
+    with LoopbackHTTPServer(WholeObjectOnly) as server:
+        store = lean(f"{server.url}/x")
+        assert store.get("a") == DATA
+        assert store._fast.ranges
+        assert store.get_ranges([RangeRequest("a", 10, 20)]) == [DATA[10:20]]
+        assert not store._fast.ranges, "obstore refused the whole answer: fsspec now sends range requests"
+        assert store.get_ranges([RangeRequest("a", -5), RangeRequest("a", 3, 9)]) == [DATA[-5:], DATA[3:9]]
+        assert store.get("a") == DATA  # whole objects still through obstore
