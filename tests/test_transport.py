@@ -5,11 +5,17 @@ loopback."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 
+import numpy as np
 import pytest
+import tifffile
+
+from conftest import mounted, ngffmount_cmd
+from zarr_fixtures import pattern, write_ome_zarr
 
 from ngffmount.adapters.errors import ChunkReadError, SourceNotFound
 from ngffmount.adapters.obstore_transport import TRANSPORT_ENV, default_transport
@@ -279,3 +285,40 @@ def test_a_server_that_ignores_range_is_read_through_fsspec():
         assert not store._fast.ranges, "obstore refused the whole answer: fsspec now sends range requests"
         assert store.get_ranges([RangeRequest("a", -5), RangeRequest("a", 3, 9)]) == [DATA[-5:], DATA[3:9]]
         assert store.get("a") == DATA  # whole objects still through obstore
+
+
+def test_mounts_read_the_same_bytes_with_the_same_requests_through_either_client(tmp_path, s3_server, cache_args):
+    """Through the CLI: --transport obstore and fsspec serve the same planes, count the same
+    requests in stats.json, and keep the key and secret out of /proc/mounts and the log."""
+    data = pattern((3, 40, 50), "uint16", seed=3)
+    write_ome_zarr(tmp_path / "img.zarr", data, "zyx", levels=1, chunks=(1, 16, 16))
+    s3_server.upload_dir(tmp_path / "img.zarr", "either", "img.zarr", public=False)
+    secret = "SECRET-either-42"
+    requests = {}
+    for transport in ("obstore", "fsspec"):
+        log = tmp_path / f"{transport}.log"
+        with mounted("s3://either/img.zarr", tmp_path / f"mnt-{transport}", "--transport", transport,
+                     "--endpoint-url", s3_server.endpoint_url, "--storage-option", "key=AKIDEITHER",
+                     "--storage-option", f"secret={secret}", "--log-file", str(log),
+                     "--cache-dir", str(tmp_path / f"cache-{transport}")) as mnt:
+            before = json.loads((mnt / ".ngffmount" / "stats.json").read_text())["remote_requests"]
+            for z in range(3):
+                np.testing.assert_array_equal(tifffile.imread(mnt / "s0" / f"z{z:05d}.tif"), data[z])
+            requests[transport] = json.loads((mnt / ".ngffmount" / "stats.json").read_text())["remote_requests"] - before
+            mounts = open("/proc/mounts").read()
+        assert secret not in mounts + log.read_text() and "AKIDEITHER" not in mounts
+    assert requests["obstore"] == requests["fsspec"] == 3 * 3 * 4, requests  # one GET per chunk
+
+
+def test_mount_that_asks_for_obstore_where_it_cannot_serve_fails_in_one_line(tmp_path, s3_server, cache_args):
+    write_ome_zarr(tmp_path / "img.zarr", pattern((2, 8, 8), "uint16"), "zyx", levels=1)
+    s3_server.upload_dir(tmp_path / "img.zarr", "refused", "img.zarr", public=True)
+    (tmp_path / "mnt").mkdir()
+    result = ngffmount_cmd("mount", "s3://refused/img.zarr", str(tmp_path / "mnt"), "--anon", "--endpoint-url",
+                           s3_server.endpoint_url, "--transport", "obstore", "--storage-option", "requester_pays=true",
+                           *cache_args, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0 and "requester_pays not understood by obstore" in result.stderr
+    bad = ngffmount_cmd("mount", "s3://refused/img.zarr", str(tmp_path / "mnt"), "--transport", "rust",
+                        *cache_args, check=False)
+    assert bad.returncode == 2 and "not a transport: 'rust'" in bad.stderr
