@@ -322,3 +322,16 @@ def test_mount_that_asks_for_obstore_where_it_cannot_serve_fails_in_one_line(tmp
     bad = ngffmount_cmd("mount", "s3://refused/img.zarr", str(tmp_path / "mnt"), "--transport", "rust",
                         *cache_args, check=False)
     assert bad.returncode == 2 and "not a transport: 'rust'" in bad.stderr
+
+
+def test_stores_an_xml_leads_to_keep_the_transport_asked_for():
+    from ngffmount.adapters.bdv import Context
+
+    endpoint = "http://127.0.0.1:9"
+    own = storage_options_for("s3://b/x.xml", anon=True, endpoint_url=endpoint, transport="fsspec")
+    ctx = Context("s3://b/x.xml", own, 4)
+    assert ctx.s3_options(endpoint, None).transport == "fsspec"  # the caller's own options
+    assert ctx.s3_options("http://127.0.0.1:10", "eu-west-1").transport == "fsspec"  # anonymous elsewhere
+    web = Context("https://h/x.xml", storage_options_for("https://h/x.xml", transport="fsspec"), 4)
+    assert web.container_store("s3://bucket/c.n5").transport_in_use == "fsspec"
+    assert web.container_store("http://h/c.n5").transport_in_use == "fsspec"
