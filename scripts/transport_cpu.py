@@ -98,10 +98,10 @@ def gil_seconds(run, rate: int = 1000) -> float:
     return samples / rate
 
 
-def measure(fetch_one, keys: list[str], rounds: int, gil: bool) -> tuple[float, float, float]:
+def measure(fetch_one, keys: list, rounds: int, gil: bool, per_key: int = 1) -> tuple[float, float, float]:
     """CPU-seconds per request over passes over `keys` from THREADS threads (the least of
     `rounds`): of the whole process; of the threads Python started; with `gil`, of the GIL held
-    (one more pass under py-spy), else NaN."""
+    (one more pass under py-spy), else NaN. `per_key`: requests per item of `keys` (batches)."""
     best = (float("inf"), float("inf"))
     with ThreadPoolExecutor(THREADS, thread_name_prefix="ThreadPoolExec") as pool:
         def one_pass():
@@ -112,10 +112,10 @@ def measure(fetch_one, keys: list[str], rounds: int, gil: bool) -> tuple[float, 
         for _ in range(rounds):
             cpu, by_kind = time.process_time(), thread_cpu()
             one_pass()
-            total = (time.process_time() - cpu) / len(keys)
-            python = (thread_cpu()["python"] - by_kind["python"]) / len(keys)
+            total = (time.process_time() - cpu) / len(keys) / per_key
+            python = (thread_cpu()["python"] - by_kind["python"]) / len(keys) / per_key
             best = min(best, (total, python))
-        held = gil_seconds(one_pass) / len(keys) if gil else float("nan")
+        held = gil_seconds(one_pass) / len(keys) / per_key if gil else float("nan")
     return (*best, held)
 
 
@@ -168,14 +168,21 @@ def run_all(args, keys, s3_url, http_url, Store, storage_options_for, asyn):
     wanted = set(filter(None, args.only.split(",")))
     results = []
 
-    def run(name, fetch_one):
+    def run(name, fetch_one, batch: int = 1):
         if wanted and name not in wanted:
             return
-        results.append((name, measure(fetch_one, keys, args.rounds, args.gil)))
+        items = keys if batch == 1 else [keys[i:i + batch] for i in range(0, len(keys) - batch + 1, batch)]
+        results.append((name, measure(fetch_one, items, args.rounds, args.gil, batch)))
         print(f"  {name}: {results[-1][1][0] * 1e3:.3f} ms", file=sys.stderr, flush=True)
 
     def via_store(store):
         return lambda k: len(store.get(k))
+
+    def batches_via_store(store):
+        def fetch(batch):
+            sizes = {len(v) for v in store.get_many(batch).values()}
+            return sizes.pop() if len(sizes) == 1 else sizes
+        return fetch
 
     def options(url, transport, **kw):
         opts = storage_options_for(url, **kw)
@@ -185,6 +192,7 @@ def run_all(args, keys, s3_url, http_url, Store, storage_options_for, asyn):
     for transport in ("fsspec", "obstore"):
         opts = options("s3://bench", transport, anon=True, endpoint_url=s3_url)
         run(f"s3 Store transport={transport} (anon)", via_store(Store("s3://bench", opts)))
+        run(f"s3 Store transport={transport} get_many of 8 (anon)", batches_via_store(Store("s3://bench", opts)), 8)
         opts = options("s3://bench", transport, endpoint_url=s3_url, extra={"key": "testing", "secret": "testing"})
         run(f"s3 Store transport={transport} (signed)", via_store(Store("s3://bench", opts)))
     lean = options("s3://bench", "fsspec", anon=True, endpoint_url=s3_url)
