@@ -35,9 +35,9 @@ _S3_KNOWN = {"anon", "key", "secret", "token", "endpoint_url", "client_kwargs", 
 _S3_CLIENT_KNOWN = {"endpoint_url", "region_name"}
 _S3_CONFIG_KNOWN = {"max_pool_connections", "connect_timeout", "read_timeout", "retries"}
 _HTTP_CLIENT_KNOWN = {"timeout"}
-# CA bundles the environment gives botocore (S3) and OpenSSL (both): trusted here too, besides
-# the system's roots.
-_CA_ENV = {"s3": ("AWS_CA_BUNDLE", "SSL_CERT_FILE"), "http": ("SSL_CERT_FILE",)}
+# The CA bundle the environment gives botocore, trusted here too. (obstore's roots already
+# follow SSL_CERT_FILE and SSL_CERT_DIR, as OpenSSL does for aiohttp.)
+_CA_ENV = {"s3": ("AWS_CA_BUNDLE",), "http": ()}
 # Keys sent as they are: no escaping for obstore and fsspec to disagree on.
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9._~/=-]+")
 _STATUS = re.compile(r"status code: (\d{3})")

@@ -6,7 +6,9 @@ loopback."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -335,3 +337,52 @@ def test_stores_an_xml_leads_to_keep_the_transport_asked_for():
     web = Context("https://h/x.xml", storage_options_for("https://h/x.xml", transport="fsspec"), 4)
     assert web.container_store("s3://bucket/c.n5").transport_in_use == "fsspec"
     assert web.container_store("http://h/c.n5").transport_in_use == "fsspec"
+
+
+def private_ca_and_server_cert(directory):
+    """A private CA and a certificate it signed for 127.0.0.1 (openssl): (CA cert, cert, key).
+    rustls, unlike OpenSSL, refuses a self-signed CA certificate as a server's own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert, ext = (directory / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem", "ext"))
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ngffmount test CA",
+            "-keyout", str(ca_key), "-out", str(ca))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr))
+    ext.write_text("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2",
+            "-extfile", str(ext), "-out", str(cert))
+    return ca, cert, key
+
+
+def test_https_trusts_the_bundles_the_environment_names(tmp_path, objects, monkeypatch):
+    import ssl
+
+    from servers import RangeHTTPServer
+
+    http_server, _ = objects
+    ca, cert, key = private_ca_and_server_cert(tmp_path / "tls")
+    bundle = tmp_path / "bundle.pem"  # as a site's bundle is: the public roots plus a private CA
+    system = ssl.get_default_verify_paths().openssl_cafile
+    bundle.write_text((open(system).read() if system and os.path.isfile(system) else "") + ca.read_text())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = RangeHTTPServer(http_server.www)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    endpoint = server.url.replace("http://", "https://")
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "AWS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    with server:
+        # An anonymous S3 GET of /bucket/key is a plain GET: the HTTPS server stands in for S3.
+        as_s3 = dict(anon=True, endpoint_url=endpoint, timeout=2.0)
+        for store in (lean(endpoint + "/lean", timeout=2.0), lean("s3://lean", **as_s3)):
+            with pytest.raises(ChunkReadError):
+                store.get("obj")  # a CA nobody named: refused
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))  # botocore's variable: S3 only
+        assert lean("s3://lean", **as_s3).get("obj") == DATA
+        monkeypatch.delenv("AWS_CA_BUNDLE")
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # OpenSSL's: both
+        assert lean(endpoint + "/lean").get("obj") == DATA
+        assert lean("s3://lean", **as_s3).get("obj") == DATA
