@@ -56,7 +56,10 @@ def stores(objects) -> list[Store]:
     http_server, s3_server = objects
     return [lean(f"{http_server.url}/lean"),
             lean("s3://lean/img", anon=True, endpoint_url=s3_server.endpoint_url),
-            lean("s3://lean/img", endpoint_url=s3_server.endpoint_url, extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET})]
+            lean("s3://lean/img", endpoint_url=s3_server.endpoint_url, extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET}),
+            lean("s3://lean/img", extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET, "token": "session-token",
+                                         "client_kwargs": {"endpoint_url": s3_server.endpoint_url,
+                                                           "region_name": "eu-west-1"}})]
 
 
 def test_bytes_ranges_and_counters(objects):
