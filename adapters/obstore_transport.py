@@ -38,8 +38,8 @@ _HTTP_CLIENT_KNOWN = {"timeout"}
 # The CA bundle the environment gives botocore, trusted here too. (obstore's roots already
 # follow SSL_CERT_FILE and SSL_CERT_DIR, as OpenSSL does for aiohttp.)
 _CA_ENV = {"s3": ("AWS_CA_BUNDLE",), "http": ()}
-# Keys sent as they are: no escaping for obstore and fsspec to disagree on.
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9._~/=-]+")
+# Keys of unreserved URL characters only: no escaping for obstore and fsspec to disagree on.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._~/-]+")
 _STATUS = re.compile(r"status code: (\d{3})")
 # What obstore (reqwest, hyper) says when a transfer broke: worth another attempt.
 _BROKEN_TRANSFER = ("error sending request", "timed out", "timeout", "connection", "reset", "closed", "eof",
@@ -76,14 +76,13 @@ def default_transport() -> str:
 
 
 class ObstoreTransport:
-    """GETs of one S3 bucket or one HTTP origin.
-
-    `path` arguments are fsspec paths ("bucket/key" for S3, full URLs for HTTP). Each attempt
-    is bounded by a client whose request timeout fits the time left (`_client_for`).
+    """GETs of one S3 bucket or one HTTP origin: the fsspec paths under `prefix` ("bucket/"
+    for S3, "scheme://host:port/" for HTTP), by their path within it (`object_path`). Each
+    attempt is bounded by a client whose request timeout fits the time left (`_client_for`).
     """
 
-    def __init__(self, kind: str, prefix: str, make_client, attempt_timeout: float):
-        self.kind, self.prefix = kind, prefix  # fsspec paths under `prefix` are served
+    def __init__(self, prefix: str, make_client, attempt_timeout: float):
+        self.prefix = prefix
         self._make_client = make_client
         self.attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, attempt_timeout)
         self.ranges = True  # False once the server showed it ignores Range
@@ -100,7 +99,8 @@ class ObstoreTransport:
 
     def _client_for(self, left: float):
         """A client whose request timeout is the attempt timeout, or a power-of-two fraction
-        of it when less time is left: a blocking attempt then never outlives its deadline."""
+        of it when less time is left: a blocking attempt then ends by its deadline (or within
+        MIN_ATTEMPT_TIMEOUT of it)."""
         timeout = self.attempt_timeout
         while timeout > left and timeout / 2 >= MIN_ATTEMPT_TIMEOUT:
             timeout /= 2
@@ -173,8 +173,8 @@ def _translated(exc: Exception) -> Exception:
     from .storage import NotModified
 
     message = _first_line(exc)
-    if isinstance(exc, (FileNotFoundError, NotModified)):
-        return FileNotFoundError(message) if isinstance(exc, FileNotFoundError) else exc
+    if isinstance(exc, FileNotFoundError):
+        return FileNotFoundError(message)
     if isinstance(exc, e.NotModifiedError):
         return NotModified()
     if isinstance(exc, (e.PermissionDeniedError, e.UnauthenticatedError)):
@@ -281,7 +281,7 @@ def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, 
         return S3Store(bucket, config=config, client_options=_client_options(timeout, concurrency, allow_http, roots),
                        retry_config={"max_retries": 0})
 
-    return ObstoreTransport("s3", bucket + "/", make_client, attempt_timeout)
+    return ObstoreTransport(bucket + "/", make_client, attempt_timeout)
 
 
 def _http_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int):
@@ -300,4 +300,4 @@ def _http_transport(url: str, options: Mapping[str, Any], attempt_timeout: float
         return HTTPStore(origin, client_options=_client_options(timeout, concurrency, allow_http, roots),
                          retry_config={"max_retries": 0})
 
-    return ObstoreTransport("http", origin + "/", make_client, attempt_timeout)
+    return ObstoreTransport(origin + "/", make_client, attempt_timeout)
