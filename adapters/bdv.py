@@ -60,12 +60,13 @@ class Context:
         own = self.options or {}
         aws = "https://s3.amazonaws.com"
         timeout, retries = getattr(own, "timeout", DEFAULT_TIMEOUT), getattr(own, "retries", DEFAULT_RETRIES)
+        transport = getattr(own, "transport", None)
         if self.xml_url.lower().startswith("s3") and normalize_url(endpoint_of(own) or aws) == normalize_url(endpoint or aws):
             opts = StorageOptions(own)  # the caller's credentials, only for the endpoint they were given for
-            opts.timeout, opts.retries = timeout, retries
+            opts.timeout, opts.retries, opts.transport = timeout, retries, transport
         else:
             opts = storage_options_for("s3://", anon=True, endpoint_url=endpoint, concurrency=self.concurrency,
-                                       timeout=timeout, retries=retries)
+                                       timeout=timeout, retries=retries, transport=transport)
         if region:
             opts["client_kwargs"] = {**(opts.get("client_kwargs") or {}), "region_name": region}
         return opts
@@ -93,7 +94,8 @@ class Context:
                 own_options = self.options or {}
                 options = storage_options_for(url, concurrency=self.concurrency,
                                               timeout=getattr(own_options, "timeout", DEFAULT_TIMEOUT),
-                                              retries=getattr(own_options, "retries", DEFAULT_RETRIES))
+                                              retries=getattr(own_options, "retries", DEFAULT_RETRIES),
+                                              transport=getattr(own_options, "transport", None))
         return self.store(url, options)
 
     def resolve(self, data: SpimData, ref: PathRef) -> list[str]:

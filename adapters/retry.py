@@ -95,6 +95,8 @@ def _status_and_code(exc: BaseException) -> tuple[int | None, str | None]:
         code = (response.get("Error") or {}).get("Code")
         return _int_or_none(status), (code if isinstance(code, str) else None)
     names = {c.__name__ for c in type(exc).__mro__}
+    if "RemoteStatus" in names:  # obstore_transport
+        return _int_or_none(getattr(exc, "status", None)), None
     if "ClientResponseError" in names:  # aiohttp
         return _int_or_none(getattr(exc, "status", None)), None
     if "HTTPError" in names:  # requests (.response.status_code), urllib (.code)

@@ -8,6 +8,10 @@ Every remote read is one `RangeRequest` under a retry policy (`classify`, `backo
 with jittered exponential backoff, at most `retries` attempts and never past `timeout`
 seconds per request, nor past the deadline of the read it serves (`retry.deadline_at`).
 A request returns its complete bytes, None (missing), or fails.
+
+Chunk GETs of s3:// and http(s):// sources go through obstore (obstore_transport) where it
+understands the options, else through fsspec; `transport` picks ("auto", "obstore", "fsspec").
+Metadata calls (info, listings) always go through fsspec.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from fsspec.asyn import AsyncFileSystem, sync
 
 from .counters import Counters
 from .errors import BadMetadata, ChunkReadError, SourceGaveUp, SourceNotFound
+from .obstore_transport import (
+    TRANSPORTS, RangesIgnored, TransportUnavailable, default_transport, obstore_transport_for,
+)
 from .retry import (
     _ABANDONED, MISSING_ERRORS, Abandoned, GaveUp, IncompleteBody, RetryRun, _chain, _status_and_code,
     current_deadline, describe_error, time_left,
@@ -125,10 +132,12 @@ def observe(condition: SourceVersion | None = None):
 
 
 class StorageOptions(dict):
-    """fsspec options that also carry the retry budget (`timeout`, `retries`) to `Store`."""
+    """fsspec options that also carry the retry budget (`timeout`, `retries`) and the
+    transport of chunk GETs (`transport`, one of TRANSPORTS) to `Store`."""
 
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
+    transport: str | None = None  # None: default_transport()
 
 
 NO_BOTOCORE_RETRIES = {"mode": "standard", "total_max_attempts": 1}
@@ -149,6 +158,7 @@ def storage_options_for(
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout: float = DEFAULT_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
+    transport: str | None = None,
 ) -> StorageOptions:
     """fsspec options for a URL from the CLI flags: the defaults users of each protocol expect.
 
@@ -159,7 +169,7 @@ def storage_options_for(
     protocol = url.split("://", 1)[0].lower() if has_scheme(url) else "file"
     stall = attempt_timeout_for(timeout)
     opts = StorageOptions()
-    opts.timeout, opts.retries = float(timeout), int(retries)
+    opts.timeout, opts.retries, opts.transport = float(timeout), int(retries), transport
     if protocol in ("s3", "s3a"):
         opts["anon"] = anon
         # With max_concurrency > 1, s3fs sends a HEAD before every whole-object GET to decide
@@ -199,6 +209,7 @@ class Store:
         *,
         retries: int | None = None,
         timeout: float | None = None,
+        transport: str | None = None,
     ):
         self.url = normalize_url(url)
         # The same bucket name on two S3 endpoints is two sources: the cache must tell them apart.
@@ -229,6 +240,28 @@ class Store:
         self._is_async = isinstance(self.fs, AsyncFileSystem) and getattr(self.fs, "async_impl", False)
         self._pool = None if self._is_async else ThreadPoolExecutor(self.concurrency, thread_name_prefix="fetch")
         self._http = _fs_kind(self.fs)
+        self.transport = transport or getattr(storage_options, "transport", None) or default_transport()
+        self._fast = self._lean_transport(url, dict(storage_options or {}))
+
+    def _lean_transport(self, url: str, options: dict):
+        """The obstore transport of chunk GETs, or None where fsspec serves them."""
+        if self.transport not in TRANSPORTS:
+            raise SourceNotFound(f"unknown transport {self.transport!r}: expected one of {', '.join(TRANSPORTS)}")
+        if self.transport == "fsspec":
+            return None
+        try:
+            if not self._is_async:
+                raise TransportUnavailable("not an s3:// or http(s):// source")
+            return obstore_transport_for(url, options, self.attempt_timeout, self.concurrency)
+        except Exception as exc:  # noqa: BLE001 - TransportUnavailable, or a client obstore refuses to build
+            if self.transport == "obstore":
+                raise SourceNotFound(f"cannot read {self.url} through obstore: {redact(str(exc))}") from None
+            return None  # auto: fsspec serves
+
+    @property
+    def transport_in_use(self) -> str:
+        """Which client sends chunk GETs: "obstore" or "fsspec"."""
+        return "obstore" if self._fast is not None else "fsspec"
 
     def child(self, key: str) -> "Store":
         """A store rooted at a subpath (used for nested groups and images)."""
@@ -316,7 +349,11 @@ class Store:
         TRANSFERS.begin(len(requests))
         raw = []
         try:
-            if self._is_async:
+            if len(requests) == 1 and self._lean_path(requests[0]):
+                # One chunk: its thread sends the GET itself (obstore releases the GIL), no loop hop.
+                budget = self._budget(read_deadline, time.monotonic())
+                raw = [self._retrying_sync(partial(self._attempt_lean, requests[0], conditions[0]), None, budget)]
+            elif self._is_async:
                 raw = sync(self.fs.loop, self._gather, requests, conditions, read_deadline)
             else:
                 abort = threading.Event()
@@ -369,9 +406,29 @@ class Store:
         return self.timeout if read_deadline is None else min(self.timeout, read_deadline - now)
 
     # One attempt: (the complete bytes of a request, ETag, Last-Modified), or an exception.
+    def _lean_path(self, req: RangeRequest) -> str | None:
+        """Where obstore finds the object of `req`, or None if fsspec must send it."""
+        if self._fast is None:
+            return None
+        return self._fast.object_path(self._path(req.key), ranged=(req.start, req.end) != (0, None))
+
+    def _attempt_lean(self, req: RangeRequest, condition: SourceVersion | None, left: float):
+        try:
+            data, etag, modified, size = self._fast.get(self._lean_path(req), req.start, req.end, condition, left)
+        except RangesIgnored:
+            return sync(self.fs.loop, self._attempt_async, req, condition, left)  # fsspec takes over
+        return _complete(req, data, size), etag, modified
+
     async def _attempt_async(self, req: RangeRequest, condition: SourceVersion | None, left: float):
         path, kw = self._path(req.key), self._attempt_kwargs(left)
         start, end = _range_args(req)
+        lean = self._lean_path(req)
+        if lean:
+            try:
+                data, etag, modified, size = await self._fast.get_async(lean, req.start, req.end, condition, left)
+                return _complete(req, data, size), etag, modified
+            except RangesIgnored:
+                pass  # fsspec takes over
         if self._http == "aiohttp":
             data, etag, modified = await _http_get(self.fs, path, start, end, condition, kw)
         elif type(self.fs).__module__ == "s3fs.core":
@@ -512,6 +569,11 @@ def _short(req: RangeRequest, data: bytes) -> bool:
     if req.start < 0:
         return len(data) < -req.start
     return req.end is not None and len(data) < req.end - req.start
+
+
+def _complete(req: RangeRequest, data: bytes, size: int | None) -> bytes:
+    """The bytes of an answer that says the object's size: checked where they are short."""
+    return check_length(req, data, size) if _short(req, data) else data
 
 
 def check_length(req: RangeRequest, data: bytes, size: int | None) -> bytes:

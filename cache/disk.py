@@ -54,6 +54,16 @@ FULL_PAUSE_S = 30.0  # full with nothing left to evict: writes wait this long
 GONE_CHECK_S = 1.0
 GONE_WAIT_S = 30.0
 REOPEN_RETRY_S = 30.0
+# Entries another daemon adds are seen by the in-memory index within INDEX_REFRESH_S; entries
+# it evicts, at a reload of the whole index (at most every INDEX_RELOAD_S) or when looked up.
+INDEX_REFRESH_S = 0.1
+INDEX_RELOAD_S = 2.0
+RECENCY_FLUSH_S = 5.0  # hits' access times wait at most this long for their write
+# A file holds a batch's entries up to this share of the cache's bound or of its file
+# system, whichever is smaller (eviction goes file by file: it must stay fine-grained).
+FILE_SHARE = 64
+FILE_MAX = 32 << 20
+REPLACED_PREFIX = "~replaced/"  # the key of a replaced entry whose bytes stay in a shared file
 
 
 def default_cache_dir() -> str:
@@ -124,6 +134,8 @@ class DiskCache:
         self._retry_at = 0.0  # gone, and not made again: no new try until then
         self._gone_since = 0.0
         self.evicted_to_open = 0  # entries removed to make room for opening a full folder
+        self.index = KeyIndex(lambda: self._cache)
+        self._recency = Recency(self)
         try:
             self._cache: _SerialCache | None = self._open_or_make_room()
             self.locks = FetchLocks(directory)
@@ -140,13 +152,23 @@ class DiskCache:
 
     def get_entry(self, key: str) -> tuple[bytes, dict | None] | None:
         """The stored bytes and metadata (None for an entry written without), or None on a
-        miss or a damaged entry (which is then dropped)."""
+        miss or a damaged entry (which is then dropped). A key the index does not know is a
+        miss without asking SQLite."""
+        if not self.index.holds(key):
+            return None
+
         def read(cache):
-            value = cache.get(key, default=None, read=True)
-            if value is None:
+            db_key, raw = cache.disk.put(key)
+            # A plain SELECT, not diskcache's get: with least-recently-used eviction that is
+            # a write transaction per lookup. Recency is written in batches (touch).
+            row = cache._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?",
+                             (db_key, raw)).fetchone()
+            if row is None:
+                self.index.forget(key)  # evicted by another daemon
                 return None
+            value = cache.disk.fetch(*row, True)
             if isinstance(value, _EntryPath):
-                return _read_entry_file(value.path)
+                return _read_entry_file(*value)
             return _split_entry(value)  # small: kept in SQLite itself
 
         got = self._run(read, None, on_entry_error=lambda: self.delete(key))
@@ -154,6 +176,7 @@ class DiskCache:
             return None
         entry = checked_entry(*got)
         if entry is not None:
+            self._recency.touch(key)
             return entry
         self.delete(key)
         raise CorruptEntry(key)
@@ -162,30 +185,90 @@ class DiskCache:
         """Store an entry, with `meta` (JSON-able) when given. False when it was not written:
         the file system is full (the oldest entries were evicted, or writes pause), or the
         folder is broken; never raises."""
-        head = entry_head(data, meta)
+        return self.put_many([(key, data, meta)]) == [True]
+
+    def put_many(self, entries: list[tuple[str, bytes, dict | None]]) -> list[bool]:
+        """Store entries (key, data, metadata) in one SQLite transaction; whether each was
+        written. The large ones share a new file (one per FILE_SHARE of the bound; rows name
+        it with their offset and length), written first; the rows are committed together: a crash leaves every entry
+        of the batch whole or absent. A batch that fails is tried entry by entry, so one
+        entry's trouble costs only that entry."""
+        if not entries:
+            return []
+        heads = [entry_head(data, meta) for _, data, meta in entries]
 
         def write(cache):
-            if len(data) + len(head) < cache.disk_min_file_size:
-                cache.set(key, head + data, tag=self.source)
-                return True
-            # Not as bytes: diskcache would join them first, then write them through
-            # io.BytesIO line by line (~20,000 write calls per MB of pixels).
             written = cache.disk.written
-            written.path = None
+            written.paths, written.removals = [], []
             try:
-                cache.set(key, _Entry(head, data), read=True, tag=self.source)
+                slices = self._write_file(cache, [(head, data) for (_, data, _), head in zip(entries, heads)])
+                with cache.transact():
+                    for (key, data, _), head, where in zip(entries, heads, slices):
+                        _keep_file_mates(cache, key)
+                        # A file's slice, or small: the bytes, kept in SQLite itself.
+                        cache.set(key, where or head + data, read=where is not None, tag=self.source)
+                    self._recency.write(cache)
+                removals = written.removals
             except BaseException:
-                if written.path is not None:  # its row was not committed: nothing points to it
+                for path in written.paths:  # their rows were not committed: nothing points to them
                     with contextlib.suppress(OSError):
-                        os.unlink(written.path)
+                        os.unlink(path)
                 raise
+            finally:
+                written.paths = written.removals = None
+            for name in removals:  # files of rows replaced or evicted, now that this is committed
+                cache.disk.remove(name)
             return True
 
-        return self._run(write, False, writing=True, need=len(data) + len(head),
-                         on_entry_error=lambda: False)
+        need = sum(len(data) + len(head) for (_, data, _), head in zip(entries, heads))
+        if self._run(write, False, writing=True, need=need, on_entry_error=lambda: False):
+            for key, _, _ in entries:
+                self.index.add(key)
+            return [True] * len(entries)
+        if len(entries) == 1:
+            return [False]
+        return [self.put_many([entry]) == [True] for entry in entries]
+
+    def _write_file(self, cache, parts: list[tuple[bytes, bytes]]) -> list[_Slice | None]:
+        """Write the entries (head, data) too large for SQLite into new files, as few as
+        _file_bytes allows; where each went (None: kept in SQLite)."""
+        slices: list[_Slice | None] = []
+        chunks, offset, filename, path = [], 0, None, None
+        most = self._file_bytes(cache)
+        for head, data in parts:
+            size = len(head) + len(data)
+            if size < cache.disk_min_file_size:
+                slices.append(None)
+                continue
+            if filename is None or offset + size > most:
+                if chunks:
+                    _write_entry_file(path, chunks)
+                filename, path = cache.disk.new_file()
+                cache.disk.written.paths.append(path)  # before writing: a failed write may leave part of it
+                chunks, offset = [], 0
+            slices.append(_Slice(filename, offset, size))
+            chunks += [head, data]  # not joined: written straight from the caller's bytes
+            offset += size
+        if chunks:
+            _write_entry_file(path, chunks)
+        return slices
+
+    def _file_bytes(self, cache) -> int:
+        try:
+            st = os.statvfs(self.directory)
+            room = st.f_blocks * st.f_frsize
+        except OSError:
+            room = FILE_MAX * FILE_SHARE
+        return min(FILE_MAX, min(int(cache.size_limit), room) // FILE_SHARE)
 
     def __contains__(self, key: str) -> bool:
-        return self._run(lambda cache: key in cache, False)
+        """From the index in memory: a miss asks nothing of SQLite. A hit checks that the
+        folder is still the one opened (a removed folder's entries are gone)."""
+        if not self.index.holds(key):
+            return False
+        if self._folder_changed():
+            return self._reopen() is not None and self.index.holds(key)
+        return True
 
     def __len__(self) -> int:
         cache = self._cache
@@ -197,6 +280,7 @@ class DiskCache:
         return int(cache.size_limit) if cache is not None else self._configured_limit
 
     def delete(self, key: str) -> None:
+        self.index.forget(key)
         try:
             self._cache.delete(key)
         except Exception:
@@ -212,14 +296,18 @@ class DiskCache:
         cache = self._usable()
         if cache is None:
             raise CacheUnavailable(f"the disk cache at {self.directory} is gone")
+        # Counted before: a row's removal takes the rows sharing its file along (_PathDisk.remove).
+        count = len(cache)
         try:
-            count = cache.clear()
+            cache.clear()
         except Exception as exc:
             if self._recover(exc) is None:
                 raise
             cache = self._usable()
             remove_entry_files(self.directory, keep=set())
-            count = cache.clear()
+            cache.clear()
+        count -= len(cache)
+        self.index.reset()
         keep = {name for (name,) in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
         remove_entry_files(self.directory, keep)
         return count
@@ -231,13 +319,33 @@ class DiskCache:
             raise CacheUnavailable(f"the disk cache at {self.directory} is gone")
         source = source.rstrip("/")
         tags = [tag for (tag,) in cache._sql("SELECT DISTINCT tag FROM Cache WHERE tag IS NOT NULL")]
-        return sum(cache.evict(tag) for tag in tags
-                   if isinstance(tag, str) and (tag == source or tag.startswith(source + "/")))
+        removed = 0
+        for tag in tags:
+            if isinstance(tag, str) and (tag == source or tag.startswith(source + "/")):
+                # Counted before: the rows sharing a file (one mount's batch: one source) go together.
+                (count,), = cache._sql("SELECT count(*) FROM Cache WHERE tag = ?", (tag,)).fetchall()
+                cache.evict(tag)
+                removed += count
+        self.index.reset()
+        return removed
 
     def close(self) -> None:
+        self.flush_recency()
         cache = self._cache
         if cache is not None:
             cache.close()
+
+    def flush_recency(self) -> None:
+        """Write the access times of the hits since the last write (eviction order). Only a
+        hint: a folder in trouble is left to the next read or write to see to."""
+        cache = self._cache
+        try:
+            if cache is None or self._folder_changed():
+                raise FileNotFoundError(self._db_path)
+            with cache.transact():
+                self._recency.write(cache)
+        except Exception:
+            self._recency.drop()
 
     # -- keeping the tier usable
 
@@ -248,6 +356,7 @@ class DiskCache:
         if self._size_limit is not None:
             settings["size_limit"] = int(self._size_limit)
         cache = _SerialCache(self.directory, disk=_PathDisk, **settings)
+        cache._sql("CREATE INDEX IF NOT EXISTS Cache_filename ON Cache(filename)")  # entries sharing a file
         self._configured_limit = int(cache.size_limit)
         st = os.stat(self._db_path)
         self._db_id = (st.st_dev, st.st_ino)
@@ -349,6 +458,7 @@ class DiskCache:
                 if not self._folder_changed():
                     return self._cache  # another thread saw to it
                 self._cache = None  # the old one's connections close when the last thread lets go
+                self.index.reset()
                 self._gone_since = now
                 self._retry_at = 0.0
                 self._trouble.report("gone", "disk cache %s was removed while in use: going on without it "
@@ -370,6 +480,7 @@ class DiskCache:
             self._trouble.ended("reopen")
             self._trouble.ended("gone", "disk cache %s: made again, in use", self.directory)
             self._cache = cache
+            self.index.reset()
             return cache
 
     def _full(self, exc: BaseException) -> bool:
@@ -402,6 +513,7 @@ class DiskCache:
                 rows = cache._sql("SELECT rowid, filename, size FROM Cache ORDER BY access_time").fetchall()
                 victims, freed = remove_oldest(rows, self.directory, volume - limit)
                 delete_rows(cache, victims)
+                self.index.reset()
                 cache.reset("size_limit", limit, update=False)  # this process only: the folder keeps its own
                 cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except Exception:
@@ -440,8 +552,144 @@ class DiskCache:
                                     "stays under %s", self.directory, human(free), human(limit))
 
 
+def _keep_file_mates(cache, key: str) -> None:
+    """Before `key` is replaced: if its file holds other entries too, its row stays, under
+    a key nothing asks for, so the file's bytes stay counted (and the file whole) until
+    eviction takes that row, and the file's other entries with it (see _PathDisk.remove)."""
+    db_key, raw = cache.disk.put(key)
+    row = cache._sql("SELECT filename FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)).fetchone()
+    if row is None or row[0] is None:
+        return
+    (mates,), = cache._sql("SELECT count(*) FROM Cache WHERE filename = ?", row).fetchall()
+    if mates > 1:
+        cache._sql("UPDATE Cache SET key = ? WHERE key = ? AND raw = ?",
+                   (REPLACED_PREFIX + os.urandom(8).hex(), db_key, raw))
+
+
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+class KeyIndex:
+    """The keys of the entries on disk, in memory, so that a miss asks nothing of SQLite.
+
+    Keys are kept as their hashes: a collision is a false hit, which the lookup in SQLite
+    that follows corrects (as it does an entry another daemon evicted). Entries other
+    daemons add are rows past the highest rowid read, looked for at most every
+    INDEX_REFRESH_S; when the folder counts fewer entries than the index holds, others
+    evicted some, and the index is read again (at most every INDEX_RELOAD_S). A false miss
+    costs a fetch from the source; DiskTier.claim looks the key up in SQLite when another
+    daemon held its fetch lock, so daemons sharing a folder still fetch a chunk once."""
+
+    def __init__(self, cache):
+        self._cache = cache  # the DiskCache's current diskcache, or None
+        self._keys: set[int] = set()
+        self._mark = -1  # the highest rowid read; -1: read the whole index
+        self._checked = float("-inf")
+        self._reloaded = float("-inf")
+        self._lock = threading.Lock()
+
+    def holds(self, key: str) -> bool:
+        if self._mark < 0:
+            self.refresh(wait=True)  # not read yet (or reset): every lookup waits for it
+        elif time.monotonic() >= self._checked + INDEX_REFRESH_S:
+            self.refresh(wait=False)  # another thread at it: the index as it is will do
+        return hash(key) in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str) -> None:
+        with self._lock:
+            self._keys.add(hash(key))
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._keys.discard(hash(key))
+
+    def reset(self) -> None:
+        """Read the whole index at the next lookup (the folder changed, rows were removed)."""
+        with self._lock:
+            self._keys = set()
+            self._mark = -1
+            self._checked = float("-inf")
+
+    def look(self, key: str) -> bool:
+        """Ask SQLite itself (after another daemon's fetch of this key)."""
+        self.refresh(wait=True)
+        if hash(key) in self._keys:
+            return True
+        cache = self._cache()
+        try:
+            found = cache is not None and cache._sql(
+                "SELECT rowid FROM Cache WHERE key = ? AND raw = ?", cache.disk.put(key)).fetchone() is not None
+        except Exception:
+            return False  # the tier's trouble: DiskCache sees to it at its next use
+        if found:
+            self.add(key)
+        return found
+
+    def refresh(self, wait: bool) -> None:
+        if not self._lock.acquire(blocking=wait):
+            return  # another thread is at it
+        try:
+            now = time.monotonic()
+            self._checked = now
+            cache = self._cache()
+            if cache is None:
+                return
+            try:
+                if self._mark >= 0:
+                    rows = cache._sql("SELECT rowid, key FROM Cache WHERE rowid > ?", (self._mark,)).fetchall()
+                    self._keys.update(hash(key) for _, key in rows)
+                    self._mark = max([self._mark] + [rowid for rowid, _ in rows])
+                    (count,), = cache._sql("SELECT value FROM Settings WHERE key = 'count'").fetchall()
+                    if len(self._keys) <= count or now < self._reloaded + INDEX_RELOAD_S:
+                        return
+                rows = cache._sql("SELECT rowid, key FROM Cache").fetchall()
+                self._keys = {hash(key) for _, key in rows}
+                self._mark = max([0] + [rowid for rowid, _ in rows])
+                self._reloaded = now
+            except Exception:
+                pass  # the tier's trouble: DiskCache sees to it at its next use
+        finally:
+            self._lock.release()
+
+
+class Recency:
+    """Least-recently-used eviction without a write per hit: the access times of hits wait in
+    memory and are written in one statement with the next batch of entries, or by a timer
+    RECENCY_FLUSH_S after the first of them."""
+
+    def __init__(self, disk: DiskCache):
+        self._disk = disk
+        self._times: dict[str, float] = {}
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def touch(self, key: str) -> None:
+        with self._lock:
+            self._times[key] = time.time()
+            if self._timer is None:
+                self._timer = threading.Timer(RECENCY_FLUSH_S, self._disk.flush_recency)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def write(self, cache) -> None:
+        """Inside a transaction of `cache`."""
+        times = self.drop()
+        if times:
+            cache._con.executemany("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
+                                   [(when, key) for key, when in times.items()])
+
+    def drop(self) -> dict[str, float]:
+        """The access times waiting, no longer waiting."""
+        with self._lock:
+            times, self._times = self._times, {}
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        return times
 
 
 class _SerialCache(diskcache.Cache):
@@ -456,6 +704,7 @@ class _SerialCache(diskcache.Cache):
         self._txn_lock = threading.RLock()  # re-entrant: diskcache nests transactions in a thread
         self._made = False
         super().__init__(*args, **kwargs)
+        self._disk.cache = self
         self._made = True
 
     @property
@@ -476,6 +725,16 @@ class _SerialCache(diskcache.Cache):
 
 class _EntryPath(NamedTuple):
     path: str
+    offset: int = 0
+    length: int | None = None  # None: to the end of the file (the previous version's files)
+
+
+class _Slice(NamedTuple):
+    """Where an entry is: a file under the cache folder, shared by the entries of one batch."""
+
+    filename: str
+    offset: int
+    length: int
 
 
 class _PathDisk(diskcache.Disk):
@@ -486,39 +745,75 @@ class _PathDisk(diskcache.Disk):
     opening, let alone reading, a file there would hold every other thread's lookup up
     behind a cold disk. The caller reads the file after the transaction.
 
-    `written.path` (per thread) names the last entry file written, for the caller to remove
-    should its row not be committed."""
+    `written.paths` (per thread, when set to a list) collects the entry files written, for
+    the caller to remove should their rows not be committed; `written.removals` collects the
+    files of rows replaced or evicted meanwhile, for the caller to remove once the rows'
+    change is committed (diskcache removes them as each nested transaction ends: a crash
+    before the commit would leave rows naming removed files).
+
+    The entries of a batch share one file, in one level of 256 folders (diskcache makes a
+    file per entry in two levels, 65,536 folders: nearly a new folder per entry). A row
+    names its file, and its value is where in the file (offset << 32 | length); rows of
+    the previous version's files have none (the whole file). The entries of a file go
+    together: when one row goes (evicted, deleted), the others naming its file go with it,
+    so no file keeps bytes that nothing counts."""
 
     def __init__(self, directory, **kwargs):
         super().__init__(directory, **kwargs)
         self.written = threading.local()
+        self.cache: _SerialCache | None = None  # the cache this is the disk of (set by it)
+
+    def new_file(self) -> tuple[str, str]:
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
 
     def store(self, value, read, key=diskcache.core.UNKNOWN):
-        if not (read and isinstance(value, _Entry)):
+        if not (read and isinstance(value, _Slice)):
             return super().store(value, read, key)
-        filename, full_path = self.filename(key, value)
-        size = _write_entry_file(full_path, value)
-        self.written.path = full_path
-        return size, diskcache.core.MODE_BINARY, filename, None
+        return value.length, diskcache.core.MODE_BINARY, value.filename, value.offset << 32 | value.length
+
+    def remove(self, file_path):
+        removals = getattr(self.written, "removals", None)
+        if removals is not None:
+            removals.append(file_path)
+            return
+        cache = self.cache
+        if cache is not None:
+            # Best effort: rows left naming a removed file are misses, dropped when met.
+            with contextlib.suppress(Exception), cache._transact() as (sql, _):
+                sql("DELETE FROM Cache WHERE filename = ?", (file_path,))
+        super().remove(file_path)
 
     def fetch(self, mode, filename, value, read):
-        if read and mode == diskcache.core.MODE_BINARY:
-            return _EntryPath(os.path.join(self._directory, filename))
+        if mode == diskcache.core.MODE_BINARY:
+            where = _EntryPath(os.path.join(self._directory, filename), *_slice_of(value))
+            if read:
+                return where
+            return b"".join(_read_entry_file(*where))
         return super().fetch(mode, filename, value, read)
 
 
-def _read_entry_file(path: str) -> tuple[bytes, bytes, bytes]:
-    """An entry file's header, metadata and data, the data read straight into its own bytes object."""
+def _slice_of(value) -> tuple[int, int | None]:
+    if value is None:
+        return 0, None
+    return value >> 32, value & 0xFFFFFFFF
+
+
+def _read_entry_file(path: str, offset: int = 0, length: int | None = None) -> tuple[bytes, bytes, bytes]:
+    """An entry's header, metadata and data, from its place in a file (`length` None: to the
+    file's end); the data read straight into its own bytes object. A file cut short (a torn
+    write) gives short data, which fails the checksum."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, META_HEADER_BYTES, 0)
+        size = os.fstat(fd).st_size - offset if length is None else length
+        head = os.pread(fd, min(META_HEADER_BYTES, size), offset)
         if head[:1] == ENTRY_FORMAT_META and len(head) == META_HEADER_BYTES:
             start = META_HEADER_BYTES + struct.unpack_from("<H", head, 5)[0]
-            meta = os.pread(fd, start - META_HEADER_BYTES, META_HEADER_BYTES)
+            meta = os.pread(fd, start - META_HEADER_BYTES, offset + META_HEADER_BYTES)
         else:
             head, meta, start = head[:HEADER_BYTES], b"", HEADER_BYTES
-        data = os.pread(fd, max(0, size - start), start)
+        data = os.pread(fd, max(0, size - start), offset + start)
     finally:
         os.close(fd)
     return head, meta, data
@@ -533,11 +828,10 @@ def _write_entry_file(path: str, parts) -> int:
     size = sum(len(p) for p in parts)
     direct = bool(_O_DIRECT)
     for attempt in range(10):  # as diskcache: another thread may remove the folder meanwhile
-        # The two levels of folders under the cache folder, never the cache folder itself:
-        # if it was removed, that is the tier's trouble (FileNotFoundError), not ours to hide.
-        for sub in (os.path.dirname(directory), directory):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(sub)
+        # The entry's folder under the cache folder, never the cache folder itself: if it
+        # was removed, that is the tier's trouble (FileNotFoundError), not ours to hide.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | (_O_DIRECT if direct else 0), 0o600)
             break
@@ -634,13 +928,6 @@ def _write_all(fd: int, data, offset: int = 0) -> None:
         pos += os.pwrite(fd, view[pos:], offset + pos)
 
 
-class _Entry(NamedTuple):
-    """An entry to write as a file: header, then data (diskcache hands it to _PathDisk.store)."""
-
-    head: bytes
-    data: bytes
-
-
 class FetchLocks:
     """One fetch per chunk among all threads and processes that share the cache folder: the
     others wait, then read the chunk from disk.
@@ -678,6 +965,12 @@ class FetchLocks:
                        for k in keys})
 
     def acquire(self, slots: list[int]) -> None:
+        self.claim(slots)
+
+    def claim(self, slots: list[int]) -> bool:
+        """Acquire; whether another process held one of the slots (its fetch may have just
+        put the chunk on disk)."""
+        waited = False
         with self._cond:
             while self._claimed.intersection(slots):
                 self._cond.wait()
@@ -689,9 +982,15 @@ class FetchLocks:
             taken = []
             try:
                 for slot in need:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, slot, os.SEEK_SET)
+                    try:
+                        fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                            raise
+                        waited = True
+                        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, slot, os.SEEK_SET)
                     taken.append(slot)
-                return
+                return waited
             except OSError as exc:
                 if exc.errno != errno.EDEADLK:
                     self.release(slots)  # unlocking a slot we never locked does nothing

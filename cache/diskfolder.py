@@ -50,18 +50,24 @@ def oldest_entries(db_path: str) -> tuple[int, list]:
 
 def remove_oldest(rows, directory: str, nbytes: float) -> tuple[list[int], int]:
     """Remove the files of the first rows until `nbytes` are freed; returns (rowids, bytes
-    freed: those of rows kept in SQLite, freed once the rows go, and of files removed)."""
-    victims, freed = [], 0
+    freed: those of rows kept in SQLite, freed once the rows go, and of files removed). A
+    file holds the entries of one batch: the rows of its other entries go too."""
+    victims, freed, removed = [], 0, set()
     for rowid, filename, size in rows:
         if freed >= nbytes:
             break
         victims.append(rowid)
         if filename:
+            path = os.path.join(directory, filename)
             try:
-                os.unlink(os.path.join(directory, filename))
+                size = os.stat(path).st_size
+                os.unlink(path)
             except OSError:
                 continue  # gone already: frees nothing
+            removed.add(filename)
         freed += size
+    taken = set(victims)
+    victims += [rowid for rowid, filename, _ in rows if filename in removed and rowid not in taken]
     return victims, freed
 
 

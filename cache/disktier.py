@@ -32,7 +32,7 @@ class DiskTier:
 
     def attach(self, stats, held_in_memory: Callable[[Hashable, bytes], bool]) -> None:
         self.stats = stats
-        self.writes = WriteBehind(self._write, held_in_memory, self._backlog_bytes)
+        self.writes = WriteBehind(self._write, held_in_memory, self._backlog_bytes, self._write_many)
 
     @property
     def source(self) -> str | None:
@@ -58,7 +58,10 @@ class DiskTier:
         threads wait only until the bytes are queued for the disk (a reader coming for a
         staged chunk takes them from the queue)."""
         slots = self.disk.locks.slots([key])
-        self.disk.locks.acquire(slots)
+        if self.disk.locks.claim(slots):
+            # Another daemon held it: its bytes may be on disk since a moment, before the
+            # index would see them.
+            self.disk.index.look(key)
         return slots
 
     def release(self, claim: list[int]) -> None:
@@ -85,6 +88,19 @@ class DiskTier:
             self._trouble.report("disk-write", "disk cache write failed: %r", exc)
         finally:
             self.disk.locks.release(entry.slots, downgraded=downgraded)
+
+    def _write_many(self, entries: list[Pending]) -> None:
+        """A batch from the write-behind: one SQLite transaction (DiskCache.put_many)."""
+        try:
+            failed = self.disk.put_many([(e.key, e.data, e.meta) for e in entries]).count(False)
+            if failed:
+                self.stats.add("disk_write_failures", failed)
+        except Exception as exc:
+            self.stats.add("disk_write_failures", len(entries))
+            self._trouble.report("disk-write", "disk cache write failed: %r", exc)
+        finally:
+            for entry in entries:
+                self.disk.locks.release(entry.slots, downgraded=True)
 
     def delete(self, key: str) -> None:
         self.disk.delete(key)

@@ -23,6 +23,9 @@ from typing import Callable, Hashable, NamedTuple
 
 QUIET_S = 0.5
 MAX_WAIT_S = 5.0
+# Entries written together (one SQLite transaction: see DiskCache.put_many).
+BATCH_ENTRIES = 32
+BATCH_BYTES = 16 << 20  # also the size of the aligned buffer its file is written from
 
 
 class Pending(NamedTuple):
@@ -36,10 +39,12 @@ class Pending(NamedTuple):
 
 class WriteBehind:
     def __init__(self, write: Callable[[Pending], None], held_in_memory: Callable[[Hashable, bytes], bool],
-                 bound: int):
-        """`write(pending)` stores one entry and lets go of its slots; `held_in_memory(memory_key,
-        data)` says whether the memory cache holds these very bytes."""
+                 bound: int, write_many: Callable[[list[Pending]], None] | None = None):
+        """`write(pending)` stores one entry and lets go of its slots, `write_many(pendings)`
+        several at once (when given); `held_in_memory(memory_key, data)` says whether the
+        memory cache holds these very bytes."""
         self._write = write
+        self._write_many = write_many
         self._held_in_memory = held_in_memory
         self.bound = bound
         self._queue: OrderedDict[str, Pending] = OrderedDict()
@@ -141,19 +146,44 @@ class WriteBehind:
                         continue
                     entry, wait = self._next_due(time.monotonic())
                     if entry is not None:
+                        batch = self._batch(entry)
                         break
                     self._cond.wait(wait)
             try:
-                self._write(entry)
+                if len(batch) > 1:
+                    self._write_many(batch)
+                else:
+                    self._write(entry)
             except Exception:
-                pass  # write() counts its own failures; the entry must still leave the queue
+                pass  # write() counts its own failures; the entries must still leave the queue
             finally:
                 with self._cond:
-                    del self._queue[entry.key]
-                    if self._by_memory_key.get(entry.memory_key) == entry.key:
-                        del self._by_memory_key[entry.memory_key]
-                    if entry.key in self._alone:
-                        self._alone.discard(entry.key)
-                        self.alone_bytes -= len(entry.data)
-                    self.nbytes -= len(entry.data)
+                    for entry in batch:
+                        del self._queue[entry.key]
+                        if self._by_memory_key.get(entry.memory_key) == entry.key:
+                            del self._by_memory_key[entry.memory_key]
+                        if entry.key in self._alone:
+                            self._alone.discard(entry.key)
+                            self.alone_bytes -= len(entry.data)
+                        self.nbytes -= len(entry.data)
                     self._cond.notify_all()
+
+    def _batch(self, first: Pending) -> list[Pending]:
+        """`first`, and with `write_many` the other entries that are due now as well (for a
+        flush, a pause in reads, their age, or their bytes held by nothing else past the
+        bound), oldest first, up to BATCH_ENTRIES or BATCH_BYTES."""
+        batch, size = [first], len(first.data)
+        if self._write_many is None:
+            return batch
+        now = time.monotonic()
+        everything = self._flushes or (not self._readers and now >= self._last_read + QUIET_S)
+        for key, entry in self._queue.items():
+            if len(batch) >= BATCH_ENTRIES or size >= BATCH_BYTES:
+                break
+            if entry is first:
+                continue
+            if (everything or now >= entry.queued + MAX_WAIT_S
+                    or (key in self._alone and self.alone_bytes > self.bound)):
+                batch.append(entry)
+                size += len(entry.data)
+        return batch

@@ -16,8 +16,10 @@ against the compressed bytes of the chunks under the windows.
 Everything runs on loopback: moto_server (S3) <- latency_proxy.py (+30 ms per request,
 counts requests and bytes) <- every client. One generated OME-Zarr (NGFF 0.4, zarr v2, '/'
 keys, blosc lz4) is stored in two chunkings, and for each chunking these readers are timed
-on the same proxy and data: zarr-python direct from S3, zarr-python through `rclone mount
---vfs-cache-mode full`, ngffmount cold / warm / hot, and zarr-python on a local-disk copy.
+on the same proxy and data: tensorstore and zarr-python (over s3fs and over obstore) direct
+from S3, zarr-python through `rclone mount --vfs-cache-mode full`, ngffmount cold / warm /
+hot, and zarr-python on a local-disk copy, each with its CPU-seconds (reader, and daemon
+where there is one). scripts/profile_scroll.py profiles the daemon on one cold scroll.
 An XZ scroll (s0.xz/ file by file, against zarr-python's arr[:, y, :] for the same y)
 records requests and decodes per chunk. NGFFBENCH_DIR moves /tmp/bench elsewhere.
 
@@ -35,6 +37,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -85,46 +88,35 @@ def worker(spec: dict) -> dict:
         with urllib.request.urlopen(spec["control"], timeout=30) as r:
             return json.load(r)
 
-    if spec["kind"] == "zarr":
-        import zarr
-
-        c = spec["concurrency"]
-        # async.concurrency bounds in-flight chunk reads; LocalStore (local disk, rclone
-        # mount) runs them on zarr's thread pool, which is sized by threading.max_workers.
-        zarr.config.set({"async.concurrency": c, "threading.max_workers": c})
-        so = None
-        if spec["url"].startswith("s3://"):
-            so = {"key": KEY, "secret": SECRET, "endpoint_url": spec["endpoint"],
-                  "client_kwargs": {"region_name": REGION},
-                  # botocore's pool stays at 10 connections whatever zarr asks for.
-                  "config_kwargs": {"max_pool_connections": max(c, 10)}}
-        arr = zarr.open_array(spec["url"], mode="r", zarr_format=2, storage_options=so)
+    if spec["kind"] in ("zarr", "tensorstore"):
+        arr = open_direct(spec)
+        read = (lambda sel: arr[sel].read().result()) if spec["kind"] == "tensorstore" else (lambda sel: arr[sel])
         before = proxy_counters()
-        t0 = time.perf_counter()
+        cpu0, t0 = cpu_self(), time.perf_counter()
         if spec.get("ys") is not None:  # XZ planes, one after the other, as a viewer scrolls
-            slices = [arr[:, y, :] for y in spec["ys"]]
-            seconds = time.perf_counter() - t0
-            return {"seconds": seconds, "before": before, "nbytes": sum(p.nbytes for p in slices),
+            slices = [read((slice(None), y, slice(None))) for y in spec["ys"]]
+            seconds, cpu = time.perf_counter() - t0, cpu_self() - cpu0
+            return {"seconds": seconds, "cpu_s": cpu, "before": before, "nbytes": sum(p.nbytes for p in slices),
                     "hashes": [sha1(p.tobytes()) for p in slices]}
-        data = arr[spec["z"]] if spec["z"] is not None else arr[...]
-        seconds = time.perf_counter() - t0
+        data = read(spec["z"] if spec["z"] is not None else ...)
+        seconds, cpu = time.perf_counter() - t0, cpu_self() - cpu0
         planes = data[None] if spec["z"] is not None else data
-        return {"seconds": seconds, "before": before, "nbytes": data.nbytes,
+        return {"seconds": seconds, "cpu_s": cpu, "before": before, "nbytes": data.nbytes,
                 "hashes": [sha1(p.tobytes()) for p in planes]}
 
     if spec["kind"] == "files":  # plane files one after the other, each whole, in 1 MiB reads
         before = proxy_counters()
-        t0 = time.perf_counter()
+        cpu0, t0 = cpu_self(), time.perf_counter()
         blobs = []
         for path in spec["paths"]:
             with open(path, "rb", buffering=0) as f:
                 blobs.append(f.read())
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_self() - cpu0
         import io
 
         import tifffile
 
-        return {"seconds": seconds, "before": before, "nbytes": sum(map(len, blobs)),
+        return {"seconds": seconds, "cpu_s": cpu, "before": before, "nbytes": sum(map(len, blobs)),
                 "hashes": [sha1(tifffile.imread(io.BytesIO(b)).tobytes()) for b in blobs]}
 
     if spec["kind"] == "windows":
@@ -137,7 +129,7 @@ def worker(spec: dict) -> dict:
     view, pos, block = memoryview(buf), 0, spec["block"]
     first = None
     before = proxy_counters()
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_self(), time.perf_counter()
     with open(spec["path"], "rb", buffering=0) as f:
         while pos < size:
             n = f.readinto(view[pos:pos + block])
@@ -145,8 +137,8 @@ def worker(spec: dict) -> dict:
                 raise BenchError(f"{spec['path']}: short read at {pos} of {size}")
             pos += n
             first = first or time.perf_counter() - t0
-    seconds = time.perf_counter() - t0
-    out = {"seconds": seconds, "before": before, "nbytes": size, "first_read_s": first}
+    seconds, cpu = time.perf_counter() - t0, cpu_self() - cpu0
+    out = {"seconds": seconds, "cpu_s": cpu, "before": before, "nbytes": size, "first_read_s": first}
     if spec.get("verify") == "plane":
         import tifffile
 
@@ -160,6 +152,57 @@ def worker(spec: dict) -> dict:
         pb = spec["plane_bytes"]
         out["hashes"] = [sha1(view[off + i * pb: off + (i + 1) * pb]) for i in range(spec["planes"])]
     return out
+
+
+def cpu_self() -> float:
+    """User + system CPU seconds of this process so far, all threads."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def tensorstore_spec(url: str, endpoint: str, concurrency: int | None = None, anonymous: bool = False) -> dict:
+    """tensorstore's zarr driver on the s3 kvstore at `endpoint` (the proxy); credentials
+    from the environment unless `anonymous`. `concurrency` bounds its in-flight S3 requests
+    (s3_request_concurrency); decoding runs on data_copy_concurrency threads, one per core."""
+    bucket, key = url[len("s3://"):].split("/", 1)
+    spec = {"driver": "zarr", "kvstore": {
+        "driver": "s3", "bucket": bucket, "path": key.rstrip("/") + "/", "endpoint": endpoint, "aws_region": REGION,
+        "aws_credentials": {"type": "anonymous" if anonymous else "environment"}}}
+    if concurrency:
+        spec["context"] = {"s3_request_concurrency": {"limit": concurrency},
+                           "data_copy_concurrency": {"limit": os.cpu_count() or 1}}
+    return spec
+
+
+def open_direct(spec: dict):
+    """The array `spec` names, opened by a direct reader: "tensorstore" (zarr driver, s3
+    kvstore), or zarr-python on a local path or S3 through s3fs (store "s3fs", the default)
+    or obstore (store "obstore": zarr.storage.ObjectStore over obstore's S3Store)."""
+    c, url = spec["concurrency"], spec["url"]
+    if spec["kind"] == "tensorstore":
+        import tensorstore as ts
+
+        os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)  # moto accepts any
+        return ts.open(tensorstore_spec(url, spec["endpoint"], c), read=True).result()
+    import zarr
+
+    # async.concurrency bounds in-flight chunk reads; LocalStore (local disk, rclone
+    # mount) runs them on zarr's thread pool, which is sized by threading.max_workers.
+    zarr.config.set({"async.concurrency": c, "threading.max_workers": c})
+    if url.startswith("s3://") and spec.get("store") == "obstore":
+        from obstore.store import S3Store
+
+        bucket, key = url[len("s3://"):].split("/", 1)
+        store = S3Store(bucket, endpoint=spec["endpoint"], access_key_id=KEY, secret_access_key=SECRET,
+                        region=REGION, virtual_hosted_style_request=False, client_options={"allow_http": True})
+        return zarr.open_array(zarr.storage.ObjectStore(store, read_only=True), path=key, mode="r", zarr_format=2)
+    so = None
+    if url.startswith("s3://"):
+        so = {"key": KEY, "secret": SECRET, "endpoint_url": spec["endpoint"],
+              "client_kwargs": {"region_name": REGION},
+              # botocore's pool stays at 10 connections whatever zarr asks for.
+              "config_kwargs": {"max_pool_connections": max(c, 10)}}
+    return zarr.open_array(url, mode="r", zarr_format=2, storage_options=so)
 
 
 def read_windows(spec: dict, proxy_counters) -> dict:
@@ -178,13 +221,10 @@ def read_windows(spec: dict, proxy_counters) -> dict:
     elif reader == "tensorstore":
         import tensorstore as ts
 
-        bucket, key = spec["url"][len("s3://"):].split("/", 1)
-        arr = ts.open({"driver": "zarr", "kvstore": {
-            "driver": "s3", "bucket": bucket, "path": key + "/", "endpoint": spec["endpoint"], "aws_region": REGION,
-            "aws_credentials": {"type": "anonymous"}}}, read=True).result()
+        arr = ts.open(tensorstore_spec(spec["url"], spec["endpoint"], anonymous=True), read=True).result()
         read = lambda y, x: arr[0, 0, 0, y:y + size, x:x + size].read().result()  # noqa: E731
     before = proxy_counters()
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_self(), time.perf_counter()
     if reader == "tiff":
         import tifffile
         import zarr
@@ -196,8 +236,8 @@ def read_windows(spec: dict, proxy_counters) -> dict:
     for y, x in spec["windows"]:
         hashes.append(sha1(np.ascontiguousarray(read(y, x)).tobytes()))
         first = first or time.perf_counter() - t0
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "before": before, "nbytes": len(spec["windows"]) * size * size,
+    seconds, cpu = time.perf_counter() - t0, cpu_self() - cpu0
+    return {"seconds": seconds, "cpu_s": cpu, "before": before, "nbytes": len(spec["windows"]) * size * size,
             "first_read_s": first, "hashes": hashes}
 
 
@@ -380,18 +420,21 @@ class Harness:
             raise BenchError(f"worker failed ({spec.get('path') or spec.get('url')}):\n{r.stderr.strip()[-3000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    def settle(self, pid: int | None = None, quiet: float = 1.0, limit: float = 60.0) -> None:
+    def settle(self, pid: int | None = None, quiet: float = 1.0, limit: float = 60.0) -> int:
         """Wait for `quiet` s without a proxy request and with the daemon (if any) idle:
         readahead and rclone's downloads may go on after the reader is done and count too,
-        and background disk-cache writes must not slow the next measurement."""
+        and background disk-cache writes must not slow the next measurement. Returns the
+        daemon's CPU clock ticks when it was last seen busy (the end of its work)."""
         start = last_change = time.monotonic()
         last = (self.proxy.snapshot()["requests"], cpu_ticks(pid))
+        busy_ticks = last[1]
         while time.monotonic() - last_change < quiet and time.monotonic() - start < limit:
             time.sleep(0.1)
             cur = (self.proxy.snapshot()["requests"], cpu_ticks(pid))
             if cur[0] != last[0] or cur[1] - last[1] > 2:  # more than 2 clock ticks in 0.1 s: busy
-                last_change = time.monotonic()
+                last_change, busy_ticks = time.monotonic(), cur[1]
             last = cur
+        return busy_ticks
 
     def warmed(self, run, *args):
         """run(*args) right after touching --warm-gib of memory in a process that exits: the
@@ -483,17 +526,22 @@ class Harness:
 
     # -- measurements
 
-    def measure(self, spec: dict, mnt: str | None = None) -> dict:
-        """One timed read with its proxy counters (after settling) and ngffmount stats."""
+    def measure(self, spec: dict, mnt: str | None = None, daemon: int | None = None) -> dict:
+        """One timed read with its proxy counters (after settling), ngffmount stats and CPU
+        seconds: the reader's over its read, and the daemon's (ngffmount's on `mnt`, or
+        `daemon`, e.g. rclone) from right before the read until it is idle."""
         # What earlier runs wrote (rclone's and ngffmount's caches, GiBs) is written back
         # now, not by the kernel during this run: that took a cold scroll from 3 s to 5.5 s.
         os.sync()
         st0 = self.ngff_stats(mnt) if mnt else None
+        daemon = self.pid if mnt else daemon
+        ticks0 = cpu_ticks(daemon)
         res = self.run_worker(spec)
-        self.settle(self.pid if mnt else None)
+        ticks1 = self.settle(daemon)
         after = self.proxy.snapshot()
         run = {"seconds": res["seconds"], "first_read_s": res.get("first_read_s"), "nbytes": res["nbytes"],
-               "hashes": res.get("hashes"),
+               "hashes": res.get("hashes"), "cpu_reader": res.get("cpu_s"),
+               "cpu_daemon": (ticks1 - ticks0) / CLK_TCK if daemon else None,
                "requests": after["requests"] - res["before"]["requests"],
                "bytes": after["bytes"] - res["before"]["bytes"],
                "methods": {m: n - res["before"]["by_method"].get(m, 0) for m, n in after["by_method"].items()
@@ -551,6 +599,9 @@ def find_pid(tag: str) -> int | None:
     return None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
 def cpu_ticks(pid: int | None) -> int:
     """User + system CPU time of a process, in clock ticks (0 if there is none)."""
     try:
@@ -584,6 +635,11 @@ def summarize(label: str, runs: list[dict], chunks: int, needed: int, note: str 
         row["stats"] = {k: statistics.mean(r["stats"].get(k, 0) for r in runs) for k in runs[0]["stats"]}
     if runs[0].get("first_read_s") is not None:
         row["first_read_s"] = statistics.median(r["first_read_s"] for r in runs)
+    for part in ("cpu_reader", "cpu_daemon"):
+        if all(r.get(part) is not None for r in runs):
+            row[part] = statistics.median(r[part] for r in runs)
+    if "cpu_reader" in row:
+        row["cpu"] = statistics.median(r["cpu_reader"] + (r.get("cpu_daemon") or 0) for r in runs)
     return row
 
 
@@ -700,15 +756,23 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
 
     # (a) zarr-python straight from S3 through the proxy: a plane here, the whole level below
     # in turns with ngffmount's cold scroll.
-    zarr_s3 = lambda zsel, c: h.measure(zarr_spec(url, c, zsel))  # noqa: E731
-    attempt("zarr_s3_plane", lambda: best_of("zarr_s3_plane", "zarr-python, S3 direct", lambda c: zarr_s3(z, c),
-                                             plane_chunks, plane_needed, plane_hash))
+    # tensorstore and zarr-python over obstore likewise, in the same turns.
+    direct = {"zarr_s3": ("zarr-python, S3 direct", {}),
+              "obstore": ("zarr-python + obstore, S3 direct", {"store": "obstore"}),
+              "ts": ("tensorstore, S3 direct", {"kind": "tensorstore"})}
+
+    def direct_run(key: str):
+        return lambda zsel, c: h.measure({**zarr_spec(url, c, zsel), **direct[key][1]})
+
+    for key, (label, _) in direct.items():
+        attempt(f"{key}_plane", lambda key=key, label=label: best_of(
+            f"{key}_plane", label, lambda c: direct_run(key)(z, c), plane_chunks, plane_needed, plane_hash))
 
     # (b) zarr-python on a fresh `rclone mount --vfs-cache-mode full` (empty cache) per run
     if not args.skip_rclone:
         def rclone_run(zsel, c):
             with h.rclone_mount() as mnt:
-                return h.measure(zarr_spec(f"{mnt}/{size}/{ch}.ome.zarr", c, zsel))
+                return h.measure(zarr_spec(f"{mnt}/{size}/{ch}.ome.zarr", c, zsel), daemon=h.rclones[-1].pid)
 
         plane_and_level("rclone", "zarr-python on rclone mount", rclone_run)
 
@@ -726,7 +790,7 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
 
     attempt("ngff_cold_plane", ngff_cold_plane)
 
-    # (c) cold scroll through s0.tif in turns with (a) zarr-python's whole-level read, then
+    # (c) cold scroll through s0.tif in turns with (a) the direct readers' whole-level reads, then
     # (e) hot re-reads on the first scroll's mount (page cache)
     scroll_cache = h.fresh("ngff")
 
@@ -735,9 +799,24 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
         memory warm-up), and the backed share drifts down during a benchmark: zarr-python's
         whole-level read went 2.1, 2.9, 3.8 s in one replay. Runs in turns see the same drift;
         runs in blocks compare whoever ran first with whoever ran later."""
-        picks = {c: h.warmed(zarr_s3, None, c) for c in concs}  # one run each picks the concurrency
-        best_c = min(picks, key=lambda c: picks[c]["seconds"])
-        zruns, colds = [], []
+        failed: set[str] = set()  # a direct reader that fails leaves the turns; the others go on
+
+        def direct_whole(key: str, c: int) -> dict | None:
+            if key in failed:
+                return None
+            try:
+                return h.warmed(direct_run(key), None, c)
+            except BenchError as exc:
+                h.errors.append(f"[{ch}] {key}_all: {exc}")
+                print(f"      {key}_all FAILED: {exc}", flush=True)
+                failed.add(key)
+                return None
+
+        # One run each picks the concurrency of each direct reader.
+        picks = {key: {c: direct_whole(key, c) for c in concs} for key in direct}
+        best = {key: min(p, key=lambda c: p[c]["seconds"]) for key, p in picks.items() if key not in failed}
+        druns: dict[str, list] = {key: [] for key in best}
+        colds = []
 
         def cold_then_hot(mnt):
             colds.append(h.warmed(h.measure, stack_spec(mnt), mnt))
@@ -745,17 +824,22 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
             rows["ngff_hot_all"] = summarize("ngffmount hot, s0.tif re-read (page cache)", hot, all_chunks, all_needed)
 
         for i in range(reps):  # each cold scroll has an empty cache of its own
-            zruns.append(h.warmed(zarr_s3, None, best_c))
+            for key in best:
+                druns[key].append(direct_whole(key, best[key]))
             ngff_session(scroll_cache if i == 0 else h.fresh("ngff"), "cold scroll + hot",
                          cold_then_hot if i == 0 else lambda m: colds.append(h.warmed(h.measure, stack_spec(m), m)))
-        rows["zarr_s3_all"] = summarize(f"zarr-python, S3 direct, arr[...] (concurrency {best_c})", zruns,
-                                        all_chunks, all_needed)
-        rows["zarr_s3_all"]["note"] = ("; ".join(f"c={c}: {r['seconds']:.2f} s" for c, r in picks.items())
-                                       + " (one run each to pick); then in turns with ngffmount cold")
-        rows["ngff_cold_all"] = summarize("ngffmount cold, s0.tif plane by plane", colds, all_chunks, all_needed,
-                                          "ratio to the zarr run before it: " + ", ".join(
-                                              f"{c['seconds'] / zr['seconds']:.2f}" for c, zr in zip(colds, zruns)) + ";")
-        check("zarr_s3_all", zruns, all_hashes)
+        for key in set(best) - failed:
+            rows[f"{key}_all"] = summarize(f"{direct[key][0]}, arr[...] (concurrency {best[key]})", druns[key],
+                                           all_chunks, all_needed)
+            rows[f"{key}_all"]["note"] = ("; ".join(f"c={c}: {r['seconds']:.2f} s" for c, r in picks[key].items())
+                                          + " (one run each to pick); then in turns with ngffmount cold")
+            check(f"{key}_all", druns[key], all_hashes)
+        pairs = {key: [c["seconds"] / d["seconds"] for c, d in zip(colds, druns[key])]
+                 for key in ("zarr_s3", "ts") if key in best and key not in failed}
+        note = " ".join(f"ratio to the {name} run before it: {', '.join(f'{x:.2f}' for x in pairs[key])};"
+                        for key, name in (("zarr_s3", "zarr"), ("ts", "tensorstore")) if key in pairs)
+        rows["ngff_cold_all"] = summarize("ngffmount cold, s0.tif plane by plane", colds, all_chunks, all_needed, note)
+        rows["ngff_cold_all"]["pairs"] = pairs
         check("ngff_cold_all", colds, all_hashes)
 
     attempt("ngff_cold_all", scroll_in_turns)
@@ -846,8 +930,8 @@ def render_slide(args, slide: dict) -> list[str]:
          "ngffmount gets a new mount and an empty cache, and its clock starts before image.ome.tif is opened "
          "(tifffile reads the header, the tile tables and then tile after tile); zarr-python and tensorstore "
          "open the array before the clock. Windows are read one after the other, as a viewer asks for them.", "",
-         "| reader | median s | first window s | runs (s) | requests | requests/chunk | fetched/needed | notes |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| reader | median s | first window s | runs (s) | CPU-s (reader + daemon) | requests | requests/chunk | "
+         "fetched/needed | notes |", "|---|---|---|---|---|---|---|---|---|"]
     for key in ("ngff", "zarr", "tensorstore"):
         r = rows.get(key)
         if not r:
@@ -858,7 +942,7 @@ def render_slide(args, slide: dict) -> list[str]:
             note += (" " if note else "") + ", ".join(f"{n}={s[n]:g}" for n in ("chunks_fetched", "errors") if n in s)
         L.append("| " + " | ".join([
             r["label"], fmt(r["median"]), fmt(r.get("first_read_s")), ", ".join(f"{x:.3g}" for x in r["seconds"]),
-            requests_cell(r), fmt(r["requests"] / r["chunks"]), fmt(r["bytes"] / r["needed"]), note]) + " |")
+            cpu_cell(r), requests_cell(r), fmt(r["requests"] / r["chunks"]), fmt(r["bytes"] / r["needed"]), note]) + " |")
     if slide["rss"]:
         L += ["", f"ngffmount daemon peak RSS (VmHWM): {slide['rss']['slide']:.0f} MiB"]
     return L
@@ -917,8 +1001,17 @@ def requests_cell(r: dict) -> str:
     return f"{fmt(r['requests'], 4)} ({methods})" if methods else fmt(r["requests"], 4)
 
 
+def cpu_cell(r: dict) -> str:
+    """Median CPU seconds: the reader's, plus the daemon's (ngffmount, rclone) where there is one."""
+    if "cpu" not in r:
+        return "–"
+    if r.get("cpu_daemon") is None:
+        return f"{r['cpu']:.2f}"
+    return f"{r['cpu']:.2f} ({r['cpu_reader']:.2f} + {r['cpu_daemon']:.2f})"
+
+
 def ratio(rows, a, b, key="median"):
-    return rows[a][key] / rows[b][key] if a in rows and b in rows and rows[b][key] else None
+    return rows[a][key] / rows[b][key] if rows.get(a, {}).get(key) is not None and rows.get(b, {}).get(key) else None
 
 
 def render_head(facts: dict, elapsed: float) -> list[str]:
@@ -934,6 +1027,57 @@ def render_failures(errors: list) -> list[str]:
     return ["", "## Failures", ""] + [f"```\n{e}\n```" for e in errors]
 
 
+# Issue 22's targets against tensorstore: (label, value of a chunking's rows, bound, "max"/"min")
+TARGETS = [
+    ("cold plane ngffmount / tensorstore", lambda rows: ratio(rows, "ngff_cold_plane", "ts_plane"), 1.0, "max"),
+    ("cold scroll ngffmount / tensorstore", lambda rows: ratio(rows, "ngff_cold_all", "ts_all"), 1.2, "max"),
+    ("CPU-s cold scroll ngffmount (reader + daemon) / tensorstore",
+     lambda rows: ratio(rows, "ngff_cold_all", "ts_all", "cpu"), 2.0, "max"),
+    ("warm scroll ngffmount / tensorstore cold scroll", lambda rows: ratio(rows, "ngff_warm_all", "ts_all"), 0.5, "max"),
+    ("hot re-read GB/s", lambda rows: rows["ngff_hot_all"]["nbytes"] / rows["ngff_hot_all"]["median"] / 1e9
+     if "ngff_hot_all" in rows else None, 4.0, "min"),
+]
+
+
+def render_targets(results: dict) -> list[str]:
+    """Issue 22's targets (ratios to tensorstore from this run) and the direct readers side by side."""
+    chs = list(results)
+    L = ["", "## Against tensorstore (issue 22's targets)", "",
+         "| target | bound | " + " | ".join(chs) + " |", "|---|---|" + "---|" * len(chs)]
+    for label, value, bound, kind in TARGETS:
+        cells = []
+        for ch in chs:
+            rows = results[ch]["rows"]
+            v = value(rows)
+            if v is None:
+                cells.append("–")
+                continue
+            met = v <= bound if kind == "max" else v >= bound
+            cell = f"{fmt(v)}, {'met' if met else 'NOT met'}"
+            if label.startswith("cold scroll") and "ts" in rows["ngff_cold_all"].get("pairs", {}):
+                cell += " (pairs " + ", ".join(f"{x:.2f}" for x in rows["ngff_cold_all"]["pairs"]["ts"]) + ")"
+            cells.append(cell)
+        L.append(f"| {label} | {'≤' if kind == 'max' else '≥'} {bound:g} | " + " | ".join(cells) + " |")
+    L += ["", "Cold scroll = the whole level: `arr[...]` for the direct readers, s0.tif plane by plane for "
+          "ngffmount; tensorstore, zarr-python (s3fs, obstore) and ngffmount cold run in turns. CPU-s = user + "
+          "system CPU seconds: the reader process's over its read, plus for ngffmount the daemon's from right "
+          "before the read until it is idle (readahead and disk-cache writes included).", "",
+          "| chunking | reader | plane s | scroll s | CPU-s scroll (reader + daemon) |",
+          "|---|---|---|---|---|"]
+    readers = [("tensorstore (zarr driver, s3 kvstore)", "ts_plane", "ts_all"),
+               ("zarr-python + obstore (`zarr.storage.ObjectStore`)", "obstore_plane", "obstore_all"),
+               ("zarr-python + s3fs", "zarr_s3_plane", "zarr_s3_all"),
+               ("ngffmount cold, s0.tif plane by plane", "ngff_cold_plane", "ngff_cold_all"),
+               ("ngffmount warm (disk cache, new mount)", "ngff_warm_plane", "ngff_warm_all")]
+    for ch in chs:
+        rows = results[ch]["rows"]
+        for label, plane, scroll in readers:
+            if plane in rows or scroll in rows:
+                L.append(f"| {ch} | {label} | {fmt(rows.get(plane, {}).get('median'))} | "
+                         f"{fmt(rows.get(scroll, {}).get('median'))} | {cpu_cell(rows.get(scroll, {}))} |")
+    return L
+
+
 def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float, drop_ok: bool) -> str:
     nz, ny, nx = meta["shape"]
     L = render_head(facts, elapsed)
@@ -942,7 +1086,10 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
           f"({nz * ny * nx * 2 / 2**30:.2f} GiB), smooth pattern plus 6 bits of noise.",
           f"- S3: moto_server behind latency_proxy.py, +{args.latency_ms:g} ms per request (threaded, keep-alive "
           "to moto). Every reader below talks to the proxy; its counters give the requests and bytes.",
-          f"- Readers: zarr-python direct from S3 (s3fs) and on a local copy, at async.concurrency "
+          f"- Readers: tensorstore (zarr driver, s3 kvstore; s3_request_concurrency "
+          f"{', '.join(map(str, args.concurrency))}, best reported; data_copy_concurrency = {os.cpu_count()} cores), "
+          "zarr-python direct from S3 through s3fs and through obstore (`zarr.storage.ObjectStore` over "
+          "`obstore.store.S3Store`), and zarr-python on a local copy, at async.concurrency "
           f"{', '.join(map(str, args.concurrency))} (best reported, others in the notes); zarr-python on "
           "`rclone mount --vfs-cache-mode full` (new rclone, empty cache per run); ngffmount cold (empty "
           "--cache-dir, new mount), warm (same --cache-dir, new mount, page cache dropped), hot (same mount "
@@ -954,14 +1101,18 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
           "cold: empty cache, new mount); zarr-python reads `arr[:, y, :]` for the same y, one after the other "
           "(it keeps no chunks between reads). Chunks under the read are those of the chunk rows these y lie in.",
           f"- Medians of {args.repeats} runs (for zarr-python and rclone on a whole level: one run per concurrency, "
-          f"then {args.repeats} in all for the best). zarr-python's whole-level reads from S3 and ngffmount's cold "
-          "scrolls run in turns (zarr, ngffmount, zarr, ...; the concurrency picked on one run each before), because "
+          f"then {args.repeats} in all for the best). The direct readers' whole-level reads from S3 and ngffmount's "
+          "cold scrolls run in turns (zarr-python + s3fs, zarr-python + obstore, tensorstore, ngffmount, zarr-python "
+          "+ s3fs, ...; each direct reader's concurrency picked on one run each before), because "
           "fresh memory gets dearer during a run on this VM; right before each of those runs "
           f"{args.warm_gib} GiB of memory is touched in a process that exits, so that the run's new memory is memory "
           "the host backs (as on a machine whose host does not back memory lazily). Each run is a fresh process, started after `sync` so that no "
           "run pays for writing back what the runs before it wrote. Requests and bytes are counted from right before the read until the proxy "
           "has seen no request for 1 s with the ngffmount daemon idle (readahead included); zarr's metadata reads "
           "are not counted. Daemon and rclone logs: /tmp/bench/run/logs (kept until the next run).",
+          "- CPU-s = user + system CPU seconds of the reader process over its read (getrusage, all its threads), "
+          "plus, for ngffmount and rclone, the daemon's (/proc/PID/stat) from right before the read until it was last "
+          "seen busy while settling (the window of the request counts). moto's and the proxy's CPU is not counted.",
           "- requests/chunk = proxy requests / chunks under the read; fetched/needed = proxy bytes / compressed "
           "bytes of those chunks. Every read is checked against SHA-1 hashes of the generated planes."]
     if not drop_ok:
@@ -987,9 +1138,11 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
             f"{max(res['rss'].values()):.0f} MiB" if res["rss"] else "–"]) + " |")
     L.append("\nRatios are times (below 1: ngffmount is faster). Hot GB/s compares with the page-cache read "
              f"baseline of this machine: {facts['machine'].get('page-cache read baseline', '–')}.")
-    order = [("cold plane", ["zarr_s3_plane", "rclone_plane", "ngff_cold_plane"]),
+    L += render_targets(results)
+    order = [("cold plane", ["ts_plane", "obstore_plane", "zarr_s3_plane", "rclone_plane", "ngff_cold_plane"]),
              ("warm plane", ["ngff_warm_plane", "local_plane"]),
-             ("scroll / whole level", ["zarr_s3_all", "rclone_all", "ngff_cold_all", "ngff_warm_all", "local_all"]),
+             ("scroll / whole level", ["ts_all", "obstore_all", "zarr_s3_all", "rclone_all", "ngff_cold_all",
+                                       "ngff_warm_all", "local_all"]),
              ("hot re-read", ["ngff_hot_all"]),
              ("XZ scroll", ["zarr_s3_xz", "ngff_cold_xz"])]
     for ch, res in results.items():
@@ -1000,8 +1153,8 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
               f"compressed in all ({info['all_needed'] / info['raw_bytes']:.0%} of raw). Plane z={info['z']} lies in "
               f"{info['plane_chunks']} chunks, {info['plane_needed'] / 2**20:.1f} MiB compressed, "
               f"{ny * nx * 2 / 2**20:g} MiB of pixels.", "",
-              "| workload | reader | median s | MB/s | runs (s) | requests | requests/chunk | fetched/needed | "
-              "decodes/chunk | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| workload | reader | median s | MB/s | runs (s) | CPU-s (reader + daemon) | requests | requests/chunk | "
+              "fetched/needed | decodes/chunk | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for workload, keys in order:
             for k in keys:
                 r = rows.get(k)
@@ -1018,7 +1171,7 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
                         if n in s)
                 L.append("| " + " | ".join([
                     workload, r["label"], fmt(r["median"]), fmt(r["nbytes"] / r["median"] / 1e6),
-                    ", ".join(f"{s:.3g}" for s in r["seconds"]),
+                    ", ".join(f"{s:.3g}" for s in r["seconds"]), cpu_cell(r),
                     requests_cell(r),
                     fmt(r["requests"] / r["chunks"]), fmt(r["bytes"] / r["needed"]), dec, note]) + " |")
         if res["rss"]:
@@ -1071,7 +1224,7 @@ def machine_facts(args) -> dict:
             "ngffmount": f"{ver('ngffmount')} (git {rev}{', uncommitted changes' if dirty.strip() else ''})",
             "packages": ", ".join(f"{p} {ver(p)}" for p in
                                   ("zarr", "numcodecs", "numpy", "s3fs", "fsspec", "aiobotocore", "tifffile",
-                                   "mfusepy", "moto")),
+                                   "mfusepy", "moto", "tensorstore", "obstore")),
             "rclone": cmd("rclone", "version"), "fuse": cmd("fusermount3", "-V"),
             "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         },

@@ -11,13 +11,16 @@ import pytest
 
 from ngffmount.vfs.command.cli import build_parser, main
 from ngffmount.vfs.command.mount import MountConfig
-from ngffmount.vfs.command.options import OPTIONS, config_from_args, parse_age, parse_option, parse_size, storage_options_of
+from ngffmount.vfs.command.options import (
+    OPTIONS, config_from_args, parse_age, parse_option, parse_size, parse_transport, storage_options_of,
+)
 from ngffmount.vfs.command.service import helper_arguments
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # A value to give each kind of option, and what it becomes in MountConfig.
 SAMPLES = {parse_size: ("2G", 2 << 30), parse_age: ("1h", 3600.0), int: ("7", 7), float: ("2.5", 2.5),
-           str: ("/x/y", "/x/y"), parse_option: ("region=eu", {"region": "eu"})}
+           str: ("/x/y", "/x/y"), parse_option: ("region=eu", {"region": "eu"}),
+           parse_transport: ("obstore", "obstore")}
 
 
 def mount_config(argv: list[str]):

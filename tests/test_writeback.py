@@ -127,3 +127,17 @@ def test_a_failing_write_leaves_the_queue_and_the_writer_goes_on(quick):
     wb.add("good", b"y", [], "m2")
     wb.flush()
     assert written == ["good"] and "bad" not in wb and wb.nbytes == 0
+
+
+def test_entries_due_together_are_written_in_batches(quick, monkeypatch):
+    monkeypatch.setattr(writeback, "BATCH_ENTRIES", 4)
+    batches = []
+    wb = WriteBehind(lambda entry: batches.append([entry.key]), lambda key, data: False, bound=1 << 20,
+                     write_many=lambda entries: batches.append([e.key for e in entries]))
+    with wb.reading():
+        for i in range(10):
+            assert wb.add(f"k{i}", b"x", [], f"m{i}")
+        assert batches == []
+    assert wb.flush(5.0)
+    assert batches == [["k0", "k1", "k2", "k3"], ["k4", "k5", "k6", "k7"], ["k8", "k9"]]
+    assert "k9" not in wb and wb.nbytes == 0

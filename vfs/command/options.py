@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable
 
 from ...adapters import storage_options_for
+from ...adapters.obstore_transport import TRANSPORTS, default_transport
 from ...adapters.storage import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT, StorageOptions
 from ...cache.disk import DEFAULT_SIZE, default_cache_dir
 from ...cache.engine import DEFAULT_MEMORY
@@ -69,6 +70,13 @@ def parse_option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def parse_transport(text: str) -> str:
+    value = text.strip().lower()
+    if value not in TRANSPORTS:
+        raise argparse.ArgumentTypeError(f"not a transport: {text!r} (one of {', '.join(TRANSPORTS)})")
+    return value
+
+
 def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -118,6 +126,10 @@ OPTIONS: tuple[MountOption, ...] = (
                 "seconds a read that needs the remote may take, queueing and retries included", SOURCE),
     MountOption("retries", "--retries", "retries", int, int, DEFAULT_RETRIES,
                 "attempts per remote request on 5xx, timeouts, resets", SOURCE),
+    MountOption("transport", "--transport", "transport", str, parse_transport,
+                help="client of chunk GETs: obstore for s3:// and http(s):// where it understands the options, "
+                     "else fsspec (auto); obstore; fsspec (s3fs, aiohttp). Default: $NGFFMOUNT_TRANSPORT or auto",
+                group=SOURCE, metavar="{" + ",".join(TRANSPORTS) + "}", default_factory=default_transport),
     MountOption("cache_dir", "--cache-dir", "cache_dir", str, str, help="persistent chunk cache", group=CACHE,
                 default_factory=default_cache_dir),
     MountOption("cache_size", "--cache-size", "cache_size", int, parse_size, DEFAULT_SIZE, "disk cache bound",
@@ -164,7 +176,7 @@ def storage_options_of(config) -> StorageOptions:
     """The fsspec options of `config.source`: the one place they are built from the options."""
     return storage_options_for(config.source, anon=config.anon, endpoint_url=config.endpoint_url,
                                extra=config.storage_options, concurrency=config.concurrency,
-                               timeout=config.timeout, retries=config.retries)
+                               timeout=config.timeout, retries=config.retries, transport=config.transport)
 
 
 # -- the command line -------------------------------------------------------------------
