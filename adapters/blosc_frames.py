@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from typing import Callable
 
 import numcodecs.blosc
 import numpy as np
@@ -44,6 +45,9 @@ class BloscFrame:
         self.nbytes = nbytes
         self.block_bytes = block_bytes
         self.nblocks = -(-nbytes // block_bytes)
+        # Where decoded blocks' memory comes from: (nbytes) -> a writable uint8 array of
+        # that size (a pool of reused buffers); None: new memory.
+        self.buffers: Callable[[int], np.ndarray] | None = None
 
     @classmethod
     def parse(cls, raw, expected_nbytes: int, itemsize: int) -> BloscFrame | None:
@@ -64,10 +68,20 @@ class BloscFrame:
         return min(self.block_bytes, self.nbytes - block * self.block_bytes)
 
     def decode_block(self, block: int) -> np.ndarray:
-        """Block `block` as new uint8 memory."""
+        """Block `block` as uint8 memory: from `buffers` if set, else new."""
         size = self.block_size(block)
-        out = np.empty(size, np.uint8)
+        out = np.empty(size, np.uint8) if self.buffers is None else self.buffers(size)
         got = _getitem(self.raw, block * self.block_bytes // self.typesize, size // self.typesize, out.ctypes.data)
         if got != size:
             raise ChunkReadError(f"blosc block {block} does not decode (c-blosc returned {got})")
+        return out
+
+    def decode_into(self, out: np.ndarray) -> np.ndarray:
+        """The whole frame into `out` (uint8, nbytes long), checked by c-blosc as it goes."""
+        if out.nbytes != self.nbytes:
+            raise ValueError(f"a buffer of {out.nbytes} bytes for a frame of {self.nbytes}")
+        try:
+            numcodecs.blosc.decompress(self.raw, out)
+        except Exception as exc:  # c-blosc reports a damaged frame as a RuntimeError
+            raise ChunkReadError(f"blosc frame does not decode: {exc}") from None
         return out

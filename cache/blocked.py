@@ -30,6 +30,7 @@ class BlockedChunk:
     def __init__(self, frame, shape, dtype: np.dtype, key, memory: MemoryLRU, stats: Stats,
                  background: Callable[..., None]):
         self.frame = frame
+        frame.buffers = memory.pool.take  # blocks into the memory of blocks or chunks let go of
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.nbytes = len(frame.raw)  # what it holds in memory, for the memory cache's bound

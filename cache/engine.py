@@ -16,6 +16,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from contextlib import ExitStack
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -76,8 +77,12 @@ class ChunkEngine:
         self._layout_read_at: dict[str, float] = {}  # with revalidate: per cache token, see _layout_due
         self.timeout = timeout  # seconds a read may wait for its chunks; None: as long as it takes
         self.memory = MemoryLRU(memory_bytes, on_evict=self._evicted)
-        # Prefetched chunks must stay resident until read: a quarter of the memory cache at most.
+        # Prefetched chunks must stay resident until read: at least a quarter of the memory
+        # cache, and by default as much as it holds beside what readers use (ahead_room).
+        self._room_follows_memory = readahead_bytes is None
         self.readahead_bytes = min(DEFAULT_READAHEAD, memory_bytes // 4) if readahead_bytes is None else readahead_bytes
+        self._windows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # readahead -> bytes it keeps ahead
+        self._ahead_keys: set[tuple] = set()  # chunks on their way into memory for a readahead, not asked by a reader
         # Beyond that, readahead fetches encoded chunks into the local tiers only (no memory
         # held): deep chunks, whose next slab outgrows the memory budget, arrive in time.
         self._local = [t for t in self.tiers if t.local]
@@ -85,6 +90,10 @@ class ChunkEngine:
             stage_bytes = 0
         self.stage_bytes = 2 * self.readahead_bytes if stage_bytes is None else stage_bytes
         self._queue = FetchQueue(fetch_threads)
+        # Readahead's reads of chunks the local tiers hold, each then decoded on the same
+        # thread: in order, promoted when a reader waits, dropped on a jump, and no more at
+        # once than there are decoders (they cost CPU, not waiting on a remote).
+        self._local_reads = FetchQueue(max(1, decode_threads))
         self.stats = Stats()
         for tier in self.tiers:
             self.stats.register(tier.counters)
@@ -117,6 +126,7 @@ class ChunkEngine:
             for idx, _ in waiting:
                 # queued by readahead: now needed, and by this reader's deadline
                 self._queue.promote((level.cache_token, idx), DEMAND, deadline)
+                self._local_reads.promote((level.cache_token, idx), DEMAND, deadline)
             if mine:
                 self._load(level, mine, DEMAND, deadline=deadline)
             dropped = []
@@ -165,13 +175,41 @@ class ChunkEngine:
         if level.cache_token in self._stale or (not urgent and self.readahead_paused):
             return
         deadline = self._read_deadline() if urgent else None  # the plane of a read: that read's
-        _, mine, waiting = self._claim(level, indices)
+        _, mine, waiting = self._claim(level, indices, for_reader=urgent)
         if urgent:
             for idx, _ in waiting:
                 self._queue.promote((level.cache_token, idx), PLANE, deadline)
+                self._local_reads.promote((level.cache_token, idx), PLANE, deadline)
         if mine:
             self.stats.add("prefetched", len(mine))
             self._load(level, mine, PLANE if urgent else AHEAD, None if urgent else cancelled, deadline)
+
+    def ahead_room(self, readahead, reserve: int) -> int:
+        """Bytes of decoded chunks `readahead` may keep in memory ahead of its reader. By
+        default what the memory cache holds beside the decoded blocks' share, the `reserve`
+        its reader uses now and the other readaheads' windows (each gets a fair share at
+        least): chunks kept ahead are evicted after every chunk already read, so these stay
+        until read. Never less than `readahead_bytes`."""
+        if not self._room_follows_memory:
+            return self.readahead_bytes
+        room = self.memory.max_bytes - self.memory.part_share - reserve
+        with self._lock:
+            others = [n for r, n in self._windows.items() if r is not readahead]
+        return max(self.readahead_bytes, room // (len(others) + 1), room - sum(others))
+
+    def keep_ahead(self, readahead, nbytes: int) -> None:
+        """What `readahead` keeps ahead in memory now (its share in ahead_room)."""
+        with self._lock:
+            self._windows[readahead] = nbytes
+
+    def forget_ahead(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]]) -> None:
+        """Chunks a readahead asked into memory that its reader will not come to soon (it
+        jumped): they age like any chunk from now."""
+        keys = [(level.cache_token, idx) for idx in indices]
+        with self._lock:
+            self._ahead_keys.difference_update(keys)
+        for key in keys:
+            self.memory.settle_ahead(key)
 
     def stage(self, level: ChunkedLevel, indices: Iterable[tuple[int, ...]], cancelled: threading.Event | None = None) -> None:
         """Readahead to the local tiers only: fetch chunks that are neither there nor coming."""
@@ -181,7 +219,7 @@ class ChunkEngine:
         with self._lock:
             todo = {idx: level.chunk_key(idx) for idx in dict.fromkeys(indices)
                     if (token, idx) not in self._inflight and (token, idx) not in self._staging
-                    and self.memory.get((token, idx)) is None}
+                    and self.memory.peek((token, idx)) is None}
         todo = {idx: k for idx, k in todo.items() if not self._held_locally(level, k)}
         if not todo:
             return
@@ -195,16 +233,18 @@ class ChunkEngine:
         self.stats.add("prefetched", len(todo))
         self._fetch_each(level, todo, staged, STAGE, cancelled)
 
-    def _claim(self, level, indices):
+    def _claim(self, level, indices, for_reader: bool = True):
         """Split indices into resident arrays, chunks this caller must load (with a new
-        in-flight future each), and chunks already coming (with their futures)."""
+        in-flight future each), and chunks already coming (with their futures).
+        `for_reader` False: a readahead's, whose chunks enter memory as kept ahead (see
+        MemoryLRU) and whose look leaves resident chunks as they are (unread)."""
         result: dict[tuple[int, ...], np.ndarray] = {}
         mine: list[tuple[tuple[int, ...], Future]] = []
         waiting: list[tuple[tuple[int, ...], Future]] = []
         with self._lock:
             for idx in dict.fromkeys(indices):
                 key = (level.cache_token, idx)
-                arr = self.memory.get(key)
+                arr = self.memory.get(key) if for_reader else self.memory.peek(key)
                 if arr is not None and self._expired(key):
                     arr = None
                     self.memory.discard(key)
@@ -215,10 +255,14 @@ class ChunkEngine:
                     continue
                 fut = self._inflight.get(key)
                 if fut is not None:
+                    if for_reader:
+                        self._ahead_keys.discard(key)  # read now: an ordinary chunk when it comes
                     waiting.append((idx, fut))
                     continue
                 fut = Future()
                 self._inflight[key] = fut
+                if not for_reader:
+                    self._ahead_keys.add(key)
                 mine.append((idx, fut))
         return result, mine, waiting
 
@@ -275,7 +319,15 @@ class ChunkEngine:
             return
         for idx in sorted(on_disk):
             read = partial(self._disk_or_remote, level, idx, keys[idx], deadline)
-            if len(futures) == 1:
+            if priority != DEMAND:
+                # Readahead's reads of the disk queue in order: a reader's chunk is promoted
+                # past them, where the decoders' queue would keep it behind every chunk of the
+                # window.
+                self._local_reads.submit((level.cache_token, idx), priority,
+                                         partial(self._settle, level, idx, futures[idx], read),
+                                         partial(self._settle, level, idx, futures[idx], Cancelled),
+                                         cancelled, deadline)
+            elif len(futures) == 1:
                 self._settle(level, idx, futures[idx], read)
             else:
                 self._decoders.submit(self._settle, level, idx, futures[idx], read)
@@ -299,6 +351,13 @@ class ChunkEngine:
                 blocks_key = (*key, next(self._loads)) if self.revalidate else key
                 arr = BlockedChunk(frame, level.chunk_shape, level.dtype, blocks_key, self.memory, self.stats,
                                    self._in_background)
+            elif frame is not None:
+                # Into the memory of a chunk the cache let go of, where one is free.
+                self.stats.add("decodes")
+                arr = frame.decode_into(self.memory.pool.take(frame.nbytes)).view(level.dtype)
+                arr = arr.reshape(level.chunk_shape)
+                arr.flags.writeable = False
+                self.stats.add("decoded_bytes", arr.nbytes)
             else:
                 self.stats.add("decodes")
                 arr = level.decode(idx, raw)
@@ -311,13 +370,16 @@ class ChunkEngine:
                 self.stats.add("errors")
             with self._lock:
                 self._inflight.pop(key, None)
+                self._ahead_keys.discard(key)
             try:
                 fut.set_exception(exc)
             except InvalidStateError:
                 pass  # failed by stop_fetching meanwhile
             return
         with self._lock:
-            self.memory.put(key, arr)
+            ahead = key in self._ahead_keys  # a readahead's, no reader asked for it yet
+            self._ahead_keys.discard(key)
+            self.memory.put(key, arr, ahead=ahead)
             if self.revalidate and self.memory.peek(key) is arr:  # kept (not larger than the bound)
                 self._loaded_at[key] = time.monotonic()
             self._inflight.pop(key, None)
@@ -533,7 +595,7 @@ class ChunkEngine:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._queue.wait_idle(left):
+            if not (self._queue.wait_idle(left) and self._local_reads.wait_idle(left)):
                 return False
             with self._lock:
                 if not self._inflight and not self._background:
@@ -556,6 +618,7 @@ class ChunkEngine:
         """The mount is going away: drop every queued fetch, take no new ones, and fail the
         reads still waiting (a fetch already out runs on until its own deadline)."""
         self._queue.close()
+        self._local_reads.close()
         with self._lock:
             waiting = list(self._inflight.values())
         for fut in waiting:

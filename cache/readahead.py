@@ -2,9 +2,10 @@
 
 One Readahead watches one ordering of a level's planes (a stack file, or a folder of plane
 files read in name order). Forward steps extend a window of chunks ahead of the reader,
-bounded in bytes: the nearest are decoded into the memory cache, the ones after them are
-only fetched into the disk cache (no memory held). As the reader moves on, chunks move up
-from the disk tier. Any jump resets the window and drops the fetches that have not started.
+bounded in bytes: the nearest are decoded into the memory cache, as many as it holds until
+the reader comes to them beside what readers use now (ChunkEngine.ahead_room); only the ones
+after them are fetched into the disk cache (no memory held), and move up from the disk tier
+as the reader moves on. Any jump resets the window and drops the fetches that have not started.
 While the engine's fetches keep failing (`readahead_paused`), the window is dropped the same
 way and not extended; it grows again from the reader's plane once a fetch succeeds.
 """
@@ -60,7 +61,7 @@ class Readahead:
                 self._reset(plane)
                 if last is None or plane != 0:
                     return  # random access: wait for a second step before guessing
-            self._advance(plane, set(current))
+            self._advance(plane, set(current), self._in_use(plane, current))
 
     def _whole_plane(self, chunks) -> None:
         """Readers walk a plane row by row; fetch all of its chunks in one wave instead of
@@ -70,13 +71,24 @@ class Readahead:
         if len(chunks) > 1 and len(chunks) * self.level.chunk_nbytes <= limit:
             self.engine.prefetch(self.level, chunks, urgent=True)
 
+    def _in_use(self, plane: int, current) -> int:
+        """Bytes of the chunks a reader of `plane` uses: its plane's and the few before it
+        that reads still reach (JITTER), counted once where planes share chunks."""
+        chunks = set(current)
+        for p in range(max(0, plane - JITTER), plane):
+            chunks.update(self.chunks_of_plane(p))
+        return len(chunks) * self.level.chunk_nbytes
+
     def _reset(self, plane: int) -> None:
         self._cancelled.set()  # fetches already started still fill the caches
         self._cancelled = threading.Event()
+        if self._decoding:
+            self.engine.forget_ahead(self.level, self._decoding)
+        self.engine.keep_ahead(self, 0)
         self._ahead, self._ahead_set, self._decoding, self._staged = [], set(), set(), set()
         self._next_plane = plane + 1
 
-    def _advance(self, plane: int, current: set) -> None:
+    def _advance(self, plane: int, current: set, in_use: int) -> None:
         # Forget chunks the reader has reached; they no longer count against the budgets.
         self._ahead = [(p, c) for p, c in self._ahead if p > plane and c not in current]
         self._ahead_set = {c for _, c in self._ahead}
@@ -84,7 +96,8 @@ class Readahead:
         self._staged &= self._ahead_set
         self._next_plane = max(self._next_plane, plane + 1)
         chunk_bytes = self.level.chunk_nbytes
-        room = (self.budget + self.stage_budget) // chunk_bytes - len(self._ahead)
+        budget = self.engine.ahead_room(self, in_use)
+        room = (budget + self.stage_budget) // chunk_bytes - len(self._ahead)
         while room > 0 and self._next_plane < self.plane_count:
             p = self._next_plane
             fresh = [c for c in self.chunks_of_plane(p) if c not in self._ahead_set and c not in current]
@@ -95,7 +108,7 @@ class Readahead:
             if len(take) < len(fresh):
                 break  # the rest of this plane's chunks wait for room
             self._next_plane += 1
-        decode_room = self.budget // chunk_bytes - len(self._decoding)
+        decode_room = budget // chunk_bytes - len(self._decoding)
         to_memory, to_disk = [], []
         for _, c in self._ahead:
             if c in self._decoding:
@@ -107,6 +120,7 @@ class Readahead:
             elif c not in self._staged:
                 to_disk.append(c)
                 self._staged.add(c)
+        self.engine.keep_ahead(self, len(self._decoding) * chunk_bytes)
         if to_memory:
             self.engine.prefetch(self.level, to_memory, cancelled=self._cancelled)
         if to_disk:
