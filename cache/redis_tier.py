@@ -3,7 +3,9 @@
 Every node asks it after its own disk cache and before the remote store, so a cluster fetches
 each chunk from the remote about once:
 - entries are the disk cache's (same key, same checksum and metadata: disk.entry_head), so a
-  damaged entry is a miss, fetched again and overwritten, never served;
+  damaged entry is a miss, fetched again and overwritten, never served. Each is a hash of
+  two fields, the head and the data: HMGET answers the data as a bytes object of its own
+  (slicing it out of one value cost a copy, page faults included, of every multi-MB chunk);
 - single-flight across nodes: a node that misses takes a lock key (SET NX PX); the others
   poll a bounded time for the holder's bytes, and fetch themselves once the lock expires;
 - writes go behind the read, on a thread of their own (a bounded queue: past the bound a
@@ -25,7 +27,7 @@ from contextlib import nullcontext
 from typing import Callable, Hashable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .disk import entry_head, read_entry
+from .disk import _split_entry, checked_entry, entry_head
 from .throttledlog import ThrottledLog
 
 log = logging.getLogger("ngffmount")
@@ -47,8 +49,15 @@ BACKOFF_S = (0.5, 30.0)  # unreachable: first and longest pause before trying ag
 # host) sends only its own chunk to the source. A refused connection counts at once.
 FAILURES_AWAY = 3
 WRITE_BACKLOG_BYTES = 256 << 20
+# Chunk reads in flight at once, per daemon. Redis answers one client at a time, 64 KiB per
+# turn: sixteen multi-MB GETs at once all end near the end, each woken a hundred times; two
+# at a time end one after the other (the reader starts on the first ones) in fewer wakeups.
+READS_AT_ONCE = 2
+SOCKET_READ_BYTES = 1 << 20  # a multi-MB value in tens of recv calls, not hundreds
 _FAILED = object()  # what _call answers when the server could not be asked
 _DAMAGED = object()  # what _read answers for an entry whose checksum fails
+_NOT_A_HASH = object()  # the key holds something else (an entry of an older layout, say)
+ENTRY_FIELDS = ("head", "data")
 
 # Delete a lock only if it is still ours (it may have expired and been taken by another node).
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -128,7 +137,7 @@ def read_password(path: str | None) -> str | None:
 
 class _Write(NamedTuple):
     key: str
-    value: list  # head, data
+    fields: dict  # ENTRY_FIELDS
     nbytes: int
     lock: tuple[str, str] | None  # the lock to let go of once written
 
@@ -164,6 +173,7 @@ class RedisTier:
         self.nbytes = 0
         self._cond = threading.Condition()
         self._unlock = None
+        self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
         threading.Thread(target=self._write_loop, name="shared-write", daemon=True).start()
 
     # -- the connection
@@ -195,6 +205,7 @@ class RedisTier:
 
         options = dict(username=self.url.username, password=self._password,
                        socket_connect_timeout=self.connect_timeout, socket_timeout=self.op_timeout,
+                       socket_read_size=SOCKET_READ_BYTES,
                        retry=Retry(NoBackoff(), 0), health_check_interval=0)
         if self.url.tls:
             options.update(ssl=True, ssl_ca_certs=self.url.ca_certs)
@@ -281,10 +292,22 @@ class RedisTier:
         return False  # asking costs a round trip: the engine asks in get, after the claim
 
     def _read(self, key: str):
-        value = self._call(lambda c: c.get(self._key(key)))
-        if value is None:
+        from redis.exceptions import ResponseError
+
+        def hmget(client):
+            try:
+                return client.hmget(self._key(key), ENTRY_FIELDS)
+            except ResponseError:  # WRONGTYPE: damaged, as far as this tier is concerned
+                return _NOT_A_HASH
+
+        with self._reads:
+            fields = self._call(hmget)
+        if fields is None or fields == [None, None]:
             return None
-        entry = read_entry(value)
+        entry = None
+        if fields is not _NOT_A_HASH and None not in fields:
+            head, data = fields
+            entry = checked_entry(*_split_entry(head)[:2], data)
         if entry is None:
             self.stats.add("shared_corrupt")
             self._trouble.report("corrupt", "shared cache %s: a damaged entry (%s): fetched again",
@@ -362,7 +385,8 @@ class RedisTier:
         if full:
             self.release(claim)
             return
-        self._writes.put(_Write(self._key(key), [entry_head(data, meta), data], len(data), claim))
+        self._writes.put(_Write(self._key(key), dict(zip(ENTRY_FIELDS, (entry_head(data, meta), data))),
+                                len(data), claim))
 
     def _write_loop(self) -> None:
         while True:
@@ -376,9 +400,14 @@ class RedisTier:
                     self._cond.notify_all()
 
     def _write(self, job: _Write) -> None:
+        from redis.exceptions import ResponseError
+
         def write(client):
-            value = b"".join(job.value)
-            client.set(job.key, value)
+            try:
+                client.hset(job.key, mapping=job.fields)
+            except ResponseError:  # WRONGTYPE: a damaged entry's key, overwritten
+                client.delete(job.key)
+                client.hset(job.key, mapping=job.fields)
             self.stats.add("shared_bytes_written", job.nbytes)
             if job.lock is not None:
                 self._unlock(keys=[job.lock[0]], args=[job.lock[1]], client=client)

@@ -119,7 +119,13 @@ def test_nodes_missing_the_same_chunks_at_once_fetch_each_once(tmp_path, store, 
     assert sum(s["shared_hits"] for s in snaps) == 3 * 8
 
 
-def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store, redis_server):
+def stored_entry(client, key):
+    """A shared entry as the disk cache would read it (None: damaged)."""
+    return read_entry(b"".join(client.hmget(key, ["head", "data"])))
+
+
+@pytest.mark.parametrize("damage", ["bytes", "not a hash"])
+def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store, redis_server, damage):
     path, data = store
     fetched: list = []
     first = node(tmp_path, redis_server.url, "c", disk=False)
@@ -127,15 +133,20 @@ def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store
     first.flush_disk(10)
     client = redis_server.client()
     key = sorted(k for k in client.keys("c:chunk:*"))[0]
-    good = client.get(key)
-    client.set(key, good[:-3] + bytes(3 - i for i in range(3)))  # a few bytes damaged
+    head, data_bytes = client.hmget(key, ["head", "data"])
+    good = head + data_bytes
+    if damage == "bytes":
+        client.hset(key, "data", data_bytes[:-3] + bytes(3 - i for i in range(3)))  # a few bytes damaged
+    else:  # a whole entry, as one value: another layout than this tier's
+        client.delete(key)
+        client.set(key, good)
     fetched.clear()
     second = node(tmp_path, redis_server.url, "c", disk=False)
     np.testing.assert_array_equal(read_region(second, counted_level(path, fetched), *EVERYTHING), data)
     second.flush_disk(10)
     s = second.stats.snapshot()
     assert len(fetched) == 1 and s["shared_corrupt"] == 1 and s["shared_hits"] == 7
-    rewritten = read_entry(client.get(key))
+    rewritten = stored_entry(client, key)
     assert rewritten is not None and rewritten[0] == read_entry(good)[0], "overwritten with the right bytes"
 
 
