@@ -38,10 +38,11 @@ DEFAULT_PREFIX = "ngffmount"
 # crowd out hundreds of others, and pass by the tier.
 DEFAULT_MAX_VALUE = 64 << 20
 CONNECT_TIMEOUT_S = 0.05
-# Per socket read or write (a large value still arrives while bytes flow). Not tens of ms:
-# with 100 ms, eight daemons on a busy two-core host took Redis for away and fetched each
-# chunk 5.5 times from the remote (scripts/benchmark.py --workloads cluster); with 500 ms, once.
-OP_TIMEOUT_S = 0.5
+# The longest wait for an answer (each socket read or write): locks, pings, an entry's first
+# bytes. An entry's own reads and writes add time for its bytes (a 5 MB HSET is sent in one
+# sendall, whose timeout bounds the whole send): ENTRY_BYTES_PER_S, for the largest entry.
+OP_TIMEOUT_S = 0.05
+ENTRY_BYTES_PER_S = 256 << 20
 LOCK_MS = 10_000  # a lock outlives the holder's fetch by this much at most (a dead holder's too)
 POLL_S = (0.005, 0.05)  # waiting for a holder's bytes: first and longest pause
 BACKOFF_S = (0.5, 30.0)  # unreachable: first and longest pause before trying again
@@ -70,6 +71,10 @@ class SharedCacheURL(NamedTuple):
     username: str | None
     password: str | None  # in the URL itself: allowed, never shown (see `redacted`)
     ca_certs: str | None  # rediss: a CA file for a private certificate (?ssl_ca_certs=PATH)
+    # Seconds, as redis-py's own URLs say them (?socket_timeout=0.5&socket_connect_timeout=0.1):
+    # a server on a host too busy to answer within the defaults (tens of ms).
+    socket_timeout: float | None = None
+    connect_timeout: float | None = None
 
     @property
     def tls(self) -> bool:
@@ -121,7 +126,17 @@ def parse_url(url: str) -> SharedCacheURL:
     except ValueError:
         raise ValueError(f"--shared-cache: not a database number: {path!r}") from None
     query = parse_qs(parts.query)
-    return SharedCacheURL(scheme, nodes, db, username, password, (query.get("ssl_ca_certs") or [None])[0])
+    timeouts = []
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        value = (query.get(name) or [None])[0]
+        try:
+            timeouts.append(None if value is None else float(value))
+        except ValueError:
+            raise ValueError(f"--shared-cache: {name} is a number of seconds, not {value!r}") from None
+        if timeouts[-1] is not None and not 0 < timeouts[-1] <= 60:
+            raise ValueError(f"--shared-cache: {name} must be above 0 and at most 60 seconds")
+    return SharedCacheURL(scheme, nodes, db, username, password, (query.get("ssl_ca_certs") or [None])[0],
+                          *timeouts)
 
 
 def read_password(path: str | None) -> str | None:
@@ -149,19 +164,22 @@ class RedisTier:
     local = False
 
     def __init__(self, url: str, password: str | None = None, prefix: str = DEFAULT_PREFIX,
-                 max_value: int = DEFAULT_MAX_VALUE, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 op_timeout: float = OP_TIMEOUT_S, lock_ms: int = LOCK_MS,
+                 max_value: int = DEFAULT_MAX_VALUE, connect_timeout: float | None = None,
+                 op_timeout: float | None = None, lock_ms: int = LOCK_MS,
                  backlog_bytes: int = WRITE_BACKLOG_BYTES):
         self.url = parse_url(url)
         self._password = password or self.url.password
         self.prefix = prefix or DEFAULT_PREFIX
         self.max_value = max_value
-        self.connect_timeout = connect_timeout
-        self.op_timeout = op_timeout
+        # Given here, else in the URL, else the defaults.
+        self.connect_timeout = connect_timeout or self.url.connect_timeout or CONNECT_TIMEOUT_S
+        self.op_timeout = op_timeout or self.url.socket_timeout or OP_TIMEOUT_S
+        self.entry_timeout = self.op_timeout + max_value / ENTRY_BYTES_PER_S
         self.lock_ms = lock_ms
         self._backlog_bytes = backlog_bytes
         self.stats = None
         self._client = None
+        self._entry_client = None  # the same server, with entry_timeout
         self._client_lock = threading.RLock()  # _failed runs inside _connected too
         self._down_until = 0.0
         self._backoff = BACKOFF_S[0]
@@ -198,13 +216,13 @@ class RedisTier:
             log.warning("shared cache %s: maxmemory-policy is noeviction: once full it refuses new chunks; "
                         "set maxmemory-policy allkeys-lru (and a maxmemory) on the server", self.url.redacted)
 
-    def _make_client(self):
+    def _make_client(self, timeout: float):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         options = dict(username=self.url.username, password=self._password,
-                       socket_connect_timeout=self.connect_timeout, socket_timeout=self.op_timeout,
+                       socket_connect_timeout=self.connect_timeout, socket_timeout=timeout,
                        socket_read_size=SOCKET_READ_BYTES,
                        retry=Retry(NoBackoff(), 0), health_check_interval=0)
         if self.url.tls:
@@ -217,25 +235,27 @@ class RedisTier:
         host, port = self.url.nodes[0]
         return redis.Redis(host=host, port=port, db=self.url.db, **options)
 
-    def _connected(self):
-        """The client, or None while the server is taken for unreachable (backoff)."""
+    def _connected(self, entries: bool = False):
+        """The client (for entries: the one with entry_timeout), or None while the server is
+        taken for unreachable (backoff)."""
         if time.monotonic() < self._down_until:
             return None
-        client = self._client
+        client = self._entry_client if entries else self._client
         if client is not None:
             return client
         with self._client_lock:
             if self._client is None and time.monotonic() >= self._down_until:
                 try:
-                    client = self._make_client()
+                    client = self._make_client(self.op_timeout)
                     client.ping()
                 except Exception as exc:
                     self._failed(exc, connecting=True)
                     return None
                 self._client = client
+                self._entry_client = self._make_client(self.entry_timeout)
                 self._unlock = client.register_script(_UNLOCK)
                 self._reachable()
-            return self._client
+            return self._entry_client if entries else self._client
 
     def _failed(self, exc: BaseException, connecting: bool = False) -> None:
         """The server did not answer in time or at all: this operation's chunk comes from the
@@ -250,10 +270,12 @@ class RedisTier:
             if now >= self._down_until:
                 self._down_until = now + self._backoff * random.uniform(0.8, 1.2)
                 self._backoff = min(self._backoff * 2, BACKOFF_S[1])
-            client, self._client = self._client, None
-        if client is not None:
+            clients = self._client, self._entry_client
+            self._client = self._entry_client = None
+        for client in clients:
             try:
-                client.close()
+                if client is not None:
+                    client.close()
             except Exception:
                 pass
         self._trouble.report("down", "shared cache %s cannot be used (%s): reading from the source, trying it "
@@ -264,9 +286,9 @@ class RedisTier:
         self._failures = 0
         self._trouble.ended("down", "shared cache %s: in use again", self.url.redacted)
 
-    def _call(self, op: Callable, default=None):
+    def _call(self, op: Callable, default=None, entries: bool = False):
         """op(client), or `default` when the server cannot be asked now."""
-        client = self._connected()
+        client = self._connected(entries)
         if client is None:
             return default
         try:
@@ -301,7 +323,7 @@ class RedisTier:
                 return _NOT_A_HASH
 
         with self._reads:
-            fields = self._call(hmget)
+            fields = self._call(hmget, entries=True)
         if fields is None or fields == [None, None]:
             return None
         entry = None
@@ -413,7 +435,7 @@ class RedisTier:
                 self._unlock(keys=[job.lock[0]], args=[job.lock[1]], client=client)
             return True
 
-        self._call(write)
+        self._call(write, entries=True)
 
     def delete(self, key: str) -> None:
         self._call(lambda c: c.delete(self._key(key)))

@@ -282,9 +282,20 @@ def test_urls_and_their_redaction():
     c = parse_url("redis+cluster://a:1;b:2")  # ';' between hosts: fstab splits options on ','
     assert c.cluster and c.nodes == [("a", 1), ("b", 2)] == parse_url("redis+cluster://a:1,b:2").nodes
     assert parse_url("rediss://h:6380").tls
-    for bad in ("http://h:1", "redis://", "redis://a:1,b:2", "redis://h:x", "redis://h:1/x"):
+    for bad in ("http://h:1", "redis://", "redis://a:1,b:2", "redis://h:x", "redis://h:1/x",
+                "redis://h:1/0?socket_timeout=x", "redis://h:1/0?socket_timeout=0"):
         with pytest.raises(ValueError):
             parse_url(bad)
+
+
+def test_timeouts_are_tens_of_ms_unless_the_url_says_otherwise():
+    default = RedisTier("redis://h:1/0")
+    assert default.connect_timeout <= 0.05 and default.op_timeout <= 0.05
+    # An entry's reads and writes get time for its bytes on top (a 64 MiB one: a quarter second).
+    assert default.op_timeout < default.entry_timeout <= default.op_timeout + 0.3
+    assert RedisTier("redis://h:1/0", max_value=1 << 20).entry_timeout < 0.06
+    busy = RedisTier("redis://h:1/0?socket_timeout=0.5&socket_connect_timeout=0.2")
+    assert (busy.op_timeout, busy.connect_timeout) == (0.5, 0.2)
 
 
 # -- real mounts as nodes -----------------------------------------------------------------
