@@ -278,6 +278,41 @@ def test_a_redis_cluster_node_lost_mid_scroll(tmp_path, store):
         np.testing.assert_array_equal(read_region(fresh, counted_level(path, []), *EVERYTHING), data)
 
 
+def test_revalidate_with_the_shared_tier(tmp_path, redis_server):
+    """A shared entry carries when it was last validated: within --revalidate's age a node
+    serves it as it is; past it, a node asks the source again, serves the rewritten chunks'
+    new bytes and overwrites the entries, so a node without --revalidate then reads the new
+    bytes from Redis."""
+    import zarr
+
+    path = tmp_path / "r.zarr"
+    data = pattern((16, 64, 64), "uint16", seed=13)
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(16, 32, 32))  # 4 chunks
+    everything = (0, 0, 0), (16, 64, 64)
+    age = 2.0
+
+    def revalidating():
+        return ChunkEngine(memory_bytes=0, revalidate=age, tiers=[shared(redis_server.url, "rv")])
+
+    first = revalidating()
+    np.testing.assert_array_equal(read_region(first, open_source(str(path)).levels[0], *everything), data)
+    first.flush_disk(10)
+    zarr.open_array(str(path / "0"), mode="r+")[...] = 65535 - data
+    within = revalidating()
+    np.testing.assert_array_equal(read_region(within, open_source(str(path)).levels[0], *everything), data)
+    assert within.stats.snapshot()["shared_hits"] == 4, "within the age: the shared entries, unasked"
+    time.sleep(age + 0.2)
+    past = revalidating()
+    np.testing.assert_array_equal(read_region(past, open_source(str(path)).levels[0], *everything), 65535 - data)
+    s = past.stats.snapshot()
+    assert s["revalidated"] == 4 and s["chunks_changed"] == 4
+    past.flush_disk(10)
+    fetched: list = []
+    plain = node(tmp_path, redis_server.url, "rv", disk=False)
+    np.testing.assert_array_equal(read_region(plain, counted_level(path, fetched), *everything), 65535 - data)
+    assert fetched == [] and plain.stats.snapshot()["shared_hits"] == 4, "the entries were overwritten"
+
+
 def test_tls_with_a_self_signed_certificate(tmp_path, store):
     path, data = store
     tls = TLSFiles(tmp_path / "tls")
