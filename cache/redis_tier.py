@@ -3,7 +3,9 @@
 Every node asks it after its own disk cache and before the remote store, so a cluster fetches
 each chunk from the remote about once:
 - entries are the disk cache's (same key, same checksum and metadata: disk.entry_head), so a
-  damaged entry is a miss, fetched again and overwritten, never served;
+  damaged entry is a miss, fetched again and overwritten, never served. Each is a hash of
+  two fields, the head and the data: HMGET answers the data as a bytes object of its own
+  (slicing it out of one value cost a copy, page faults included, of every multi-MB chunk);
 - single-flight across nodes: a node that misses takes a lock key (SET NX PX); the others
   poll a bounded time for the holder's bytes, and fetch themselves once the lock expires;
 - writes go behind the read, on a thread of their own (a bounded queue: past the bound a
@@ -25,7 +27,7 @@ from contextlib import nullcontext
 from typing import Callable, Hashable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .disk import entry_head, read_entry
+from .disk import _split_entry, checked_entry, entry_head
 from .throttledlog import ThrottledLog
 
 log = logging.getLogger("ngffmount")
@@ -36,10 +38,11 @@ DEFAULT_PREFIX = "ngffmount"
 # crowd out hundreds of others, and pass by the tier.
 DEFAULT_MAX_VALUE = 64 << 20
 CONNECT_TIMEOUT_S = 0.05
-# Per socket read or write (a large value still arrives while bytes flow). Not tens of ms:
-# with 100 ms, eight daemons on a busy two-core host took Redis for away and fetched each
-# chunk 5.5 times from the remote (scripts/benchmark.py --workloads cluster); with 500 ms, once.
-OP_TIMEOUT_S = 0.5
+# The longest wait for an answer (each socket read or write): locks, pings, an entry's first
+# bytes. An entry's own reads and writes add time for its bytes (a 5 MB HSET is sent in one
+# sendall, whose timeout bounds the whole send): ENTRY_BYTES_PER_S, for the largest entry.
+OP_TIMEOUT_S = 0.05
+ENTRY_BYTES_PER_S = 256 << 20
 LOCK_MS = 10_000  # a lock outlives the holder's fetch by this much at most (a dead holder's too)
 POLL_S = (0.005, 0.05)  # waiting for a holder's bytes: first and longest pause
 BACKOFF_S = (0.5, 30.0)  # unreachable: first and longest pause before trying again
@@ -47,8 +50,15 @@ BACKOFF_S = (0.5, 30.0)  # unreachable: first and longest pause before trying ag
 # host) sends only its own chunk to the source. A refused connection counts at once.
 FAILURES_AWAY = 3
 WRITE_BACKLOG_BYTES = 256 << 20
+# Chunk reads in flight at once, per daemon. Redis answers one client at a time, 64 KiB per
+# turn: sixteen multi-MB GETs at once all end near the end, each woken a hundred times; two
+# at a time end one after the other (the reader starts on the first ones) in fewer wakeups.
+READS_AT_ONCE = 2
+SOCKET_READ_BYTES = 1 << 20  # a multi-MB value in tens of recv calls, not hundreds
 _FAILED = object()  # what _call answers when the server could not be asked
 _DAMAGED = object()  # what _read answers for an entry whose checksum fails
+_NOT_A_HASH = object()  # the key holds something else (an entry of an older layout, say)
+ENTRY_FIELDS = ("head", "data")
 
 # Delete a lock only if it is still ours (it may have expired and been taken by another node).
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -61,6 +71,10 @@ class SharedCacheURL(NamedTuple):
     username: str | None
     password: str | None  # in the URL itself: allowed, never shown (see `redacted`)
     ca_certs: str | None  # rediss: a CA file for a private certificate (?ssl_ca_certs=PATH)
+    # Seconds, as redis-py's own URLs say them (?socket_timeout=0.5&socket_connect_timeout=0.1):
+    # a server on a host too busy to answer within the defaults (tens of ms).
+    socket_timeout: float | None = None
+    connect_timeout: float | None = None
 
     @property
     def tls(self) -> bool:
@@ -112,7 +126,17 @@ def parse_url(url: str) -> SharedCacheURL:
     except ValueError:
         raise ValueError(f"--shared-cache: not a database number: {path!r}") from None
     query = parse_qs(parts.query)
-    return SharedCacheURL(scheme, nodes, db, username, password, (query.get("ssl_ca_certs") or [None])[0])
+    timeouts = []
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        value = (query.get(name) or [None])[0]
+        try:
+            timeouts.append(None if value is None else float(value))
+        except ValueError:
+            raise ValueError(f"--shared-cache: {name} is a number of seconds, not {value!r}") from None
+        if timeouts[-1] is not None and not 0 < timeouts[-1] <= 60:
+            raise ValueError(f"--shared-cache: {name} must be above 0 and at most 60 seconds")
+    return SharedCacheURL(scheme, nodes, db, username, password, (query.get("ssl_ca_certs") or [None])[0],
+                          *timeouts)
 
 
 def read_password(path: str | None) -> str | None:
@@ -128,7 +152,7 @@ def read_password(path: str | None) -> str | None:
 
 class _Write(NamedTuple):
     key: str
-    value: list  # head, data
+    fields: dict  # ENTRY_FIELDS
     nbytes: int
     lock: tuple[str, str] | None  # the lock to let go of once written
 
@@ -140,19 +164,22 @@ class RedisTier:
     local = False
 
     def __init__(self, url: str, password: str | None = None, prefix: str = DEFAULT_PREFIX,
-                 max_value: int = DEFAULT_MAX_VALUE, connect_timeout: float = CONNECT_TIMEOUT_S,
-                 op_timeout: float = OP_TIMEOUT_S, lock_ms: int = LOCK_MS,
+                 max_value: int = DEFAULT_MAX_VALUE, connect_timeout: float | None = None,
+                 op_timeout: float | None = None, lock_ms: int = LOCK_MS,
                  backlog_bytes: int = WRITE_BACKLOG_BYTES):
         self.url = parse_url(url)
         self._password = password or self.url.password
         self.prefix = prefix or DEFAULT_PREFIX
         self.max_value = max_value
-        self.connect_timeout = connect_timeout
-        self.op_timeout = op_timeout
+        # Given here, else in the URL, else the defaults.
+        self.connect_timeout = connect_timeout or self.url.connect_timeout or CONNECT_TIMEOUT_S
+        self.op_timeout = op_timeout or self.url.socket_timeout or OP_TIMEOUT_S
+        self.entry_timeout = self.op_timeout + max_value / ENTRY_BYTES_PER_S
         self.lock_ms = lock_ms
         self._backlog_bytes = backlog_bytes
         self.stats = None
         self._client = None
+        self._entry_client = None  # the same server, with entry_timeout
         self._client_lock = threading.RLock()  # _failed runs inside _connected too
         self._down_until = 0.0
         self._backoff = BACKOFF_S[0]
@@ -164,6 +191,7 @@ class RedisTier:
         self.nbytes = 0
         self._cond = threading.Condition()
         self._unlock = None
+        self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
         threading.Thread(target=self._write_loop, name="shared-write", daemon=True).start()
 
     # -- the connection
@@ -188,13 +216,14 @@ class RedisTier:
             log.warning("shared cache %s: maxmemory-policy is noeviction: once full it refuses new chunks; "
                         "set maxmemory-policy allkeys-lru (and a maxmemory) on the server", self.url.redacted)
 
-    def _make_client(self):
+    def _make_client(self, timeout: float, entries: bool = False):
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         options = dict(username=self.url.username, password=self._password,
-                       socket_connect_timeout=self.connect_timeout, socket_timeout=self.op_timeout,
+                       socket_connect_timeout=self.connect_timeout, socket_timeout=timeout,
+                       socket_read_size=SOCKET_READ_BYTES,
                        retry=Retry(NoBackoff(), 0), health_check_interval=0)
         if self.url.tls:
             options.update(ssl=True, ssl_ca_certs=self.url.ca_certs)
@@ -204,27 +233,33 @@ class RedisTier:
             return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.url.nodes],
                                 **options)
         host, port = self.url.nodes[0]
-        return redis.Redis(host=host, port=port, db=self.url.db, **options)
+        client = redis.Redis(host=host, port=port, db=self.url.db, **options)
+        parser = _entry_parser() if entries else None
+        if parser is not None:
+            client.connection_pool.connection_kwargs["parser_class"] = parser
+        return client
 
-    def _connected(self):
-        """The client, or None while the server is taken for unreachable (backoff)."""
+    def _connected(self, entries: bool = False):
+        """The client (for entries: the one with entry_timeout), or None while the server is
+        taken for unreachable (backoff)."""
         if time.monotonic() < self._down_until:
             return None
-        client = self._client
+        client = self._entry_client if entries else self._client
         if client is not None:
             return client
         with self._client_lock:
             if self._client is None and time.monotonic() >= self._down_until:
                 try:
-                    client = self._make_client()
+                    client = self._make_client(self.op_timeout)
                     client.ping()
                 except Exception as exc:
                     self._failed(exc, connecting=True)
                     return None
                 self._client = client
+                self._entry_client = self._make_client(self.entry_timeout, entries=True)
                 self._unlock = client.register_script(_UNLOCK)
                 self._reachable()
-            return self._client
+            return self._entry_client if entries else self._client
 
     def _failed(self, exc: BaseException, connecting: bool = False) -> None:
         """The server did not answer in time or at all: this operation's chunk comes from the
@@ -239,10 +274,12 @@ class RedisTier:
             if now >= self._down_until:
                 self._down_until = now + self._backoff * random.uniform(0.8, 1.2)
                 self._backoff = min(self._backoff * 2, BACKOFF_S[1])
-            client, self._client = self._client, None
-        if client is not None:
+            clients = self._client, self._entry_client
+            self._client = self._entry_client = None
+        for client in clients:
             try:
-                client.close()
+                if client is not None:
+                    client.close()
             except Exception:
                 pass
         self._trouble.report("down", "shared cache %s cannot be used (%s): reading from the source, trying it "
@@ -253,9 +290,9 @@ class RedisTier:
         self._failures = 0
         self._trouble.ended("down", "shared cache %s: in use again", self.url.redacted)
 
-    def _call(self, op: Callable, default=None):
+    def _call(self, op: Callable, default=None, entries: bool = False):
         """op(client), or `default` when the server cannot be asked now."""
-        client = self._connected()
+        client = self._connected(entries)
         if client is None:
             return default
         try:
@@ -281,10 +318,22 @@ class RedisTier:
         return False  # asking costs a round trip: the engine asks in get, after the claim
 
     def _read(self, key: str):
-        value = self._call(lambda c: c.get(self._key(key)))
-        if value is None:
+        from redis.exceptions import ResponseError
+
+        def hmget(client):
+            try:
+                return client.hmget(self._key(key), ENTRY_FIELDS)
+            except ResponseError:  # WRONGTYPE: damaged, as far as this tier is concerned
+                return _NOT_A_HASH
+
+        with self._reads:
+            fields = self._call(hmget, entries=True)
+        if fields is None or fields == [None, None]:
             return None
-        entry = read_entry(value)
+        entry = None
+        if fields is not _NOT_A_HASH and None not in fields:
+            head, data = fields
+            entry = checked_entry(*_split_entry(head)[:2], data)
         if entry is None:
             self.stats.add("shared_corrupt")
             self._trouble.report("corrupt", "shared cache %s: a damaged entry (%s): fetched again",
@@ -362,7 +411,8 @@ class RedisTier:
         if full:
             self.release(claim)
             return
-        self._writes.put(_Write(self._key(key), [entry_head(data, meta), data], len(data), claim))
+        self._writes.put(_Write(self._key(key), dict(zip(ENTRY_FIELDS, (entry_head(data, meta), data))),
+                                len(data), claim))
 
     def _write_loop(self) -> None:
         while True:
@@ -376,15 +426,20 @@ class RedisTier:
                     self._cond.notify_all()
 
     def _write(self, job: _Write) -> None:
+        from redis.exceptions import ResponseError
+
         def write(client):
-            value = b"".join(job.value)
-            client.set(job.key, value)
+            try:
+                client.hset(job.key, mapping=job.fields)
+            except ResponseError:  # WRONGTYPE: a damaged entry's key, overwritten
+                client.delete(job.key)
+                client.hset(job.key, mapping=job.fields)
             self.stats.add("shared_bytes_written", job.nbytes)
             if job.lock is not None:
                 self._unlock(keys=[job.lock[0]], args=[job.lock[1]], client=client)
             return True
 
-        self._call(write)
+        self._call(write, entries=True)
 
     def delete(self, key: str) -> None:
         self._call(lambda c: c.delete(self._key(key)))
@@ -402,6 +457,28 @@ class RedisTier:
     def flush(self, timeout: float | None = None) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+
+def _entry_parser():
+    """redis-py's hiredis parser, keeping its buffer between replies. hiredis frees a buffer
+    once a reply is read, so each multi-MB entry grew a new one by reallocs, copies and page
+    faults: with the buffer kept (as large as the largest entry read, on at most
+    READS_AT_ONCE + 1 connections), 16 reads of 5.5 MB took a third less CPU. None without
+    hiredis (or with a redis-py that moved it): the default parser then."""
+    try:
+        from redis._parsers import _HiredisParser
+        from redis.utils import HIREDIS_AVAILABLE
+    except ImportError:
+        return None
+    if not HIREDIS_AVAILABLE:
+        return None
+
+    class KeepingBuffer(_HiredisParser):
+        def on_connect(self, connection, **kwargs):
+            super().on_connect(connection, **kwargs)
+            self._reader.setmaxbuf(0)  # 0: never freed
+
+    return KeepingBuffer
 
 
 def _reason(exc: BaseException) -> str:

@@ -119,7 +119,13 @@ def test_nodes_missing_the_same_chunks_at_once_fetch_each_once(tmp_path, store, 
     assert sum(s["shared_hits"] for s in snaps) == 3 * 8
 
 
-def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store, redis_server):
+def stored_entry(client, key):
+    """A shared entry as the disk cache would read it (None: damaged)."""
+    return read_entry(b"".join(client.hmget(key, ["head", "data"])))
+
+
+@pytest.mark.parametrize("damage", ["bytes", "not a hash"])
+def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store, redis_server, damage):
     path, data = store
     fetched: list = []
     first = node(tmp_path, redis_server.url, "c", disk=False)
@@ -127,15 +133,20 @@ def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store
     first.flush_disk(10)
     client = redis_server.client()
     key = sorted(k for k in client.keys("c:chunk:*"))[0]
-    good = client.get(key)
-    client.set(key, good[:-3] + bytes(3 - i for i in range(3)))  # a few bytes damaged
+    head, data_bytes = client.hmget(key, ["head", "data"])
+    good = head + data_bytes
+    if damage == "bytes":
+        client.hset(key, "data", data_bytes[:-3] + bytes(3 - i for i in range(3)))  # a few bytes damaged
+    else:  # a whole entry, as one value: another layout than this tier's
+        client.delete(key)
+        client.set(key, good)
     fetched.clear()
     second = node(tmp_path, redis_server.url, "c", disk=False)
     np.testing.assert_array_equal(read_region(second, counted_level(path, fetched), *EVERYTHING), data)
     second.flush_disk(10)
     s = second.stats.snapshot()
     assert len(fetched) == 1 and s["shared_corrupt"] == 1 and s["shared_hits"] == 7
-    rewritten = read_entry(client.get(key))
+    rewritten = stored_entry(client, key)
     assert rewritten is not None and rewritten[0] == read_entry(good)[0], "overwritten with the right bytes"
 
 
@@ -246,6 +257,62 @@ def test_a_three_node_redis_cluster(tmp_path, store):
         assert held == 8 and sum(1 for n in cluster.nodes if n.client().dbsize()) >= 2, "spread over the nodes"
 
 
+def test_a_redis_cluster_node_lost_mid_scroll(tmp_path, store):
+    """One of three primaries SIGKILLed between planes (its slots have no replica): every read
+    succeeds with the right bytes, within a bounded time, and a new node still reads right."""
+    path, data = store
+    with RedisCluster(tmp_path / "lost") as cluster:
+        engine = node(tmp_path, cluster.url, "lost", disk=False)
+        level = counted_level(path, [])
+        for z in range(0, 16):
+            np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, 64, 64)), data[z:z + 1])
+        engine.flush_disk(10)
+        assert sum(n.client().dbsize() for n in cluster.nodes) == 4, "the first half's chunks are in the cluster"
+        cluster.nodes[1].kill()
+        started = time.monotonic()
+        for z in range(16, 32):
+            np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, 64, 64)), data[z:z + 1])
+        assert time.monotonic() - started < 20, "a lost node costs timeouts, not hung reads"
+        assert engine.stats.snapshot()["shared_errors"] >= 1
+        fresh = node(tmp_path, cluster.url, "lost", disk=False)
+        np.testing.assert_array_equal(read_region(fresh, counted_level(path, []), *EVERYTHING), data)
+
+
+def test_revalidate_with_the_shared_tier(tmp_path, redis_server):
+    """A shared entry carries when it was last validated: within --revalidate's age a node
+    serves it as it is; past it, a node asks the source again, serves the rewritten chunks'
+    new bytes and overwrites the entries, so a node without --revalidate then reads the new
+    bytes from Redis."""
+    import zarr
+
+    path = tmp_path / "r.zarr"
+    data = pattern((16, 64, 64), "uint16", seed=13)
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(16, 32, 32))  # 4 chunks
+    everything = (0, 0, 0), (16, 64, 64)
+    age = 2.0
+
+    def revalidating():
+        return ChunkEngine(memory_bytes=0, revalidate=age, tiers=[shared(redis_server.url, "rv")])
+
+    first = revalidating()
+    np.testing.assert_array_equal(read_region(first, open_source(str(path)).levels[0], *everything), data)
+    first.flush_disk(10)
+    zarr.open_array(str(path / "0"), mode="r+")[...] = 65535 - data
+    within = revalidating()
+    np.testing.assert_array_equal(read_region(within, open_source(str(path)).levels[0], *everything), data)
+    assert within.stats.snapshot()["shared_hits"] == 4, "within the age: the shared entries, unasked"
+    time.sleep(age + 0.2)
+    past = revalidating()
+    np.testing.assert_array_equal(read_region(past, open_source(str(path)).levels[0], *everything), 65535 - data)
+    s = past.stats.snapshot()
+    assert s["revalidated"] == 4 and s["chunks_changed"] == 4
+    past.flush_disk(10)
+    fetched: list = []
+    plain = node(tmp_path, redis_server.url, "rv", disk=False)
+    np.testing.assert_array_equal(read_region(plain, counted_level(path, fetched), *everything), 65535 - data)
+    assert fetched == [] and plain.stats.snapshot()["shared_hits"] == 4, "the entries were overwritten"
+
+
 def test_tls_with_a_self_signed_certificate(tmp_path, store):
     path, data = store
     tls = TLSFiles(tmp_path / "tls")
@@ -271,9 +338,20 @@ def test_urls_and_their_redaction():
     c = parse_url("redis+cluster://a:1;b:2")  # ';' between hosts: fstab splits options on ','
     assert c.cluster and c.nodes == [("a", 1), ("b", 2)] == parse_url("redis+cluster://a:1,b:2").nodes
     assert parse_url("rediss://h:6380").tls
-    for bad in ("http://h:1", "redis://", "redis://a:1,b:2", "redis://h:x", "redis://h:1/x"):
+    for bad in ("http://h:1", "redis://", "redis://a:1,b:2", "redis://h:x", "redis://h:1/x",
+                "redis://h:1/0?socket_timeout=x", "redis://h:1/0?socket_timeout=0"):
         with pytest.raises(ValueError):
             parse_url(bad)
+
+
+def test_timeouts_are_tens_of_ms_unless_the_url_says_otherwise():
+    default = RedisTier("redis://h:1/0")
+    assert default.connect_timeout <= 0.05 and default.op_timeout <= 0.05
+    # An entry's reads and writes get time for its bytes on top (a 64 MiB one: a quarter second).
+    assert default.op_timeout < default.entry_timeout <= default.op_timeout + 0.3
+    assert RedisTier("redis://h:1/0", max_value=1 << 20).entry_timeout < 0.06
+    busy = RedisTier("redis://h:1/0?socket_timeout=0.5&socket_connect_timeout=0.2")
+    assert (busy.op_timeout, busy.connect_timeout) == (0.5, 0.2)
 
 
 # -- real mounts as nodes -----------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Running ngffmount as a system service: the systemd template unit and the fstab mount helper."""
+"""Running ngffmount as a system service: the systemd template unit and the fstab mount helper.
+
+The unit's daemon reads SOURCE, OPTIONS and SHARED_CACHE_PASSWORD from the instance's
+configuration file (mode 0600) itself (`python -m ngffmount.vfs.command.service FILE`), so
+no secret among them is ever on its command line (`ps`, /proc/PID/cmdline) or in its
+environment."""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from .options import fstab_arguments
 
 UNIT_NAME = "ngffmount@.service"
 UNIT_TEMPLATE = """\
-# One instance per mount: /etc/ngffmount/NAME.conf holds SOURCE=, MOUNTPOINT= and OPTIONS=
-# (mode 0600: it may hold credentials). Start with: systemctl enable --now ngffmount@NAME
+# One instance per mount: /etc/ngffmount/NAME.conf holds SOURCE=, MOUNTPOINT=, OPTIONS= and,
+# for --shared-cache, SHARED_CACHE_PASSWORD= (mode 0600: it may hold credentials).
+# Start with: systemctl enable --now ngffmount@NAME
 [Unit]
 Description=ngffmount: %i as read-only TIFF/HDF5 files
 After=network-online.target
@@ -24,10 +30,13 @@ Wants=network-online.target
 Type=notify
 NotifyAccess=main
 EnvironmentFile={conf_dir}/%i.conf
+# The daemon reads the file itself: what may be secret stays off its command line and out
+# of its environment. (MOUNTPOINT is left for ExecStop.)
+UnsetEnvironment=SOURCE OPTIONS SHARED_CACHE_PASSWORD
 # The chunk cache lives in the service's own cache directory.
 CacheDirectory=ngffmount
 CacheDirectoryMode=0700
-ExecStart={command} mount -f ${{SOURCE}} ${{MOUNTPOINT}} --cache-dir ${{CACHE_DIRECTORY}} $OPTIONS
+ExecStart={python} -m ngffmount.vfs.command.service {conf_dir}/%i.conf
 ExecStop=-{command} unmount --lazy ${{MOUNTPOINT}}
 # A stop (SIGTERM, SIGINT, an unmount) exits 0 after writing pending chunks to the cache, and
 # is not restarted; a failure (exit 1, a crash) is. Exit 2 is a usage error in OPTIONS: a
@@ -54,7 +63,7 @@ def ngffmount_command() -> str:
 
 
 def unit_text(conf_dir: str = "/etc/ngffmount") -> str:
-    return UNIT_TEMPLATE.format(command=ngffmount_command(), conf_dir=conf_dir)
+    return UNIT_TEMPLATE.format(command=ngffmount_command(), python=sys.executable, conf_dir=conf_dir)
 
 
 def install(name: str, source: str, mountpoint: str, options: list[str],
@@ -77,6 +86,80 @@ def install(name: str, source: str, mountpoint: str, options: list[str],
 
 def _env_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def read_settings(path: str) -> dict[str, str]:
+    """An instance's configuration file, as systemd's EnvironmentFile= reads it: KEY=value
+    lines, a value in double quotes with backslash escapes (as `install` writes it) or bare."""
+    settings = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith(("#", ";")) or "=" not in line:
+                continue
+            key, _, value = line.partition("=")
+            value = value.strip()
+            if value.startswith('"'):
+                out, escaped = [], False
+                for ch in value[1:]:
+                    if escaped:
+                        out.append(ch)
+                        escaped = False
+                    elif ch == "\\":
+                        escaped = True
+                    elif ch == '"':
+                        break
+                    else:
+                        out.append(ch)
+                value = "".join(out)
+            settings[key.strip()] = value
+    return settings
+
+
+def service_arguments(conf: str, environ=os.environ) -> tuple[list[str], int | None]:
+    """`ngffmount mount -f` arguments from an instance's configuration file, and the file
+    descriptor that holds SHARED_CACHE_PASSWORD (named by --shared-cache-password-file as
+    /proc/self/fd/N: a memory file, so the password is never on a command line or on disk
+    elsewhere). Raises ValueError with a message that holds no secret."""
+    try:
+        settings = read_settings(conf)
+        mode = os.stat(conf).st_mode & 0o777
+    except OSError as exc:
+        raise ValueError(f"{conf}: {exc.strerror}") from None
+    missing = [k for k in ("SOURCE", "MOUNTPOINT") if not settings.get(k)]
+    if missing:
+        raise ValueError(f"{conf}: no {' or '.join(missing)}=")
+    password = settings.get("SHARED_CACHE_PASSWORD")
+    if password and mode & 0o077:
+        raise ValueError(f"{conf} holds SHARED_CACHE_PASSWORD but others may read it (mode {mode:o}): chmod 600 it")
+    args = ["mount", "-f", settings["SOURCE"], settings["MOUNTPOINT"]]
+    if environ.get("CACHE_DIRECTORY"):  # systemd's CacheDirectory=
+        args += ["--cache-dir", environ["CACHE_DIRECTORY"]]
+    try:
+        args += shlex.split(settings.get("OPTIONS", ""))
+    except ValueError:
+        raise ValueError(f"{conf}: OPTIONS= is not a valid shell-quoted list (not shown: it may hold a secret)") from None
+    fd = None
+    if password:
+        fd = os.memfd_create("shared-cache-password")
+        os.write(fd, password.encode() + b"\n")
+        args += ["--shared-cache-password-file", f"/proc/self/fd/{fd}"]
+    return args, fd
+
+
+def service_main(argv: list[str]) -> int:
+    """ExecStart of the unit: `python -m ngffmount.vfs.command.service CONF`."""
+    from .cli import main
+
+    if len(argv) != 1:
+        print("usage: python -m ngffmount.vfs.command.service /etc/ngffmount/NAME.conf", file=sys.stderr)
+        return 2
+    try:
+        args, _ = service_arguments(argv[0])
+    except ValueError as exc:
+        print(f"ngffmount: error: {exc}", file=sys.stderr)
+        return 2  # the unit does not restart it: the file must be fixed first
+    return main(args)
 
 
 def install_helper(sbin: str = "/sbin") -> str:
@@ -123,3 +206,7 @@ def helper_main() -> int:
         print(f"{HELPER_NAME}: {exc}", file=sys.stderr)
         return 1
     return subprocess.call([sys.executable, "-m", "ngffmount.vfs.command.cli", *args])
+
+
+if __name__ == "__main__":
+    sys.exit(service_main(sys.argv[1:]))
