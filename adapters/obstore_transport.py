@@ -59,7 +59,12 @@ class RemoteStatus(OSError):
         self.status = status
 
 
-class RangesIgnored(Exception):
+class FsspecServes(Exception):
+    """obstore refused the server's answer where fsspec reads it: fsspec serves this
+    request, and those like it from now on."""
+
+
+class RangesIgnored(FsspecServes):
     """The server answered a range request with the whole object, which obstore refuses:
     fsspec serves this store's range requests from now on (it cuts the range out)."""
 
@@ -86,13 +91,14 @@ class ObstoreTransport:
         self._make_client = make_client
         self.attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, attempt_timeout)
         self.ranges = True  # False once the server showed it ignores Range
+        self.lengths = True  # False once it sent a body without Content-Length (chunked)
         self._clients: dict[float, Any] = {}
         self._lock = threading.Lock()
         self._client_for(self.attempt_timeout)  # a bad option fails now, not at the first read
 
     def object_path(self, path: str, ranged: bool = False) -> str | None:
         """The path within the client of an fsspec path, or None if fsspec must serve it."""
-        if not path.startswith(self.prefix) or (ranged and not self.ranges):
+        if not self.lengths or not path.startswith(self.prefix) or (ranged and not self.ranges):
             return None
         rest = path[len(self.prefix):]
         return rest if rest and _PLAIN_KEY.fullmatch(rest) and "//" not in rest else None
@@ -140,6 +146,9 @@ class ObstoreTransport:
         if isinstance(exc, e.NotSupportedError) and "range" in str(exc).lower():
             self.ranges = False
             return RangesIgnored(_first_line(exc))
+        if isinstance(exc, e.GenericError) and "content-length header missing" in str(exc).lower():
+            self.lengths = False  # obstore reads no body without it; aiohttp does
+            return FsspecServes(_first_line(exc))
         return _translated(exc)
 
 

@@ -292,6 +292,36 @@ def test_a_server_that_ignores_range_is_read_through_fsspec():
         assert store.get("a") == DATA  # whole objects still through obstore
 
 
+def test_a_server_that_streams_without_content_length_is_read_through_fsspec():
+    """A server that sends whole objects in chunked transfer encoding (no Content-Length),
+    as dynamic servers and some gateways do: obstore refuses the answer, fsspec reads it."""
+    from http.server import BaseHTTPRequestHandler
+
+    from servers import LoopbackHTTPServer
+
+    class Streaming(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(DATA), 4000):
+                part = DATA[i:i + 4000]
+                self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+
+    with LoopbackHTTPServer(Streaming) as server:
+        store = lean(f"{server.url}/x")
+        assert store.get("a") == DATA
+        assert not store._fast.lengths, "obstore refused the answer: fsspec sends this store's GETs from now on"
+        assert store.get_many(["a", "b"]) == {"a": DATA, "b": DATA}
+        assert store.get_ranges([RangeRequest("a", 10, 20)]) == [DATA[10:20]]
+
+
 def test_mounts_read_the_same_bytes_with_the_same_requests_through_either_client(tmp_path, s3_server, cache_args):
     """Through the CLI: --transport obstore and fsspec serve the same planes, count the same
     requests in stats.json, and keep the key and secret out of /proc/mounts and the log."""
