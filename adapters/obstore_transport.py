@@ -122,6 +122,8 @@ class ObstoreTransport:
         """(bytes, ETag, Last-Modified, object size) of one GET, blocking without the GIL."""
         import obstore
 
+        if start == end:
+            return _NOTHING  # as fsspec: no bytes, no request (obstore refuses an empty range)
         try:
             result = obstore.get(self._client_for(left), object_path, options=_get_options(start, end, condition))
             data = bytes(result.bytes())
@@ -132,6 +134,8 @@ class ObstoreTransport:
     async def get_async(self, object_path: str, start: int, end: int | None, condition, left: float):
         import obstore
 
+        if start == end:
+            return _NOTHING
         try:
             result = await obstore.get_async(self._client_for(left), object_path,
                                              options=_get_options(start, end, condition))
@@ -150,6 +154,9 @@ class ObstoreTransport:
             self.lengths = False  # obstore reads no body without it; aiohttp does
             return FsspecServes(_first_line(exc))
         return _translated(exc)
+
+
+_NOTHING = (b"", None, None, None)
 
 
 def _get_options(start: int, end: int | None, condition) -> dict:

@@ -79,6 +79,14 @@ def test_bytes_ranges_and_counters(objects):
         assert TRANSFERS.requests - before == 11 and TRANSFERS.in_flight == 0
 
 
+def test_an_empty_range_is_empty_bytes_as_through_fsspec(objects):
+    """fsspec answers a range of no bytes with b"" (_http_get sends no request for it);
+    obstore refuses such a range: the lean transport must not turn it into an error."""
+    for store in stores(objects):
+        assert store.get_ranges([RangeRequest("obj", 5, 5)]) == [b""]
+        assert store.get_ranges([RangeRequest("obj", 5, 5), RangeRequest("obj", 0, 3)]) == [b"", DATA[:3]]
+
+
 def test_missing_is_none_and_a_refusal_is_a_clear_error(objects):
     http_server, s3_server = objects
     for store in stores(objects):
