@@ -157,6 +157,7 @@ class ObstoreTransport:
 
 
 _NOTHING = (b"", None, None, None)
+_NO_DATE = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 def _get_options(start: int, end: int | None, condition) -> dict:
@@ -177,6 +178,8 @@ def _get_options(start: int, end: int | None, condition) -> dict:
 def _answer(result, data: bytes):
     meta = result.meta
     modified = meta.get("last_modified")
+    if modified == _NO_DATE:
+        modified = None  # obstore's stand-in for an answer without Last-Modified: none was sent
     if isinstance(modified, datetime.datetime):
         modified = email.utils.format_datetime(modified.astimezone(datetime.timezone.utc), usegmt=True)
     return data, meta.get("e_tag"), modified, meta.get("size")

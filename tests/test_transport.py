@@ -147,6 +147,40 @@ def test_validators_come_from_each_response_and_conditions_get_304(objects):
     assert http_server.not_modified == before + 1
 
 
+def test_a_server_that_sends_no_validators_gets_none_invented():
+    """No ETag and no Last-Modified in the answer: the version says so, as through fsspec
+    (obstore fills a missing Last-Modified in with 1970-01-01), so revalidation never sends
+    a condition on a date the server never gave."""
+    from http.server import BaseHTTPRequestHandler
+
+    from servers import LoopbackHTTPServer
+
+    class Bare(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.end_headers()
+            self.wfile.write(DATA)
+
+    with LoopbackHTTPServer(Bare) as server:
+        for store in (lean(f"{server.url}/x"), Store(f"{server.url}/x", _fsspec_options(f"{server.url}/x"))):
+            with observe() as seen:
+                assert store.get("a") == DATA
+            assert (seen.version.etag, seen.version.last_modified) == (None, None), (store.transport_in_use, seen.version)
+            assert not seen.version.validated
+
+
+def _fsspec_options(url: str):
+    options = storage_options_for(url)
+    options.transport = "fsspec"
+    return options
+
+
 def _etag(store: Store) -> str:
     with observe() as seen:
         store.get("obj")
