@@ -279,12 +279,18 @@ def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, 
         # s3fs asks AWS where the bucket is; obstore would need to be told.
         raise TransportUnavailable("no region and no endpoint: s3fs finds the bucket's region")
     config["region"] = region or "us-east-1"
+    # S3Store also reads AWS_* variables of its own from the environment, which botocore
+    # does not: pinned, so that the options alone decide, as they do for s3fs.
+    config.update(virtual_hosted_style_request=False, request_payer=False, s3_express=False, skip_signature=False)
     if options.get("anon"):
         config["skip_signature"] = True
     elif options.get("key") and options.get("secret"):
         config["access_key_id"], config["secret_access_key"] = options["key"], options["secret"]
         if options.get("token"):
             config["session_token"] = options["token"]
+        elif os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_TOKEN"):
+            # S3Store would send it with the options' key; s3fs sends none (no way to unset it).
+            raise TransportUnavailable("a session token in the environment and a key without one in the options")
     elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
         config["access_key_id"] = os.environ["AWS_ACCESS_KEY_ID"]
         config["secret_access_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]

@@ -294,6 +294,28 @@ def test_what_the_lean_transport_serves_and_what_stays_with_fsspec(objects, monk
     assert store.transport_in_use == "fsspec" and store.get("obj") == DATA
 
 
+def test_aws_variables_only_obstore_reads_change_nothing(objects, monkeypatch):
+    """obstore's S3Store reads AWS_* variables of its own from the environment, which
+    botocore does not (virtual-hosted style, requester pays, unsigned requests), and would
+    send a session token of the environment with the key of the options (s3fs does not):
+    a request must be the one the options describe, whichever client sends it."""
+    _, s3_server = objects
+    endpoint = s3_server.endpoint_url
+    for name, value in (("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "true"), ("AWS_REQUEST_PAYER", "true"),
+                        ("AWS_SKIP_SIGNATURE", "true"), ("AWS_S3_EXPRESS", "true")):
+        monkeypatch.setenv(name, value)
+    signed = lean("s3://lean/img", endpoint_url=endpoint, extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET})
+    assert signed.get("private") == DATA  # signed, path style, as the options say
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "a-token-of-another-identity")
+    options = storage_options_for("s3://lean/img", endpoint_url=endpoint, extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET})
+    options.transport = "auto"
+    store = Store("s3://lean/img", options)
+    assert store.transport_in_use == "fsspec" and store.get("private") == DATA
+    with_token = lean("s3://lean/img", endpoint_url=endpoint,
+                      extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET, "token": "its-own"})
+    assert with_token.get("private") == DATA
+
+
 def test_keys_that_need_escaping_go_through_fsspec(objects):
     http_server, _ = objects
     (http_server.www / "lean" / "a b").write_bytes(b"spaced")
