@@ -91,14 +91,14 @@ class ObstoreTransport:
         self._make_client = make_client
         self.attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, attempt_timeout)
         self.ranges = True  # False once the server showed it ignores Range
-        self.lengths = True  # False once it sent a body without Content-Length (chunked)
+        self.headers_read = True  # False once it sent headers obstore cannot read (see _translated)
         self._clients: dict[float, Any] = {}
         self._lock = threading.Lock()
         self._client_for(self.attempt_timeout)  # a bad option fails now, not at the first read
 
     def object_path(self, path: str, ranged: bool = False) -> str | None:
         """The path within the client of an fsspec path, or None if fsspec must serve it."""
-        if not self.lengths or not path.startswith(self.prefix) or (ranged and not self.ranges):
+        if not self.headers_read or not path.startswith(self.prefix) or (ranged and not self.ranges):
             return None
         rest = path[len(self.prefix):]
         return rest if rest and _PLAIN_KEY.fullmatch(rest) and "//" not in rest else None
@@ -150,8 +150,10 @@ class ObstoreTransport:
         if isinstance(exc, e.NotSupportedError) and "range" in str(exc).lower():
             self.ranges = False
             return RangesIgnored(_first_line(exc))
-        if isinstance(exc, e.GenericError) and "content-length header missing" in str(exc).lower():
-            self.lengths = False  # obstore reads no body without it; aiohttp does
+        if isinstance(exc, e.GenericError) and "source: Header {" in str(exc):
+            # No Content-Length (a chunked body), a Last-Modified that is no HTTP date...:
+            # obstore reads no answer with such headers; aiohttp does.
+            self.headers_read = False
             return FsspecServes(_first_line(exc))
         return _translated(exc)
 

@@ -381,9 +381,36 @@ def test_a_server_that_streams_without_content_length_is_read_through_fsspec():
     with LoopbackHTTPServer(Streaming) as server:
         store = lean(f"{server.url}/x")
         assert store.get("a") == DATA
-        assert not store._fast.lengths, "obstore refused the answer: fsspec sends this store's GETs from now on"
+        assert not store._fast.headers_read, "obstore refused the answer: fsspec sends this store's GETs from now on"
         assert store.get_many(["a", "b"]) == {"a": DATA, "b": DATA}
         assert store.get_ranges([RangeRequest("a", 10, 20)]) == [DATA[10:20]]
+
+
+def test_a_server_whose_last_modified_is_no_http_date_is_read_through_fsspec():
+    """A Last-Modified that is no HTTP date: obstore refuses the whole answer over it,
+    fsspec reads the bytes (and keeps the header as it came)."""
+    from http.server import BaseHTTPRequestHandler
+
+    from servers import LoopbackHTTPServer
+
+    class OddDate(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.send_header("Last-Modified", "2024-01-01 10:00:00")
+            self.end_headers()
+            self.wfile.write(DATA)
+
+    with LoopbackHTTPServer(OddDate) as server:
+        store = lean(f"{server.url}/x")
+        assert store.get("a") == DATA
+        assert not store._fast.headers_read
+        assert store.get_many(["a", "b"]) == {"a": DATA, "b": DATA}
 
 
 def test_mounts_read_the_same_bytes_with_the_same_requests_through_either_client(tmp_path, s3_server, cache_args):
