@@ -86,10 +86,11 @@ class ObstoreTransport:
     attempt is bounded by a client whose request timeout fits the time left (`_client_for`).
     """
 
-    def __init__(self, prefix: str, make_client, attempt_timeout: float):
+    def __init__(self, prefix: str, make_client, attempt_timeout: float, budget: float | None = None):
         self.prefix = prefix
         self._make_client = make_client
         self.attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, attempt_timeout)
+        self.budget = budget  # a request's time, all attempts included (Store.timeout)
         self.ranges = True  # False once the server showed it ignores Range
         self.headers_read = True  # False once it sent headers obstore cannot read (see _translated)
         self._clients: dict[float, Any] = {}
@@ -106,8 +107,13 @@ class ObstoreTransport:
     def _client_for(self, left: float):
         """A client whose request timeout is the attempt timeout, or a power-of-two fraction
         of it when less time is left: a blocking attempt then ends by its deadline (or within
-        MIN_ATTEMPT_TIMEOUT of it)."""
+        MIN_ATTEMPT_TIMEOUT of it). The attempt timeout bounds a stall, as fsspec's does, but
+        obstore's bounds the whole transfer: a retry may take twice as long as the request
+        took so far, so a slow transfer that keeps flowing still completes in the budget."""
         timeout = self.attempt_timeout
+        if self.budget is not None:
+            while timeout < self.budget - left and timeout * 2 <= self.budget:
+                timeout *= 2
         while timeout > left and timeout / 2 >= MIN_ATTEMPT_TIMEOUT:
             timeout /= 2
         client = self._clients.get(timeout)
@@ -219,7 +225,7 @@ def _first_line(exc: Exception) -> str:
 # -- building one from fsspec options --------------------------------------------------------
 
 def obstore_transport_for(url: str, options: Mapping[str, Any], attempt_timeout: float,
-                          concurrency: int) -> ObstoreTransport:
+                          concurrency: int, budget: float | None = None) -> ObstoreTransport:
     """The lean transport of `url` with these fsspec options; TransportUnavailable says why not."""
     protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
     try:
@@ -227,9 +233,9 @@ def obstore_transport_for(url: str, options: Mapping[str, Any], attempt_timeout:
     except ImportError:
         raise TransportUnavailable("obstore is not installed") from None
     if protocol in ("s3", "s3a"):
-        return _s3_transport(url, options, attempt_timeout, concurrency)
+        return _s3_transport(url, options, attempt_timeout, concurrency, budget)
     if protocol in ("http", "https"):
-        return _http_transport(url, options, attempt_timeout, concurrency)
+        return _http_transport(url, options, attempt_timeout, concurrency, budget)
     raise TransportUnavailable(f"{protocol}:// is served by fsspec only")
 
 
@@ -261,7 +267,7 @@ def _ca_bundle(kind: str, tls: bool) -> str | None:
     return None
 
 
-def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int):
+def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int, budget):
     from obstore.store import S3Store
 
     _unknown(options, _S3_KNOWN, "storage option")
@@ -308,10 +314,10 @@ def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, 
         return S3Store(bucket, config=config, client_options=_client_options(timeout, concurrency, allow_http, roots),
                        retry_config={"max_retries": 0})
 
-    return ObstoreTransport(bucket + "/", make_client, attempt_timeout)
+    return ObstoreTransport(bucket + "/", make_client, attempt_timeout, budget)
 
 
-def _http_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int):
+def _http_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int, budget):
     from obstore.store import HTTPStore
 
     _unknown(options, {"client_kwargs"}, "storage option")
@@ -327,4 +333,4 @@ def _http_transport(url: str, options: Mapping[str, Any], attempt_timeout: float
         return HTTPStore(origin, client_options=_client_options(timeout, concurrency, allow_http, roots),
                          retry_config={"max_retries": 0})
 
-    return ObstoreTransport(origin + "/", make_client, attempt_timeout)
+    return ObstoreTransport(origin + "/", make_client, attempt_timeout, budget)

@@ -252,7 +252,7 @@ class Store:
         try:
             if not self._is_async:
                 raise TransportUnavailable("not an s3:// or http(s):// source")
-            return obstore_transport_for(url, options, self.attempt_timeout, self.concurrency)
+            return obstore_transport_for(url, options, self.attempt_timeout, self.concurrency, self.timeout)
         except Exception as exc:  # noqa: BLE001 - TransportUnavailable, or a client obstore refuses to build
             if self.transport == "obstore":
                 raise SourceNotFound(f"cannot read {self.url} through obstore: {redact(str(exc))}") from None

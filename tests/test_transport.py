@@ -175,8 +175,8 @@ def test_a_server_that_sends_no_validators_gets_none_invented():
             assert not seen.version.validated
 
 
-def _fsspec_options(url: str):
-    options = storage_options_for(url)
+def _fsspec_options(url: str, **kw):
+    options = storage_options_for(url, **kw)
     options.transport = "fsspec"
     return options
 
@@ -258,6 +258,40 @@ def test_a_silent_remote_fails_within_the_timeout_and_the_reads_deadline(silent_
         with pytest.raises(ChunkReadError):
             store.get_many(["a", "b", "c"])
         assert time.monotonic() - started < 2.0 + 0.5
+
+
+def test_a_slow_transfer_that_keeps_flowing_completes_within_the_budget():
+    """The attempt timeout (a quarter of --timeout) bounds a stall: fsspec lets a transfer
+    run as long as bytes keep coming. obstore's timeout is one for the whole request, so
+    a chunk that takes longer than that to arrive on a slow link (but well within
+    --timeout) must still be read, not cut and tried again until the budget is gone."""
+    from http.server import BaseHTTPRequestHandler
+
+    from servers import LoopbackHTTPServer
+
+    class Trickle(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(DATA)))
+            self.send_header("ETag", '"slow"')
+            self.end_headers()
+            for i in range(0, len(DATA), 256):  # 40 pieces over 3 s: never silent for 2 s
+                self.wfile.write(DATA[i:i + 256])
+                self.wfile.flush()
+                time.sleep(0.075)
+
+    with LoopbackHTTPServer(Trickle) as server:
+        for store in (lean(f"{server.url}/x", timeout=8.0),  # attempts: 2 s without a byte
+                      Store(f"{server.url}/x", _fsspec_options(f"{server.url}/x", timeout=8.0))):
+            assert store.attempt_timeout == 2.0
+            started = time.monotonic()
+            assert store.get("a") == DATA, store.transport_in_use
+            assert time.monotonic() - started < 8.0 + 0.5
 
 
 def test_what_the_lean_transport_serves_and_what_stays_with_fsspec(objects, monkeypatch):
