@@ -5,6 +5,7 @@ loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -60,6 +61,36 @@ def stores(objects) -> list[Store]:
             lean("s3://lean/img", extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET, "token": "session-token",
                                          "client_kwargs": {"endpoint_url": s3_server.endpoint_url,
                                                            "region_name": "eu-west-1"}})]
+
+
+@contextlib.contextmanager
+def answering(answer):
+    """A loopback HTTP server whose GETs `answer(handler)` writes, whatever the request."""
+    from http.server import BaseHTTPRequestHandler
+
+    from servers import LoopbackHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        do_GET = answer
+
+        def log_message(self, *args):
+            pass
+
+    with LoopbackHTTPServer(Handler) as server:
+        yield server
+
+
+def whole_object(headers: dict | None = None):
+    """An answer for `answering`: all of DATA, with its Content-Length and these headers."""
+    def answer(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(DATA)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(DATA)
+    return answer
 
 
 def test_bytes_ranges_and_counters(objects):
@@ -151,23 +182,7 @@ def test_a_server_that_sends_no_validators_gets_none_invented():
     """No ETag and no Last-Modified in the answer: the version says so, as through fsspec
     (obstore fills a missing Last-Modified in with 1970-01-01), so revalidation never sends
     a condition on a date the server never gave."""
-    from http.server import BaseHTTPRequestHandler
-
-    from servers import LoopbackHTTPServer
-
-    class Bare(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(DATA)))
-            self.end_headers()
-            self.wfile.write(DATA)
-
-    with LoopbackHTTPServer(Bare) as server:
+    with answering(whole_object()) as server:
         for store in (lean(f"{server.url}/x"), Store(f"{server.url}/x", _fsspec_options(f"{server.url}/x"))):
             with observe() as seen:
                 assert store.get("a") == DATA
@@ -265,27 +280,17 @@ def test_a_slow_transfer_that_keeps_flowing_completes_within_the_budget():
     run as long as bytes keep coming. obstore's timeout is one for the whole request, so
     a chunk that takes longer than that to arrive on a slow link (but well within
     --timeout) must still be read, not cut and tried again until the budget is gone."""
-    from http.server import BaseHTTPRequestHandler
+    def answer(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(DATA)))
+        self.send_header("ETag", '"slow"')
+        self.end_headers()
+        for i in range(0, len(DATA), 256):  # 40 pieces over 3 s: never silent for 2 s
+            self.wfile.write(DATA[i:i + 256])
+            self.wfile.flush()
+            time.sleep(0.075)
 
-    from servers import LoopbackHTTPServer
-
-    class Trickle(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(DATA)))
-            self.send_header("ETag", '"slow"')
-            self.end_headers()
-            for i in range(0, len(DATA), 256):  # 40 pieces over 3 s: never silent for 2 s
-                self.wfile.write(DATA[i:i + 256])
-                self.wfile.flush()
-                time.sleep(0.075)
-
-    with LoopbackHTTPServer(Trickle) as server:
+    with answering(answer) as server:
         for store in (lean(f"{server.url}/x", timeout=8.0),  # attempts: 2 s without a byte
                       Store(f"{server.url}/x", _fsspec_options(f"{server.url}/x", timeout=8.0))):
             assert store.attempt_timeout == 2.0
@@ -363,24 +368,7 @@ def test_keys_that_need_escaping_go_through_fsspec(objects):
 
 
 def test_a_server_that_ignores_range_is_read_through_fsspec():
-    from http.server import BaseHTTPRequestHandler
-
-    from servers import LoopbackHTTPServer
-
-    class WholeObjectOnly(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(DATA)))
-            self.send_header("ETag", '"whole"')
-            self.end_headers()
-            self.wfile.write(DATA)
-
-    with LoopbackHTTPServer(WholeObjectOnly) as server:
+    with answering(whole_object({"ETag": '"whole"'})) as server:
         store = lean(f"{server.url}/x")
         assert store.get("a") == DATA
         assert store._fast.ranges
@@ -393,26 +381,16 @@ def test_a_server_that_ignores_range_is_read_through_fsspec():
 def test_a_server_that_streams_without_content_length_is_read_through_fsspec():
     """A server that sends whole objects in chunked transfer encoding (no Content-Length),
     as dynamic servers and some gateways do: obstore refuses the answer, fsspec reads it."""
-    from http.server import BaseHTTPRequestHandler
+    def answer(self):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(DATA), 4000):
+            part = DATA[i:i + 4000]
+            self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
-    from servers import LoopbackHTTPServer
-
-    class Streaming(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for i in range(0, len(DATA), 4000):
-                part = DATA[i:i + 4000]
-                self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
-            self.wfile.write(b"0\r\n\r\n")
-
-    with LoopbackHTTPServer(Streaming) as server:
+    with answering(answer) as server:
         store = lean(f"{server.url}/x")
         assert store.get("a") == DATA
         assert not store._fast.headers_read, "obstore refused the answer: fsspec sends this store's GETs from now on"
@@ -423,24 +401,7 @@ def test_a_server_that_streams_without_content_length_is_read_through_fsspec():
 def test_a_server_whose_last_modified_is_no_http_date_is_read_through_fsspec():
     """A Last-Modified that is no HTTP date: obstore refuses the whole answer over it,
     fsspec reads the bytes (and keeps the header as it came)."""
-    from http.server import BaseHTTPRequestHandler
-
-    from servers import LoopbackHTTPServer
-
-    class OddDate(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(DATA)))
-            self.send_header("Last-Modified", "2024-01-01 10:00:00")
-            self.end_headers()
-            self.wfile.write(DATA)
-
-    with LoopbackHTTPServer(OddDate) as server:
+    with answering(whole_object({"Last-Modified": "2024-01-01 10:00:00"})) as server:
         store = lean(f"{server.url}/x")
         assert store.get("a") == DATA
         assert not store._fast.headers_read
