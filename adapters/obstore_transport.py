@@ -59,7 +59,12 @@ class RemoteStatus(OSError):
         self.status = status
 
 
-class RangesIgnored(Exception):
+class FsspecServes(Exception):
+    """obstore refused the server's answer where fsspec reads it: fsspec serves this
+    request, and those like it from now on."""
+
+
+class RangesIgnored(FsspecServes):
     """The server answered a range request with the whole object, which obstore refuses:
     fsspec serves this store's range requests from now on (it cuts the range out)."""
 
@@ -81,18 +86,20 @@ class ObstoreTransport:
     attempt is bounded by a client whose request timeout fits the time left (`_client_for`).
     """
 
-    def __init__(self, prefix: str, make_client, attempt_timeout: float):
+    def __init__(self, prefix: str, make_client, attempt_timeout: float, budget: float | None = None):
         self.prefix = prefix
         self._make_client = make_client
         self.attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, attempt_timeout)
+        self.budget = budget  # a request's time, all attempts included (Store.timeout)
         self.ranges = True  # False once the server showed it ignores Range
+        self.headers_read = True  # False once it sent headers obstore cannot read (see _translated)
         self._clients: dict[float, Any] = {}
         self._lock = threading.Lock()
         self._client_for(self.attempt_timeout)  # a bad option fails now, not at the first read
 
     def object_path(self, path: str, ranged: bool = False) -> str | None:
         """The path within the client of an fsspec path, or None if fsspec must serve it."""
-        if not path.startswith(self.prefix) or (ranged and not self.ranges):
+        if not self.headers_read or not path.startswith(self.prefix) or (ranged and not self.ranges):
             return None
         rest = path[len(self.prefix):]
         return rest if rest and _PLAIN_KEY.fullmatch(rest) and "//" not in rest else None
@@ -100,8 +107,13 @@ class ObstoreTransport:
     def _client_for(self, left: float):
         """A client whose request timeout is the attempt timeout, or a power-of-two fraction
         of it when less time is left: a blocking attempt then ends by its deadline (or within
-        MIN_ATTEMPT_TIMEOUT of it)."""
+        MIN_ATTEMPT_TIMEOUT of it). The attempt timeout bounds a stall, as fsspec's does, but
+        obstore's bounds the whole transfer: a retry may take twice as long as the request
+        took so far, so a slow transfer that keeps flowing still completes in the budget."""
         timeout = self.attempt_timeout
+        if self.budget is not None:
+            while timeout < self.budget - left and timeout * 2 <= self.budget:
+                timeout *= 2
         while timeout > left and timeout / 2 >= MIN_ATTEMPT_TIMEOUT:
             timeout /= 2
         client = self._clients.get(timeout)
@@ -116,6 +128,8 @@ class ObstoreTransport:
         """(bytes, ETag, Last-Modified, object size) of one GET, blocking without the GIL."""
         import obstore
 
+        if start == end:
+            return _NOTHING  # as fsspec: no bytes, no request (obstore refuses an empty range)
         try:
             result = obstore.get(self._client_for(left), object_path, options=_get_options(start, end, condition))
             data = bytes(result.bytes())
@@ -126,6 +140,8 @@ class ObstoreTransport:
     async def get_async(self, object_path: str, start: int, end: int | None, condition, left: float):
         import obstore
 
+        if start == end:
+            return _NOTHING
         try:
             result = await obstore.get_async(self._client_for(left), object_path,
                                              options=_get_options(start, end, condition))
@@ -140,7 +156,16 @@ class ObstoreTransport:
         if isinstance(exc, e.NotSupportedError) and "range" in str(exc).lower():
             self.ranges = False
             return RangesIgnored(_first_line(exc))
+        if isinstance(exc, e.GenericError) and "source: Header {" in str(exc):
+            # No Content-Length (a chunked body), a Last-Modified that is no HTTP date...:
+            # obstore reads no answer with such headers; aiohttp does.
+            self.headers_read = False
+            return FsspecServes(_first_line(exc))
         return _translated(exc)
+
+
+_NOTHING = (b"", None, None, None)
+_NO_DATE = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 def _get_options(start: int, end: int | None, condition) -> dict:
@@ -161,6 +186,8 @@ def _get_options(start: int, end: int | None, condition) -> dict:
 def _answer(result, data: bytes):
     meta = result.meta
     modified = meta.get("last_modified")
+    if modified == _NO_DATE:
+        modified = None  # obstore's stand-in for an answer without Last-Modified: none was sent
     if isinstance(modified, datetime.datetime):
         modified = email.utils.format_datetime(modified.astimezone(datetime.timezone.utc), usegmt=True)
     return data, meta.get("e_tag"), modified, meta.get("size")
@@ -198,7 +225,7 @@ def _first_line(exc: Exception) -> str:
 # -- building one from fsspec options --------------------------------------------------------
 
 def obstore_transport_for(url: str, options: Mapping[str, Any], attempt_timeout: float,
-                          concurrency: int) -> ObstoreTransport:
+                          concurrency: int, budget: float | None = None) -> ObstoreTransport:
     """The lean transport of `url` with these fsspec options; TransportUnavailable says why not."""
     protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
     try:
@@ -206,9 +233,9 @@ def obstore_transport_for(url: str, options: Mapping[str, Any], attempt_timeout:
     except ImportError:
         raise TransportUnavailable("obstore is not installed") from None
     if protocol in ("s3", "s3a"):
-        return _s3_transport(url, options, attempt_timeout, concurrency)
+        return _s3_transport(url, options, attempt_timeout, concurrency, budget)
     if protocol in ("http", "https"):
-        return _http_transport(url, options, attempt_timeout, concurrency)
+        return _http_transport(url, options, attempt_timeout, concurrency, budget)
     raise TransportUnavailable(f"{protocol}:// is served by fsspec only")
 
 
@@ -240,7 +267,7 @@ def _ca_bundle(kind: str, tls: bool) -> str | None:
     return None
 
 
-def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int):
+def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int, budget):
     from obstore.store import S3Store
 
     _unknown(options, _S3_KNOWN, "storage option")
@@ -260,12 +287,18 @@ def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, 
         # s3fs asks AWS where the bucket is; obstore would need to be told.
         raise TransportUnavailable("no region and no endpoint: s3fs finds the bucket's region")
     config["region"] = region or "us-east-1"
+    # S3Store also reads AWS_* variables of its own from the environment, which botocore
+    # does not: pinned, so that the options alone decide, as they do for s3fs.
+    config.update(virtual_hosted_style_request=False, request_payer=False, s3_express=False, skip_signature=False)
     if options.get("anon"):
         config["skip_signature"] = True
     elif options.get("key") and options.get("secret"):
         config["access_key_id"], config["secret_access_key"] = options["key"], options["secret"]
         if options.get("token"):
             config["session_token"] = options["token"]
+        elif os.environ.get("AWS_SESSION_TOKEN") or os.environ.get("AWS_TOKEN"):
+            # S3Store would send it with the options' key; s3fs sends none (no way to unset it).
+            raise TransportUnavailable("a session token in the environment and a key without one in the options")
     elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
         config["access_key_id"] = os.environ["AWS_ACCESS_KEY_ID"]
         config["secret_access_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
@@ -281,10 +314,10 @@ def _s3_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, 
         return S3Store(bucket, config=config, client_options=_client_options(timeout, concurrency, allow_http, roots),
                        retry_config={"max_retries": 0})
 
-    return ObstoreTransport(bucket + "/", make_client, attempt_timeout)
+    return ObstoreTransport(bucket + "/", make_client, attempt_timeout, budget)
 
 
-def _http_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int):
+def _http_transport(url: str, options: Mapping[str, Any], attempt_timeout: float, concurrency: int, budget):
     from obstore.store import HTTPStore
 
     _unknown(options, {"client_kwargs"}, "storage option")
@@ -300,4 +333,4 @@ def _http_transport(url: str, options: Mapping[str, Any], attempt_timeout: float
         return HTTPStore(origin, client_options=_client_options(timeout, concurrency, allow_http, roots),
                          retry_config={"max_retries": 0})
 
-    return ObstoreTransport(origin + "/", make_client, attempt_timeout)
+    return ObstoreTransport(origin + "/", make_client, attempt_timeout, budget)

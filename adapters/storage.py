@@ -36,7 +36,7 @@ from fsspec.asyn import AsyncFileSystem, sync
 from .counters import Counters
 from .errors import BadMetadata, ChunkReadError, SourceGaveUp, SourceNotFound
 from .obstore_transport import (
-    TRANSPORTS, RangesIgnored, TransportUnavailable, default_transport, obstore_transport_for,
+    TRANSPORTS, FsspecServes, TransportUnavailable, default_transport, obstore_transport_for,
 )
 from .retry import (
     _ABANDONED, MISSING_ERRORS, Abandoned, GaveUp, IncompleteBody, RetryRun, _chain, _status_and_code,
@@ -252,7 +252,7 @@ class Store:
         try:
             if not self._is_async:
                 raise TransportUnavailable("not an s3:// or http(s):// source")
-            return obstore_transport_for(url, options, self.attempt_timeout, self.concurrency)
+            return obstore_transport_for(url, options, self.attempt_timeout, self.concurrency, self.timeout)
         except Exception as exc:  # noqa: BLE001 - TransportUnavailable, or a client obstore refuses to build
             if self.transport == "obstore":
                 raise SourceNotFound(f"cannot read {self.url} through obstore: {redact(str(exc))}") from None
@@ -415,7 +415,7 @@ class Store:
     def _attempt_lean(self, req: RangeRequest, condition: SourceVersion | None, left: float):
         try:
             data, etag, modified, size = self._fast.get(self._lean_path(req), req.start, req.end, condition, left)
-        except RangesIgnored:
+        except FsspecServes:
             return sync(self.fs.loop, self._attempt_async, req, condition, left)  # fsspec takes over
         return _complete(req, data, size), etag, modified
 
@@ -427,7 +427,7 @@ class Store:
             try:
                 data, etag, modified, size = await self._fast.get_async(lean, req.start, req.end, condition, left)
                 return _complete(req, data, size), etag, modified
-            except RangesIgnored:
+            except FsspecServes:
                 pass  # fsspec takes over
         if self._http == "aiohttp":
             data, etag, modified = await _http_get(self.fs, path, start, end, condition, kw)

@@ -841,7 +841,11 @@ def _write_entry_file(path: str, parts) -> int:
         except OSError as exc:
             if exc.errno != errno.EINVAL or not direct:
                 raise
-            direct = False  # a file system without O_DIRECT (tmpfs): once more, buffered
+            # A file system without O_DIRECT (tmpfs before Linux 6.6) makes the file, then
+            # refuses: it is ours (O_EXCL, a new name); once more, buffered.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            direct = False
     try:
         if not (direct and _write_direct(fd, parts, size)):
             if direct:

@@ -4,6 +4,7 @@ batched writes (one SQLite transaction per batch) under a real kill -9."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -393,3 +394,31 @@ def test_a_file_cut_short_is_a_miss_never_wrong_bytes(tmp_path):
     assert tier.get("t/5") is None and tier.stats.snapshot()["disk_corrupt"] == 1
     assert all(tier.get(key) in (None, (payload(key), None)) for key in keys)
     tier.disk.close()
+
+
+def test_a_file_system_that_refuses_o_direct_still_gets_the_entries(tmp_path, monkeypatch):
+    """Where the file system refuses O_DIRECT (tmpfs before Linux 6.6, some FUSE file
+    systems), open(O_CREAT | O_EXCL | O_DIRECT) makes the file, then fails with EINVAL.
+    The kernel here accepts O_DIRECT everywhere, so that answer is played by a wrapper of
+    os.open; the entries must still be written, buffered, and read back exact."""
+    real_open = os.open
+    refused = []
+
+    def open_without_direct(path, flags, mode=0o777, **kw):
+        if flags & disk_module._O_DIRECT and str(path).endswith(".val"):
+            os.close(real_open(path, flags & ~disk_module._O_DIRECT, mode, **kw))
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument", path)
+        return real_open(path, flags, mode, **kw)
+
+    assert disk_module._O_DIRECT, "O_DIRECT is the point of this test"
+    disk = DiskCache(str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "open", open_without_direct)
+    keys = [f"d/{i}" for i in range(3)]
+    assert disk.put_many([(key, payload(key), None) for key in keys]) == [True] * 3
+    assert disk.put("d/single", payload("d/single"))
+    monkeypatch.undo()
+    assert refused, "the wrapper never saw an O_DIRECT open"
+    assert all(disk.get(key) == payload(key) for key in keys + ["d/single"])
+    assert len(entry_files(tmp_path / "cache")) == 2  # no empty file left behind by the refused opens
+    disk.close()

@@ -5,6 +5,7 @@ loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -62,6 +63,36 @@ def stores(objects) -> list[Store]:
                                                            "region_name": "eu-west-1"}})]
 
 
+@contextlib.contextmanager
+def answering(answer):
+    """A loopback HTTP server whose GETs `answer(handler)` writes, whatever the request."""
+    from http.server import BaseHTTPRequestHandler
+
+    from servers import LoopbackHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        do_GET = answer
+
+        def log_message(self, *args):
+            pass
+
+    with LoopbackHTTPServer(Handler) as server:
+        yield server
+
+
+def whole_object(headers: dict | None = None):
+    """An answer for `answering`: all of DATA, with its Content-Length and these headers."""
+    def answer(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(DATA)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(DATA)
+    return answer
+
+
 def test_bytes_ranges_and_counters(objects):
     for store in stores(objects):
         before = (TRANSFERS.requests, TRANSFERS.bytes)
@@ -77,6 +108,14 @@ def test_bytes_ranges_and_counters(objects):
         got = store.get_ranges([RangeRequest("obj", i, i + 7) for i in range(0, 700, 70)] + [RangeRequest("nope", 0)])
         assert got == [DATA[i:i + 7] for i in range(0, 700, 70)] + [None]
         assert TRANSFERS.requests - before == 11 and TRANSFERS.in_flight == 0
+
+
+def test_an_empty_range_is_empty_bytes_as_through_fsspec(objects):
+    """fsspec answers a range of no bytes with b"" (_http_get sends no request for it);
+    obstore refuses such a range: the lean transport must not turn it into an error."""
+    for store in stores(objects):
+        assert store.get_ranges([RangeRequest("obj", 5, 5)]) == [b""]
+        assert store.get_ranges([RangeRequest("obj", 5, 5), RangeRequest("obj", 0, 3)]) == [b"", DATA[:3]]
 
 
 def test_missing_is_none_and_a_refusal_is_a_clear_error(objects):
@@ -137,6 +176,24 @@ def test_validators_come_from_each_response_and_conditions_get_304(objects):
         with pytest.raises(NotModified):
             stores(objects)[0].get("obj")
     assert http_server.not_modified == before + 1
+
+
+def test_a_server_that_sends_no_validators_gets_none_invented():
+    """No ETag and no Last-Modified in the answer: the version says so, as through fsspec
+    (obstore fills a missing Last-Modified in with 1970-01-01), so revalidation never sends
+    a condition on a date the server never gave."""
+    with answering(whole_object()) as server:
+        for store in (lean(f"{server.url}/x"), Store(f"{server.url}/x", _fsspec_options(f"{server.url}/x"))):
+            with observe() as seen:
+                assert store.get("a") == DATA
+            assert (seen.version.etag, seen.version.last_modified) == (None, None), (store.transport_in_use, seen.version)
+            assert not seen.version.validated
+
+
+def _fsspec_options(url: str, **kw):
+    options = storage_options_for(url, **kw)
+    options.transport = "fsspec"
+    return options
 
 
 def _etag(store: Store) -> str:
@@ -218,6 +275,30 @@ def test_a_silent_remote_fails_within_the_timeout_and_the_reads_deadline(silent_
         assert time.monotonic() - started < 2.0 + 0.5
 
 
+def test_a_slow_transfer_that_keeps_flowing_completes_within_the_budget():
+    """The attempt timeout (a quarter of --timeout) bounds a stall: fsspec lets a transfer
+    run as long as bytes keep coming. obstore's timeout is one for the whole request, so
+    a chunk that takes longer than that to arrive on a slow link (but well within
+    --timeout) must still be read, not cut and tried again until the budget is gone."""
+    def answer(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(DATA)))
+        self.send_header("ETag", '"slow"')
+        self.end_headers()
+        for i in range(0, len(DATA), 256):  # 40 pieces over 3 s: never silent for 2 s
+            self.wfile.write(DATA[i:i + 256])
+            self.wfile.flush()
+            time.sleep(0.075)
+
+    with answering(answer) as server:
+        for store in (lean(f"{server.url}/x", timeout=8.0),  # attempts: 2 s without a byte
+                      Store(f"{server.url}/x", _fsspec_options(f"{server.url}/x", timeout=8.0))):
+            assert store.attempt_timeout == 2.0
+            started = time.monotonic()
+            assert store.get("a") == DATA, store.transport_in_use
+            assert time.monotonic() - started < 8.0 + 0.5
+
+
 def test_what_the_lean_transport_serves_and_what_stays_with_fsspec(objects, monkeypatch):
     http_server, s3_server = objects
     monkeypatch.delenv(TRANSPORT_ENV, raising=False)
@@ -252,6 +333,28 @@ def test_what_the_lean_transport_serves_and_what_stays_with_fsspec(objects, monk
     assert store.transport_in_use == "fsspec" and store.get("obj") == DATA
 
 
+def test_aws_variables_only_obstore_reads_change_nothing(objects, monkeypatch):
+    """obstore's S3Store reads AWS_* variables of its own from the environment, which
+    botocore does not (virtual-hosted style, requester pays, unsigned requests), and would
+    send a session token of the environment with the key of the options (s3fs does not):
+    a request must be the one the options describe, whichever client sends it."""
+    _, s3_server = objects
+    endpoint = s3_server.endpoint_url
+    for name, value in (("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "true"), ("AWS_REQUEST_PAYER", "true"),
+                        ("AWS_SKIP_SIGNATURE", "true"), ("AWS_S3_EXPRESS", "true")):
+        monkeypatch.setenv(name, value)
+    signed = lean("s3://lean/img", endpoint_url=endpoint, extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET})
+    assert signed.get("private") == DATA  # signed, path style, as the options say
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "a-token-of-another-identity")
+    options = storage_options_for("s3://lean/img", endpoint_url=endpoint, extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET})
+    options.transport = "auto"
+    store = Store("s3://lean/img", options)
+    assert store.transport_in_use == "fsspec" and store.get("private") == DATA
+    with_token = lean("s3://lean/img", endpoint_url=endpoint,
+                      extra={"key": DUMMY_KEY, "secret": DUMMY_SECRET, "token": "its-own"})
+    assert with_token.get("private") == DATA
+
+
 def test_keys_that_need_escaping_go_through_fsspec(objects):
     http_server, _ = objects
     (http_server.www / "lean" / "a b").write_bytes(b"spaced")
@@ -265,24 +368,7 @@ def test_keys_that_need_escaping_go_through_fsspec(objects):
 
 
 def test_a_server_that_ignores_range_is_read_through_fsspec():
-    from http.server import BaseHTTPRequestHandler
-
-    from servers import LoopbackHTTPServer
-
-    class WholeObjectOnly(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(DATA)))
-            self.send_header("ETag", '"whole"')
-            self.end_headers()
-            self.wfile.write(DATA)
-
-    with LoopbackHTTPServer(WholeObjectOnly) as server:
+    with answering(whole_object({"ETag": '"whole"'})) as server:
         store = lean(f"{server.url}/x")
         assert store.get("a") == DATA
         assert store._fast.ranges
@@ -290,6 +376,36 @@ def test_a_server_that_ignores_range_is_read_through_fsspec():
         assert not store._fast.ranges, "obstore refused the whole answer: fsspec now sends range requests"
         assert store.get_ranges([RangeRequest("a", -5), RangeRequest("a", 3, 9)]) == [DATA[-5:], DATA[3:9]]
         assert store.get("a") == DATA  # whole objects still through obstore
+
+
+def test_a_server_that_streams_without_content_length_is_read_through_fsspec():
+    """A server that sends whole objects in chunked transfer encoding (no Content-Length),
+    as dynamic servers and some gateways do: obstore refuses the answer, fsspec reads it."""
+    def answer(self):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(DATA), 4000):
+            part = DATA[i:i + 4000]
+            self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    with answering(answer) as server:
+        store = lean(f"{server.url}/x")
+        assert store.get("a") == DATA
+        assert not store._fast.headers_read, "obstore refused the answer: fsspec sends this store's GETs from now on"
+        assert store.get_many(["a", "b"]) == {"a": DATA, "b": DATA}
+        assert store.get_ranges([RangeRequest("a", 10, 20)]) == [DATA[10:20]]
+
+
+def test_a_server_whose_last_modified_is_no_http_date_is_read_through_fsspec():
+    """A Last-Modified that is no HTTP date: obstore refuses the whole answer over it,
+    fsspec reads the bytes (and keeps the header as it came)."""
+    with answering(whole_object({"Last-Modified": "2024-01-01 10:00:00"})) as server:
+        store = lean(f"{server.url}/x")
+        assert store.get("a") == DATA
+        assert not store._fast.headers_read
+        assert store.get_many(["a", "b"]) == {"a": DATA, "b": DATA}
 
 
 def test_mounts_read_the_same_bytes_with_the_same_requests_through_either_client(tmp_path, s3_server, cache_args):
