@@ -42,7 +42,7 @@ import benchmark as bm  # noqa: E402  (the benchmark's setup, reused)
 # Subsystems by the file of a stack frame; a sample goes to the innermost frame that matches.
 SUBSYSTEMS = [
     ("disk cache", ("/cache/disk", "/cache/writeback", "/diskcache/", "/sqlite3/")),
-    ("fetching / transport", ("/adapters/storage", "/adapters/transport", "/adapters/retry", "/adapters/counters", "/s3fs/",
+    ("fetching / transport", ("/adapters/storage", "/adapters/obstore_transport", "/adapters/retry", "/adapters/counters", "/s3fs/",
                               "/aiobotocore/", "/botocore/", "/aiohttp/", "/fsspec/", "/obstore/", "/yarl/",
                               "/multidict/", "/dateutil/", "/urllib3/", "/cache/fetchhealth")),
     ("decode", ("/numcodecs/", "/blosc", "/imagecodecs/", "/zarr/codecs/", "/zarr/core/codec", "/cache/blocked",
