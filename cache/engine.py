@@ -103,6 +103,10 @@ class ChunkEngine:
         self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
         self._lock = threading.Lock()
         self._decoders = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
+        # Fetched chunks are decoded by the fetch thread that got them while fewer than
+        # decode_threads decodes run (blosc lets go of the GIL), else by the decoders: a hop to
+        # another thread per chunk cost more CPU in thread switches than the decode itself.
+        self._decode_slots = threading.BoundedSemaphore(max(1, decode_threads))
         self._background: set[Future] = set()  # blocks decoded ahead of a reader
         self._fill: dict[str, np.ndarray] = {}
         self.health = FetchHealth()
@@ -311,8 +315,8 @@ class ChunkEngine:
                 if not self.revalidate:
                     for tier in self._local:
                         self.stats.add(f"{tier.name}_misses", len(remote))
-                self._fetch_each(level, remote, lambda idx, data: self._decoders.submit(
-                    self._settle, level, idx, futures[idx], lambda: data), priority, cancelled, deadline)
+                self._fetch_each(level, remote, lambda idx, data: self._settle_fetched(
+                    level, idx, futures[idx], data), priority, cancelled, deadline)
         except BaseException as exc:
             for idx, fut in futures.items():
                 self._settle(level, idx, fut, lambda: exc)
@@ -331,6 +335,21 @@ class ChunkEngine:
                 self._settle(level, idx, futures[idx], read)
             else:
                 self._decoders.submit(self._settle, level, idx, futures[idx], read)
+
+    def _settle_fetched(self, level, idx, fut: Future, data) -> None:
+        """_settle a fetched chunk here when a decode slot is free, else on the decoders (which
+        wait for one: at most decode_threads decodes at once either way)."""
+        if self._decode_slots.acquire(blocking=False):
+            try:
+                self._settle(level, idx, fut, lambda: data)
+            finally:
+                self._decode_slots.release()
+        else:
+            self._decoders.submit(self._settle_in_slot, level, idx, fut, data)
+
+    def _settle_in_slot(self, level, idx, fut: Future, data) -> None:
+        with self._decode_slots:
+            self._settle(level, idx, fut, lambda: data)
 
     def _settle(self, level, idx, fut: Future, read) -> None:
         """Decode one chunk from `read()` (its encoded bytes, None if missing, or the exception

@@ -91,7 +91,11 @@ class WriteBehind:
             self._by_memory_key[memory_key] = key
             self.nbytes += len(data)
             self._refresh(key)
-            self._cond.notify_all()
+            # The writer sleeps until its next due time, which a new entry moves only when
+            # the queue was empty or bytes held by nothing else are now past the bound: waking
+            # it for every chunk would cost a thread switch per chunk of a scroll for nothing.
+            if len(self._queue) == 1 or self.alone_bytes > self.bound:
+                self._cond.notify_all()
         return True
 
     def memory_changed(self, memory_key: Hashable) -> None:
@@ -101,7 +105,8 @@ class WriteBehind:
             key = self._by_memory_key.get(memory_key)
             if key is not None:
                 self._refresh(key)
-                self._cond.notify_all()
+                if self.alone_bytes > self.bound:  # only then is anything due sooner
+                    self._cond.notify_all()
 
     def _refresh(self, key: str) -> None:
         entry = self._queue[key]
