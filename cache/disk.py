@@ -696,28 +696,35 @@ class KeyIndex:
         try:
             if wait and token is not None and token == self._seen and self._mark >= 0:
                 return  # another thread has just read past this change
-            self._seen = token
             now = time.monotonic()
             self._checked = now
             cache = self._cache()
             if cache is None:
                 return
             try:
-                if self._mark >= 0:
-                    rows = cache._sql("SELECT rowid, key FROM Cache WHERE rowid > ?", (self._mark,)).fetchall()
-                    self._keys.update(hash(key) for _, key in rows)
-                    self._mark = max([self._mark] + [rowid for rowid, _ in rows])
-                    (count,), = cache._sql("SELECT value FROM Settings WHERE key = 'count'").fetchall()
-                    if len(self._keys) <= count or now < self._reloaded + INDEX_RELOAD_S:
-                        return
-                rows = cache._sql("SELECT rowid, key FROM Cache").fetchall()
-                self._keys = {hash(key) for _, key in rows}
-                self._mark = max([0] + [rowid for rowid, _ in rows])
-                self._reloaded = now
+                self._read_rows(cache, now)
             except Exception:
-                pass  # the tier's trouble: DiskCache sees to it at its next use
+                return  # the tier's trouble: DiskCache sees to it at its next use
+            # Only now: a thread that finds this token seen takes the index as it is, so the
+            # rows it stands for must be in it.
+            self._seen = token
         finally:
             self._lock.release()
+
+    def _read_rows(self, cache, now: float) -> None:
+        """The rows added since the last read, or all of them when the folder counts fewer
+        entries than the index holds (others evicted some)."""
+        if self._mark >= 0:
+            rows = cache._sql("SELECT rowid, key FROM Cache WHERE rowid > ?", (self._mark,)).fetchall()
+            self._keys.update(hash(key) for _, key in rows)
+            self._mark = max([self._mark] + [rowid for rowid, _ in rows])
+            (count,), = cache._sql("SELECT value FROM Settings WHERE key = 'count'").fetchall()
+            if len(self._keys) <= count or now < self._reloaded + INDEX_RELOAD_S:
+                return
+        rows = cache._sql("SELECT rowid, key FROM Cache").fetchall()
+        self._keys = {hash(key) for _, key in rows}
+        self._mark = max([0] + [rowid for rowid, _ in rows])
+        self._reloaded = now
 
 
 class Recency:
