@@ -54,10 +54,12 @@ FULL_PAUSE_S = 30.0  # full with nothing left to evict: writes wait this long
 GONE_CHECK_S = 1.0
 GONE_WAIT_S = 30.0
 REOPEN_RETRY_S = 30.0
-# Entries another daemon adds are seen by the in-memory index within INDEX_REFRESH_S; entries
-# it evicts, at a reload of the whole index (at most every INDEX_RELOAD_S) or when looked up.
+# Entries another daemon adds are seen by the in-memory index at once (ChangeToken), else
+# within INDEX_REFRESH_S; entries it evicts, at a reload of the whole index (at most every
+# INDEX_RELOAD_S) or when looked up.
 INDEX_REFRESH_S = 0.1
 INDEX_RELOAD_S = 2.0
+CHANGE_FILE = "index.gen"  # the folder's ChangeToken
 RECENCY_FLUSH_S = 5.0  # hits' access times wait at most this long for their write
 # A file holds a batch's entries up to this share of the cache's bound or of its file
 # system, whichever is smaller (eviction goes file by file: it must stay fine-grained).
@@ -134,11 +136,13 @@ class DiskCache:
         self._retry_at = 0.0  # gone, and not made again: no new try until then
         self._gone_since = 0.0
         self.evicted_to_open = 0  # entries removed to make room for opening a full folder
-        self.index = KeyIndex(lambda: self._cache)
+        self.changes = ChangeToken()
+        self.index = KeyIndex(lambda: self._cache, self.changes)
         self._recency = Recency(self)
         try:
             self._cache: _SerialCache | None = self._open_or_make_room()
             self.locks = FetchLocks(directory)
+            self.changes.open(directory)
         except Exception as exc:
             reason = "its file system is full" if self._full(exc) else _reason(exc)
             raise CacheUnavailable(f"cannot open the disk cache at {directory} for writing: {reason}") from None
@@ -218,6 +222,7 @@ class DiskCache:
                 written.paths = written.removals = None
             for name in removals:  # files of rows replaced or evicted, now that this is committed
                 cache.disk.remove(name)
+            self.changes.bump()
             return True
 
         need = sum(len(data) + len(head) for (_, data, _), head in zip(entries, heads))
@@ -285,6 +290,7 @@ class DiskCache:
             self._cache.delete(key)
         except Exception:
             pass
+        self.changes.bump()
 
     def volume(self) -> int:
         cache = self._cache
@@ -307,6 +313,7 @@ class DiskCache:
             remove_entry_files(self.directory, keep=set())
             cache.clear()
         count -= len(cache)
+        self.changes.bump()
         self.index.reset()
         keep = {name for (name,) in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
         remove_entry_files(self.directory, keep)
@@ -326,6 +333,7 @@ class DiskCache:
                 (count,), = cache._sql("SELECT count(*) FROM Cache WHERE tag = ?", (tag,)).fetchall()
                 cache.evict(tag)
                 removed += count
+        self.changes.bump()
         self.index.reset()
         return removed
 
@@ -386,7 +394,7 @@ class DiskCache:
             raise first
         cache = self._open()
         # Rows a full disk would not let go are still entries: `clear` counts them then.
-        self.evicted_to_open = delete_rows(cache, victims)
+        self.evicted_to_open = delete_rows(cache, victims)  # other daemons told by changes.open
         log.warning("disk cache %s: the file system is full: removed the %d oldest entries (%s) to open it",
                     self.directory, len(victims), human(freed))
         return cache
@@ -472,6 +480,7 @@ class DiskCache:
             try:
                 cache = self._open()
                 self.locks.reopen(self.directory)
+                self.changes.open(self.directory)
             except Exception as exc:
                 self._retry_at = now + REOPEN_RETRY_S
                 self._trouble.report("reopen", "disk cache %s cannot be made again (%s): going on without it, "
@@ -513,6 +522,7 @@ class DiskCache:
                 rows = cache._sql("SELECT rowid, filename, size FROM Cache ORDER BY access_time").fetchall()
                 victims, freed = remove_oldest(rows, self.directory, volume - limit)
                 delete_rows(cache, victims)
+                self.changes.bump()
                 self.index.reset()
                 cache.reset("size_limit", limit, update=False)  # this process only: the folder keeps its own
                 cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -570,19 +580,66 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
+class ChangeToken:
+    """A random 64-bit token in a small file of the cache folder (CHANGE_FILE), mapped into
+    the memory of every daemon using the folder, and written anew after each commit that
+    changes its entries. A daemon whose index saw an older token reads the rows added since
+    before its next lookup: reading the token is a memory read, so a miss still asks
+    nothing of SQLite while nothing changed, and a chunk another daemon has just put on
+    disk (and let go of its fetch lock) is never fetched again. Where the file cannot be
+    mapped, the token stays None and the index's timed refresh does the work alone."""
+
+    def __init__(self):
+        self._map: mmap.mmap | None = None
+
+    def open(self, directory: str) -> None:
+        """Map the folder's token file (made if missing), and announce a change: the folder
+        was opened after evictions to make room, or made again. Replaces the map of a
+        removed folder's file without closing it (threads may be reading it)."""
+        try:
+            fd = os.open(os.path.join(directory, CHANGE_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            self._map = None
+            return
+        try:
+            if os.fstat(fd).st_size < 8:
+                # Written, not truncated to size: a page with no block behind it would
+                # fault (SIGBUS) on a full file system when written through the map.
+                os.pwrite(fd, os.urandom(8), 0)
+            self._map = mmap.mmap(fd, 8)
+        except (OSError, ValueError):
+            self._map = None
+        finally:
+            os.close(fd)
+        self.bump()
+
+    def read(self) -> bytes | None:
+        shared = self._map
+        return None if shared is None else shared[:8]
+
+    def bump(self) -> None:
+        """After a commit that changed the folder's entries."""
+        shared = self._map
+        if shared is not None:
+            shared[:8] = os.urandom(8)
+
+
 class KeyIndex:
     """The keys of the entries on disk, in memory, so that a miss asks nothing of SQLite.
 
     Keys are kept as their hashes: a collision is a false hit, which the lookup in SQLite
     that follows corrects (as it does an entry another daemon evicted). Entries other
-    daemons add are rows past the highest rowid read, looked for at most every
-    INDEX_REFRESH_S; when the folder counts fewer entries than the index holds, others
-    evicted some, and the index is read again (at most every INDEX_RELOAD_S). A false miss
-    costs a fetch from the source; DiskTier.claim looks the key up in SQLite when another
-    daemon held its fetch lock, so daemons sharing a folder still fetch a chunk once."""
+    daemons add are rows past the highest rowid read, looked for as soon as the folder's
+    ChangeToken changes, and at most every INDEX_REFRESH_S besides (a token file that
+    cannot be shared, a rowid used again); when the folder counts fewer entries than the
+    index holds, others evicted some, and the index is read again (at most every
+    INDEX_RELOAD_S). A false miss costs a fetch from the source; DiskTier.claim looks the
+    key up in SQLite when another daemon held its fetch lock."""
 
-    def __init__(self, cache):
+    def __init__(self, cache, changes: ChangeToken):
         self._cache = cache  # the DiskCache's current diskcache, or None
+        self._changes = changes
+        self._seen: bytes | None = None  # the folder's token when the index was last read
         self._keys: set[int] = set()
         self._mark = -1  # the highest rowid read; -1: read the whole index
         self._checked = float("-inf")
@@ -590,10 +647,12 @@ class KeyIndex:
         self._lock = threading.Lock()
 
     def holds(self, key: str) -> bool:
-        if self._mark < 0:
-            self.refresh(wait=True)  # not read yet (or reset): every lookup waits for it
+        token = self._changes.read()
+        if self._mark < 0 or token != self._seen:
+            # Not read yet (or reset), or the folder changed: every lookup waits for it.
+            self.refresh(wait=True, token=token)
         elif time.monotonic() >= self._checked + INDEX_REFRESH_S:
-            self.refresh(wait=False)  # another thread at it: the index as it is will do
+            self.refresh(wait=False, token=token)  # another thread at it: the index as it is will do
         return hash(key) in self._keys
 
     def __len__(self) -> int:
@@ -616,7 +675,7 @@ class KeyIndex:
 
     def look(self, key: str) -> bool:
         """Ask SQLite itself (after another daemon's fetch of this key)."""
-        self.refresh(wait=True)
+        self.refresh(wait=True, token=self._changes.read())
         if hash(key) in self._keys:
             return True
         cache = self._cache()
@@ -629,31 +688,43 @@ class KeyIndex:
             self.add(key)
         return found
 
-    def refresh(self, wait: bool) -> None:
+    def refresh(self, wait: bool, token: bytes | None = None) -> None:
+        """Read the rows added since the last read; `token` is the folder's ChangeToken as
+        read before (a change committed meanwhile is then seen at the next lookup)."""
         if not self._lock.acquire(blocking=wait):
             return  # another thread is at it
         try:
+            if wait and token is not None and token == self._seen and self._mark >= 0:
+                return  # another thread has just read past this change
             now = time.monotonic()
             self._checked = now
             cache = self._cache()
             if cache is None:
                 return
             try:
-                if self._mark >= 0:
-                    rows = cache._sql("SELECT rowid, key FROM Cache WHERE rowid > ?", (self._mark,)).fetchall()
-                    self._keys.update(hash(key) for _, key in rows)
-                    self._mark = max([self._mark] + [rowid for rowid, _ in rows])
-                    (count,), = cache._sql("SELECT value FROM Settings WHERE key = 'count'").fetchall()
-                    if len(self._keys) <= count or now < self._reloaded + INDEX_RELOAD_S:
-                        return
-                rows = cache._sql("SELECT rowid, key FROM Cache").fetchall()
-                self._keys = {hash(key) for _, key in rows}
-                self._mark = max([0] + [rowid for rowid, _ in rows])
-                self._reloaded = now
+                self._read_rows(cache, now)
             except Exception:
-                pass  # the tier's trouble: DiskCache sees to it at its next use
+                return  # the tier's trouble: DiskCache sees to it at its next use
+            # Only now: a thread that finds this token seen takes the index as it is, so the
+            # rows it stands for must be in it.
+            self._seen = token
         finally:
             self._lock.release()
+
+    def _read_rows(self, cache, now: float) -> None:
+        """The rows added since the last read, or all of them when the folder counts fewer
+        entries than the index holds (others evicted some)."""
+        if self._mark >= 0:
+            rows = cache._sql("SELECT rowid, key FROM Cache WHERE rowid > ?", (self._mark,)).fetchall()
+            self._keys.update(hash(key) for _, key in rows)
+            self._mark = max([self._mark] + [rowid for rowid, _ in rows])
+            (count,), = cache._sql("SELECT value FROM Settings WHERE key = 'count'").fetchall()
+            if len(self._keys) <= count or now < self._reloaded + INDEX_RELOAD_S:
+                return
+        rows = cache._sql("SELECT rowid, key FROM Cache").fetchall()
+        self._keys = {hash(key) for _, key in rows}
+        self._mark = max([0] + [rowid for rowid, _ in rows])
+        self._reloaded = now
 
 
 class Recency:

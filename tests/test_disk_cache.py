@@ -169,6 +169,30 @@ def test_index_sees_another_daemons_adds_and_evictions(tmp_path):
         disk.close()
 
 
+def test_index_sees_another_daemons_put_at_once(tmp_path, monkeypatch):
+    """Another daemon's committed entry is known at the very next lookup, with no wait for a
+    timed refresh: its daemon may have let go of the chunk's fetch lock an instant ago, and a
+    lookup that missed it would fetch the chunk from the source again."""
+    folder = tmp_path / "cache"
+    disk = DiskCache(str(folder))
+    assert "theirs/0" not in disk  # the index is read, and fresh
+    monkeypatch.setattr(disk_module, "INDEX_REFRESH_S", 3600.0)
+    other = Other(folder)
+    try:
+        other.run("put", "theirs/0")
+        assert "theirs/0" in disk
+        assert disk.get_entry("theirs/0") == (payload("theirs/0"), {"etag": "e"})
+        statements = []
+        disk._cache._con.set_trace_callback(statements.append)
+        assert "missing" not in disk  # nothing changed since: a miss asks nothing of SQLite
+        assert statements == []
+        other.run("put", "theirs/1")
+        assert disk.get_entry("theirs/1") == (payload("theirs/1"), {"etag": "e"})
+    finally:
+        other.close()
+        disk.close()
+
+
 def test_two_processes_claiming_one_key_find_each_others_bytes(tmp_path):
     """The fetch lock held by another daemon: once it lets go, its entry is found at once,
     although the index would only see it at its next refresh."""
