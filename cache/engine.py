@@ -468,8 +468,7 @@ class ChunkEngine:
         try:
             for tier in self.tiers:
                 held.append((tier, tier.claim(tkey), None))
-                # Written while we waited? (A local tier says so cheaply: its get may be a write.)
-                entry = tier.get(tkey) if not tier.local or tier.holds(tkey) else None
+                entry = tier.get(tkey)  # written while we waited? (the disk tier answers a miss from its index)
                 if entry is not None and self._fresh(entry[1]):
                     self.stats.add(f"{tier.name}_hits")
                     deliver(idx, entry[0])
