@@ -16,7 +16,7 @@ them, each on its own new mount and empty cache:
   CPU than the scroll itself).
 
 Output (under --out, default $NGFFBENCH_DIR/profile): perf.data, pyspy.txt (collapsed stacks)
-and profile.md: CPU by subsystem, py-spy's samples classified by the innermost frame in a
+and README.md (the folder's report): CPU by subsystem, py-spy's samples classified by the innermost frame in a
 known file, CPU-s = share x the reference daemon CPU-s; and perf's tables. The interpreter's
 share of perf is what py-spy splits by subsystem. It uses the benchmark's data and run
 directory: do not run it next to a benchmark with the same NGFFBENCH_DIR.
@@ -234,9 +234,9 @@ def main() -> int:
     elif not use_perf:
         L += ["", "perf not used (not installed, or --no-perf)."]
     report = "\n".join(L) + "\n"
-    (out / "profile.md").write_text(report)
+    (out / "README.md").write_text(report)
     print(report)
-    print(f"written: {out / 'profile.md'}, {pyspy_out}" + (f", {perf_out}" if use_perf else ""))
+    print(f"written: {out / 'README.md'}, {pyspy_out}" + (f", {perf_out}" if use_perf else ""))
     return 0
 
 
