@@ -39,6 +39,8 @@ _getitem = _load_getitem()
 class BloscFrame:
     """The encoded bytes of one chunk, and how to decode any one of its blocks."""
 
+    memcpyed = False  # stored uncompressed after the header
+
     def __init__(self, raw: bytes, typesize: int, nbytes: int, block_bytes: int):
         self.raw = raw
         self.typesize = typesize
@@ -48,6 +50,10 @@ class BloscFrame:
         # Where decoded blocks' memory comes from: (nbytes) -> a writable uint8 array of
         # that size (a pool of reused buffers); None: new memory.
         self.buffers: Callable[[int], np.ndarray] | None = None
+        # A frame read in parts (`raw` a bytearray holding only some of its bytes):
+        # fill(start, stop) makes raw[start:stop] present, or raises. None once raw is whole.
+        self.fill: Callable[[int, int], None] | None = None
+        self._spans: list[tuple[int, int]] | None = None
 
     @classmethod
     def parse(cls, raw, expected_nbytes: int, itemsize: int) -> BloscFrame | None:
@@ -60,18 +66,50 @@ class BloscFrame:
             return None
         if block_bytes <= 0 or block_bytes % typesize or block_bytes % itemsize or nbytes % typesize:
             return None
-        frame = cls(bytes(raw), typesize, nbytes, block_bytes)
-        table = 0 if flags & FLAG_MEMCPYED else 4 * frame.nblocks
-        return frame if HEADER.size + table <= cbytes else None
+        # A bytearray stays itself: a frame read in parts is filled in place (see `fill`).
+        frame = cls(raw if isinstance(raw, (bytes, bytearray)) else bytes(raw), typesize, nbytes, block_bytes)
+        frame.memcpyed = bool(flags & FLAG_MEMCPYED)
+        return frame if frame.table_end <= cbytes else None
+
+    @property
+    def table_end(self) -> int:
+        """Bytes of the header and the block-start table: all a block's place is read from."""
+        return HEADER.size + (0 if self.memcpyed else 4 * self.nblocks)
+
+    def block_span(self, block: int) -> tuple[int, int]:
+        """Where block `block`'s encoded bytes lie in the frame: from its start in the table to
+        the next block's start (c-blosc writes blocks one after the other), or the frame's end."""
+        if self.memcpyed:
+            start = HEADER.size + block * self.block_bytes
+            return start, start + self.block_size(block)
+        if self._spans is None:
+            starts = np.frombuffer(self.raw, "<i4", self.nblocks, HEADER.size).astype(np.int64)
+            ends = np.sort(starts)
+            following = np.append(ends, len(self.raw))[np.searchsorted(ends, starts, side="right")]
+            if self.nblocks and (starts.min() < self.table_end or following.max() > len(self.raw)):
+                raise ChunkReadError("blosc frame has a block table out of its bounds")
+            self._spans = list(zip(starts.tolist(), following.tolist()))
+        return self._spans[block]
+
+    def complete(self, raw: bytes) -> None:
+        """The whole frame, for one read in parts: blocks decode from it from now on."""
+        self.raw = raw
+        self.fill = None
 
     def block_size(self, block: int) -> int:
         return min(self.block_bytes, self.nbytes - block * self.block_bytes)
 
     def decode_block(self, block: int) -> np.ndarray:
         """Block `block` as uint8 memory: from `buffers` if set, else new."""
+        fill = self.fill
+        if fill is not None:
+            fill(*self.block_span(block))
+        raw = self.raw  # the whole frame, should it have come meanwhile
+        if isinstance(raw, bytearray):
+            raw = (ctypes.c_char * len(raw)).from_buffer(raw)
         size = self.block_size(block)
         out = np.empty(size, np.uint8) if self.buffers is None else self.buffers(size)
-        got = _getitem(self.raw, block * self.block_bytes // self.typesize, size // self.typesize, out.ctypes.data)
+        got = _getitem(raw, block * self.block_bytes // self.typesize, size // self.typesize, out.ctypes.data)
         if got != size:
             raise ChunkReadError(f"blosc block {block} does not decode (c-blosc returned {got})")
         return out

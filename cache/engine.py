@@ -35,8 +35,9 @@ from .fetchhealth import FetchHealth
 from .fetchqueue import AHEAD, DEMAND, PLANE, STAGE, Cancelled, FetchQueue
 from .level import ChunkedLevel
 from .memory import MemoryLRU
+from .partial import PartialChunk
 from .stats import Stats
-from .tier import Tier, no_reading
+from .tier import Parts, Tier, no_reading
 
 log = logging.getLogger("ngffmount")
 
@@ -359,12 +360,16 @@ class ChunkEngine:
         key = (level.cache_token, idx)
         try:
             raw = read()
+            frame = None
+            if isinstance(raw, PartialChunk):  # its blocks read as they are decoded, else it whole
+                frame = raw.frame(level, MIN_BLOCKS)
+                raw = raw if frame is not None else raw.whole()
             if isinstance(raw, BaseException):
                 raise raw
             if raw is None:
                 self.stats.add("chunks_missing")
                 arr = self._fill_chunk(level)
-            elif (frame := level.blosc_frame(raw)) is not None and frame.nblocks >= MIN_BLOCKS:
+            elif (frame := frame or level.blosc_frame(raw)) is not None and frame.nblocks >= MIN_BLOCKS:
                 # With revalidate the bytes of a chunk may change: blocks decoded from the old
                 # ones must never be taken for blocks of the new.
                 blocks_key = (*key, next(self._loads)) if self.revalidate else key
@@ -471,9 +476,14 @@ class ChunkEngine:
                 entry = tier.get(tkey)  # written while we waited? (the disk tier answers a miss from its index)
                 if entry is not None and self._fresh(entry[1]):
                     self.stats.add(f"{tier.name}_hits")
-                    deliver(idx, entry[0])
+                    data, meta = entry
+                    if isinstance(data, Parts):
+                        data = PartialChunk(data, meta, partial(self._refetch, level, key))
+                    deliver(idx, data)
                     tier.release(held.pop()[1])
-                    self._store(level, idx, tkey, entry[0], entry[1], held)
+                    if isinstance(data, PartialChunk):
+                        data, meta = self._whole_behind(data, tier, tkey, (level.cache_token, idx))
+                    self._store(level, idx, tkey, data, meta, held)
                     return
                 if entry is None and (self.revalidate or not tier.local):
                     self.stats.add(f"{tier.name}_misses")
@@ -489,6 +499,21 @@ class ChunkEngine:
             return
         deliver(idx, data)
         self._store(level, idx, tkey, data, meta, held)
+
+    def _whole_behind(self, chunk: PartialChunk, tier: Tier, tkey: str, memory_key):
+        """Behind its reader, a chunk read in parts whole (for the tiers above): a tier entry
+        that failed is overwritten with the source's bytes."""
+        chunk.whole()
+        if chunk.refetched and isinstance(chunk.data, (bytes, bytearray)):
+            tier.put(tkey, chunk.data, chunk.meta, None, memory_key)
+        return chunk.data, chunk.meta
+
+    def _refetch(self, level, key: str):
+        """A chunk whose tier entry failed part-way through: from the source."""
+        self.stats.add("chunks_fetched")
+        data, meta = self._fetch_source(level, key)
+        self.health.fetched(data)
+        return data, meta
 
     def _store(self, level, idx, tkey: str, data, meta: dict | None, held) -> None:
         """Put bytes into the claimed tiers (a tier with an entry only if they were validated:

@@ -3,9 +3,11 @@
 Every node asks it after its own disk cache and before the remote store, so a cluster fetches
 each chunk from the remote about once:
 - entries are the disk cache's (same key, same checksum and metadata: disk.entry_head), so a
-  damaged entry is a miss, fetched again and overwritten, never served. Each is a hash of
-  two fields, the head and the data: HMGET answers the data as a bytes object of its own
-  (slicing it out of one value cost a copy, page faults included, of every multi-MB chunk);
+  damaged entry is a miss, fetched again and overwritten, never served. Each is one string,
+  its head and then its data (layout below), written at once, evicted at once, and read a
+  range at a time (GETRANGE): a large entry is answered as Parts (tier.py), so a plane of a
+  deep blosc chunk reads the frame's header, block table and the one block it needs, each
+  page checked, while the whole comes behind the reader (partial.py);
 - single-flight across nodes: a node that misses takes a lock key (SET NX PX); the others
   poll a bounded time for the holder's bytes, and fetch themselves once the lock expires;
 - writes go behind the read, on a thread of their own (a bounded queue: past the bound a
@@ -13,22 +15,32 @@ each chunk from the remote about once:
 - Redis down, killed or slow costs speed, never a read: short connect and operation
   timeouts, the trouble logged once, then the tier skipped and tried again with backoff.
 The size of the tier is Redis's own `maxmemory` with an LRU policy (README, docs/scaling.md).
+
+An entry's string: LAYOUT (magic, page bytes, data bytes, head bytes), the disk cache's entry
+head (checksum of metadata and data, metadata), the CRC32C of each page of the data, the
+CRC32C of all the head before it; then the data. Keys of the earlier layout (a hash) are
+never read: their key names differ (`:chunk:v2:`), and LRU lets them go.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import random
+import struct
 import threading
 import time
 from contextlib import nullcontext
 from typing import Callable, Hashable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import google_crc32c
+
 from .disk import _split_entry, checked_entry, entry_head
 from .throttledlog import ThrottledLog
+from .tier import Parts
 
 log = logging.getLogger("ngffmount")
 
@@ -57,8 +69,19 @@ READS_AT_ONCE = 2
 SOCKET_READ_BYTES = 1 << 20  # a multi-MB value in tens of recv calls, not hundreds
 _FAILED = object()  # what _call answers when the server could not be asked
 _DAMAGED = object()  # what _read answers for an entry whose checksum fails
-_NOT_A_HASH = object()  # the key holds something else (an entry of an older layout, say)
-ENTRY_FIELDS = ("head", "data")
+_WRONG_TYPE = object()  # the key holds something else than a string
+LAYOUT = struct.Struct("<4sIQI")  # magic, page bytes, data bytes, head bytes (all before the data)
+MAGIC = b"NGc2"
+PAGE_BYTES = 16 << 10  # each page of an entry's data has its checksum: a range read is checked
+MAX_PAGES = 1024  # larger entries have larger pages (their head stays at most 4 KiB of CRCs)
+# The first read of an entry: its head and, mostly, the first pages of its data (a blosc
+# frame's header and block table).
+FIRST_READ = 32 << 10
+# Entries up to this are read whole at once (as Parts, a range would save little).
+PARTS_FROM = 1 << 20
+
+# One string, its head then its data, written at once (no copy of the data on either side).
+_WRITE = "redis.call('set', KEYS[1], ARGV[1]) redis.call('append', KEYS[1], ARGV[2]) return 1"
 
 # Delete a lock only if it is still ours (it may have expired and been taken by another node).
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -150,9 +173,60 @@ def read_password(path: str | None) -> str | None:
         raise ValueError(f"--shared-cache-password-file {path}: {exc.strerror}") from None
 
 
+def page_bytes(size: int) -> int:
+    page = PAGE_BYTES
+    while page * MAX_PAGES < size:
+        page *= 2
+    return page
+
+
+def _crc(data) -> bytes:
+    return struct.pack("<I", google_crc32c.value(data if isinstance(data, bytes) else bytes(data)))
+
+
+def entry_head_bytes(data, meta: dict | None) -> bytes:
+    """What goes before an entry's data in its string (see the layout above)."""
+    page = page_bytes(len(data))
+    crcs = b"".join(_crc(data[i:i + page]) for i in range(0, len(data), page))
+    disk_head = entry_head(data, meta)
+    head = LAYOUT.pack(MAGIC, page, len(data), LAYOUT.size + len(disk_head) + len(crcs) + 4) + disk_head + crcs
+    return head + _crc(head)
+
+
+class _Head(NamedTuple):
+    page: int
+    size: int  # of the data
+    nbytes: int  # of the head: the data starts there
+    disk_head: bytes
+    meta: bytes
+    crcs: bytes
+
+    def page_ok(self, page: int, data) -> bool:
+        return _crc(data) == self.crcs[4 * page:4 * page + 4]
+
+
+def _parse_head(value: bytes) -> "_Head | None | int":
+    """The head at the start of `value`; None when damaged; the bytes it needs when longer."""
+    if len(value) < LAYOUT.size:
+        return None
+    magic, page, size, nbytes = LAYOUT.unpack_from(value)
+    npages = -(-size // page) if page else -1
+    if magic != MAGIC or npages < 0 or nbytes < LAYOUT.size + 4 * npages + 4:
+        return None
+    if len(value) < nbytes:
+        return nbytes
+    head = value[:nbytes - 4]
+    if _crc(head) != value[nbytes - 4:nbytes]:
+        return None
+    crcs = head[len(head) - 4 * npages:]
+    header, meta, _ = _split_entry(head[LAYOUT.size:len(head) - 4 * npages])
+    return _Head(page, size, nbytes, header, meta, crcs)
+
+
 class _Write(NamedTuple):
     key: str
-    fields: dict  # ENTRY_FIELDS
+    data: bytes
+    meta: dict | None
     nbytes: int
     lock: tuple[str, str] | None  # the lock to let go of once written
 
@@ -160,7 +234,8 @@ class _Write(NamedTuple):
 class RedisTier:
     name = "shared"
     counters = ("shared_hits", "shared_misses", "shared_errors", "shared_corrupt", "shared_bytes_read",
-                "shared_bytes_written", "shared_lock_waits", "shared_too_large")
+                "shared_bytes_written", "shared_lock_waits", "shared_too_large", "shared_partial_hits",
+                "shared_part_bytes_read")
     local = False
 
     def __init__(self, url: str, password: str | None = None, prefix: str = DEFAULT_PREFIX,
@@ -190,7 +265,7 @@ class RedisTier:
         self._pending = 0  # writes queued or running
         self.nbytes = 0
         self._cond = threading.Condition()
-        self._unlock = None
+        self._unlock = self._set = None
         self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
         threading.Thread(target=self._write_loop, name="shared-write", daemon=True).start()
 
@@ -258,6 +333,7 @@ class RedisTier:
                 self._client = client
                 self._entry_client = self._make_client(self.entry_timeout, entries=True)
                 self._unlock = client.register_script(_UNLOCK)
+                self._set = client.register_script(_WRITE)
                 self._reachable()
             return self._entry_client if entries else self._client
 
@@ -309,7 +385,7 @@ class RedisTier:
         self.stats = stats
 
     def _key(self, key: str) -> str:
-        return f"{self.prefix}:chunk:{key}"
+        return f"{self.prefix}:chunk:v2:{key}"
 
     def _lock_key(self, key: str) -> str:
         return f"{self.prefix}:lock:{key}"
@@ -317,30 +393,71 @@ class RedisTier:
     def holds(self, key: str) -> bool:
         return False  # asking costs a round trip: the engine asks in get, after the claim
 
-    def _read(self, key: str):
+    def _getrange(self, key: str, ranges: list[tuple[int, int]]):
+        """The bytes of [start, stop) ranges of a key's string, in one round trip; _WRONG_TYPE
+        when it holds no string, _FAILED when the server cannot be asked (counted)."""
         from redis.exceptions import ResponseError
 
-        def hmget(client):
+        def getrange(client):
             try:
-                return client.hmget(self._key(key), ENTRY_FIELDS)
+                if len(ranges) == 1:
+                    return [client.getrange(key, ranges[0][0], ranges[0][1] - 1)]
+                pipe = client.pipeline(transaction=False)
+                for start, stop in ranges:
+                    pipe.getrange(key, start, stop - 1)
+                return pipe.execute()
             except ResponseError:  # WRONGTYPE: damaged, as far as this tier is concerned
-                return _NOT_A_HASH
+                return _WRONG_TYPE
 
-        with self._reads:
-            fields = self._call(hmget, entries=True)
-        if fields is None or fields == [None, None]:
+        got = self._call(getrange, _FAILED, entries=True)
+        if isinstance(got, list):
+            self.stats.add("shared_bytes_read", sum(map(len, got)))
+        return got
+
+    def _damaged(self, key: str):
+        self.stats.add("shared_corrupt")
+        self._trouble.report("corrupt", "shared cache %s: a damaged entry (%s): fetched again",
+                             self.url.redacted, key)
+        return _DAMAGED
+
+    def _read(self, key: str):
+        """The entry: (bytes, meta), or (Parts, meta) for a large one; None: a miss (or the
+        server cannot be asked); _DAMAGED."""
+        rkey = self._key(key)
+        got = self._getrange(rkey, [(0, FIRST_READ)])
+        if got is _FAILED:
             return None
-        entry = None
-        if fields is not _NOT_A_HASH and None not in fields:
-            head, data = fields
-            entry = checked_entry(*_split_entry(head)[:2], data)
-        if entry is None:
-            self.stats.add("shared_corrupt")
-            self._trouble.report("corrupt", "shared cache %s: a damaged entry (%s): fetched again",
-                                 self.url.redacted, key)
-            return _DAMAGED
-        self.stats.add("shared_bytes_read", len(entry[0]))
-        return entry
+        first = b"" if got is _WRONG_TYPE else got[0]
+        if got is not _WRONG_TYPE and not first:
+            return None
+        head = _parse_head(first)
+        if isinstance(head, int):  # a head longer than the first read
+            more = self._getrange(rkey, [(len(first), head)])
+            if more is _FAILED:
+                return None
+            first = first + (b"" if more is _WRONG_TYPE else more[0])
+            head = _parse_head(first)
+        if not isinstance(head, _Head):
+            return self._damaged(key)
+        try:
+            meta = json.loads(head.meta) if head.meta else None
+        except ValueError:
+            return self._damaged(key)
+        present = first[head.nbytes:]
+        if head.size > PARTS_FROM and len(present) >= min(head.page, head.size):
+            parts = RedisParts(self, key, head, present)
+            if parts.buffer is None:
+                return self._damaged(key)
+            self.stats.add("shared_part_bytes_read", len(first))
+            return parts, meta
+        if len(present) < head.size:
+            with self._reads:
+                rest = self._getrange(rkey, [(head.nbytes + len(present), head.nbytes + head.size)])
+            if rest is _FAILED:
+                return None
+            present = present + (b"" if rest is _WRONG_TYPE else rest[0])
+        entry = checked_entry(head.disk_head, head.meta, present[:head.size]) if len(present) >= head.size else None
+        return entry if entry is not None else self._damaged(key)
 
     def get(self, key: str):
         found = getattr(self._found, "entry", None)
@@ -411,8 +528,7 @@ class RedisTier:
         if full:
             self.release(claim)
             return
-        self._writes.put(_Write(self._key(key), dict(zip(ENTRY_FIELDS, (entry_head(data, meta), data))),
-                                len(data), claim))
+        self._writes.put(_Write(self._key(key), data, meta, len(data), claim))
 
     def _write_loop(self) -> None:
         while True:
@@ -426,14 +542,10 @@ class RedisTier:
                     self._cond.notify_all()
 
     def _write(self, job: _Write) -> None:
-        from redis.exceptions import ResponseError
+        head = entry_head_bytes(job.data, job.meta)
 
         def write(client):
-            try:
-                client.hset(job.key, mapping=job.fields)
-            except ResponseError:  # WRONGTYPE: a damaged entry's key, overwritten
-                client.delete(job.key)
-                client.hset(job.key, mapping=job.fields)
+            self._set(keys=[job.key], args=[head, job.data], client=client)
             self.stats.add("shared_bytes_written", job.nbytes)
             if job.lock is not None:
                 self._unlock(keys=[job.lock[0]], args=[job.lock[1]], client=client)
@@ -457,6 +569,90 @@ class RedisTier:
     def flush(self, timeout: float | None = None) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+
+class RedisParts(Parts):
+    """A large entry read a range at a time (see tier.Parts): each range in whole pages, each
+    page checked against its CRC32C in the head. A page that does not come or does not check
+    fails the read of its range (the engine then waits for the whole chunk, from here or the
+    source); the tier's trouble is counted and logged as for whole entries."""
+
+    def __init__(self, tier: RedisTier, key: str, head: _Head, present: bytes):
+        self._tier = tier
+        self._key = key
+        self._head = head
+        self.size = head.size
+        self._lock = threading.Lock()
+        self.partial_hit = False  # counted once, at the first range read
+        npages = -(-head.size // head.page)
+        self._present = bytearray(npages)  # 1: the page is in buffer, checked
+        self.buffer = bytearray(head.size)  # zeros cost no memory until written
+        whole_pages = len(present) // head.page if len(present) < head.size else npages
+        for page in range(whole_pages):
+            if not self._put_page(page, present[page * head.page:(page + 1) * head.page]):
+                self.buffer = None  # damaged: the tier says so (see _read)
+                return
+
+    def _put_page(self, page: int, data: bytes) -> bool:
+        start = page * self._head.page
+        if len(data) != min(self._head.page, self.size - start) or not self._head.page_ok(page, data):
+            return False
+        self.buffer[start:start + len(data)] = data
+        self._present[page] = 1
+        return True
+
+    def read(self, start: int, stop: int) -> bool:
+        page = self._head.page
+        missing = [p for p in range(start // page, -(-min(stop, self.size) // page)) if not self._present[p]]
+        if not missing:
+            return True
+        tier = self._tier
+        if not self.partial_hit:
+            self.partial_hit = True
+            tier.stats.add("shared_partial_hits")
+        runs: list[list[int]] = []  # runs of pages next to each other, one GETRANGE each
+        for p in missing:
+            if runs and runs[-1][1] == p:
+                runs[-1][1] = p + 1
+            else:
+                runs.append([p, p + 1])
+        offset = self._head.nbytes
+        got = tier._getrange(tier._key(self._key),
+                             [(offset + a * page, offset + min(b * page, self.size)) for a, b in runs])
+        if got is _FAILED:
+            return False
+        tier.stats.add("shared_part_bytes_read", sum(map(len, got)) if isinstance(got, list) else 0)
+        if got is _WRONG_TYPE or not all(got):
+            return bool(self._gone())
+        with self._lock:
+            for (a, b), data in zip(runs, got):
+                view = memoryview(data)
+                for p in range(a, b):
+                    if not self._put_page(p, view[(p - a) * page:(p - a + 1) * page]):
+                        tier._damaged(self._key)
+                        return False
+        return True
+
+    def _gone(self):
+        """Evicted, deleted or overwritten with something else since its head was read."""
+        self._tier.stats.add("shared_errors")
+        self._tier._trouble.report("gone", "shared cache %s: an entry went away while read (%s): read from "
+                                   "elsewhere", self._tier.url.redacted, self._key)
+        return None
+
+    def whole(self) -> bytes | None:
+        tier, head = self._tier, self._head
+        with tier._reads:
+            got = tier._getrange(tier._key(self._key), [(head.nbytes, head.nbytes + head.size)])
+        if got is _FAILED:
+            return None
+        if got is _WRONG_TYPE or not got[0]:
+            return self._gone()
+        entry = checked_entry(head.disk_head, head.meta, got[0])
+        if entry is None:
+            tier._damaged(self._key)
+            return None
+        return entry[0]
 
 
 def _entry_parser():

@@ -17,7 +17,27 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Hashable, Protocol
 
-Entry = tuple[bytes, "dict | None"]  # the bytes, and their metadata (None: stored without)
+Entry = tuple["bytes | Parts", "dict | None"]  # the bytes, and their metadata (None: stored without)
+
+
+class Parts:
+    """An entry a tier can read a byte range at a time (a tier across the network): `get`
+    may answer one instead of the bytes. The engine reads the ranges a read needs while the
+    whole entry comes behind it (partial.py). Like the tier, it never raises for its trouble."""
+
+    size: int  # bytes of the entry's data
+    # The data's bytes read so far (a bytearray of `size`): what `read` made present is
+    # there, checked; the first page of the data at least comes with the entry's head.
+    buffer: bytearray
+
+    def read(self, start: int, stop: int) -> bool:
+        """Make buffer[start:stop] present, each part checked; False when the tier cannot
+        (gone, unreachable, damaged: counted and logged by the tier)."""
+        raise NotImplementedError
+
+    def whole(self) -> bytes | None:
+        """The whole data, checked against the entry's checksum; None when the tier cannot."""
+        raise NotImplementedError
 
 
 class Tier(Protocol):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ import tifffile
 from conftest import mounted, ngffmount_cmd
 from faults import FaultyProxy
 from ngffmount.adapters import open_source
-from ngffmount.cache.disk import DiskCache, read_entry
+from ngffmount.cache.disk import DiskCache
 from ngffmount.cache.engine import ChunkEngine
 from ngffmount.cache.redis_tier import RedisTier, parse_url
 from ngffmount.cache.region import read_region
@@ -120,11 +121,15 @@ def test_nodes_missing_the_same_chunks_at_once_fetch_each_once(tmp_path, store, 
 
 
 def stored_entry(client, key):
-    """A shared entry as the disk cache would read it (None: damaged)."""
-    return read_entry(b"".join(client.hmget(key, ["head", "data"])))
+    """A shared entry's data and its disk cache head (format, checksum, metadata): the string
+    holds LAYOUT (whose last field says where the data starts), then that head, then the data."""
+    value = client.get(key)
+    data_at = struct.unpack_from("<I", value, 16)[0]
+    disk_head_at = 20
+    return value[data_at:], value[disk_head_at:]
 
 
-@pytest.mark.parametrize("damage", ["bytes", "not a hash"])
+@pytest.mark.parametrize("damage", ["bytes", "another layout"])
 def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store, redis_server, damage):
     path, data = store
     fetched: list = []
@@ -133,21 +138,20 @@ def test_a_corrupt_shared_entry_is_fetched_again_and_overwritten(tmp_path, store
     first.flush_disk(10)
     client = redis_server.client()
     key = sorted(k for k in client.keys("c:chunk:*"))[0]
-    head, data_bytes = client.hmget(key, ["head", "data"])
-    good = head + data_bytes
+    good = stored_entry(client, key)[0]
     if damage == "bytes":
-        client.hset(key, "data", data_bytes[:-3] + bytes(3 - i for i in range(3)))  # a few bytes damaged
-    else:  # a whole entry, as one value: another layout than this tier's
+        client.setrange(key, client.strlen(key) - 3, bytes(3 - i for i in range(3)))  # a few bytes damaged
+    else:  # the entry as a hash of head and data: another layout than this tier's
         client.delete(key)
-        client.set(key, good)
+        client.hset(key, mapping={"head": b"\x01\x00\x00\x00\x00", "data": good})
     fetched.clear()
     second = node(tmp_path, redis_server.url, "c", disk=False)
     np.testing.assert_array_equal(read_region(second, counted_level(path, fetched), *EVERYTHING), data)
     second.flush_disk(10)
     s = second.stats.snapshot()
     assert len(fetched) == 1 and s["shared_corrupt"] == 1 and s["shared_hits"] == 7
-    rewritten = stored_entry(client, key)
-    assert rewritten is not None and rewritten[0] == read_entry(good)[0], "overwritten with the right bytes"
+    rewritten = stored_entry(client, key)[0]
+    assert rewritten == good, "overwritten with the right bytes"
 
 
 def test_chunks_above_the_value_cap_pass_by_the_tier(tmp_path, store, redis_server):
@@ -464,3 +468,162 @@ def test_fstab_options_name_the_shared_cache():
     assert args[3:] == ["--shared-cache", "redis+cluster://h1:7000;h2:7000", "--shared-cache-password-file",
                         "/etc/ngffmount/redis.pw", "--shared-cache-prefix", "lab"]
     assert parse_url(args[4]).nodes == [("h1", 7000), ("h2", 7000)]
+
+
+# -- large blosc entries read in parts ----------------------------------------------------
+
+PLANE_SHAPE = (512, 256)
+DEEP_CHUNKS = (16, 256, 256)  # 2 chunks a plane, 2 MiB each: 8 lz4 blocks of 2 planes
+
+
+@pytest.fixture(scope="module")
+def deep_store(tmp_path_factory):
+    """Chunks well above the tier's PARTS_FROM once encoded (noisy low bits)."""
+    import numcodecs
+
+    path = tmp_path_factory.mktemp("parts") / "deep.zarr"
+    data = np.random.default_rng(24).integers(0, 1024, (32, *PLANE_SHAPE), dtype=np.uint16)
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=DEEP_CHUNKS,
+                   compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE))
+    return path, data
+
+
+def blosc_blocks(raw: bytes) -> list[tuple[int, int]]:
+    """Where each block of a c-blosc 1.x frame lies: from its start in the block table to the
+    next block's start, or the frame's end."""
+    _, _, flags, _, nbytes, blocksize, cbytes = struct.unpack_from("<BBBBIII", raw)
+    assert not flags & 0x02 and cbytes == len(raw)
+    starts = struct.unpack_from(f"<{-(-nbytes // blocksize)}i", raw, 16)
+    ends = sorted(starts) + [cbytes]
+    return [(s, ends[ends.index(s) + 1]) for s in starts]
+
+
+def chunk_files(path, z: int) -> list[bytes]:
+    """The encoded chunks a plane z lies in, from the store's files (zarr v2, '/' keys)."""
+    return [(path / "0" / str(z // DEEP_CHUNKS[0]) / str(y) / "0").read_bytes()
+            for y in range(PLANE_SHAPE[0] // DEEP_CHUNKS[1])]
+
+
+def engine_with_memory(tmp_path, url: str, prefix: str, disk: bool = True) -> ChunkEngine:
+    cache = DiskCache(str(tmp_path / f"disk-{uuid.uuid4().hex[:6]}")) if disk else None
+    return ChunkEngine(disk=cache, memory_bytes=256 << 20, tiers=[shared(url, prefix)])
+
+
+def warm(url: str, prefix: str, path) -> None:
+    first = ChunkEngine(memory_bytes=0, tiers=[shared(url, prefix)])
+    read_region(first, open_source(str(path)).levels[0], (0, 0, 0), (32, *PLANE_SHAPE))
+    assert first.flush_disk(30)
+    assert first.stats.snapshot()["shared_bytes_written"] == sum(
+        len(b) for z in (0, 16) for b in chunk_files(path, z))
+
+
+def held_back(monkeypatch) -> threading.Event:
+    """The whole entries read behind the reader wait until the event is set: what the reader
+    itself read from Redis is counted alone."""
+    from ngffmount.cache.redis_tier import RedisParts
+
+    gate = threading.Event()
+    whole = RedisParts.whole
+    monkeypatch.setattr(RedisParts, "whole", lambda self: (gate.wait(60), whole(self))[1])
+    return gate
+
+
+@pytest.mark.parametrize("servers", ["one server", "cluster"])
+def test_a_shared_warm_plane_reads_only_the_blocks_it_needs(tmp_path, deep_store, monkeypatch, servers):
+    import zarr
+
+    from ngffmount.cache.redis_tier import FIRST_READ, PAGE_BYTES
+
+    path, data = deep_store
+    with (RedisServer(tmp_path / "one") if servers == "one server" else RedisCluster(tmp_path / "cl")) as server:
+        warm(server.url, "parts", path)
+        gate = held_back(monkeypatch)
+        engine = engine_with_memory(tmp_path, server.url, "parts")
+        fetched: list = []
+        level = counted_level(path, fetched)
+        z = 5
+        got = read_region(engine, level, (z, 0, 0), (z + 1, *PLANE_SHAPE))
+        np.testing.assert_array_equal(got[0], zarr.open_array(str(path / "0"), mode="r")[z])
+        s = engine.stats.snapshot()
+        assert fetched == [] and s["shared_hits"] == 2 and s["shared_partial_hits"] == 2
+        # Each chunk: its first read (head, header, block table), then the pages of plane z's block.
+        blocks = [blosc_blocks(raw)[(z % 16) // 2] for raw in chunk_files(path, z)]
+        needed = sum(b - a for a, b in blocks)
+        part = s["shared_part_bytes_read"] - 2 * FIRST_READ
+        assert needed <= part <= needed + 2 * 2 * PAGE_BYTES, (part, needed)
+        assert s["shared_bytes_read"] == s["shared_part_bytes_read"], "nothing else read yet"
+        assert s["shared_bytes_read"] < sum(map(len, chunk_files(path, z))) / 4
+        # Behind the reader: each entry whole, checked, into the disk cache and the frame.
+        gate.set()
+        assert engine.wait_idle(30) and engine.flush_disk(30)
+        assert len(engine.disk) == 2, "a shared hit fills the disk cache"
+        before = engine.stats.snapshot()
+        got = read_region(engine, level, (0, 0, 0), (16, *PLANE_SHAPE))
+        np.testing.assert_array_equal(got, data[:16])
+        after = engine.stats.snapshot()
+        assert after["shared_part_bytes_read"] == before["shared_part_bytes_read"], "no round trip a block once whole"
+        assert after["shared_hits"] == 2 and fetched == []
+
+
+def test_a_damaged_block_in_redis_is_never_served(tmp_path, deep_store, redis_server, monkeypatch):
+    import zarr
+
+    path, data = deep_store
+    warm(redis_server.url, "bad", path)
+    client = redis_server.client()
+    z = 9
+    raw = chunk_files(path, z)[1]
+    start, stop = blosc_blocks(raw)[(z % 16) // 2]
+    key = next(k for k in client.keys("bad:chunk:*") if k.endswith(b"/0/1/0"))
+    data_at = struct.unpack_from("<I", client.getrange(key, 0, 19), 16)[0]
+    assert client.getrange(key, data_at, data_at + len(raw) - 1) == raw
+    middle = data_at + (start + stop) // 2
+    client.setrange(key, middle, bytes(b ^ 0x5A for b in client.getrange(key, middle, middle + 7)))
+    gate = held_back(monkeypatch)  # the damage is met by the reader's own block read
+    engine = engine_with_memory(tmp_path, redis_server.url, "bad", disk=False)
+    fetched: list = []
+    threading.Timer(5, gate.set).start()  # should the read wait for the whole behind it, it does not wait long
+    got = read_region(engine, counted_level(path, fetched), (z, 0, 0), (z + 1, *PLANE_SHAPE))
+    gate.set()
+    np.testing.assert_array_equal(got[0], zarr.open_array(str(path / "0"), mode="r")[z])
+    s = engine.stats.snapshot()
+    assert s["shared_corrupt"] >= 1 and fetched == ["0/1/0"], "the damaged chunk alone from the source"
+    assert engine.wait_idle(30) and engine.flush_disk(30)
+    assert stored_entry(client, key)[0] == raw, "the entry is overwritten with the right bytes"
+
+
+@pytest.mark.parametrize("fault", ["killed", "deleted"])
+def test_redis_lost_between_head_and_blocks(tmp_path, deep_store, monkeypatch, fault):
+    """The head is read, then Redis dies (or the entry goes: evicted, deleted) before the
+    blocks: every read succeeds with the right bytes, from the source, in bounded time."""
+    from ngffmount.cache.redis_tier import RedisParts
+
+    path, data = deep_store
+    server = RedisServer(tmp_path / "lost").start()
+    try:
+        warm(server.url, "lost", path)
+        read = RedisParts.read
+
+        def fault_then_read(self, start, stop):
+            if fault == "killed":
+                server.kill()
+            else:
+                for key in server.client().keys("lost:chunk:*"):
+                    server.client().delete(key)
+            return read(self, start, stop)
+
+        monkeypatch.setattr(RedisParts, "read", fault_then_read)
+        engine = engine_with_memory(tmp_path, server.url, "lost")
+        fetched: list = []
+        level = counted_level(path, fetched)
+        started = time.monotonic()
+        for z in (3, 20):
+            np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, *PLANE_SHAPE))[0], data[z])
+        assert time.monotonic() - started < 20
+        s = engine.stats.snapshot()
+        assert s["shared_errors"] >= 1 and s["errors"] == 0
+        assert sorted(fetched) == sorted(set(fetched)) and len(fetched) >= 2, "each chunk at most once from the source"
+        assert engine.wait_idle(30) and engine.flush_disk(30)
+        assert len(engine.disk) == len(set(fetched)), "what came from the source is on the disk"
+    finally:
+        server.stop()
