@@ -482,8 +482,9 @@ class ChunkEngine:
                     deliver(idx, data)
                     tier.release(held.pop()[1])
                     if isinstance(data, PartialChunk):
-                        data, meta = self._whole_behind(data, tier, tkey, (level.cache_token, idx))
-                    self._store(level, idx, tkey, data, meta, held)
+                        self._whole_behind(level, idx, tkey, data, tier, held)
+                    else:
+                        self._store(level, idx, tkey, data, meta, held)
                     return
                 if entry is None and (self.revalidate or not tier.local):
                     self.stats.add(f"{tier.name}_misses")
@@ -500,13 +501,28 @@ class ChunkEngine:
         deliver(idx, data)
         self._store(level, idx, tkey, data, meta, held)
 
-    def _whole_behind(self, chunk: PartialChunk, tier: Tier, tkey: str, memory_key):
-        """Behind its reader, a chunk read in parts whole (for the tiers above): a tier entry
-        that failed is overwritten with the source's bytes."""
-        chunk.whole()
-        if chunk.refetched and isinstance(chunk.data, (bytes, bytearray)):
-            tier.put(tkey, chunk.data, chunk.meta, None, memory_key)
-        return chunk.data, chunk.meta
+    def _whole_behind(self, level, idx, tkey: str, chunk: PartialChunk, tier: Tier, held) -> None:
+        """A chunk read in parts, whole when the tier sees fit (off the reader's way), then into
+        the tiers above it; a tier entry that failed is overwritten with the source's bytes.
+        The claims above are let go of now, and taken again then."""
+        above = [t for t, _, _ in held]
+        for t, claim, _ in held:
+            t.release(claim)
+        done: Future = Future()  # wait_idle waits for it
+        with self._lock:
+            self._background.add(done)
+
+        def whole() -> None:
+            try:
+                chunk.whole()
+                if chunk.refetched and isinstance(chunk.data, (bytes, bytearray)):
+                    tier.put(tkey, chunk.data, chunk.meta, None, (level.cache_token, idx))
+                self._store(level, idx, tkey, chunk.data, chunk.meta, [(t, t.claim(tkey), None) for t in above])
+            finally:
+                done.set_result(None)
+                self._background_done(done)
+
+        chunk.parts.later(whole)
 
     def _refetch(self, level, key: str):
         """A chunk whose tier entry failed part-way through: from the source."""

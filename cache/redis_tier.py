@@ -32,7 +32,7 @@ import random
 import struct
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from typing import Callable, Hashable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -79,6 +79,11 @@ MAX_PAGES = 1024  # larger entries have larger pages (their head stays at most 4
 FIRST_READ = 32 << 10
 # Entries up to this are read whole at once (as Parts, a range would save little).
 PARTS_FROM = 1 << 20
+# A large entry found is read whole behind its reader once reads pause this long (or at most
+# BEHIND_MAX_WAIT_S later): on a small host a whole entry's bytes read meanwhile cost the
+# reader more than the blocks it reads.
+QUIET_S = 0.25
+BEHIND_MAX_WAIT_S = 5.0
 
 # One string, its head then its data, written at once (no copy of the data on either side).
 _WRITE = "redis.call('set', KEYS[1], ARGV[1]) redis.call('append', KEYS[1], ARGV[2]) return 1"
@@ -267,7 +272,11 @@ class RedisTier:
         self._cond = threading.Condition()
         self._unlock = self._set = None
         self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
+        self._readers = 0  # reader requests (and parts' reads) under way
+        self._last_read = float("-inf")
+        self._behind: queue.Queue[tuple[float, Callable[[], None]]] = queue.Queue()
         threading.Thread(target=self._write_loop, name="shared-write", daemon=True).start()
+        threading.Thread(target=self._behind_loop, name="shared-behind", daemon=True).start()
 
     # -- the connection
 
@@ -556,8 +565,35 @@ class RedisTier:
     def delete(self, key: str) -> None:
         self._call(lambda c: c.delete(self._key(key)))
 
+    @contextmanager
     def reading(self):
-        return nullcontext()
+        """Around a reader's request: whole entries wait until reads pause (see `later`)."""
+        with self._cond:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._last_read = time.monotonic()
+
+    def later(self, job: Callable[[], None]) -> None:
+        """Run job on this tier's own thread once reads pause for QUIET_S, or at most
+        BEHIND_MAX_WAIT_S from now."""
+        self._behind.put((time.monotonic(), job))
+
+    def _behind_loop(self) -> None:
+        while True:
+            queued, job = self._behind.get()
+            while True:
+                now = time.monotonic()
+                if now - queued >= BEHIND_MAX_WAIT_S or (self._readers == 0 and now - self._last_read >= QUIET_S):
+                    break
+                time.sleep(POLL_S[0] * 4)
+            try:
+                job()
+            except Exception as exc:  # noqa: BLE001 - a failed job costs its disk fill, never the thread
+                self._trouble.report("behind", "shared cache: reading an entry behind the reader failed: %r", exc)
 
     def memory_changed(self, memory_key: Hashable) -> None:
         pass
@@ -601,6 +637,9 @@ class RedisParts(Parts):
         self._present[page] = 1
         return True
 
+    def later(self, job: Callable[[], None]) -> None:
+        self._tier.later(job)
+
     def read(self, start: int, stop: int) -> bool:
         page = self._head.page
         missing = [p for p in range(start // page, -(-min(stop, self.size) // page)) if not self._present[p]]
@@ -617,6 +656,7 @@ class RedisParts(Parts):
             else:
                 runs.append([p, p + 1])
         offset = self._head.nbytes
+        tier._last_read = time.monotonic()
         got = tier._getrange(tier._key(self._key),
                              [(offset + a * page, offset + min(b * page, self.size)) for a, b in runs])
         if got is _FAILED:
@@ -642,6 +682,9 @@ class RedisParts(Parts):
 
     def whole(self) -> bytes | None:
         tier, head = self._tier, self._head
+        if all(self._present):  # every part read already: no round trip
+            entry = checked_entry(head.disk_head, head.meta, bytes(self.buffer))
+            return entry[0] if entry is not None else tier._damaged(self._key) and None
         with tier._reads:
             got = tier._getrange(tier._key(self._key), [(head.nbytes, head.nbytes + head.size)])
         if got is _FAILED:

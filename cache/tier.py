@@ -39,6 +39,10 @@ class Parts:
         """The whole data, checked against the entry's checksum; None when the tier cannot."""
         raise NotImplementedError
 
+    def later(self, job: Callable[[], None]) -> None:
+        """Run job (which reads the whole entry) when the tier sees fit: off the readers' way."""
+        job()
+
 
 class Tier(Protocol):
     name: str  # its counters are `{name}_hits` and `{name}_misses` (counted by the engine)

@@ -1351,6 +1351,11 @@ def render_cluster(ch: str, rows: dict) -> list[str]:
         note = "" if len(r["seconds"]) < 2 else "median of " + ", ".join(fmt(s) for s in r["seconds"])
         if key == "shared_warm" and rows.get("disk_warm"):
             note += f"; {r['median'] / rows['disk_warm']['median']:.2f}x the disk-warm plane"
+        if key == "shared_warm" and r.get("stats"):
+            st = r["stats"]  # means over the runs: the reader's reads in parts, then all (the whole entries behind it)
+            note += (f"; from Redis {st.get('shared_part_bytes_read', 0) / 1e6:.2f} MB on the read's path "
+                     f"({st.get('shared_partial_hits', 0):.0f} chunks in parts), "
+                     f"{st.get('shared_bytes_read', 0) / 1e6:.1f} MB in all")
         if key == "cluster":
             note = (f"slowest node {r['slowest']:.3g} s; shared_hits={r['shared_hits']}, "
                     f"shared_lock_waits={r['shared_lock_waits']}, shared_errors={r.get('shared_errors', 0)}")
