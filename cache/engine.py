@@ -236,7 +236,7 @@ class ChunkEngine:
                 self._staging.discard((token, idx))
 
         self.stats.add("prefetched", len(todo))
-        self._fetch_each(level, todo, staged, STAGE, cancelled)
+        self._fetch_each(level, todo, staged, STAGE, cancelled, in_parts=False)
 
     def _claim(self, level, indices, for_reader: bool = True):
         """Split indices into resident arrays, chunks this caller must load (with a new
@@ -293,7 +293,7 @@ class ChunkEngine:
                 sizes.append(len(data))
             done.release()
 
-        self._fetch_each(level, todo, deliver, DEMAND)
+        self._fetch_each(level, todo, deliver, DEMAND, in_parts=False)
         for _ in todo:
             done.acquire()
         if failures:
@@ -446,17 +446,19 @@ class ChunkEngine:
         return got[0]
 
     def _fetch_each(self, level, keys: dict, deliver, priority: int,
-                    cancelled: threading.Event | None = None, deadline: float | None = None) -> None:
+                    cancelled: threading.Event | None = None, deadline: float | None = None,
+                    in_parts: bool = True) -> None:
         """Queue one fetch per chunk; each calls `deliver(idx, bytes | None | exception)` when
-        its chunk arrives (a dropped readahead delivers Cancelled)."""
+        its chunk arrives (a dropped readahead delivers Cancelled). `in_parts`: a chunk a tier
+        reads in parts may be delivered as a PartialChunk (for a decode; else it comes whole)."""
         for idx, key in keys.items():
             qkey = (level.cache_token, idx)
             self._queue.promote(qkey, priority, deadline)  # staged earlier: run that fetch first, then ours
-            fetch = partial(self._fetch_one, level, idx, key, deliver)
+            fetch = partial(self._fetch_one, level, idx, key, deliver, in_parts)
             self._queue.submit(qkey, priority, fetch,
                                partial(deliver, idx, Cancelled()), cancelled, deadline)
 
-    def _fetch_one(self, level, idx, key: str, deliver) -> None:
+    def _fetch_one(self, level, idx, key: str, deliver, in_parts: bool = True) -> None:
         """Each tier in turn is claimed (single-flight: see Tier.claim), then asked; a hit also
         fills the tiers above it. On a miss everywhere the source is asked, and its bytes go
         to every tier behind the read. Claims are held until then, so a thread, daemon or node
@@ -479,6 +481,8 @@ class ChunkEngine:
                     data, meta = entry
                     if isinstance(data, Parts):
                         data = PartialChunk(data, meta, partial(self._refetch, level, key))
+                        if not in_parts:
+                            data.whole()  # nothing decodes it now: whole at once, for the tiers
                     deliver(idx, data)
                     tier.release(held.pop()[1])
                     if isinstance(data, PartialChunk):
@@ -522,7 +526,10 @@ class ChunkEngine:
                 done.set_result(None)
                 self._background_done(done)
 
-        chunk.parts.later(whole)
+        if chunk.done:
+            whole()
+        else:
+            chunk.parts.later(whole)
 
     def _refetch(self, level, key: str):
         """A chunk whose tier entry failed part-way through: from the source."""

@@ -683,15 +683,16 @@ class RedisParts(Parts):
     def whole(self) -> bytes | None:
         tier, head = self._tier, self._head
         if all(self._present):  # every part read already: no round trip
-            entry = checked_entry(head.disk_head, head.meta, bytes(self.buffer))
-            return entry[0] if entry is not None else tier._damaged(self._key) and None
-        with tier._reads:
-            got = tier._getrange(tier._key(self._key), [(head.nbytes, head.nbytes + head.size)])
-        if got is _FAILED:
-            return None
-        if got is _WRONG_TYPE or not got[0]:
-            return self._gone()
-        entry = checked_entry(head.disk_head, head.meta, got[0])
+            data = bytes(self.buffer)
+        else:
+            with tier._reads:
+                got = tier._getrange(tier._key(self._key), [(head.nbytes, head.nbytes + head.size)])
+            if got is _FAILED:
+                return None
+            if got is _WRONG_TYPE or not got[0]:
+                return self._gone()
+            data = got[0]
+        entry = checked_entry(head.disk_head, head.meta, data)
         if entry is None:
             tier._damaged(self._key)
             return None
