@@ -32,13 +32,13 @@ import random
 import struct
 import threading
 import time
-from contextlib import contextmanager
 from typing import Callable, Hashable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import google_crc32c
 
 from .disk import _split_entry, checked_entry, entry_head
+from .readpause import ReadPauses
 from .throttledlog import ThrottledLog
 from .tier import Parts
 
@@ -236,7 +236,7 @@ class _Write(NamedTuple):
     lock: tuple[str, str] | None  # the lock to let go of once written
 
 
-class RedisTier:
+class RedisTier(ReadPauses):
     name = "shared"
     counters = ("shared_hits", "shared_misses", "shared_errors", "shared_corrupt", "shared_bytes_read",
                 "shared_bytes_written", "shared_lock_waits", "shared_too_large", "shared_partial_hits",
@@ -272,8 +272,7 @@ class RedisTier:
         self._cond = threading.Condition()
         self._unlock = self._set = None
         self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
-        self._readers = 0  # reader requests (and parts' reads) under way
-        self._last_read = float("-inf")
+        ReadPauses.__init__(self, self._cond)  # reading(): whole entries wait until reads pause (see later)
         self._behind: queue.Queue[tuple[float, Callable[[], None]]] = queue.Queue()
         threading.Thread(target=self._write_loop, name="shared-write", daemon=True).start()
         threading.Thread(target=self._behind_loop, name="shared-behind", daemon=True).start()
@@ -564,18 +563,6 @@ class RedisTier:
 
     def delete(self, key: str) -> None:
         self._call(lambda c: c.delete(self._key(key)))
-
-    @contextmanager
-    def reading(self):
-        """Around a reader's request: whole entries wait until reads pause (see `later`)."""
-        with self._cond:
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._last_read = time.monotonic()
 
     def later(self, job: Callable[[], None]) -> None:
         """Run job on this tier's own thread once reads pause for QUIET_S, or at most

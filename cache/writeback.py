@@ -18,8 +18,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
 from typing import Callable, Hashable, NamedTuple
+
+from .readpause import ReadPauses
 
 QUIET_S = 0.5
 MAX_WAIT_S = 5.0
@@ -37,7 +38,7 @@ class Pending(NamedTuple):
     meta: dict | None = None  # the entry's metadata (DiskCache.put)
 
 
-class WriteBehind:
+class WriteBehind(ReadPauses):
     def __init__(self, write: Callable[[Pending], None], held_in_memory: Callable[[Hashable, bytes], bool],
                  bound: int, write_many: Callable[[list[Pending]], None] | None = None):
         """`write(pending)` stores one entry and lets go of its slots, `write_many(pendings)`
@@ -52,10 +53,8 @@ class WriteBehind:
         self._alone: set[str] = set()  # keys whose bytes nothing else holds
         self.alone_bytes = 0
         self.nbytes = 0
-        self._readers = 0
-        self._last_read = float("-inf")
         self._flushes = 0
-        self._cond = threading.Condition()
+        ReadPauses.__init__(self)  # reading(): around a reader's request, writes wait until QUIET_S after it
         threading.Thread(target=self._run, name="disk-write", daemon=True).start()
 
     def get(self, key: str) -> bytes | None:
@@ -68,18 +67,6 @@ class WriteBehind:
 
     def __contains__(self, key: str) -> bool:
         return key in self._queue
-
-    @contextmanager
-    def reading(self):
-        """Around a reader's request: writes wait until QUIET_S after the last one."""
-        with self._cond:
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._last_read = time.monotonic()
 
     def add(self, key: str, data: bytes, slots: list[int], memory_key: Hashable, meta: dict | None = None) -> bool:
         """Queue bytes for the disk; False (nothing queued) when bytes held by nothing else
