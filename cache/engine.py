@@ -476,14 +476,17 @@ class ChunkEngine:
             for tier in self.tiers:
                 held.append((tier, tier.claim(tkey), None))
                 entry = tier.get(tkey)  # written while we waited? (the disk tier answers a miss from its index)
+                if entry is not None and isinstance(entry[0], Parts) and not self._fresh(entry[1]):
+                    whole = entry[0].whole()  # past its age: compared with the source's bytes
+                    entry = None if whole is None else (whole, entry[1])
                 if entry is not None and self._fresh(entry[1]):
                     self.stats.add(f"{tier.name}_hits")
                     data, meta = entry
                     if isinstance(data, Parts):
                         data = PartialChunk(data, meta, partial(self._refetch, level, key))
-                        if not in_parts:
-                            data.whole()  # nothing decodes it now: whole at once, for the tiers
-                    deliver(idx, data)
+                        if not in_parts:  # nothing decodes it now: whole at once, for the tiers
+                            data.whole()
+                    deliver(idx, data.data if isinstance(data, PartialChunk) and not in_parts else data)
                     tier.release(held.pop()[1])
                     if isinstance(data, PartialChunk):
                         self._whole_behind(level, idx, tkey, data, tier, held)

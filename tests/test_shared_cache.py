@@ -627,3 +627,17 @@ def test_redis_lost_between_head_and_blocks(tmp_path, deep_store, monkeypatch, f
         assert len(engine.disk) == len(set(fetched)), "what came from the source is on the disk"
     finally:
         server.stop()
+
+
+def test_a_large_entry_past_its_revalidate_age_is_checked_whole(tmp_path, deep_store, redis_server):
+    """--revalidate: an entry past its age is compared with the source's version, so it is
+    read whole (not in parts), and served when unchanged."""
+    path, data = deep_store
+    warm(redis_server.url, "age", path)
+    time.sleep(0.6)
+    engine = ChunkEngine(memory_bytes=256 << 20, revalidate=0.5, tiers=[shared(redis_server.url, "age")])
+    fetched: list = []
+    got = read_region(engine, counted_level(path, fetched), (7, 0, 0), (8, *PLANE_SHAPE))
+    np.testing.assert_array_equal(got[0], data[7])
+    s = engine.stats.snapshot()
+    assert s["revalidated"] == 2 and s["chunks_changed"] == 0 and s["shared_partial_hits"] == 0 and s["errors"] == 0
