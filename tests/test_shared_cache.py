@@ -592,10 +592,11 @@ def test_a_damaged_block_in_redis_is_never_served(tmp_path, deep_store, redis_se
     assert stored_entry(client, key)[0] == raw, "the entry is overwritten with the right bytes"
 
 
-@pytest.mark.parametrize("fault", ["killed", "deleted"])
+@pytest.mark.parametrize("fault", ["killed", "stalled", "deleted"])
 def test_redis_lost_between_head_and_blocks(tmp_path, deep_store, monkeypatch, fault):
-    """The head is read, then Redis dies (or the entry goes: evicted, deleted) before the
-    blocks: every read succeeds with the right bytes, from the source, in bounded time."""
+    """The head is read, then Redis dies, stops answering (SIGSTOP), or the entry goes
+    (evicted, deleted) before the blocks: every read succeeds with the right bytes, from the
+    source, in bounded time."""
     from ngffmount.cache.redis_tier import RedisParts
 
     path, data = deep_store
@@ -607,6 +608,9 @@ def test_redis_lost_between_head_and_blocks(tmp_path, deep_store, monkeypatch, f
         def fault_then_read(self, start, stop):
             if fault == "killed":
                 server.kill()
+            elif fault == "stalled":
+                if server.proc.poll() is None:
+                    os.kill(server.proc.pid, signal.SIGSTOP)
             else:
                 for key in server.client().keys("lost:chunk:*"):
                     server.client().delete(key)
@@ -626,6 +630,8 @@ def test_redis_lost_between_head_and_blocks(tmp_path, deep_store, monkeypatch, f
         assert engine.wait_idle(30) and engine.flush_disk(30)
         assert len(engine.disk) == len(set(fetched)), "what came from the source is on the disk"
     finally:
+        if server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
 
 
