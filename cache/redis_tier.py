@@ -432,7 +432,8 @@ class RedisTier(ReadPauses):
         """The entry: (bytes, meta), or (Parts, meta) for a large one; None: a miss (or the
         server cannot be asked); _DAMAGED."""
         rkey = self._key(key)
-        got = self._getrange(rkey, [(0, FIRST_READ)])
+        with self._reads:  # few connections: each new one costs a connect and AUTH first
+            got = self._getrange(rkey, [(0, FIRST_READ)])
         if got is _FAILED:
             return None
         first = b"" if got is _WRONG_TYPE else got[0]
