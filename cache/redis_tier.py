@@ -566,8 +566,8 @@ class RedisTier(ReadPauses):
         self._call(lambda c: c.delete(self._key(key)))
 
     def later(self, job: Callable[[], None]) -> None:
-        """Run job on this tier's own thread once reads pause for QUIET_S, or at most
-        BEHIND_MAX_WAIT_S from now."""
+        """Run job on this tier's own thread once reads pause for QUIET_S (from now at least),
+        or at most BEHIND_MAX_WAIT_S from now."""
         self._behind.put((time.monotonic(), job))
 
     def _behind_loop(self) -> None:
@@ -575,7 +575,10 @@ class RedisTier(ReadPauses):
             queued, job = self._behind.get()
             while True:
                 now = time.monotonic()
-                if now - queued >= BEHIND_MAX_WAIT_S or (self._readers == 0 and now - self._last_read >= QUIET_S):
+                # A job comes of a reader's chunk: its time counts as a read (a reader's first
+                # chunks may come by a prefetch, before any request of its ended).
+                quiet = self._readers == 0 and now - max(queued, self._last_read) >= QUIET_S
+                if quiet or now - queued >= BEHIND_MAX_WAIT_S:
                     break
                 time.sleep(POLL_S[0] * 4)
             try:
