@@ -84,6 +84,9 @@ PARTS_FROM = 1 << 20
 # reader more than the blocks it reads.
 QUIET_S = 0.25
 BEHIND_MAX_WAIT_S = 5.0
+# The range read of an entry that reads all of it still missing: a reader that needs a second
+# block walks the chunk (a scroll, an XZ plane), and would pay a round trip a block.
+WHOLE_AT_READ = 2
 
 # One string, its head then its data, written at once (no copy of the data on either side).
 _WRITE = "redis.call('set', KEYS[1], ARGV[1]) redis.call('append', KEYS[1], ARGV[2]) return 1"
@@ -611,6 +614,7 @@ class RedisParts(Parts):
         self.size = head.size
         self._lock = threading.Lock()
         self.partial_hit = False  # counted once, at the first range read
+        self._range_reads = 0
         npages = -(-head.size // head.page)
         self._present = bytearray(npages)  # 1: the page is in buffer, checked
         self.buffer = bytearray(head.size)  # zeros cost no memory until written
@@ -640,6 +644,9 @@ class RedisParts(Parts):
         if not self.partial_hit:
             self.partial_hit = True
             tier.stats.add("shared_partial_hits")
+        self._range_reads += 1
+        if self._range_reads >= WHOLE_AT_READ:
+            missing = [p for p in range(len(self._present)) if not self._present[p]]
         runs: list[list[int]] = []  # runs of pages next to each other, one GETRANGE each
         for p in missing:
             if runs and runs[-1][1] == p:

@@ -647,3 +647,26 @@ def test_a_large_entry_past_its_revalidate_age_is_checked_whole(tmp_path, deep_s
     np.testing.assert_array_equal(got[0], data[7])
     s = engine.stats.snapshot()
     assert s["revalidated"] == 2 and s["chunks_changed"] == 0 and s["shared_partial_hits"] == 0 and s["errors"] == 0
+
+
+def test_a_scroll_through_a_chunk_read_in_parts_reads_the_rest_at_its_second_block(tmp_path, deep_store,
+                                                                                  redis_server, monkeypatch):
+    """Planes one after the other walk a chunk's blocks: past the first block, the rest of the
+    entry comes in one read, not a round trip a block (8 blocks a chunk here)."""
+    from ngffmount.cache.redis_tier import RedisTier as Tier
+
+    path, data = deep_store
+    warm(redis_server.url, "walk", path)
+    held_back(monkeypatch)  # nothing read whole behind the reader: what it reads is counted alone
+    reads: list = []
+    getrange = Tier._getrange
+    monkeypatch.setattr(Tier, "_getrange", lambda self, key, ranges: (reads.append(key), getrange(self, key, ranges))[1])
+    engine = engine_with_memory(tmp_path, redis_server.url, "walk", disk=False)
+    level = counted_level(path, [])
+    for z in range(16):
+        np.testing.assert_array_equal(read_region(engine, level, (z, 0, 0), (z + 1, *PLANE_SHAPE))[0], data[z])
+    s = engine.stats.snapshot()
+    assert s["shared_hits"] == 2 and s["shared_partial_hits"] == 2
+    # Each of the 2 chunks: its head, its first block, the rest (a read ahead may race the rest once).
+    assert len(reads) <= 2 * 4, reads
+    assert s["shared_part_bytes_read"] <= sum(len(raw) + 32 * 1024 for raw in chunk_files(path, 0))
