@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from contextlib import ExitStack
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -113,7 +114,13 @@ class ChunkEngine:
         # decode_threads decodes run (blosc lets go of the GIL), else by the decoders: a hop to
         # another thread per chunk cost more CPU in thread switches than the decode itself.
         self._decode_slots = threading.BoundedSemaphore(max(1, decode_threads))
-        self._background: set[Future] = set()  # blocks decoded ahead of a reader
+        # Blocks decoded ahead of a reader: queued here and run by at most decode_threads
+        # drains on the decoders, one after the other (a task per block, with its future and
+        # callbacks, cost a scroll of deep chunks more than its thread switches: 4096 blocks).
+        self._ahead_jobs: deque = deque()
+        self._ahead_pending = 0  # queued or running (wait_idle)
+        self._ahead_drains = 0  # drains submitted and not finished
+        self._max_drains = max(1, decode_threads)
         self._fill: dict[str, np.ndarray] = {}
         self.health = FetchHealth()
 
@@ -449,21 +456,30 @@ class ChunkEngine:
             pass  # failed by stop_fetching meanwhile
 
     def _in_background(self, fn, *args) -> None:
-        """Run fn(*args) on a decode thread; its failure is left to the read that needs it."""
-        def run():
+        """Run fn(*args) on a decode thread, in the order asked; its failure is left to the
+        read that needs it."""
+        with self._lock:
+            self._ahead_jobs.append((fn, args))
+            self._ahead_pending += 1
+            start = self._ahead_drains < self._max_drains
+            self._ahead_drains += start
+        if start:
+            self._decoders.submit(self._drain_ahead)
+
+    def _drain_ahead(self) -> None:
+        while True:
+            with self._lock:
+                if not self._ahead_jobs:
+                    self._ahead_drains -= 1
+                    return
+                fn, args = self._ahead_jobs.popleft()
             try:
                 fn(*args)
             except Exception:
                 pass
-
-        fut = self._decoders.submit(run)
-        with self._lock:
-            self._background.add(fut)
-        fut.add_done_callback(self._background_done)
-
-    def _background_done(self, fut: Future) -> None:
-        with self._lock:
-            self._background.discard(fut)
+            finally:
+                with self._lock:
+                    self._ahead_pending -= 1
 
     def _disk_or_remote(self, level, idx, chunk_key: str, deadline: float | None = None):
         key = self._tier_key(level, chunk_key)
@@ -657,7 +673,7 @@ class ChunkEngine:
             if not (self._queue.wait_idle(left) and self._local_reads.wait_idle(left)):
                 return False
             with self._lock:
-                if not self._inflight and not self._background:
+                if not self._inflight and not self._ahead_pending:
                     return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False

@@ -244,6 +244,37 @@ def test_a_staged_chunk_asked_into_memory_is_decoded_from_its_staged_fetch(tmp_p
         np.testing.assert_array_equal(arr, data[:, idx[1] * 32:(idx[1] + 1) * 32, idx[2] * 32:(idx[2] + 1) * 32])
 
 
+def test_blocks_decoded_ahead_run_in_order_on_the_decode_threads_and_count_as_busy():
+    """Decodes ahead of a reader queue in the engine and are drained by at most
+    decode_threads threads, oldest first; wait_idle waits for them; one that fails does not
+    stop the others."""
+    engine = ChunkEngine(decode_threads=2)
+    gate = threading.Event()
+    lock = threading.Lock()
+    started, done, running, peak = [], [], [0], [0]
+
+    def job(i):
+        with lock:
+            started.append(i)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        assert gate.wait(10)
+        with lock:
+            running[0] -= 1
+            done.append(i)
+        if i == 3:
+            raise ValueError("a broken block fails its reader's read, not the others'")
+
+    for i in range(12):
+        engine._in_background(job, i)
+    assert not engine.wait_idle(0.3), "queued decodes keep the engine busy"
+    assert sorted(started) == [0, 1], "two decode threads: the oldest two run, the rest wait"
+    gate.set()
+    wait_idle(engine)
+    assert sorted(done) == list(range(12)) and peak[0] == 2
+    assert started[2:] == list(range(2, 12)), "oldest first"
+
+
 def test_readaheads_share_the_memory_they_keep_ahead():
     engine = ChunkEngine(memory_bytes=64 << 20)
     first, second = object.__new__(type("R", (), {})), object.__new__(type("R", (), {}))
