@@ -199,16 +199,11 @@ def test_deep_chunks_kept_encoded_count_as_their_encoded_bytes_ahead(tmp_path):
     assert encoded == first.nbytes < level.chunk_nbytes // 3 and walk == 3 * first.frame.block_bytes
     # Decoded, the 4 chunks of a slab in use leave room for no more than 2 chunks ahead.
     assert (engine.memory.max_bytes - engine.memory.part_share - 4 * level.chunk_nbytes) // level.chunk_nbytes < 4
-    fs = vfs_for(str(path), engine=engine)
-    offset = pixel_offset(path)
-    plane = data[0].nbytes
-    for z in (0, 1):
-        assert fs.read("/s0.tif", plane, offset + z * plane) == data[z].tobytes()
+    scroll(engine, path, data, (0, 1))
     wait_idle(engine)
     resident = {idx for (tok, idx) in engine.memory._items if tok == level.cache_token}
     assert resident == {(s, y, x) for s in range(3) for y in range(2) for x in range(2)}, "both next slabs, in memory"
-    for z in range(2, 24):
-        assert fs.read("/s0.tif", plane, offset + z * plane) == data[z].tobytes()
+    scroll(engine, path, data, range(2, 24))
     wait_idle(engine)
     stats = engine.stats.snapshot()
     assert stats["chunks_fetched"] == 12 and stats["disk_hits"] == 0, "nothing staged to disk and read back"
