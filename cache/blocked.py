@@ -21,6 +21,9 @@ from .stats import Stats
 
 # Fewer blocks than this and a read needs most of the chunk anyway: decode it whole.
 MIN_BLOCKS = 4
+# Decoded blocks a walk in C order keeps of one chunk: the one behind (reads lag a little),
+# the one it reads and the one decoded ahead (_follow).
+WALK_BLOCKS = 3
 
 
 class BlockedChunk:
@@ -34,12 +37,14 @@ class BlockedChunk:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.nbytes = len(frame.raw)  # what it holds in memory, for the memory cache's bound
+        self.walk_bytes = min(WALK_BLOCKS, frame.nblocks) * frame.block_bytes  # and its blocks a z-scroll keeps
         self._key = key
         self._memory = memory
         self._stats = stats
         self._background = background
         self._lock = threading.Lock()
         self._asked: set[int] = set()  # blocks decoded or queued since the chunk came in
+        self._decoded: set[int] = set()  # blocks decoded since the chunk came in
         self._kept_from = 0  # blocks before this one have been let go
         strides, n = [], 1
         for size in reversed(self.shape):
@@ -101,20 +106,26 @@ class BlockedChunk:
         ahead = last + 1
         if last - 1 in self._asked and ahead < self.frame.nblocks and ahead not in self._asked:
             self._asked.add(ahead)
-            self._background(self._block, ahead)
+            self._background(self._block, ahead, True)
         if first - 1 in self._asked and first - 1 > self._kept_from:
             for block in range(self._kept_from, first - 1):
                 self._memory.discard((*self._key, block), part=True)
             self._kept_from = first - 1
 
-    def _block(self, block: int) -> np.ndarray:
+    def _block(self, block: int, ahead: bool = False) -> np.ndarray | None:
+        """The decoded block, from memory or decoded now. `ahead` (a decode ahead of the
+        reader, in the background): None if it was decoded already, even if let go of since:
+        a reader that came first has used it and moved on."""
         self._asked.add(block)
         key = (*self._key, block)
         arr = self._memory.get(key)
         if arr is None:
             with self._lock:  # two readers of one block decode it once
                 arr = self._memory.get(key)
+                if arr is None and ahead and block in self._decoded:
+                    return None
                 if arr is None:
+                    self._decoded.add(block)
                     try:
                         arr = self.frame.decode_block(block).view(self.dtype)
                     except Exception:

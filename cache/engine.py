@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
 from contextlib import ExitStack
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -102,13 +103,25 @@ class ChunkEngine:
         self._writes = disk_tier.writes if disk_tier is not None else None  # made by attach
         self._inflight: dict[tuple, Future] = {}
         self._staging: set[tuple] = set()  # chunks on their way to the disk cache only
+        # Of those, the ones a reader or readahead asked into memory since: their staged
+        # bytes are decoded for them as they arrive (no second fetch, no read back from disk).
+        self._stage_waiters: dict[tuple, Future] = {}
+        # Per cache token: [bytes resident chunks hold in all, how many, decoded-block bytes a
+        # walk through one keeps] (chunk_footprint).
+        self._footprints: dict[str, list[int]] = {}
         self._lock = threading.Lock()
         self._decoders = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="decode")
         # Fetched chunks are decoded by the fetch thread that got them while fewer than
         # decode_threads decodes run (blosc lets go of the GIL), else by the decoders: a hop to
         # another thread per chunk cost more CPU in thread switches than the decode itself.
         self._decode_slots = threading.BoundedSemaphore(max(1, decode_threads))
-        self._background: set[Future] = set()  # blocks decoded ahead of a reader
+        # Blocks decoded ahead of a reader: queued here and run by at most decode_threads
+        # drains on the decoders, one after the other (a task per block, with its future and
+        # callbacks, cost a scroll of deep chunks more than its thread switches: 4096 blocks).
+        self._ahead_jobs: deque = deque()
+        self._ahead_pending = 0  # queued or running (wait_idle)
+        self._ahead_drains = 0  # drains submitted and not finished
+        self._max_drains = max(1, decode_threads)
         self._fill: dict[str, np.ndarray] = {}
         self.health = FetchHealth()
 
@@ -189,18 +202,39 @@ class ChunkEngine:
             self.stats.add("prefetched", len(mine))
             self._load(level, mine, PLANE if urgent else AHEAD, None if urgent else cancelled, deadline)
 
-    def ahead_room(self, readahead, reserve: int) -> int:
+    def ahead_room(self, readahead, reserve: int, parts: int | None = None) -> int:
         """Bytes of decoded chunks `readahead` may keep in memory ahead of its reader. By
-        default what the memory cache holds beside the decoded blocks' share, the `reserve`
-        its reader uses now and the other readaheads' windows (each gets a fair share at
-        least): chunks kept ahead are evicted after every chunk already read, so these stay
-        until read. Never less than `readahead_bytes`."""
+        default what the memory cache holds beside the decoded blocks (`parts` bytes, at most
+        their share; None: all of it), the `reserve` its reader uses now and the other
+        readaheads' windows (each gets a fair share at least): chunks kept ahead are evicted
+        after every chunk already read, so these stay until read. Never less than
+        `readahead_bytes`."""
         if not self._room_follows_memory:
             return self.readahead_bytes
-        room = self.memory.max_bytes - self.memory.part_share - reserve
+        part_room = self.memory.part_share if parts is None else min(parts, self.memory.part_share)
+        room = self.memory.max_bytes - part_room - reserve
         with self._lock:
             others = [n for r, n in self._windows.items() if r is not readahead]
         return max(self.readahead_bytes, room // (len(others) + 1), room - sum(others))
+
+    def chunk_footprint(self, level: ChunkedLevel) -> tuple[int, int]:
+        """(bytes a resident chunk of `level` holds in the memory cache, bytes of decoded
+        blocks a walk in C order through one keeps beside it), from the chunks that came in so
+        far. A chunk kept encoded (BlockedChunk) holds its encoded bytes, often a fraction of
+        the decoded size: readahead counts in these, so the next slab of deep chunks fits
+        where the decoded size would not. Before any came in: the decoded size, no blocks."""
+        seen = self._footprints.get(level.cache_token)
+        if not seen or not seen[1]:
+            return level.chunk_nbytes, 0
+        return -(-seen[0] // seen[1]), seen[2]
+
+    def _count_footprint(self, token: str, arr) -> None:
+        """A chunk of the array `token` came into memory (under self._lock)."""
+        seen = self._footprints.setdefault(token, [0, 0, 0])
+        seen[0] += arr.nbytes
+        seen[1] += 1
+        if isinstance(arr, BlockedChunk):
+            seen[2] = max(seen[2], arr.walk_bytes)
 
     def keep_ahead(self, readahead, nbytes: int) -> None:
         """What `readahead` keeps ahead in memory now (its share in ahead_room)."""
@@ -231,9 +265,12 @@ class ChunkEngine:
         with self._lock:
             self._staging.update((token, idx) for idx in todo)
 
-        def staged(idx, _data) -> None:
+        def staged(idx, data) -> None:
             with self._lock:
                 self._staging.discard((token, idx))
+                fut = self._stage_waiters.pop((token, idx), None)
+            if fut is not None:  # asked into memory meanwhile: decoded from these bytes
+                self._settle_fetched(level, idx, fut, data)
 
         self.stats.add("prefetched", len(todo))
         self._fetch_each(level, todo, staged, STAGE, cancelled, in_parts=False)
@@ -307,6 +344,14 @@ class ChunkEngine:
         enters the memory cache (evicting old ones) before the next is made. Fetches end by
         `deadline` (time.monotonic()) if given."""
         futures = dict(owned)
+        token = level.cache_token
+        with self._lock:  # on their way to disk only: their bytes come here as they arrive
+            staged = [idx for idx in futures if (token, idx) in self._staging]
+            for idx in staged:
+                self._stage_waiters[(token, idx)] = futures.pop(idx)
+        if priority < AHEAD:
+            for idx in staged:
+                self._queue.promote((token, idx), priority, deadline)  # a reader's now: first
         try:
             keys = {idx: level.chunk_key(idx) for idx in futures}
             # With revalidate, disk entries are read where their age is checked: in _fetch_one.
@@ -404,6 +449,8 @@ class ChunkEngine:
             ahead = key in self._ahead_keys  # a readahead's, no reader asked for it yet
             self._ahead_keys.discard(key)
             self.memory.put(key, arr, ahead=ahead)
+            if raw is not None:
+                self._count_footprint(level.cache_token, arr)
             if self.revalidate and self.memory.peek(key) is arr:  # kept (not larger than the bound)
                 self._loaded_at[key] = time.monotonic()
             self._inflight.pop(key, None)
@@ -414,21 +461,30 @@ class ChunkEngine:
             pass  # failed by stop_fetching meanwhile
 
     def _in_background(self, fn, *args) -> None:
-        """Run fn(*args) on a decode thread; its failure is left to the read that needs it."""
-        def run():
+        """Run fn(*args) on a decode thread, in the order asked; its failure is left to the
+        read that needs it."""
+        with self._lock:
+            self._ahead_jobs.append((fn, args))
+            self._ahead_pending += 1
+            start = self._ahead_drains < self._max_drains
+            self._ahead_drains += start
+        if start:
+            self._decoders.submit(self._drain_ahead)
+
+    def _drain_ahead(self) -> None:
+        while True:
+            with self._lock:
+                if not self._ahead_jobs:
+                    self._ahead_drains -= 1
+                    return
+                fn, args = self._ahead_jobs.popleft()
             try:
                 fn(*args)
             except Exception:
                 pass
-
-        fut = self._decoders.submit(run)
-        with self._lock:
-            self._background.add(fut)
-        fut.add_done_callback(self._background_done)
-
-    def _background_done(self, fut: Future) -> None:
-        with self._lock:
-            self._background.discard(fut)
+            finally:
+                with self._lock:
+                    self._ahead_pending -= 1
 
     def _disk_or_remote(self, level, idx, chunk_key: str, deadline: float | None = None):
         key = self._tier_key(level, chunk_key)
@@ -668,7 +724,7 @@ class ChunkEngine:
             if not (self._queue.wait_idle(left) and self._local_reads.wait_idle(left)):
                 return False
             with self._lock:
-                if not self._inflight and not self._background:
+                if not self._inflight and not self._ahead_pending:
                     return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False

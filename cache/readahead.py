@@ -72,12 +72,12 @@ class Readahead:
             self.engine.prefetch(self.level, chunks, urgent=True)
 
     def _in_use(self, plane: int, current) -> int:
-        """Bytes of the chunks a reader of `plane` uses: its plane's and the few before it
-        that reads still reach (JITTER), counted once where planes share chunks."""
+        """How many chunks a reader of `plane` uses: its plane's and the few before it that
+        reads still reach (JITTER), counted once where planes share chunks."""
         chunks = set(current)
         for p in range(max(0, plane - JITTER), plane):
             chunks.update(self.chunks_of_plane(p))
-        return len(chunks) * self.level.chunk_nbytes
+        return len(chunks)
 
     def _reset(self, plane: int) -> None:
         self._cancelled.set()  # fetches already started still fill the caches
@@ -89,14 +89,19 @@ class Readahead:
         self._next_plane = plane + 1
 
     def _advance(self, plane: int, current: set, in_use: int) -> None:
+        """`in_use`: how many chunks the reader uses now."""
         # Forget chunks the reader has reached; they no longer count against the budgets.
         self._ahead = [(p, c) for p, c in self._ahead if p > plane and c not in current]
         self._ahead_set = {c for _, c in self._ahead}
         self._decoding &= self._ahead_set
         self._staged &= self._ahead_set
         self._next_plane = max(self._next_plane, plane + 1)
-        chunk_bytes = self.level.chunk_nbytes
-        budget = self.engine.ahead_room(self, in_use)
+        # Chunks kept encoded count as what they hold in memory, and the blocks a walk keeps
+        # decoded of them as the decoded blocks' share: those of the chunks in use and of as
+        # many ahead (the reader steps into the next slab while the last blocks of this one
+        # are still kept).
+        chunk_bytes, walk_bytes = self.engine.chunk_footprint(self.level)
+        budget = self.engine.ahead_room(self, in_use * chunk_bytes, 2 * in_use * walk_bytes if walk_bytes else None)
         room = (budget + self.stage_budget) // chunk_bytes - len(self._ahead)
         while room > 0 and self._next_plane < self.plane_count:
             p = self._next_plane

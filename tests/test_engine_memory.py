@@ -182,6 +182,94 @@ def test_the_next_slab_is_in_memory_before_the_reader_leaves_this_one(tmp_path):
     assert stats["chunks_fetched"] == 12 and stats["decodes"] == 12 and stats["disk_hits"] == 0
 
 
+def test_deep_chunks_kept_encoded_count_as_their_encoded_bytes_ahead(tmp_path):
+    """Deep chunks decoded block by block hold their encoded bytes in memory, a fraction of
+    the decoded size: readahead counts those (and the blocks a walk keeps decoded), so the
+    next slabs come into memory whole, where counted decoded they would not fit and most
+    would go to disk and be read back."""
+    path = tmp_path / "encoded.zarr"
+    data = pattern((24, 128, 128), "uint16")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(8, 64, 64), version="0.5", compressors=BLOCKS)
+    level = open_source(str(path)).levels[0]
+    engine = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")), memory_bytes=8 * level.chunk_nbytes)
+    assert engine.chunk_footprint(level) == (level.chunk_nbytes, 0), "nothing seen yet: the decoded size"
+    first = engine.get(level, [(0, 0, 0)])[(0, 0, 0)]
+    assert isinstance(first, BlockedChunk) and first.frame.nblocks == 8
+    encoded, walk = engine.chunk_footprint(level)
+    assert encoded == first.nbytes < level.chunk_nbytes // 3 and walk == 3 * first.frame.block_bytes
+    # Decoded, the 4 chunks of a slab in use leave room for no more than 2 chunks ahead.
+    assert (engine.memory.max_bytes - engine.memory.part_share - 4 * level.chunk_nbytes) // level.chunk_nbytes < 4
+    scroll(engine, path, data, (0, 1))
+    wait_idle(engine)
+    resident = {idx for (tok, idx) in engine.memory._items if tok == level.cache_token}
+    assert resident == {(s, y, x) for s in range(3) for y in range(2) for x in range(2)}, "both next slabs, in memory"
+    scroll(engine, path, data, range(2, 24))
+    wait_idle(engine)
+    stats = engine.stats.snapshot()
+    assert stats["chunks_fetched"] == 12 and stats["disk_hits"] == 0, "nothing staged to disk and read back"
+    assert stats["decoded_bytes"] <= data.nbytes
+
+
+def test_a_staged_chunk_asked_into_memory_is_decoded_from_its_staged_fetch(tmp_path, monkeypatch):
+    """Readahead staged chunks to disk, then (room found) asks them into memory while they are
+    still fetched: each is fetched once and decoded from those bytes, not read back from disk."""
+    path = tmp_path / "staged.zarr"
+    data = pattern((8, 64, 64), "uint16")
+    write_ome_zarr(path, data, "zyx", levels=1, chunks=(8, 32, 32), compressors=LZ4)
+    level = open_source(str(path)).levels[0]
+    gate = threading.Event()
+    fetch_versioned = level.fetch_versioned
+
+    def held_fetch(*args, **kwargs):
+        assert gate.wait(10), "the test opens the gate"
+        return fetch_versioned(*args, **kwargs)
+
+    monkeypatch.setattr(level, "fetch_versioned", held_fetch)
+    engine = ChunkEngine(disk=DiskCache(str(tmp_path / "cache")))
+    chunks = [(0, y, x) for y in range(2) for x in range(2)]
+    engine.stage(level, chunks)
+    engine.prefetch(level, chunks)
+    gate.set()
+    wait_idle(engine)
+    stats = engine.stats.snapshot()
+    assert stats["chunks_fetched"] == 4 and stats["decodes"] == 4
+    assert stats["disk_hits"] == 0, "decoded from the staged bytes, not read back"
+    for idx in chunks:
+        arr = engine.memory.peek((level.cache_token, idx))
+        np.testing.assert_array_equal(arr, data[:, idx[1] * 32:(idx[1] + 1) * 32, idx[2] * 32:(idx[2] + 1) * 32])
+
+
+def test_blocks_decoded_ahead_run_in_order_on_the_decode_threads_and_count_as_busy():
+    """Decodes ahead of a reader queue in the engine and are drained by at most
+    decode_threads threads, oldest first; wait_idle waits for them; one that fails does not
+    stop the others."""
+    engine = ChunkEngine(decode_threads=2)
+    gate = threading.Event()
+    lock = threading.Lock()
+    started, done, running, peak = [], [], [0], [0]
+
+    def job(i):
+        with lock:
+            started.append(i)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        assert gate.wait(10)
+        with lock:
+            running[0] -= 1
+            done.append(i)
+        if i == 3:
+            raise ValueError("a broken block fails its reader's read, not the others'")
+
+    for i in range(12):
+        engine._in_background(job, i)
+    assert not engine.wait_idle(0.3), "queued decodes keep the engine busy"
+    assert sorted(started) == [0, 1], "two decode threads: the oldest two run, the rest wait"
+    gate.set()
+    wait_idle(engine)
+    assert sorted(done) == list(range(12)) and peak[0] == 2
+    assert started[2:] == list(range(2, 12)), "oldest first"
+
+
 def test_readaheads_share_the_memory_they_keep_ahead():
     engine = ChunkEngine(memory_bytes=64 << 20)
     first, second = object.__new__(type("R", (), {})), object.__new__(type("R", (), {}))
