@@ -120,6 +120,7 @@ class ChunkEngine:
         # callbacks, cost a scroll of deep chunks more than its thread switches: 4096 blocks).
         self._ahead_jobs: deque = deque()
         self._ahead_pending = 0  # queued or running (wait_idle)
+        self._behind_pending = 0  # chunks read in parts not yet whole (_whole_behind; wait_idle)
         self._ahead_drains = 0  # drains submitted and not finished
         self._max_drains = max(1, decode_threads)
         self._fill: dict[str, np.ndarray] = {}
@@ -571,9 +572,8 @@ class ChunkEngine:
         above = [t for t, _, _ in held]
         for t, claim, _ in held:
             t.release(claim)
-        done: Future = Future()  # wait_idle waits for it
         with self._lock:
-            self._background.add(done)
+            self._behind_pending += 1
 
         def whole() -> None:
             try:
@@ -582,8 +582,8 @@ class ChunkEngine:
                     tier.put(tkey, chunk.data, chunk.meta, None, (level.cache_token, idx))
                 self._store(level, idx, tkey, chunk.data, chunk.meta, [(t, t.claim(tkey), None) for t in above])
             finally:
-                done.set_result(None)
-                self._background_done(done)
+                with self._lock:
+                    self._behind_pending -= 1
 
         if chunk.done:
             whole()
@@ -724,7 +724,7 @@ class ChunkEngine:
             if not (self._queue.wait_idle(left) and self._local_reads.wait_idle(left)):
                 return False
             with self._lock:
-                if not self._inflight and not self._ahead_pending:
+                if not self._inflight and not self._ahead_pending and not self._behind_pending:
                     return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
