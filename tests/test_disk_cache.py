@@ -485,3 +485,22 @@ def test_a_slot_let_go_wakes_only_the_threads_waiting_for_it(tmp_path):
     assert got.wait(5), "the waiting thread was not woken by its own slot"
     locks.release(mine)
     locks.release(mine, downgraded=True)
+
+
+def test_a_batch_of_new_entries_costs_a_few_sql_statements_not_a_few_per_entry(tmp_path):
+    """The disk writer takes the GIL back after every SQL statement, behind the fetch
+    threads of a scroll: a batch of 32 newly fetched chunks is one INSERT (and one look for
+    keys already there, one eviction pass), not six statements per entry. A key already
+    there is replaced as before, and every entry reads back exact."""
+    disk = DiskCache(str(tmp_path / "cache"))
+    assert disk.put("n/5", payload("old"))
+    statements = []
+    disk._cache._con.set_trace_callback(statements.append)  # this thread's connection
+    keys = [f"n/{i}" for i in range(32)]
+    assert disk.put_many([(key, payload(key), None) for key in keys]) == [True] * 32
+    disk._cache._con.set_trace_callback(None)
+    # (The trace shows an executemany's INSERT once per row.)
+    others = [s for s in statements if not s.lstrip().upper().startswith("INSERT INTO CACHE")]
+    assert len(others) < 25, f"{len(others)} SQL statements besides the INSERTs for a batch of 32"
+    assert all(disk.get(key) == payload(key) for key in keys)
+    disk.close()
