@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -63,7 +63,7 @@ class Level:
 
         with observe(SourceVersion(**condition) if condition else None) as seen:
             data = self.fetch_many([key])[key]
-        return data, None if seen.version is None else asdict(seen.version)
+        return data, None if seen.version is None else seen.version.as_dict()
 
     # Whether where chunks lie is read once per mount (an HDF5 file's chunk index), so that a
     # chunk found changed means the level can only be read again after a remount. Levels whose

@@ -101,6 +101,11 @@ class SourceVersion:
         """Whether a store can answer a conditional request on it."""
         return bool(self.etag or self.last_modified)
 
+    def as_dict(self) -> dict:
+        """The fields as a dict (what SourceVersion(**d) takes back): dataclasses.asdict
+        costs ~20 µs of deep copying for these plain fields, once per chunk fetched."""
+        return dict(self.__dict__)
+
 
 class NotModified(Exception):
     """A conditional request answered 304: the bytes are those of the given version."""

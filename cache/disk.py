@@ -206,11 +206,15 @@ class DiskCache:
             written.paths, written.removals = [], []
             try:
                 slices = self._write_file(cache, [(head, data) for (_, data, _), head in zip(entries, heads)])
+                # A file's slice, or small: the bytes, kept in SQLite itself.
+                values = [(key, where or head + data, where is not None)
+                          for (key, data, _), head, where in zip(entries, heads, slices)]
                 with cache.transact():
-                    for (key, data, _), head, where in zip(entries, heads, slices):
-                        _keep_file_mates(cache, key)
-                        # A file's slice, or small: the bytes, kept in SQLite itself.
-                        cache.set(key, where or head + data, read=where is not None, tag=self.source)
+                    inserted = _insert_new(cache, values, self.source)
+                    for i, (key, value, read) in enumerate(values):
+                        if i not in inserted:  # replaces an entry
+                            _keep_file_mates(cache, key)
+                            cache.set(key, value, read=read, tag=self.source)
                     self._recency.write(cache)
                 removals = written.removals
             except BaseException:
@@ -560,6 +564,37 @@ class DiskCache:
             if free >= room * (1 - FULL_SHRINK):
                 self._trouble.ended("full", "disk cache %s: its file system has room again (%s free); the cache "
                                     "stays under %s", self.directory, human(free), human(limit))
+
+
+def _insert_new(cache, values: list[tuple[str, object, bool]], tag: str | None) -> set[int]:
+    """Inside a transaction: add the entries (key, value, read) whose keys have no row yet
+    with one INSERT, then evict as diskcache's `set` would after each; their positions.
+    A batch of newly fetched chunks is all new: `set` spent six SQL statements on each
+    entry, and the writer took the GIL back after every one of them, behind 30 busy
+    threads in a scroll. Keys already there (or twice in the batch) are left to `set`."""
+    keys = [key for key, _, _ in values]
+    present: set[str] = set()
+    for start in range(0, len(keys), 500):  # within SQLite's limit of bound parameters
+        part = keys[start:start + 500]
+        present.update(key for (key,) in cache._sql(
+            f"SELECT key FROM Cache WHERE raw = 1 AND key IN ({','.join('?' * len(part))})", part))
+    now = time.time()
+    inserted: set[int] = set()
+    rows = []
+    for i, (key, value, read) in enumerate(values):
+        if key in present or not isinstance(key, str):
+            continue
+        present.add(key)
+        size, mode, filename, db_value = cache.disk.store(value, read, key=key)
+        rows.append((key, True, now, None, now, 0, tag, size, mode, filename, db_value))
+        inserted.add(i)
+    if rows:
+        cache._con.executemany(
+            "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
+            " filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        with cache._transact() as (sql, cleanup):  # nested: files to remove wait for the commit
+            cache._cull(now, sql, cleanup, cache.cull_limit * len(rows))
+    return inserted
 
 
 def _keep_file_mates(cache, key: str) -> None:
@@ -1023,7 +1058,13 @@ class FetchLocks:
         self._fd = os.open(os.path.join(directory, "fetch.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         self._claimed: set[int] = set()  # slots a thread of ours is fetching
         self._holders: collections.Counter[int] = collections.Counter()  # per slot our file lock stands for
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # A thread waiting for a slot of ours waits on that slot's condition (made while
+        # anyone waits for it): a slot let go wakes only its own waiters. One condition for
+        # all woke every waiting fetch thread at each chunk's hand-off, ~30 thread switches
+        # per chunk of a scroll while readahead's fetches waited for staged chunks.
+        self._waits: dict[int, threading.Condition] = {}
+        self._waiters: collections.Counter[int] = collections.Counter()
 
     def reopen(self, directory: str) -> None:
         """The folder was made again: lock its new lock file, under the same descriptor
@@ -1046,9 +1087,9 @@ class FetchLocks:
         """Acquire; whether another process held one of the slots (its fetch may have just
         put the chunk on disk)."""
         waited = False
-        with self._cond:
-            while self._claimed.intersection(slots):
-                self._cond.wait()
+        with self._lock:
+            while busy := self._claimed.intersection(slots):
+                self._wait_for(min(busy))
             self._claimed.update(slots)
             # Slots held by a downgraded fetch are ours already: only the others need the file lock.
             need = [slot for slot in slots if not self._holders[slot]]
@@ -1080,12 +1121,12 @@ class FetchLocks:
 
     def downgrade(self, slots: list[int]) -> None:
         """Let this process's threads take these slots again; other processes still wait."""
-        with self._cond:
+        with self._lock:
             self._claimed.difference_update(slots)
-            self._cond.notify_all()
+            self._wake(slots)
 
     def release(self, slots: list[int], downgraded: bool = False) -> None:
-        with self._cond:
+        with self._lock:
             if not downgraded:
                 self._claimed.difference_update(slots)
             self._holders.subtract(slots)
@@ -1093,7 +1134,29 @@ class FetchLocks:
             self._unlock(last)
             for slot in last:
                 del self._holders[slot]
-            self._cond.notify_all()
+            if not downgraded:
+                self._wake(slots)
+
+    def _wait_for(self, slot: int) -> None:
+        """Wait (holding self._lock) until `slot` may have been let go."""
+        cond = self._waits.get(slot)
+        if cond is None:
+            cond = self._waits[slot] = threading.Condition(self._lock)
+        self._waiters[slot] += 1
+        try:
+            cond.wait()
+        finally:
+            self._waiters[slot] -= 1
+            if not self._waiters[slot]:
+                del self._waiters[slot]
+                del self._waits[slot]
+
+    def _wake(self, slots: list[int]) -> None:
+        """Wake the threads waiting for these slots (holding self._lock), and only them."""
+        for slot in slots:
+            cond = self._waits.get(slot)
+            if cond is not None:
+                cond.notify_all()
 
     def _unlock(self, slots: list[int]) -> None:
         for slot in slots:

@@ -69,8 +69,8 @@ class DiskTier:
 
     def put(self, key: str, data: bytes, meta: dict | None, claim: list[int], memory_key: Hashable) -> None:
         """Hand fetched bytes to the write-behind (its thread lets go of their fetch slots),
-        or past its bound, write them here and now."""
-        if self.writes.add(key, data, claim, memory_key, meta):
+        waiting for room past its bound; should that take long, write them here and now."""
+        if self.writes.add_or_wait(key, data, claim, memory_key, meta):
             # This process's readers take the bytes from the queue. (Should the write and its
             # release come first, this only ends the claim the release left to it.)
             self.disk.locks.downgrade(claim)

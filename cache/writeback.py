@@ -9,7 +9,8 @@ pause for QUIET_S. Three bounds keep that honest:
 - `bound`: bytes waiting that nothing else holds. Most waiting bytes are also the memory
   cache's resident chunks (the very same bytes object), which cost no memory of their own;
   the rest (staged chunks, chunks evicted before their write) count, and past the bound the
-  oldest of them are written at once, or by the fetch thread itself (`add` says no);
+  oldest of them are written at once; a fetch thread waits for the writer to take them
+  (`add_or_wait`), and writes its bytes itself only if that takes long (`add` says no);
 - `flush()` and `close()` write everything now (tests, `cache prefetch`, unmount).
 """
 
@@ -52,6 +53,7 @@ class WriteBehind(ReadPauses):
         self._by_memory_key: dict[Hashable, str] = {}
         self._alone: set[str] = set()  # keys whose bytes nothing else holds
         self.alone_bytes = 0
+        self._taken = 0  # of alone_bytes, those of the batch being written now
         self.nbytes = 0
         self._flushes = 0
         ReadPauses.__init__(self)  # reading(): around a reader's request, writes wait until QUIET_S after it
@@ -74,15 +76,39 @@ class WriteBehind(ReadPauses):
         with self._cond:
             if key in self._queue or (self.alone_bytes > self.bound and not self._held_in_memory(memory_key, data)):
                 return False
-            self._queue[key] = Pending(key, data, slots, memory_key, time.monotonic(), meta)
-            self._by_memory_key[memory_key] = key
-            self.nbytes += len(data)
-            self._refresh(key)
-            # The writer sleeps until its next due time, which a new entry moves only when
-            # the queue was empty or bytes held by nothing else are now past the bound: waking
-            # it for every chunk would cost a thread switch per chunk of a scroll for nothing.
-            if len(self._queue) == 1 or self.alone_bytes > self.bound:
-                self._cond.notify_all()
+            self._enqueue(Pending(key, data, slots, memory_key, time.monotonic(), meta))
+        return True
+
+    def _enqueue(self, entry: Pending) -> None:
+        self._queue[entry.key] = entry
+        self._by_memory_key[entry.memory_key] = entry.key
+        self.nbytes += len(entry.data)
+        self._refresh(entry.key)
+        # The writer sleeps until its next due time, which a new entry moves only when the
+        # queue was empty or bytes held by nothing else are now past the bound: waking it
+        # for every chunk would cost a thread switch per chunk of a scroll for nothing.
+        if len(self._queue) == 1 or self.alone_bytes > self.bound:
+            self._cond.notify_all()
+
+    def add_or_wait(self, key: str, data: bytes, slots: list[int], memory_key: Hashable, meta: dict | None = None,
+                    timeout: float = 2.0) -> bool:
+        """As `add`, but past the bound wait (at most `timeout` seconds) until the writer has
+        taken enough bytes into the batch it writes, instead of saying no at once. While a
+        batch is being written its bytes still count (they are served from the queue), so
+        during a scroll past the bound every fetch that arrived meanwhile was refused and
+        written alone, by its fetch thread: a file and a transaction per chunk (~17% of the
+        chunks of a 1 GiB level's cold scroll)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (key not in self._queue and self.alone_bytes - self._taken > self.bound
+                   and not self._held_in_memory(memory_key, data)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            if key in self._queue:
+                return False
+            self._enqueue(Pending(key, data, slots, memory_key, time.monotonic(), meta))
         return True
 
     def memory_changed(self, memory_key: Hashable) -> None:
@@ -139,6 +165,7 @@ class WriteBehind(ReadPauses):
                     entry, wait = self._next_due(time.monotonic())
                     if entry is not None:
                         batch = self._batch(entry)
+                        self._taken = sum(len(e.data) for e in batch if e.key in self._alone)
                         break
                     self._cond.wait(wait)
             try:
@@ -158,6 +185,7 @@ class WriteBehind(ReadPauses):
                             self._alone.discard(entry.key)
                             self.alone_bytes -= len(entry.data)
                         self.nbytes -= len(entry.data)
+                    self._taken = 0
                     self._cond.notify_all()
 
     def _batch(self, first: Pending) -> list[Pending]:

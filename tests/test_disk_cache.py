@@ -446,3 +446,61 @@ def test_a_file_system_that_refuses_o_direct_still_gets_the_entries(tmp_path, mo
     assert all(disk.get(key) == payload(key) for key in keys + ["d/single"])
     assert len(entry_files(tmp_path / "cache")) == 2  # no empty file left behind by the refused opens
     disk.close()
+
+
+def _switches(tid: int) -> int:
+    """Voluntary context switches of one thread of this process so far."""
+    for line in open(f"/proc/self/task/{tid}/status"):
+        if line.startswith("voluntary_ctxt_switches"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches line")
+
+
+def test_a_slot_let_go_wakes_only_the_threads_waiting_for_it(tmp_path):
+    """A fetch waiting for one chunk's slot sleeps through the hand-offs of all the others
+    (during a scroll, every chunk's hand-off woke every waiting fetch thread); it goes on
+    as soon as its own slot is let go."""
+    from ngffmount.cache.disk import FetchLocks
+
+    locks = FetchLocks(str(tmp_path))
+    mine, other = locks.slots(["chunk/0"]), locks.slots(["chunk/1"])
+    assert mine != other
+    locks.acquire(mine)
+    tid, got = [], threading.Event()
+    waiter = threading.Thread(target=lambda: (tid.append(threading.get_native_id()), locks.acquire(mine), got.set()),
+                              daemon=True)
+    waiter.start()
+    assert wait_for(lambda: tid, 5)
+    time.sleep(0.2)  # asleep in acquire
+    before = _switches(tid[0])
+    for _ in range(200):  # other chunks fetched, handed to the disk's queue, written
+        locks.acquire(other)
+        locks.downgrade(other)
+        locks.release(other, downgraded=True)
+        time.sleep(0.001)  # time for a woken thread to run
+    time.sleep(0.05)
+    assert _switches(tid[0]) - before < 20, "the waiting thread was woken by other slots' hand-offs"
+    assert not got.is_set()
+    locks.downgrade(mine)  # queued for the disk: this process's threads may take it
+    assert got.wait(5), "the waiting thread was not woken by its own slot"
+    locks.release(mine)
+    locks.release(mine, downgraded=True)
+
+
+def test_a_batch_of_new_entries_costs_a_few_sql_statements_not_a_few_per_entry(tmp_path):
+    """The disk writer takes the GIL back after every SQL statement, behind the fetch
+    threads of a scroll: a batch of 32 newly fetched chunks is one INSERT (and one look for
+    keys already there, one eviction pass), not six statements per entry. A key already
+    there is replaced as before, and every entry reads back exact."""
+    disk = DiskCache(str(tmp_path / "cache"))
+    assert disk.put("n/5", payload("old"))
+    statements = []
+    disk._cache._con.set_trace_callback(statements.append)  # this thread's connection
+    keys = [f"n/{i}" for i in range(32)]
+    assert disk.put_many([(key, payload(key), None) for key in keys]) == [True] * 32
+    disk._cache._con.set_trace_callback(None)
+    # (The trace shows an executemany's INSERT once per row.)
+    others = [s for s in statements if not s.lstrip().upper().startswith("INSERT INTO CACHE")]
+    assert len(others) < 25, f"{len(others)} SQL statements besides the INSERTs for a batch of 32"
+    assert all(disk.get(key) == payload(key) for key in keys)
+    disk.close()

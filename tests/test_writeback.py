@@ -104,6 +104,34 @@ def test_add_refuses_bytes_past_the_bound_and_keys_already_waiting(quick):
     assert sorted(written) == ["k1", "k2", "k4"] and wb.nbytes == 0
 
 
+def test_past_the_bound_a_fetch_waits_for_the_writer_instead_of_writing_alone(quick):
+    """Bytes the writer has taken into the batch it writes no longer keep others out: a
+    fetch thread queues its bytes then (`add_or_wait`), and past the bound it waits for the
+    writer rather than write a file of its own; it gives up (the caller writes) only after
+    its timeout."""
+    hold = threading.Event()
+    write, written = recorder(hold)
+    wb = WriteBehind(write, lambda key, data: False, bound=100)
+    with wb.reading():
+        assert wb.add("k1", b"1" * 80, [], "m1")
+        assert wb.add("k2", b"2" * 80, [], "m2")  # 160 alone: the writer takes k1, and is stuck
+        time.sleep(0.2)
+        assert not wb.add("k3", b"3" * 10, [], "m3"), "a plain add still says no past the bound"
+        assert wb.add_or_wait("k3", b"3" * 10, [], "m3", timeout=5.0), "k1 is on its way: room for k3"
+        assert wb.add_or_wait("k4", b"4" * 20, [], "m4", timeout=5.0)  # now 110 not taken: past the bound
+        assert not wb.add_or_wait("k5", b"5" * 10, [], "m5", timeout=0.2), "the writer is stuck: give up"
+        done = []
+        waiter = threading.Thread(target=lambda: done.append(wb.add_or_wait("k5", b"5" * 10, [], "m5", timeout=10)))
+        waiter.start()
+        time.sleep(0.3)
+        assert done == [], "past the bound with the writer stuck: it waits"
+        hold.set()  # the writer goes on: k1 written, then the next oldest taken
+        waiter.join(10)
+        assert done == [True]
+    assert wb.flush(5.0)
+    assert sorted(written) == ["k1", "k2", "k3", "k4", "k5"] and wb.nbytes == 0 and wb.alone_bytes == 0
+
+
 def test_flush_writes_everything_now_even_during_reads(quick):
     write, written = recorder()
     wb = WriteBehind(write, lambda key, data: False, bound=1 << 20)
