@@ -735,7 +735,8 @@ class ChunkEngine:
         at most `timeout` seconds (for all of them). False if some was left unwritten."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done = True
-        for tier in self.tiers:
+        # Farthest first: a shared tier's reads behind the reader still fill the disk tier.
+        for tier in reversed(self.tiers):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done = tier.flush(left) and done
         return done

@@ -277,6 +277,8 @@ class RedisTier(ReadPauses):
         self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
         ReadPauses.__init__(self, self._cond)  # reading(): whole entries wait until reads pause (see later)
         self._behind: queue.Queue[tuple[float, Callable[[], None]]] = queue.Queue()
+        self._behind_jobs = 0  # queued or running (flush waits for them)
+        self._hurry = 0  # flushes waiting: run whole reads now, without waiting for a pause
         threading.Thread(target=self._write_loop, name="shared-write", daemon=True).start()
         threading.Thread(target=self._behind_loop, name="shared-behind", daemon=True).start()
 
@@ -570,7 +572,9 @@ class RedisTier(ReadPauses):
 
     def later(self, job: Callable[[], None]) -> None:
         """Run job on this tier's own thread once reads pause for QUIET_S (from now at least),
-        or at most BEHIND_MAX_WAIT_S from now."""
+        or at most BEHIND_MAX_WAIT_S from now (at once while a flush waits)."""
+        with self._cond:
+            self._behind_jobs += 1
         self._behind.put((time.monotonic(), job))
 
     def _behind_loop(self) -> None:
@@ -581,13 +585,17 @@ class RedisTier(ReadPauses):
                 # A job comes of a reader's chunk: its time counts as a read (a reader's first
                 # chunks may come by a prefetch, before any request of its ended).
                 quiet = self._readers == 0 and now - max(queued, self._last_read) >= QUIET_S
-                if quiet or now - queued >= BEHIND_MAX_WAIT_S:
+                if quiet or self._hurry or now - queued >= BEHIND_MAX_WAIT_S:
                     break
                 time.sleep(POLL_S[0] * 4)
             try:
                 job()
             except Exception as exc:  # noqa: BLE001 - a failed job costs its disk fill, never the thread
                 self._trouble.report("behind", "shared cache: reading an entry behind the reader failed: %r", exc)
+            finally:
+                with self._cond:
+                    self._behind_jobs -= 1
+                    self._cond.notify_all()
 
     def memory_changed(self, memory_key: Hashable) -> None:
         pass
@@ -597,8 +605,14 @@ class RedisTier(ReadPauses):
         return self.nbytes
 
     def flush(self, timeout: float | None = None) -> bool:
+        """Also the whole reads still behind readers (they fill the tiers nearer the reader,
+        flushed after this one: ChunkEngine.flush_disk), run at once."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+            self._hurry += 1
+            try:
+                return self._cond.wait_for(lambda: self._pending == 0 and self._behind_jobs == 0, timeout)
+            finally:
+                self._hurry -= 1
 
 
 class RedisParts(Parts):

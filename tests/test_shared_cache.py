@@ -565,6 +565,25 @@ def test_a_shared_warm_plane_reads_only_the_blocks_it_needs(tmp_path, deep_store
         assert after["shared_hits"] == 2 and fetched == []
 
 
+def test_an_unmount_right_after_a_shared_warm_read_still_fills_the_disk(tmp_path, deep_store, redis_server,
+                                                                      monkeypatch):
+    """The whole entries behind a reader wait for reads to pause; a flush (unmount, cache
+    prefetch) runs them at once, so the disk cache still gets what was read in parts."""
+    import ngffmount.cache.redis_tier as redis_tier
+
+    path, data = deep_store
+    warm(redis_server.url, "unmount", path)
+    monkeypatch.setattr(redis_tier, "QUIET_S", 600.0)
+    monkeypatch.setattr(redis_tier, "BEHIND_MAX_WAIT_S", 600.0)
+    engine = engine_with_memory(tmp_path, redis_server.url, "unmount")
+    fetched: list = []
+    got = read_region(engine, counted_level(path, fetched), (3, 0, 0), (4, *PLANE_SHAPE))
+    np.testing.assert_array_equal(got, data[3:4])
+    assert engine.stats.snapshot()["shared_partial_hits"] == 2 and len(engine.disk) == 0
+    assert engine.flush_disk(30)
+    assert len(engine.disk) == 2 and fetched == []
+
+
 def test_a_damaged_block_in_redis_is_never_served(tmp_path, deep_store, redis_server, monkeypatch):
     import zarr
 
