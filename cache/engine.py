@@ -539,14 +539,15 @@ class ChunkEngine:
                 if entry is not None and self._fresh(entry[1]):
                     self.stats.add(f"{tier.name}_hits")
                     data, meta = entry
+                    chunk = None
                     if isinstance(data, Parts):
-                        data = PartialChunk(data, meta, partial(self._refetch, level, key))
-                        if not in_parts:  # nothing decodes it now: whole at once, for the tiers
-                            data.whole()
-                    deliver(idx, data.data if isinstance(data, PartialChunk) and not in_parts else data)
+                        chunk = PartialChunk(data, meta, partial(self._refetch, level, key))
+                        # Nothing decodes it now (staging, prefetch): whole at once.
+                        data = chunk if in_parts else chunk.whole()
+                    deliver(idx, data)
                     tier.release(held.pop()[1])
-                    if isinstance(data, PartialChunk):
-                        self._whole_behind(level, idx, tkey, data, tier, held)
+                    if chunk is not None:
+                        self._whole_behind(level, idx, tkey, chunk, tier, held)
                     else:
                         self._store(level, idx, tkey, data, meta, held)
                     return
