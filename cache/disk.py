@@ -25,8 +25,9 @@ import threading
 import time
 from typing import NamedTuple
 
+import crc32c
 import diskcache
-import google_crc32c
+import numpy as np
 
 from .diskfolder import (delete_rows, human, log_bound, oldest_entries, remove_entry_files, remove_oldest,
                          remove_oldest_files)
@@ -34,8 +35,9 @@ from .throttledlog import ThrottledLog
 
 log = logging.getLogger("ngffmount")
 
-# An entry is a format byte, the CRC32C of the data, then the data. CRC32C runs at ~10 GB/s
-# (blake2b, tried first, cost 0.16 s per 84 MB warm plane); it catches damage, not attacks.
+# An entry is a format byte, the CRC32C of the data, then the data. CRC32C catches damage, not
+# attacks (blake2b, tried first, cost 0.16 s per 84 MB warm plane). The crc32c package runs
+# at ~25 GB/s here (google-crc32c: ~5), reads any buffer and lets go of the GIL.
 ENTRY_FORMAT = b"\x01"
 HEADER_BYTES = 5
 # Format 2 adds the entry's metadata (JSON: the source version of its bytes, when they were
@@ -74,7 +76,7 @@ def default_cache_dir() -> str:
 
 
 def _checksum(data, meta: bytes | None = None) -> bytes:
-    crc = google_crc32c.value(data) if meta is None else google_crc32c.extend(google_crc32c.value(meta), data)
+    crc = crc32c.crc32c(data) if meta is None else crc32c.crc32c(data, crc32c.crc32c(meta))
     return struct.pack("<I", crc)
 
 
@@ -1015,11 +1017,17 @@ def _write_direct(fd: int, parts, size: int) -> bool:
     with _ALIGNED.take(padded) as buf:
         view = memoryview(buf)
         try:
-            pos = 0
-            for part in parts:
-                view[pos:pos + len(part)] = part
-                pos += len(part)
-            view[size:padded] = bytes(padded - size)
+            # numpy copies without the GIL (a memoryview copy holds it: 18% of its samples on a
+            # cold scroll, every other thread waiting).
+            into = np.frombuffer(view, np.uint8)
+            try:
+                pos = 0
+                for part in parts:
+                    into[pos:pos + len(part)] = np.frombuffer(part, np.uint8)
+                    pos += len(part)
+                into[size:padded] = 0
+            finally:
+                del into  # before view.release()
             try:
                 _write_all(fd, view[:padded])
             except OSError as exc:

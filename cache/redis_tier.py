@@ -35,7 +35,7 @@ import time
 from typing import Callable, Hashable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import google_crc32c
+import crc32c
 
 from .disk import _split_entry, checked_entry, entry_head
 from .readpause import ReadPauses
@@ -189,7 +189,7 @@ def page_bytes(size: int) -> int:
 
 
 def _crc(data) -> bytes:
-    return struct.pack("<I", google_crc32c.value(data if isinstance(data, bytes) else bytes(data)))
+    return struct.pack("<I", crc32c.crc32c(data))
 
 
 def entry_head_bytes(data, meta: dict | None) -> bytes:
