@@ -61,10 +61,13 @@ class Level:
         (such a dict), the fetch is conditional on it: raises storage.NotModified on a 304."""
         from .storage import SourceVersion, observe
 
-        with observe(SourceVersion(**condition) if condition else None) as seen:
+        with observe(SourceVersion(**condition) if condition else None, self.takes_buffers) as seen:
             data = self.fetch_many([key])[key]
         return data, None if seen.version is None else seen.version.as_dict()
 
+    # Whether fetch_versioned may hand on the client's read-only buffer (a memoryview) instead
+    # of bytes: levels whose decoding takes any buffer say True (no copy of every chunk).
+    takes_buffers = False
     # Whether where chunks lie is read once per mount (an HDF5 file's chunk index), so that a
     # chunk found changed means the level can only be read again after a remount. Levels whose
     # chunks are whole objects, or that re-read their layout (forget_layout), say False.

@@ -28,7 +28,7 @@ def _load_getitem():
         fn = ctypes.CDLL(numcodecs.blosc.__file__).blosc_getitem
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     fn.restype = ctypes.c_int
     return fn
 
@@ -66,8 +66,11 @@ class BloscFrame:
             return None
         if block_bytes <= 0 or block_bytes % typesize or block_bytes % itemsize or nbytes % typesize:
             return None
-        # A bytearray stays itself: a frame read in parts is filled in place (see `fill`).
-        frame = cls(raw if isinstance(raw, (bytes, bytearray)) else bytes(raw), typesize, nbytes, block_bytes)
+        # A bytearray stays itself: a frame read in parts is filled in place (see `fill`); a
+        # memoryview (a client's buffer) is read where it lies.
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raw = bytes(raw)
+        frame = cls(raw, typesize, nbytes, block_bytes)
         frame.memcpyed = bool(flags & FLAG_MEMCPYED)
         return frame if frame.table_end <= cbytes else None
 
@@ -107,6 +110,9 @@ class BloscFrame:
         raw = self.raw  # the whole frame, should it have come meanwhile
         if isinstance(raw, bytearray):
             raw = (ctypes.c_char * len(raw)).from_buffer(raw)
+        elif isinstance(raw, memoryview):  # read-only: its address, through numpy
+            held = np.frombuffer(raw, np.uint8)
+            raw = held.ctypes.data
         size = self.block_size(block)
         out = np.empty(size, np.uint8) if self.buffers is None else self.buffers(size)
         got = _getitem(raw, block * self.block_bytes // self.typesize, size // self.typesize, out.ctypes.data)

@@ -125,14 +125,16 @@ class ObstoreTransport:
         return client
 
     def get(self, object_path: str, start: int, end: int | None, condition, left: float):
-        """(bytes, ETag, Last-Modified, object size) of one GET, blocking without the GIL."""
+        """(bytes, ETag, Last-Modified, object size) of one GET, blocking without the GIL. The
+        bytes are a read-only memoryview of obstore's buffer: copying them into new memory cost
+        a tenth of the daemon's CPU on a cold scroll, holding the GIL (Store makes bytes where needed)."""
         import obstore
 
         if start == end:
             return _NOTHING  # as fsspec: no bytes, no request (obstore refuses an empty range)
         try:
             result = obstore.get(self._client_for(left), object_path, options=_get_options(start, end, condition))
-            data = bytes(result.bytes())
+            data = memoryview(result.bytes())
         except Exception as exc:
             raise self._translated(exc) from None
         return _answer(result, data)
@@ -145,7 +147,7 @@ class ObstoreTransport:
         try:
             result = await obstore.get_async(self._client_for(left), object_path,
                                              options=_get_options(start, end, condition))
-            data = bytes(await result.bytes_async())
+            data = memoryview(await result.bytes_async())
         except Exception as exc:
             raise self._translated(exc) from None
         return _answer(result, data)

@@ -113,10 +113,12 @@ class NotModified(Exception):
 
 class FetchObserver:
     """Around one chunk fetch (`observe`): the version of the bytes its last request got, and
-    optionally a version to make the matching request conditional on."""
+    optionally a version to make the matching request conditional on. With `buffers`, the
+    bytes may come as a read-only memoryview of the client's own memory (no copy)."""
 
-    def __init__(self, condition: SourceVersion | None = None):
+    def __init__(self, condition: SourceVersion | None = None, buffers: bool = False):
         self.condition = condition
+        self.buffers = buffers
         self.version: SourceVersion | None = None
 
 
@@ -124,11 +126,11 @@ _OBSERVER: contextvars.ContextVar[FetchObserver | None] = contextvars.ContextVar
 
 
 @contextlib.contextmanager
-def observe(condition: SourceVersion | None = None):
+def observe(condition: SourceVersion | None = None, buffers: bool = False):
     """Record what the store says about the bytes fetched in this block; with `condition`, the
     request for the same range is conditional (If-None-Match, else If-Modified-Since) and a 304
-    raises NotModified."""
-    observer = FetchObserver(condition)
+    raises NotModified. With `buffers`, the caller takes any read-only buffer, not only bytes."""
+    observer = FetchObserver(condition, buffers)
     token = _OBSERVER.set(observer)
     try:
         yield observer
@@ -372,6 +374,8 @@ class Store:
             req = requests[-1]
             observer.version = SourceVersion(req.key, req.start, req.end, *raw[-1][1:])
         raw = [value[0] if isinstance(value, tuple) else value for value in raw]
+        if observer is None or not observer.buffers:  # obstore's memory, as bytes for callers that parse them
+            raw = [bytes(value) if isinstance(value, memoryview) else value for value in raw]
         failed = [(req, value) for req, value in zip(requests, raw)
                   if isinstance(value, BaseException) and not isinstance(value, MISSING_ERRORS)]
         # Report the request that failed, not those abandoned because of it.

@@ -138,6 +138,7 @@ class ZarrLevel(Level):
         return out
 
     layout_fixed = False  # chunks are objects, or shard ranges whose index forget_layout drops
+    takes_buffers = True  # numcodecs, numpy and BloscFrame read any buffer
 
     def _load_shard_indices(self, shards: list[str]) -> dict[str, np.ndarray | None]:
         n = self.sharding.index_nbytes

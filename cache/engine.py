@@ -579,7 +579,7 @@ class ChunkEngine:
         def whole() -> None:
             try:
                 chunk.whole()
-                if chunk.refetched and isinstance(chunk.data, (bytes, bytearray)):
+                if chunk.refetched and isinstance(chunk.data, (bytes, bytearray, memoryview)):
                     tier.put(tkey, chunk.data, chunk.meta, None, (level.cache_token, idx))
                 self._store(level, idx, tkey, chunk.data, chunk.meta, [(t, t.claim(tkey), None) for t in above])
             finally:

@@ -488,6 +488,13 @@ def test_blosc_frame_blocks_match_the_whole_chunk_decode(blocked_store):
     assert frame is not None and frame.nblocks >= 8
     whole = level.decode((0, 0, 0), raw).tobytes()
     assert b"".join(frame.decode_block(b).tobytes() for b in range(frame.nblocks)) == whole
+    # A client's read-only buffer (obstore's memory, see fetch_versioned) decodes where it lies.
+    view = memoryview(raw)
+    frame = level.blosc_frame(view)
+    assert frame.raw is view
+    assert b"".join(frame.decode_block(b).tobytes() for b in reversed(range(frame.nblocks))) == b"".join(
+        whole[b * frame.block_bytes:(b + 1) * frame.block_bytes] for b in reversed(range(frame.nblocks)))
+    assert level.decode((0, 0, 0), view).tobytes() == whole
 
 
 def test_blosc_frame_refuses_what_is_not_one_whole_frame(blocked_store):

@@ -110,6 +110,21 @@ def test_bytes_ranges_and_counters(objects):
         assert TRANSFERS.requests - before == 11 and TRANSFERS.in_flight == 0
 
 
+def test_a_chunk_fetch_that_takes_buffers_gets_the_clients_memory_uncopied(objects):
+    """Chunk fetches of levels that take buffers (fetch_versioned) get obstore's memory as a
+    read-only memoryview; every other read (metadata, levels that parse bytes) gets bytes."""
+    for store in stores(objects):
+        assert type(store.get("obj")) is bytes
+        with observe(buffers=True):
+            got = store.get("obj")
+            batch = store.get_ranges([RangeRequest("obj", 0, 10), RangeRequest("obj", 10, 20)])
+        assert isinstance(got, memoryview) and got.readonly and got == DATA
+        assert [bytes(b) for b in batch] == [DATA[:10], DATA[10:20]]
+        with observe():
+            assert type(store.get("obj")) is bytes
+            assert all(type(b) is bytes for b in store.get_ranges([RangeRequest("obj", 0, 10), RangeRequest("obj", 5, 9)]))
+
+
 def test_an_empty_range_is_empty_bytes_as_through_fsspec(objects):
     """fsspec answers a range of no bytes with b"" (_http_get sends no request for it);
     obstore refuses such a range: the lean transport must not turn it into an error."""
