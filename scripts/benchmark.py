@@ -61,6 +61,7 @@ BUCKET = "ngffbench"
 KEY, SECRET, REGION = "testing", "testing", "us-east-1"  # moto accepts any credentials
 SIZES = {"small": (64, 1024, 1024), "full": (128, 2048, 2048)}  # z, y, x uint16: 128 MiB, 1 GiB
 CHUNKINGS = {"64x256x256": (64, 256, 256), "1x512x512": (1, 512, 512)}
+FLOOR_MEMORY = "3G"  # the FUSE floor's mount: holds a whole level, decoded and encoded
 SLIDE_SIZES = {"small": (20480, 30720), "course": (380928, 921600)}  # y, x of level 0, uint8
 SLIDE_CHUNK, SLIDE_WINDOW, SLIDE_WINDOWS = 1024, 1024, 16
 NODES = 8  # daemons of the cluster workload
@@ -867,6 +868,34 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
         attempt("ngff_warm_plane", ngff_warm_plane)
         attempt("ngff_warm_all", ngff_warm_scroll)
 
+    # (e) the FUSE floor: s0.tif served from the daemon's memory (a cache that holds the whole
+    # level, filled by one scroll and one re-read), page cache dropped before each run: what
+    # passing the bytes through FUSE costs, with no fetch or disk read (and no decode, but for
+    # the blocks of deep chunks the cache keeps encoded).
+    def ngff_fuse_floor():
+        def body(mnt):
+            for _ in range(2):
+                h.measure(stack_spec(mnt, verify=False), mnt)
+            runs = []
+            for _ in range(reps):
+                h.drop_caches()
+                runs.append(h.measure(stack_spec(mnt), mnt))
+            return runs
+
+        mnt, pid, log = h.ngff_mount(url, h.fresh("ngff"), extra=("--memory-cache", FLOOR_MEMORY))
+        try:
+            runs = body(mnt)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nngffmount daemon log {log}:\n{tail(log, 40)}") from None
+        finally:
+            h.ngff_unmount(mnt, pid)
+        rows["ngff_floor_all"] = summarize(f"ngffmount from its memory cache (--memory-cache {FLOOR_MEMORY}, page cache "
+                                           "dropped; no fetch, no disk read; blocks of deep chunks that the cache "
+                                           "let go of decode again: decodes/chunk)", runs, all_chunks, all_needed)
+        check("ngff_floor_all", runs, all_hashes)
+
+    attempt("ngff_floor_all", ngff_fuse_floor)
+
     # (f) zarr-python on the local-disk copy, page cache dropped before each run
     def local_run(zsel, c):
         h.drop_caches()
@@ -1149,6 +1178,7 @@ def render(args, meta, results: dict, errors: list, facts: dict, elapsed: float,
              ("scroll / whole level", ["ts_all", "obstore_all", "zarr_s3_all", "rclone_all", "ngff_cold_all",
                                        "ngff_warm_all", "local_all"]),
              ("hot re-read", ["ngff_hot_all"]),
+             ("memory re-read (FUSE floor)", ["ngff_floor_all"]),
              ("XZ scroll", ["zarr_s3_xz", "ngff_cold_xz"])]
     for ch, res in results.items():
         rows, info = res["rows"], res["info"]
