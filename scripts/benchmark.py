@@ -882,6 +882,7 @@ def bench_chunking(h: Harness, meta: dict, ch: str) -> dict:
                 runs.append(h.measure(stack_spec(mnt), mnt))
             return runs
 
+        # Not through ngff_session: this daemon's peak RSS (a 3G cache) is not the default one's.
         mnt, pid, log = h.ngff_mount(url, h.fresh("ngff"), extra=("--memory-cache", FLOOR_MEMORY))
         try:
             runs = body(mnt)
