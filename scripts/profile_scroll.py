@@ -16,7 +16,8 @@ them, each on its own new mount and empty cache:
   CPU than the scroll itself).
 
 Output (under --out, default $NGFFBENCH_DIR/profile): perf.data, pyspy.txt (collapsed stacks)
-and README.md (the folder's report): CPU by subsystem, py-spy's samples classified by the innermost frame in a
+and README.md (the folder's report): CPU by subsystem, CPU and context switches by thread
+(/proc, the first scroll), py-spy's samples classified by the innermost frame in a
 known file, CPU-s = share x the reference daemon CPU-s; and perf's tables. The interpreter's
 share of perf is what py-spy splits by subsystem. It uses the benchmark's data and run
 directory: do not run it next to a benchmark with the same NGFFBENCH_DIR.
@@ -120,6 +121,47 @@ def perf_tables(data: Path, daemon_cpu: float) -> list[str]:
     return L
 
 
+def thread_times(pid: int) -> dict[str, tuple[str, float, int]]:
+    """Per thread of `pid`: (kernel name, CPU seconds, voluntary context switches)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()
+        switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        out[task.name] = (stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / bm.CLK_TCK,
+                          switches)
+    return out
+
+
+def python_thread_names(pid: int) -> dict[str, str]:
+    """Thread id -> Python thread name (digits dropped: fetch_3 -> fetch), from `py-spy dump`.
+    Threads libfuse and obstore's runtime start have no Python name."""
+    dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=120).stdout
+    return {m.group(1): re.sub(r"[_-]?\d+$", "", m.group(2))
+            for m in re.finditer(r'Thread (\d+) \([^)]*\): "([^"]*)"', dump)}
+
+
+def thread_table(before: dict, after: dict, names: dict[str, str]) -> list[str]:
+    """CPU and voluntary switches over the read, by thread kind."""
+    kinds = collections.defaultdict(lambda: [0, 0.0, 0])
+    for tid, (comm, cpu, switches) in after.items():
+        _, cpu0, switches0 = before.get(tid, (comm, 0.0, 0))
+        kind = names.get(tid) or ("tokio runtime (obstore)" if comm.startswith("tokio") else f"{comm} (libfuse workers and others)")
+        row = kinds[kind]
+        row[0] += 1
+        row[1] += cpu - cpu0
+        row[2] += switches - switches0
+    L = ["| threads | count | CPU-s | voluntary switches |", "|---|---|---|---|"]
+    for kind, (count, cpu, switches) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+        if cpu >= 0.005 or switches:
+            L.append(f"| {kind} | {count} | {cpu:.2f} | {switches} |")
+    return L
+
+
 def stop(proc: subprocess.Popen | None, timeout: float = 120) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -132,7 +174,7 @@ def stop(proc: subprocess.Popen | None, timeout: float = 120) -> None:
 
 
 def profiled_scroll(h: bm.Harness, url: str, spec, profiler: list[str] | None, log: Path,
-                    extra: tuple = ()) -> dict:
+                    extra: tuple = (), by_thread: bool = False) -> dict:
     """One cold scroll (new mount, empty cache) measured like the benchmark's, with `profiler`
     ("{pid}" = the daemon) recording from before the read until the daemon is idle."""
     mnt, pid, daemon_log = h.ngff_mount(url, h.fresh("ngff"), extra=extra)
@@ -146,7 +188,11 @@ def profiled_scroll(h: bm.Harness, url: str, spec, profiler: list[str] | None, l
             time.sleep(2)  # attached before the read
             if proc.poll() is not None:
                 raise bm.BenchError(f"{profiler[0]} exited: {log.read_text()[-2000:]}")
-        return h.measure(spec(mnt), mnt)
+        before = thread_times(pid) if by_thread else {}
+        run = h.measure(spec(mnt), mnt)
+        if by_thread:
+            run["threads"] = thread_table(before, thread_times(pid), python_thread_names(pid))
+        return run
     except bm.BenchError as exc:
         raise bm.BenchError(f"{exc}\nngffmount daemon log {daemon_log}:\n{bm.tail(daemon_log, 40)}") from None
     finally:
@@ -200,7 +246,7 @@ def main() -> int:
             # Two cold scrolls, each on a new mount and an empty cache: perf's (or none) gives
             # the daemon's CPU-s; py-spy's, which costs the daemon more, only the split.
             perf_cmd = ["perf", "record", "-g", "-F", "499", "-o", str(perf_out), "-p", "{pid}"] if use_perf else None
-            run = profiled_scroll(h, url, spec, perf_cmd, out / "perf.log", tuple(args.mount_arg))
+            run = profiled_scroll(h, url, spec, perf_cmd, out / "perf.log", tuple(args.mount_arg), by_thread=True)
             pyspy_cmd = ["py-spy", "record", "--gil", "--nonblocking", "-r", str(args.rate), "-f", "raw",
                          "-o", str(pyspy_out), "--pid", "{pid}"]
             spy_run = profiled_scroll(h, url, spec, pyspy_cmd, out / "py-spy.log", tuple(args.mount_arg))
@@ -228,6 +274,9 @@ def main() -> int:
          "kernel's copies) is invisible here: see perf below.", ""]
     L += subsystem_table(stacks, daemon_cpu)
     L += ["", "Top innermost frames:", ""] + top_frames(stacks)
+    L += ["", "### Daemon CPU by thread (/proc/PID/task, the first scroll)", "",
+          "CPU seconds and voluntary context switches of each kind of thread, from right before the read until the "
+          "daemon is idle; Python's names from `py-spy dump`.", ""] + run["threads"]
     if use_perf and perf_out.exists():
         L += ["", "### Daemon CPU by shared object (perf record -g, all threads, kernel included)", ""]
         L += perf_tables(perf_out, daemon_cpu)

@@ -60,3 +60,14 @@ def test_profile_tables_from_collapsed_stacks(tmp_path):
     assert "| disk cache | 3 | 75% | 1.50 |" in table
     assert "| fetching / transport | 1 | 25% | 0.50 |" in table
     assert "| all | 4 | 100% | 2.00 |" in table
+
+
+def test_profile_thread_table_counts_each_kind_over_the_read():
+    before = {"11": ("python3", 1.0, 10), "12": ("python3", 0.5, 5), "13": ("tokio-rt-worker", 0.2, 100)}
+    after = {"11": ("python3", 1.5, 30), "12": ("python3", 0.75, 6), "13": ("tokio-rt-worker", 0.5, 400),
+             "14": ("python3", 0.25, 3), "15": ("python3", 0.0, 0)}  # 14 started during the read; 15 idle
+    names = {"11": "fetch", "12": "fetch", "15": "signals"}
+    table = ps.thread_table(before, after, names)
+    assert table[2:] == ["| fetch | 2 | 0.75 | 21 |",
+                         "| tokio runtime (obstore) | 1 | 0.30 | 300 |",
+                         "| python3 (libfuse workers and others) | 1 | 0.25 | 3 |"]
