@@ -38,7 +38,7 @@ from .level import ChunkedLevel
 from .memory import MemoryLRU
 from .partial import PartialChunk
 from .stats import Stats
-from .tier import Parts, Tier, no_reading
+from .tier import BYTES_LIKE, Parts, Tier, no_reading
 
 log = logging.getLogger("ngffmount")
 
@@ -579,7 +579,7 @@ class ChunkEngine:
         def whole() -> None:
             try:
                 chunk.whole()
-                if chunk.refetched and isinstance(chunk.data, (bytes, bytearray, memoryview)):
+                if chunk.refetched and isinstance(chunk.data, BYTES_LIKE):
                     tier.put(tkey, chunk.data, chunk.meta, None, (level.cache_token, idx))
                 self._store(level, idx, tkey, chunk.data, chunk.meta, [(t, t.claim(tkey), None) for t in above])
             finally:
@@ -603,7 +603,7 @@ class ChunkEngine:
         `meta`), or drop their entries when the chunk is gone at the source; each lets go of
         its claim."""
         for tier, claim, entry in held:
-            if isinstance(data, (bytes, bytearray, memoryview)) and (meta is not None or entry is None):
+            if isinstance(data, BYTES_LIKE) and (meta is not None or entry is None):
                 tier.put(tkey, data, meta, claim, (level.cache_token, idx))
             else:
                 if data is None and entry is not None:

@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..adapters.errors import ChunkReadError
 from ..adapters.retry import current_deadline
-from .tier import Parts
+from .tier import BYTES_LIKE, Parts
 
 
 class PartialChunk:
@@ -58,7 +58,7 @@ class PartialChunk:
         data = self.whole(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if isinstance(data, BaseException):
             raise data
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if not isinstance(data, BYTES_LIKE):
             raise ChunkReadError("the chunk is gone at the source")
 
     def whole(self, timeout: float | None = None):
@@ -76,7 +76,7 @@ class PartialChunk:
                 except BaseException as exc:  # noqa: BLE001 - handed to every reader of the chunk
                     data = exc
                 with self._lock:  # the frames whole before anyone is told it is done
-                    if isinstance(data, (bytes, bytearray, memoryview)):
+                    if isinstance(data, BYTES_LIKE):
                         for frame in self._frames:
                             frame.complete(data)
                     self._frames = []

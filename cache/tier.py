@@ -18,6 +18,9 @@ from contextlib import contextmanager
 from typing import Callable, Hashable, Protocol
 
 Entry = tuple["bytes | Parts", "dict | None"]  # the bytes, and their metadata (None: stored without)
+# What a chunk's encoded bytes may be: bytes, a bytearray (a frame read in parts, filled in
+# place) or a read-only memoryview (a client's own buffer, see Level.takes_buffers).
+BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 class Parts:
