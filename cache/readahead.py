@@ -13,6 +13,8 @@ way and not extended; it grows again from the reader's plane once a fetch succee
 from __future__ import annotations
 
 import threading
+from collections import deque
+from itertools import islice
 from typing import Callable, Sequence
 
 JITTER = 2  # planes a read may lag behind the newest one without counting as a jump back
@@ -33,7 +35,7 @@ class Readahead:
         self._lock = threading.Lock()
         self._seen: int | None = None  # plane of the latest read
         self._last: int | None = None  # newest plane the window follows
-        self._ahead: list[tuple[int, tuple[int, ...]]] = []  # (plane, chunk) ahead of the reader, in order
+        self._ahead: deque[tuple[int, tuple[int, ...]]] = deque()  # (plane, chunk) ahead of the reader, in order
         self._ahead_set: set[tuple[int, ...]] = set()
         self._decoding: set[tuple[int, ...]] = set()  # of those, the ones asked into memory
         self._staged: set[tuple[int, ...]] = set()  # and the ones asked onto disk
@@ -85,16 +87,29 @@ class Readahead:
         if self._decoding:
             self.engine.forget_ahead(self.level, self._decoding)
         self.engine.keep_ahead(self, 0)
-        self._ahead, self._ahead_set, self._decoding, self._staged = [], set(), set(), set()
+        self._ahead, self._ahead_set, self._decoding, self._staged = deque(), set(), set(), set()
         self._next_plane = plane + 1
 
     def _advance(self, plane: int, current: set, in_use: int) -> None:
-        """`in_use`: how many chunks the reader uses now."""
+        """`in_use`: how many chunks the reader uses now.
+
+        Each step costs what changed, not the window: planes are read in turn, and a window
+        of small chunks holds a thousand of them (walking it all twice per plane was a third
+        of the daemon's Python while it served planes from memory). After every step each
+        chunk of the window is asked either into memory (a prefix of it, the nearest) or
+        onto disk (the rest)."""
         # Forget chunks the reader has reached; they no longer count against the budgets.
-        self._ahead = [(p, c) for p, c in self._ahead if p > plane and c not in current]
-        self._ahead_set = {c for _, c in self._ahead}
-        self._decoding &= self._ahead_set
-        self._staged &= self._ahead_set
+        ahead = self._ahead
+        while ahead and ahead[0][0] <= plane:
+            _, c = ahead.popleft()
+            self._ahead_set.discard(c)
+            self._decoding.discard(c)
+            self._staged.discard(c)
+        if not self._ahead_set.isdisjoint(current):  # a chunk of this plane was taken for a later one
+            ahead = self._ahead = deque((p, c) for p, c in ahead if c not in current)
+            self._ahead_set = {c for _, c in ahead}
+            self._decoding &= self._ahead_set
+            self._staged &= self._ahead_set
         self._next_plane = max(self._next_plane, plane + 1)
         # Chunks kept encoded count as what they hold in memory, and the blocks a walk keeps
         # decoded of them as the decoded blocks' share: those of the chunks in use and of as
@@ -102,29 +117,31 @@ class Readahead:
         # are still kept).
         chunk_bytes, walk_bytes = self.engine.chunk_footprint(self.level)
         budget = self.engine.ahead_room(self, in_use * chunk_bytes, 2 * in_use * walk_bytes if walk_bytes else None)
-        room = (budget + self.stage_budget) // chunk_bytes - len(self._ahead)
+        room = (budget + self.stage_budget) // chunk_bytes - len(ahead)
+        new_from = len(ahead)  # chunks before this one are each in memory or on disk already
         while room > 0 and self._next_plane < self.plane_count:
             p = self._next_plane
             fresh = [c for c in self.chunks_of_plane(p) if c not in self._ahead_set and c not in current]
             take = fresh[:room]
-            self._ahead.extend((p, c) for c in take)
+            ahead.extend((p, c) for c in take)
             self._ahead_set.update(take)
             room -= len(take)
             if len(take) < len(fresh):
                 break  # the rest of this plane's chunks wait for room
             self._next_plane += 1
+        # The nearest chunks not yet asked into memory go there while there is room (some of
+        # them staged on disk before), the new ones after them onto disk.
         decode_room = budget // chunk_bytes - len(self._decoding)
-        to_memory, to_disk = [], []
-        for _, c in self._ahead:
-            if c in self._decoding:
-                continue
-            if decode_room > 0:
+        to_memory, i = [], len(self._decoding)
+        while decode_room > 0 and i < len(ahead):
+            c = ahead[i][1]
+            i += 1
+            if c not in self._decoding:
                 to_memory.append(c)
                 self._decoding.add(c)
                 decode_room -= 1
-            elif c not in self._staged:
-                to_disk.append(c)
-                self._staged.add(c)
+        to_disk = [c for _, c in islice(ahead, max(i, new_from), None) if c not in self._staged]
+        self._staged.update(to_disk)
         self.engine.keep_ahead(self, len(self._decoding) * chunk_bytes)
         if to_memory:
             self.engine.prefetch(self.level, to_memory, cancelled=self._cancelled)
