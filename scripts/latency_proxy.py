@@ -5,7 +5,7 @@ every client pays the same round-trip time and is measured by the same counters:
 
     with LatencyProxy("http://127.0.0.1:5000", latency_s=0.03) as proxy:
         ...  # point clients at proxy.url
-        proxy.snapshot()  # {"requests": ..., "bytes": ..., "by_method": {...}}
+        proxy.snapshot()  # {"requests": ..., "bytes": ..., "by_method": {...}, "cpu_s": ...}
 
 Clients in other processes read the counters with GET {proxy.url}/__proxy__/stats (an
 S3 bucket name cannot contain "_", so this never shadows a bucket); those calls are not
@@ -68,6 +68,13 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else None
 
     def _proxy(self):
+        cpu0 = time.thread_time()
+        try:
+            self._forward()
+        finally:
+            self.server._count_cpu(time.thread_time() - cpu0)
+
+    def _forward(self):
         srv = self.server
         body = self._request_body()
         srv._count_request(self.command)
@@ -130,10 +137,13 @@ class LatencyProxy(LoopbackHTTPServer):
             self._requests = 0
             self._bytes = 0
             self._by_method = collections.Counter()
+            self._cpu_s = 0.0
 
     def snapshot(self) -> dict:
+        """The counters; cpu_s: CPU seconds the proxy's handler threads spent on requests."""
         with self._lock:
-            return {"requests": self._requests, "bytes": self._bytes, "by_method": dict(self._by_method)}
+            return {"requests": self._requests, "bytes": self._bytes, "by_method": dict(self._by_method),
+                    "cpu_s": self._cpu_s}
 
     def _count_request(self, method: str) -> None:
         with self._lock:
@@ -143,6 +153,10 @@ class LatencyProxy(LoopbackHTTPServer):
     def _count_bytes(self, n: int) -> None:
         with self._lock:
             self._bytes += n
+
+    def _count_cpu(self, seconds: float) -> None:
+        with self._lock:
+            self._cpu_s += seconds
 
 
 def main() -> None:

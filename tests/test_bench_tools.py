@@ -37,6 +37,36 @@ def test_targets_compare_with_tensorstore_from_the_same_rows():
     assert "(reader + daemon) / tensorstore | ≤ 2 | 2.5, NOT met |" in table
     assert "| warm scroll ngffmount / tensorstore cold scroll | ≤ 0.5 | 0.45, met |" in table
     assert "| hot re-read GB/s | ≥ 4 | 4.29, met |" in table
+    assert "least cold-scroll time" in table and table.count(" – |") >= 1  # no source CPU-s: no reference
+
+
+def test_reference_row_spreads_reader_daemon_and_source_cpu_over_the_cores(monkeypatch):
+    monkeypatch.setattr(bm.os, "cpu_count", lambda: 2)
+    rows = {"ts_all": {"median": 2.0, "cpu": 1.0, "cpu_source": 1.5},
+            "ngff_cold_all": {"median": 2.6, "cpu": 3.5, "cpu_source": 1.3}}
+    assert abs(bm.cpu_floor_ratio(rows) - (3.5 + 1.3) / 2 / 2.0) < 1e-9
+    table = "\n".join(bm.render_targets({"64x256x256": {"rows": rows}}))
+    assert "allows on 2 cores, ngffmount / tensorstore's scroll | – | 1.2 |" in table
+    assert "| 64x256x256 | ngffmount cold, s0.tif plane by plane | – | 2.6 | 3.50 | 1.30 |" in table
+    row = bm.summarize("x", [{**run(1, 0.1, 2.0), "cpu_source": 1.0}, {**run(1, 0.1, 2.0), "cpu_source": 3.0},
+                             {**run(1, 0.1, 2.0), "cpu_source": 2.5}], 10, 100)
+    assert row["cpu_source"] == 2.5
+
+
+def test_proxy_counts_the_cpu_its_threads_spend_on_requests(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import urllib.request
+
+    from latency_proxy import LatencyProxy
+    from servers import RangeHTTPServer
+
+    (tmp_path / "blob").write_bytes(bytes(range(256)) * (64 << 12))  # 64 MiB
+    with RangeHTTPServer(tmp_path) as upstream, LatencyProxy(upstream.url, latency_s=0.2) as proxy:
+        before = proxy.snapshot()["cpu_s"]
+        with urllib.request.urlopen(f"{proxy.url}/blob") as resp:
+            assert len(resp.read()) == 64 << 20
+        spent = proxy.snapshot()["cpu_s"] - before
+    assert 0 < spent < 0.2, "moving 64 MiB costs CPU; the 0.2 s of latency is a sleep, not CPU"
 
 
 def test_profile_classifies_by_innermost_known_frame():
