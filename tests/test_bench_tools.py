@@ -37,7 +37,7 @@ def test_targets_compare_with_tensorstore_from_the_same_rows():
     assert "(reader + daemon) / tensorstore | ≤ 2 | 2.5, NOT met |" in table
     assert "| warm scroll ngffmount / tensorstore cold scroll | ≤ 0.5 | 0.45, met |" in table
     assert "| hot re-read GB/s | ≥ 4 | 4.29, met |" in table
-    assert "least cold-scroll time" in table and table.count(" – |") >= 1  # no source CPU-s: no reference
+    assert "ngffmount / tensorstore's scroll | – | – |" in table  # no source CPU-s: no reference value
 
 
 def test_reference_row_spreads_reader_daemon_and_source_cpu_over_the_cores(monkeypatch):
