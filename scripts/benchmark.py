@@ -619,10 +619,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def cpu_ticks(pid: int | None) -> int:
     """User + system CPU time of a process, in clock ticks (0 if there is none)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        return stat_ticks(Path(f"/proc/{pid}/stat").read_text())
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def stat_ticks(stat: str) -> int:
+    """User + system clock ticks from the text of a /proc stat file (a process's or a thread's)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def peak_rss_mib(pid: int | None) -> float | None:

@@ -130,10 +130,8 @@ def thread_times(pid: int) -> dict[str, tuple[str, float, int]]:
             status = (task / "status").read_text()
         except OSError:
             continue  # ended meanwhile
-        fields = stat[stat.rindex(")") + 2:].split()
         switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-        out[task.name] = (stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / bm.CLK_TCK,
-                          switches)
+        out[task.name] = (stat[stat.index("(") + 1:stat.rindex(")")], bm.stat_ticks(stat) / bm.CLK_TCK, switches)
     return out
 
 
